@@ -1,0 +1,189 @@
+"""Compose the YAML presets under ``conf/`` into one validated :class:`PipelineConfig`.
+
+Order (later wins): ``defaults.yaml`` < ``profiles/<profile>.yaml`` < ``datasets/<dataset>.yaml``
+< ``models/<model>.yaml`` < an optional user file < command-line overrides (``key.sub=value``).
+Every leaf remembers which file set it, so a validation error names both key and file.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from conf.schema import PipelineConfig
+
+CONF_DIR = Path(__file__).resolve().parent
+
+
+class ConfigError(ValueError):
+    """A config could not be composed or validated; the message names key and source."""
+
+
+def available(kind: str) -> list[str]:
+    """Names of the presets of one kind: ``datasets``, ``models`` or ``profiles``."""
+    return sorted(p.stem for p in (CONF_DIR / kind).glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, update: dict, source: str, origin: dict, prefix: str = "") -> None:
+    """Deep-merge ``update`` into ``base`` in place, recording each leaf's source in ``origin``."""
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and value:
+            _merge(base[key], value, source, origin, dotted + ".")
+        else:
+            base[key] = copy.deepcopy(value)
+            origin[dotted] = source
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    # YAML parsing turns "3" into 3, "true" into True, "[a, b]" into a list, "null" into None.
+    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def _expand_all(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _expand_all(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_expand_all(v) for v in data]
+    return _expand(data) if isinstance(data, str) else data
+
+
+def _source_of(loc: tuple, origin: dict[str, str]) -> str:
+    parts = [str(p) for p in loc]
+    while parts:
+        dotted = ".".join(parts)
+        if dotted in origin:
+            return origin[dotted]
+        parts.pop()
+    return "no file (required key missing everywhere)"
+
+
+def _expand(value: str) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` from the environment."""
+    return re.sub(
+        r"\$\{(\w+)(?::-([^}]*))?\}",
+        lambda m: os.environ.get(m.group(1), m.group(2) or ""),
+        value,
+    )
+
+
+def _resolve_path(value: str, dataset: str) -> str:
+    value = value.replace("{dataset}", dataset)
+    if "://" in value or value.startswith("sqlite:"):
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+def load_config(
+    dataset: str = "sample",
+    model: str = "score",
+    profile: str = "local",
+    overrides: list[str] | None = None,
+    config_file: str | os.PathLike | None = None,
+) -> PipelineConfig:
+    """Compose and validate the config.
+
+    Args:
+        dataset: dataset preset name (``conf/datasets/<name>.yaml``).
+        model: model preset name (``conf/models/<name>.yaml``).
+        profile: ``local`` or ``cluster`` (``conf/profiles/<name>.yaml``).
+        overrides: dotted ``key=value`` strings applied last.
+        config_file: an extra YAML file of the user's, applied before overrides.
+
+    Returns:
+        The validated, frozen config with ``{dataset}`` expanded and local paths absolute.
+
+    Raises:
+        ConfigError: unknown preset, unknown key, wrong type or bad value; the message names
+            the dotted key and the file (or override) that set it.
+    """
+    layers: list[tuple[str, dict]] = []
+    for kind, name in (("profiles", profile), ("datasets", dataset), ("models", model)):
+        path = CONF_DIR / kind / f"{name}.yaml"
+        if not path.exists():
+            raise ConfigError(
+                f"unknown {kind[:-1]} preset {name!r}; available: {', '.join(available(kind))}"
+            )
+        layers.append((str(path), _read_yaml(path)))
+    layers.insert(0, (str(CONF_DIR / "defaults.yaml"), _read_yaml(CONF_DIR / "defaults.yaml")))
+    if config_file is not None:
+        layers.append((str(config_file), _read_yaml(Path(config_file))))
+
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for source, data in layers:
+        _merge(merged, _expand_all(data), source, origin)
+    merged["profile"] = profile
+    origin["profile"] = "--profile"
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        nested: dict[str, Any] = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        _merge(merged, nested, f"override {text!r}", origin)
+
+    try:
+        cfg = PipelineConfig.model_validate(merged)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "<root>"
+            lines.append(f"  {key}: {err['msg']} (from {_source_of(err['loc'], origin)})")
+        raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
+
+    name = cfg.dataset.name
+    paths = cfg.paths.model_copy(
+        update={k: _resolve_path(v, name) for k, v in cfg.paths.model_dump().items()}
+    )
+    tracking = cfg.tracking.model_copy(
+        update={
+            "uri": _resolve_sqlite(cfg.tracking.uri.replace("{dataset}", name)),
+            "artifact_location": _resolve_path(cfg.tracking.artifact_location, name),
+        }
+    )
+    return cfg.model_copy(update={"paths": paths, "tracking": tracking})
+
+
+def _resolve_sqlite(uri: str) -> str:
+    """Make a relative ``sqlite:///rel/path.db`` absolute so runs from any cwd share it."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def section_hash(cfg: PipelineConfig, *sections: str) -> str:
+    """Stable hash of the named config sections; a stage reruns when it changes."""
+    payload = {name: getattr(cfg, name).model_dump(mode="json") for name in sections}
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def to_yaml(cfg: PipelineConfig) -> str:
+    """The composed config as YAML (logged with every run)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

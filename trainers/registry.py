@@ -1,0 +1,111 @@
+"""The one model interface and the registry that maps names to model classes.
+
+A model is an ``nn.Module`` that
+  * declares ``Params`` (a pydantic model: its hyper-parameters, validated from
+    ``model.params`` in the config; unknown keys are errors),
+  * declares ``inputs``: which batch fields it needs, so the data layer builds only those
+    (``"slice_sets"``: time-sliced (co-)interaction sets; ``"sequence"``: the user's item
+    sequence before the target slice),
+  * is built as ``Model(params, sizes)`` and never sees Spark, Ray or dataset objects,
+  * maps a batch to candidate scores with ``forward(batch) -> (B, C)`` logits, and
+  * owns its objective with ``loss(scores, batch) -> scalar``.
+
+Batch fields (built by trainers/batches.py; B batch, C candidates, H history slices,
+S set size, L sequence length; all ids int64, 0 = padding / empty):
+  user          (B,)            user_idx
+  items         (B, C)          candidate item_idx, the positive at column 0
+  label         (B, C) float    1.0 for the positive, 0.0 for negatives
+  user_sets     (B, H, 2, S)    [:, t, 0] = G_t(u) items, [:, t, 1] = G_t(v|u) users
+  item_sets     (B, C, H, 2, S) [..., t, 0] = G_t(v) users, [..., t, 1] = G_t(u|v) items
+  sequence      (B, L)          the user's positive items before the target slice, left-padded
+History slice h of H is absolute slice ``target - H + h``; slices before 0 are all-empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DataSizes:
+    """Dataset sizes a model is built for (from the index manifest)."""
+
+    num_users: int  # user_idx in 1..num_users; 0 is padding
+    num_items: int  # item_idx in 1..num_items; 0 is padding
+    history_slices: int  # H
+    set_size: int  # S
+    sequence_len: int  # L
+
+
+class ModelParams(BaseModel):
+    """Base for every model's ``Params``: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Recommender(Protocol):
+    Params: ClassVar[type[ModelParams]]
+    inputs: ClassVar[frozenset[str]]
+
+    def __call__(self, batch: Batch) -> torch.Tensor: ...
+
+    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor: ...
+
+
+_REGISTRY: dict[str, type[nn.Module]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a model buildable by ``model.name`` in the config."""
+
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        for attr in ("Params", "inputs", "loss"):
+            if not hasattr(cls, attr):
+                raise TypeError(f"model {cls.__name__} lacks {attr!r}")
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_all() -> None:
+    # Importing the model modules runs their @register decorators. Listed here, once, so the
+    # registry is complete wherever it is used (CLI, Ray workers, tests).
+    import trainers.score  # noqa: F401
+
+
+def model_names() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def model_class(name: str) -> type[nn.Module]:
+    _load_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def build_model(name: str, params: dict, sizes: DataSizes) -> nn.Module:
+    """Validate ``params`` against the model's ``Params`` and build it.
+
+    Raises:
+        KeyError: unknown model name.
+        ValueError: bad hyper-parameters, naming the key (``model.params.<key>``).
+    """
+    cls = model_class(name)
+    try:
+        parsed = cls.Params.model_validate(params)
+    except ValidationError as exc:
+        msgs = [f"model.params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ValueError(f"invalid params for model {name!r}:\n  " + "\n  ".join(msgs)) from None
+    return cls(parsed, sizes)
