@@ -1,0 +1,116 @@
+"""Ranking metrics: hand-computed examples, pessimistic ties, chunking, full ranking."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainers.metrics import (
+    RankHistogram,
+    RankingAccumulator,
+    items_ranked_above,
+    rank_of_positive,
+    ranking_metrics,
+)
+
+
+def test_rank_counts_ties_against_the_positive():
+    scores = torch.tensor([
+        [0.9, 0.1, 0.2, 0.3],  # best: rank 1
+        [0.5, 0.5, 0.1, 0.7],  # one tie + one above: rank 3
+        [0.2, 0.3, 0.4, 0.5],  # worst: rank 4
+    ])
+    assert rank_of_positive(scores).tolist() == [1, 3, 4]
+
+
+def test_constant_scorer_gets_the_worst_rank_and_zero_auc():
+    scores = np.zeros((6, 100), dtype=np.float32)  # numpy accepted too
+    assert rank_of_positive(scores).tolist() == [100] * 6
+    m = ranking_metrics(scores, np.arange(6))
+    assert m["hr@10"] == 0.0 and m["ndcg@10"] == 0.0
+    assert m["mrr"] == pytest.approx(1 / 100)
+    assert m["auc"] == 0.0 and m["gauc"] == 0.0
+
+
+def test_hand_computed_metrics():
+    # ranks 1, 3, 7 over C = 10 candidates (negatives strictly below: 9, 7, 3)
+    scores = torch.zeros(3, 10)
+    scores[0, 0] = 1.0  # all negatives 0 -> rank 1
+    scores[1] = torch.tensor([0.5, 0.9, 0.6, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])  # rank 3
+    scores[2] = torch.tensor([0.5, 0.9, 0.8, 0.7, 0.6, 0.5, 0.5, 0.1, 0.1, 0.1])  # ties: rank 7
+    assert rank_of_positive(scores).tolist() == [1, 3, 7]
+    m = ranking_metrics(scores, torch.tensor([1, 2, 3]))
+    assert m["hr@1"] == pytest.approx(1 / 3)
+    assert m["hr@5"] == pytest.approx(2 / 3)
+    assert m["hr@10"] == pytest.approx(1.0)
+    assert m["ndcg@5"] == pytest.approx((1 / math.log2(2) + 1 / math.log2(4)) / 3)
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(4) + 1 / math.log2(8)) / 3)
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 7) / 3)
+    assert m["auc"] == pytest.approx((9 / 9 + 7 / 9 + 3 / 9) / 3)
+    assert m["gauc"] == pytest.approx(m["auc"])  # one list per user
+
+
+def test_gauc_pools_a_users_lists_and_weights_by_list_count():
+    scores = torch.tensor([
+        [0.9, 0.1, 0.5],  # user 7, list a
+        [0.4, 0.3, 0.95],  # user 7, list b
+        [0.2, 0.5, 0.5],  # user 8: positive below both negatives
+    ])
+    users = torch.tensor([7, 7, 8])
+    # user 7: positives {0.9, 0.4}, negatives {0.1, 0.5, 0.3, 0.95}; 0.9 beats 3, 0.4 beats 2
+    auc_7 = (3 + 2) / (2 * 4)
+    auc_8 = 0.0
+    m = ranking_metrics(scores, users)
+    assert m["gauc"] == pytest.approx((2 * auc_7 + 1 * auc_8) / 3)
+    assert m["auc"] == pytest.approx((2 / 2 + 1 / 2 + 0) / 3)
+
+
+def test_chunked_accumulation_gives_identical_numbers():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 20, (257, 11), generator=gen).float()  # many ties
+    users = torch.randint(0, 40, (257,), generator=gen)
+    acc = RankingAccumulator()
+    for start in range(0, 257, 50):
+        acc.update(scores[start : start + 50], users[start : start + 50])
+    assert acc.compute() == ranking_metrics(scores, users)
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="NaN"):
+        rank_of_positive(torch.tensor([[float("nan"), 0.0]]))
+    with pytest.raises(ValueError, match="C >= 2"):
+        rank_of_positive(torch.zeros(3, 1))
+    acc = RankingAccumulator()
+    acc.update(torch.zeros(2, 5), torch.arange(2))
+    with pytest.raises(ValueError, match="same candidates"):
+        acc.update(torch.zeros(2, 6), torch.arange(2))
+    with pytest.raises(ValueError, match="zero lists"):
+        RankingAccumulator().compute()
+
+
+def test_full_ranking_in_chunks_with_exclusions():
+    # 2 users, 8 items (id 0 = padding). User 0's positive is item 3, user 1's item 5.
+    item_scores = torch.tensor([
+        [9.0, 0.1, 0.7, 0.5, 0.5, 0.9, 0.2, 0.3],
+        [9.0, 0.8, 0.8, 0.1, 0.2, 0.8, 0.9, 0.0],
+    ])
+    positive = torch.tensor([3, 5])
+    pos_score = item_scores[torch.arange(2), positive]
+    exclude = torch.zeros(2, 8, dtype=torch.bool)
+    exclude[:, 0] = True  # padding never ranks, even with the top score
+    exclude[torch.arange(2), positive] = True  # the positive does not tie with itself
+    above = sum(
+        items_ranked_above(pos_score, item_scores[:, s : s + 3], exclude[:, s : s + 3])
+        for s in range(0, 8, 3)
+    )
+    ranks = 1 + above
+    # user 0: 0.7, 0.5 (tie), 0.9 at or above 0.5 -> rank 4; user 1: 0.8, 0.8, 0.9 -> rank 4
+    assert ranks.tolist() == [4, 4]
+    hist = RankHistogram()
+    hist.add(ranks)
+    assert hist.metrics()["hr@5"] == 1.0 and hist.metrics()["mrr"] == pytest.approx(0.25)
+    shared = torch.zeros(8, dtype=torch.bool)  # (N,) mask shared by every user
+    assert items_ranked_above(pos_score, item_scores, shared).tolist() == [5, 5]

@@ -1,0 +1,220 @@
+"""Ranking metrics shared by every model (SCoRe paper, Section 4.1.2, Eq. 26-28).
+
+Every metric is a function of the positive's rank, so ties decide results; here ties are
+PESSIMISTIC everywhere: a negative that scores the same as the positive ranks above it. A
+constant scorer therefore gets the worst rank (C of C) instead of a lucky first place (the
+original code's argsort let ties count as hits).
+
+Two evaluation modes:
+  * candidate lists: ``scores (B, C)`` with the positive at column 0 and C-1 sampled
+    negatives; :func:`ranking_metrics` or, chunk by chunk, :class:`RankingAccumulator`.
+  * full ranking: the positive against every item, scored chunk by chunk over the items;
+    sum :func:`items_ranked_above` over the chunks, rank = 1 + that sum, and feed the ranks
+    to :class:`RankHistogram`.
+
+Accumulators keep integer histograms (of ranks, of negatives below the positive) rather
+than running float sums, so a chunked evaluation returns bit-for-bit the numbers of one big
+call whatever the chunk sizes. Inputs may be torch tensors or numpy arrays; outputs are
+torch tensors (per-list values) or plain floats (metric dicts).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+HR_AT = (1, 5, 10)
+NDCG_AT = (5, 10)
+
+
+def _as_tensor(values, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(values) if not torch.is_tensor(values) else values)
+    if tensor.is_floating_point() and torch.isnan(tensor).any():
+        raise ValueError(f"{name} contains NaN: a NaN score cannot be ranked")
+    return tensor.detach().cpu()
+
+
+def rank_of_positive(scores) -> torch.Tensor:
+    """Rank of the positive (column 0) in each candidate list, pessimistic ties.
+
+    Args:
+        scores: (B, C) scores, higher is better, positive at column 0.
+    Returns:
+        (B,) int64 ranks in 1..C: ``1 + #(negatives with score >= positive)``.
+    Raises:
+        ValueError: not 2-D, fewer than 2 columns, or NaN scores.
+    """
+    scores = _as_tensor(scores, "scores")
+    if scores.dim() != 2 or scores.shape[1] < 2:
+        raise ValueError(f"scores must be (B, C) with C >= 2, got shape {tuple(scores.shape)}")
+    return 1 + (scores[:, 1:] >= scores[:, :1]).sum(dim=1)
+
+
+def items_ranked_above(pos_score, item_scores, exclude) -> torch.Tensor:
+    """Full-ranking helper: how many items of one chunk rank at or above the positive.
+
+    Sum the result over all item chunks; the positive's rank is ``1 + sum``. Ties are
+    pessimistic (an item scoring exactly the positive's score counts as above). Items in
+    ``exclude`` never rank: pass padding id 0 and the positive item itself (which would
+    otherwise tie with itself), and, if wanted, items the user already interacted with.
+
+    Args:
+        pos_score: (B,) score of each user's positive item.
+        item_scores: (B, N) scores of one chunk of N items for the same users.
+        exclude: (B, N) or (N,) bool, True where an item must not rank.
+    Returns:
+        (B,) int64 count of non-excluded items with score >= the positive's.
+    Raises:
+        ValueError: shape mismatch or NaN scores.
+    """
+    pos = _as_tensor(pos_score, "pos_score")
+    items = _as_tensor(item_scores, "item_scores")
+    mask = _as_tensor(exclude, "exclude").bool()
+    if items.dim() != 2 or pos.shape != (items.shape[0],):
+        raise ValueError(
+            f"pos_score must be (B,) and item_scores (B, N); got {tuple(pos.shape)} and "
+            f"{tuple(items.shape)}"
+        )
+    if mask.shape not in {items.shape, items.shape[1:]}:
+        raise ValueError(f"exclude must be (B, N) or (N,), got {tuple(mask.shape)}")
+    return ((items >= pos[:, None]) & ~mask).sum(dim=1)
+
+
+class RankHistogram:
+    """Counts of positive ranks; HR@k, NDCG@k (Eq. 26-27, log base 2) and MRR (Eq. 28)."""
+
+    def __init__(self) -> None:
+        self.counts = torch.zeros(1, dtype=torch.int64)  # counts[r] = lists with rank r
+
+    def add(self, ranks) -> None:
+        """Add (B,) int ranks (>= 1)."""
+        ranks = _as_tensor(ranks, "ranks").long().reshape(-1)
+        if ranks.numel() == 0:
+            return
+        if ranks.min() < 1:
+            raise ValueError(f"ranks start at 1, got {int(ranks.min())}")
+        add = torch.bincount(ranks)
+        if add.numel() > self.counts.numel():
+            self.counts = torch.cat([self.counts, self.counts.new_zeros(add.numel() - self.counts.numel())])
+        self.counts[: add.numel()] += add
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def metrics(self) -> dict[str, float]:
+        """Returns hr@1/5/10, ndcg@5/10, mrr averaged over all lists added.
+
+        Raises:
+            ValueError: nothing was added.
+        """
+        n = self.total
+        if n == 0:
+            raise ValueError("no ranks were added: cannot average over zero lists")
+        ranks = torch.arange(self.counts.numel(), dtype=torch.float64)
+        counts = self.counts.double()
+        out = {f"hr@{k}": float(counts[1 : k + 1].sum() / n) for k in HR_AT}
+        # Eq. 27 with I = 1 inside the top k: (2^1 - 1) / log2(R + 1).
+        gain = 1.0 / torch.log2(ranks[1:] + 1.0)
+        for k in NDCG_AT:
+            out[f"ndcg@{k}"] = float((counts[1 : k + 1] * gain[:k]).sum() / n)
+        out["mrr"] = float((counts[1:] / ranks[1:]).sum() / n)
+        return out
+
+
+class RankingAccumulator:
+    """Chunked evaluation of candidate lists: ``update`` per batch, ``compute`` at the end.
+
+    AUC is per list: the fraction of negatives scoring strictly below the positive (a tie
+    counts 0, pessimistic like the ranks), averaged over lists. GAUC pools each user's lists:
+    AUC_u is over all (positive, negative) pairs of that user's lists, so a positive is also
+    compared with the negatives of the user's other lists; users are weighted by their
+    number of lists (with one list per user, GAUC = AUC). Pooling needs every score, so the
+    accumulator keeps the (B, C) score chunks until ``compute``: memory O(lists x C).
+    """
+
+    def __init__(self) -> None:
+        self.ranks = RankHistogram()
+        self.below: torch.Tensor | None = None  # below[k] = lists with k negatives below
+        self.users: list[torch.Tensor] = []
+        self.scores: list[torch.Tensor] = []
+
+    def update(self, scores, users) -> None:
+        """Add one chunk.
+
+        Args:
+            scores: (B, C) scores, positive at column 0; C fixed across chunks.
+            users: (B,) user ids of the lists.
+        Raises:
+            ValueError: bad shapes, NaN, or C differs from earlier chunks.
+        """
+        ranks = rank_of_positive(scores)
+        scores = _as_tensor(scores, "scores").float()
+        users = _as_tensor(users, "users").long().reshape(-1)
+        if users.shape[0] != scores.shape[0]:
+            raise ValueError(f"users has {users.shape[0]} rows, scores {scores.shape[0]}")
+        num_neg = scores.shape[1] - 1
+        if self.below is None:
+            self.below = torch.zeros(num_neg + 1, dtype=torch.int64)
+        elif self.below.numel() != num_neg + 1:
+            raise ValueError(
+                f"every chunk needs the same candidates per list: got {num_neg + 1}, "
+                f"earlier {self.below.numel()}"
+            )
+        self.ranks.add(ranks)
+        below = (scores[:, 1:] < scores[:, :1]).sum(dim=1)
+        self.below += torch.bincount(below, minlength=num_neg + 1)
+        self.users.append(users)
+        self.scores.append(scores)
+
+    def compute(self) -> dict[str, float]:
+        """Returns hr@1/5/10, ndcg@5/10, mrr, auc, gauc.
+
+        Raises:
+            ValueError: nothing was added.
+        """
+        out = self.ranks.metrics()
+        num_neg = self.below.numel() - 1
+        k = torch.arange(num_neg + 1, dtype=torch.float64)
+        out["auc"] = float((self.below.double() * k).sum() / num_neg / self.ranks.total)
+        out["gauc"] = _pooled_gauc(torch.cat(self.users), torch.cat(self.scores))
+        return out
+
+
+def _pooled_gauc(users: torch.Tensor, scores: torch.Tensor) -> float:
+    """GAUC over users, each user's AUC pooled over all pairs of their lists.
+
+    Args:
+        users: (B,) user ids; scores: (B, C), positive at column 0.
+    Returns:
+        sum_u n_u * AUC_u / sum_u n_u with n_u the user's number of lists.
+    """
+    num_neg = scores.shape[1] - 1
+    _, user = torch.unique(users, return_inverse=True)  # (B,) dense user index
+    num_users = int(user.max()) + 1
+    # Replace scores by their dense rank among all scores so (user, score) packs exactly
+    # into one int64 key: sorting keys sorts negatives by user, then by score.
+    levels, score_rank = torch.unique(scores, return_inverse=True)
+    span = levels.numel()
+    pos_key = user * span + score_rank[:, 0]  # (B,)
+    neg_key = (user[:, None] * span + score_rank[:, 1:]).reshape(-1).sort().values
+    # Negatives of the same user strictly below the positive: keys in [user*span, pos_key).
+    below = torch.searchsorted(neg_key, pos_key) - torch.searchsorted(neg_key, user * span)
+    lists = torch.bincount(user, minlength=num_users).double()  # n_u
+    below_u = torch.zeros(num_users, dtype=torch.float64).index_add_(0, user, below.double())
+    auc_u = below_u / (lists * lists * num_neg)  # pairs: n_u positives x n_u*(C-1) negatives
+    return float((lists * auc_u).sum() / lists.sum())
+
+
+def ranking_metrics(scores, users) -> dict[str, float]:
+    """All candidate-list metrics in one call (same numbers as chunked accumulation).
+
+    Args:
+        scores: (B, C) scores, positive at column 0.
+        users: (B,) user ids (for GAUC).
+    Returns:
+        dict with hr@1, hr@5, hr@10, ndcg@5, ndcg@10, mrr, auc, gauc.
+    """
+    acc = RankingAccumulator()
+    acc.update(scores, users)
+    return acc.compute()
