@@ -48,6 +48,9 @@ class DatasetConfig(Section):
     negative_max_rating: float | None  # ratings <= this are real negatives (label 0)
     kcore: int = Field(ge=0)  # 0 disables k-core filtering
     drop_duplicates: bool  # exact duplicate rows dropped and counted
+    # fixed: use start as given. latest: the flow moves start so the window covers the
+    # latest num_slices complete slices of the raw data (flows/window.py), for retraining.
+    window: Literal["fixed", "latest"]
 
     @field_validator("timezone")
     @classmethod

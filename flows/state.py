@@ -1,0 +1,90 @@
+"""The flow's own skip rule for train, evaluate and register: ``<work_dir>/flow/<model>/state.json``.
+
+Spark stages skip themselves through their manifests (spark_jobs/manifest.py). Training and
+evaluation write to MLflow and checkpoints, not to a manifest folder, so the flow records
+for each of them the key it ran under (``input_hash``: the index manifest's hash, chained
+through the train run; ``config_hash``: the config sections the step reads) and the step's
+result. A rerun with the same key returns the recorded result instead of running again;
+anything else (new index, changed ``train.lr``, other tracking store) runs the step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from conf.loading import section_hash
+from conf.schema import PipelineConfig
+from spark_jobs.manifest import filesystem, join, manifest_hash
+
+# Sections that change what training produces. ``tracking`` is in because a result recorded
+# against another MLflow store names a run that this store does not have.
+TRAIN_SECTIONS = ("dataset", "index", "model", "train", "tracking")
+
+
+def read_json(uri: str) -> dict[str, Any] | None:
+    """A JSON file's content, or None when there is no such file."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+def write_json_atomic(uri: str, payload: dict[str, Any]) -> None:
+    """Write beside the target, then rename over it: a crash leaves the old file or the new."""
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+    fs.move(tmp, path)
+
+
+def state_uri(cfg: PipelineConfig) -> str:
+    return join(cfg.paths.work_dir, "flow", cfg.model.name, "state.json")
+
+
+def step_key(cfg: PipelineConfig, step: str, upstream: str | None = None) -> dict[str, str]:
+    """The key a step runs under.
+
+    Args:
+        cfg: the composed config.
+        step: ``train``, ``evaluate`` or ``register``.
+        upstream: for evaluate/register, the identity of what they consume (the train run id);
+            None for train, whose input is the published index.
+
+    Returns:
+        {"input_hash", "config_hash"}.
+
+    Raises:
+        FileNotFoundError: (train) there is no published index manifest.
+    """
+    if upstream is None:
+        input_hash = manifest_hash(join(cfg.paths.work_dir, "index"))
+    else:
+        input_hash = hashlib.sha256(f"{step}:{upstream}".encode()).hexdigest()[:16]
+    return {"input_hash": input_hash, "config_hash": section_hash(cfg, *TRAIN_SECTIONS)}
+
+
+def cached_result(cfg: PipelineConfig, step: str, key: dict[str, str]) -> dict | None:
+    """The recorded result of ``step`` when it last ran under ``key``, else None."""
+    entry = (read_json(state_uri(cfg)) or {}).get(step)
+    if entry is None or entry["key"] != key:
+        return None
+    return entry["result"]
+
+
+def record(cfg: PipelineConfig, step: str, key: dict[str, str], result: dict) -> None:
+    """Remember that ``step`` ran under ``key`` with ``result`` (later steps are forgotten,
+    since they consumed the previous result)."""
+    order = ("train", "evaluate", "register")
+    state = read_json(state_uri(cfg)) or {}
+    for later in order[order.index(step) + 1:]:
+        state.pop(later, None)
+    state[step] = {"key": key, "result": result}
+    write_json_atomic(state_uri(cfg), state)
