@@ -13,7 +13,7 @@ def spark():
     """One real local Spark session for the whole test run (JVM start-up is ~10 s)."""
     from spark_jobs.session import spark_session
 
-    cfg = load_config(overrides=["spark.master=local[2]", "spark.driver.memory=2g",
+    cfg = load_config(overrides=["spark.master=local[2]", "spark.driver_memory=2g",
                                  "spark.shuffle_partitions=4"])
     session = spark_session(cfg.spark)
     yield session
