@@ -67,7 +67,7 @@ def current_champion(client: MlflowClient, name: str) -> tuple[str, float] | Non
             f"but has no {MRR_TAG!r} tag; set it (client.set_model_version_tag) or delete the "
             "alias so the next run can take over"
         )
-    return version.version, float(version.tags[MRR_TAG])
+    return str(version.version), float(version.tags[MRR_TAG])
 
 
 def register_and_promote(tracking_uri: str, name: str, model_uri: str, run_id: str,
@@ -93,7 +93,7 @@ def register_and_promote(tracking_uri: str, name: str, model_uri: str, run_id: s
         raise ValueError(f"validation MRR of run {run_id} is {val_mrr}; refusing to register it")
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         client.create_registered_model(name)
     except MlflowException as exc:

@@ -71,12 +71,21 @@ def step_key(cfg: PipelineConfig, step: str, upstream: str | None = None) -> dic
     return {"input_hash": input_hash, "config_hash": section_hash(cfg, *TRAIN_SECTIONS)}
 
 
-def cached_result(cfg: PipelineConfig, step: str, key: dict[str, str]) -> dict | None:
-    """The recorded result of ``step`` when it last ran under ``key``, else None."""
+def lookup(cfg: PipelineConfig, step: str, key: dict[str, str]) -> tuple[dict | None, str]:
+    """The recorded result of ``step`` if it last ran under ``key``.
+
+    Returns:
+        (result or None, why it must run: "no previous result", "input changed",
+        "config changed"; empty when the result is reused).
+    """
     entry = (read_json(state_uri(cfg)) or {}).get(step)
-    if entry is None or entry["key"] != key:
-        return None
-    return entry["result"]
+    if entry is None:
+        return None, "no previous result"
+    if entry["key"]["input_hash"] != key["input_hash"]:
+        return None, "input changed"
+    if entry["key"]["config_hash"] != key["config_hash"]:
+        return None, "config changed"
+    return entry["result"], ""
 
 
 def record(cfg: PipelineConfig, step: str, key: dict[str, str], result: dict) -> None:

@@ -1,0 +1,68 @@
+"""The champion alias moves only on a strict validation-MRR improvement (real sqlite registry)."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.champion import CHAMPION, MRR_TAG, current_champion, register_and_promote
+
+
+def _logged_model(uri: str, artifacts: str, mrr: float) -> tuple[str, str]:
+    """A finished run holding a minimal MLflow model folder; returns (run id, model uri)."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = "champion-test"
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=artifacts)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run() as run:
+        mlflow.log_metric("best_valid_mrr", mrr)
+        mlflow.log_text("flavors: {}\n", "model/MLmodel")
+    return run.info.run_id, f"runs:/{run.info.run_id}/model"
+
+
+def test_alias_moves_only_when_validation_mrr_improves(tmp_path):
+    uri = f"sqlite:///{tmp_path}/registry.db"
+    artifacts = str(tmp_path / "artifacts")
+    client = MlflowClient(uri, registry_uri=uri)
+    # versions: 1 (0.30, first), 2 (0.25, worse), 3 (0.30, a tie is no gain), 4 (0.41, better)
+    steps = [(0.30, True, "1"), (0.25, False, "1"), (0.30, False, "1"), (0.41, True, "4")]
+    for number, (mrr, promoted, champion) in enumerate(steps, start=1):
+        run_id, model_uri = _logged_model(uri, artifacts, mrr)
+        decision = register_and_promote(uri, "score-sample", model_uri, run_id, mrr)
+        assert decision.version == str(number)
+        assert decision.promoted is promoted, decision.message
+        assert current_champion(client, "score-sample") == (champion, pytest.approx(
+            max(m for m, _, _ in steps[:number])))
+        assert str(client.get_model_version_by_alias("score-sample", CHAMPION).version) == champion
+        # the decision and both numbers are on the version and on the run
+        version = client.get_model_version("score-sample", str(number))
+        assert float(version.tags[MRR_TAG]) == mrr
+        assert version.tags["champion_decision"] == ("promoted" if promoted else "kept")
+        run_tags = client.get_run(run_id).data.tags
+        assert float(run_tags["registry.candidate_val_mrr"]) == mrr
+        assert run_tags["registry.model"] == f"score-sample/{number}"
+        if number == 1:
+            assert run_tags["registry.champion_val_mrr"] == "none"
+            assert "first champion" in decision.message
+        else:
+            assert decision.champion_mrr == max(m for m, _, _ in steps[:number - 1])
+            assert float(run_tags["registry.champion_val_mrr"]) == decision.champion_mrr
+    assert "0.4100 > champion v1's 0.3000" in decision.message
+
+
+def test_refuses_nan_and_names_a_hand_set_alias_without_tag(tmp_path):
+    uri = f"sqlite:///{tmp_path}/registry.db"
+    run_id, model_uri = _logged_model(uri, str(tmp_path / "artifacts"), 0.1)
+    with pytest.raises(ValueError, match="validation MRR"):
+        register_and_promote(uri, "m", model_uri, run_id, math.nan)
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model("m")
+    version = client.create_model_version("m", source=model_uri, run_id=run_id)
+    client.set_registered_model_alias("m", CHAMPION, version.version)
+    with pytest.raises(ValueError, match="no 'val_mrr' tag"):
+        register_and_promote(uri, "m", model_uri, run_id, 0.2)
