@@ -81,6 +81,13 @@ def _load_all() -> None:
     # Importing the model modules runs their @register decorators. Listed here, once, so the
     # registry is complete wherever it is used (CLI, Ray workers, tests).
     import trainers.score  # noqa: F401
+    import trainers.svdpp  # noqa: F401
+    import trainers.delf  # noqa: F401
+    import trainers.gru4rec  # noqa: F401
+    import trainers.caser  # noqa: F401
+    import trainers.sasrec  # noqa: F401
+    import trainers.rrn  # noqa: F401
+    import trainers.deems  # noqa: F401
 
 
 def model_names() -> list[str]:

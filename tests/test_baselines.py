@@ -1,0 +1,176 @@
+"""The seven baselines of SCoRe Section 4.1.3: shapes, causality, learning, checkpoints.
+
+Every model is built from its own preset (conf/models/<name>.yaml) through the registry,
+exactly as the training loop builds it, on tiny random batches.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conf.loading import load_config
+from trainers.embedding import build_optimizer
+from trainers.registry import Batch, DataSizes, build_model
+
+BASELINES = ["svdpp", "delf", "gru4rec", "caser", "sasrec", "rrn", "deems"]
+SEQUENTIAL = ["gru4rec", "caser", "sasrec"]  # per-position outputs: ``position_states``
+SIZES = DataSizes(num_users=30, num_items=40, history_slices=3, set_size=4, sequence_len=8)
+
+
+def preset_params(name: str) -> dict:
+    return dict(load_config("sample", name, "local", []).model.params)
+
+
+def make_model(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name, {**preset_params(name), **overrides}, SIZES)
+
+
+def make_batch(B: int = 5, C: int = 3, seed: int = 1) -> Batch:
+    """Random batch with every field; about a third of ids are padding (0), row 0's
+    history is completely empty (a new user), and candidates are never padding."""
+    g = torch.Generator().manual_seed(seed)
+    H, S, L = SIZES.history_slices, SIZES.set_size, SIZES.sequence_len
+    U, I = SIZES.num_users, SIZES.num_items
+
+    def ids(high: int, shape: tuple[int, ...]) -> torch.Tensor:
+        x = torch.randint(1, high + 1, shape, generator=g)
+        return x * (torch.rand(shape, generator=g) > 0.35)
+
+    user_sets = torch.stack([ids(I, (B, H, S)), ids(U, (B, H, S))], dim=2)  # items, users
+    item_sets = torch.stack([ids(U, (B, C, H, S)), ids(I, (B, C, H, S))], dim=3)  # users, items
+    lengths = torch.randint(1, L + 1, (B,), generator=g)
+    lengths[0] = 0
+    seq = torch.randint(1, I + 1, (B, L), generator=g)
+    seq = seq * (torch.arange(L) >= L - lengths[:, None])  # left-padded
+    user_sets[0], seq[0] = 0, 0
+    label = torch.zeros(B, C)
+    label[:, 0] = 1.0
+    return {"user": torch.randint(1, U + 1, (B,), generator=g),
+            "items": torch.randint(1, I + 1, (B, C), generator=g), "label": label,
+            "user_sets": user_sets, "item_sets": item_sets, "sequence": seq}
+
+
+def objective(model: torch.nn.Module, batch: Batch, l2: float) -> torch.Tensor:
+    """What the training loop minimises: data term + λ · dense L2 (SCoRe's Eq. 25 split)."""
+    return model.loss(model(batch), batch) + l2 * model.regularization()
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_forward_shapes_and_finite_loss(name):
+    model = make_model(name)
+    batch = make_batch()
+    for mode in (model.train, model.eval):
+        mode()
+        scores = model(batch)
+        assert scores.shape == (5, 3)
+        assert torch.isfinite(scores).all(), f"{name}: non-finite score (empty history row?)"
+        loss = model.loss(scores, batch)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_declares_only_known_inputs(name):
+    model = make_model(name)
+    assert model.inputs and model.inputs <= {"slice_sets", "sequence"}
+    batch = make_batch()
+    drop = {"sequence"} if "sequence" not in model.inputs else {"user_sets", "item_sets"}
+    slim = {k: v for k, v in batch.items() if k not in drop}
+    model.eval()
+    torch.testing.assert_close(model(slim), model(batch))  # needs nothing it did not declare
+
+
+@pytest.mark.parametrize("name", SEQUENTIAL)
+def test_sequence_models_never_look_ahead(name):
+    model = make_model(name).eval()
+    seq = make_batch(B=6, seed=3)["sequence"]
+    seq[:, -5:] = torch.randint(1, SIZES.num_items + 1, (6, 5))  # at least 5 real items
+    base = model.position_states(seq)  # (B, L, d)
+    L = seq.shape[1]
+    for j in range(L - 5, L):
+        changed = seq.clone()
+        changed[:, j] = changed[:, j] % SIZES.num_items + 1  # another real item
+        out = model.position_states(changed)
+        torch.testing.assert_close(out[:, :j], base[:, :j], rtol=0, atol=0)
+        assert not torch.allclose(out[:, j], base[:, j]), f"{name}: position {j} ignores its item"
+
+
+def test_gru4rec_state_ignores_padding_length():
+    model = make_model("gru4rec").eval()
+    seq = torch.tensor([[0, 0, 0, 0, 5, 9, 2, 7]])
+    shorter = seq[:, 3:]  # the same items with less left padding
+    torch.testing.assert_close(model.position_states(seq)[:, -1],
+                               model.position_states(shorter)[:, -1])
+    assert model.position_states(torch.zeros(1, 8, dtype=torch.long)).abs().sum() == 0
+
+
+def test_svdpp_matches_equation_15():
+    model = make_model("svdpp").eval()
+    batch = make_batch(B=2, C=2)
+    scores = model(batch)
+    u, v = int(batch["user"][1]), int(batch["items"][1, 1])
+    history = [j for j in batch["sequence"][1].tolist() if j]
+    y = model.implicit.weight[history].sum(0) / len(history) ** 0.5
+    expected = (model.global_bias + model.user_bias.weight[u, 0] + model.item_bias.weight[v, 0]
+                + model.item.weight[v] @ (model.user.weight[u] + y))
+    torch.testing.assert_close(scores[1, 1], expected)
+
+
+def test_deems_combines_players_and_plays_the_game():
+    model = make_model("deems").eval()
+    batch = make_batch()
+    s_u, s_v = model.player_scores(batch)
+    average = (torch.sigmoid(s_u) + torch.sigmoid(s_v)) / 2
+    torch.testing.assert_close(torch.sigmoid(model(batch)), average)
+    model.train()
+    kept = model.loss(model(batch), batch)  # reuses the players' graphs
+    with torch.no_grad():
+        recomputed = model.loss(model(batch), batch)  # nothing kept: recomputed
+    torch.testing.assert_close(kept.detach(), recomputed)
+    solo = make_model("deems", game_weight=0.0).train()
+    gap = ((torch.sigmoid(s_u) - torch.sigmoid(s_v)) ** 2).mean() * 2
+    with torch.no_grad():
+        torch.testing.assert_close(kept - solo.loss(solo(batch), batch), 0.05 * gap)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_one_training_step_lowers_the_loss(name):
+    model = make_model(name)
+    batch = make_batch(B=16, C=3)
+    optimizer = build_optimizer(model, lr=0.01, l2=1e-5)
+
+    def eval_objective() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(objective(model, batch, l2=1e-5))
+
+    before = eval_objective()
+    model.train()
+    optimizer.zero_grad()
+    objective(model, batch, l2=1e-5).backward()
+    optimizer.step()
+    assert eval_objective() < before
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_checkpoint_round_trip(name, tmp_path):
+    model = make_model(name, seed=0)
+    optimizer = build_optimizer(model, lr=0.01, l2=0.0)
+    batch = make_batch()
+    model.train()  # one step so the saved weights are not the initial ones
+    optimizer.zero_grad()
+    model.loss(model(batch), batch).backward()
+    optimizer.step()
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    restored = make_model(name, seed=99)
+    restored.load_state_dict(torch.load(tmp_path / "model.pt"))
+    model.eval(), restored.eval()
+    torch.testing.assert_close(restored(batch), model(batch), rtol=0, atol=0)
+
+
+def test_bad_params_are_named():
+    with pytest.raises(ValueError, match="num_heads"):
+        build_model("sasrec", {**preset_params("sasrec"), "num_heads": 3}, SIZES)
+    with pytest.raises(ValueError, match="model.params.windw"):
+        build_model("caser", {**preset_params("caser"), "windw": 3}, SIZES)

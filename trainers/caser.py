@@ -1,0 +1,108 @@
+"""Caser (Tang & Wang, WSDM 2018, "Personalized Top-N Sequential Recommendation via
+Convolutional Sequence Embedding"): horizontal and vertical convolutions over the embedding
+matrix of the user's last L' items.
+
+Implemented (equation numbers of the paper):
+  * Embedding look-up: E ∈ R^{L'×d}, the last L' items stacked (Eq. 1).
+  * Horizontal convolutions: n_h filters of each height h ∈ {1..L'} and width d,
+    c_i = φ_c(E_{i:i+h-1} ⊙ F) (Eq. 2), max-pooled over i (Eq. 3): union-level and
+    point-level sequential patterns.
+  * Vertical convolutions: n_v filters F̃ ∈ R^{L'×1}, c̃ = Σ_l F̃_l E_l (Eq. 4-5): a learned
+    weighted sum of the L' embeddings.
+  * Fully-connected layer: z = φ_a(W [o; õ] + b) (Eq. 6), with dropout on [o; õ] as in the
+    authors' code.
+  * Prediction: y_i = W'_i · [z; P_u] + b'_i (Eq. 7): the user's general taste P_u is added
+    after the convolutions; W' is a separate output item table of width 2d.
+  * Loss: binary cross-entropy over the positive and sampled negatives (Eq. 10-11).
+    φ_c = φ_a = ReLU (the paper's best setting).
+
+Simplifications, and why:
+  * One target slice per sample instead of the paper's T next items ("skip" targets): the
+    data layer samples candidates for the target slice only, as for every compared model.
+  * Windows reaching before the first item are zero-padded.
+
+Shapes: B batch, C candidates, L sequence length, W = window L', d embedding.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from trainers.embedding import RowSparseEmbedding
+from trainers.registry import Batch, DataSizes, ModelParams, register
+
+
+class CaserParams(ModelParams):
+    embed_dim: int = Field(gt=0)  # d (paper: 50)
+    embed_init_std: float = Field(gt=0)  # embedding rows start as N(0, std²)
+    window: int = Field(gt=0)  # L': items the convolutions see (paper: 5)
+    horizontal_filters: int = Field(gt=0)  # n_h per height (paper: 16)
+    vertical_filters: int = Field(gt=0)  # n_v (paper: 4)
+    dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.5
+
+
+@register("caser")
+class Caser(nn.Module):
+    Params: ClassVar[type[ModelParams]] = CaserParams
+    inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
+
+    def __init__(self, params: CaserParams, sizes: DataSizes):
+        super().__init__()
+        self.params = params
+        d, W = params.embed_dim, params.window
+        std = params.embed_init_std
+        self.item = RowSparseEmbedding(sizes.num_items + 1, d, std)  # input E (Eq. 1)
+        self.user = RowSparseEmbedding(sizes.num_users + 1, d, std)  # P_u (Eq. 7)
+        self.item_out = RowSparseEmbedding(sizes.num_items + 1, 2 * d, std)  # W' (Eq. 7)
+        self.item_bias = RowSparseEmbedding(sizes.num_items + 1, 1, std)  # b' (Eq. 7)
+        self.horizontal = nn.ModuleList(
+            nn.Conv2d(1, params.horizontal_filters, (h, d)) for h in range(1, W + 1))
+        self.vertical = nn.Conv2d(1, params.vertical_filters, (W, 1))
+        self.fc = nn.Linear(W * params.horizontal_filters + params.vertical_filters * d, d)
+        self.dropout = nn.Dropout(params.dropout)
+
+    def _window_states(self, windows: torch.Tensor) -> torch.Tensor:
+        """z of Eq. 6 for each window. Args: windows (N, W) item ids. Returns (N, d)."""
+        # Slots before the first item are padding: zero rows, as the paper's zero-padding.
+        E = (self.item(windows) * (windows != 0).unsqueeze(-1)).unsqueeze(1)  # (N, 1, W, d)
+        o = [F.relu(conv(E)).squeeze(3).amax(dim=2) for conv in self.horizontal]  # (N, n_h) each
+        o_v = self.vertical(E).flatten(1)  # (N, n_v * d)
+        return F.relu(self.fc(self.dropout(torch.cat(o + [o_v], dim=1))))  # (N, d)
+
+    def position_states(self, sequence: torch.Tensor) -> torch.Tensor:
+        """z for the window ending at each position (causal by construction).
+
+        Args:
+            sequence: (B, L) item ids, left-padded with 0.
+        Returns:
+            (B, L, d): position t sees items t-L'+1..t only.
+        """
+        B, L = sequence.shape
+        W = self.params.window
+        padded = F.pad(sequence, (W - 1, 0))  # (B, L+W-1)
+        windows = padded.unfold(1, W, 1)  # (B, L, W)
+        return self._window_states(windows.reshape(B * L, W)).view(B, L, -1)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Args: batch with ``sequence`` (B, L), ``user`` (B,), ``items`` (B, C).
+        Returns: (B, C) logits y_i of Eq. 7."""
+        sequence = batch["sequence"]
+        W = self.params.window
+        last = F.pad(sequence, (max(W - sequence.shape[1], 0), 0))[:, -W:]  # (B, W)
+        z = self._window_states(last)  # (B, d)
+        zp = torch.cat([z, self.user(batch["user"])], dim=1)  # (B, 2d): [z; P_u]
+        y = self.item_out(batch["items"]) @ zp.unsqueeze(-1)  # (B, C, 1)
+        return y.squeeze(-1) + self.item_bias(batch["items"]).squeeze(-1)
+
+    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Binary cross-entropy over candidates (Eq. 11). Args: scores (B, C)."""
+        return F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
+
+    def regularization(self) -> torch.Tensor:
+        """1/2 ||θ||² over the dense parameters (the loop multiplies by λ, as for SCoRe)."""
+        return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2

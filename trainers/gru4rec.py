@@ -1,0 +1,116 @@
+"""GRU4Rec (Hidasi et al., ICLR 2016, "Session-based Recommendations with Recurrent Neural
+Networks"): a GRU reads the user's item sequence; the final hidden state scores candidates.
+
+Implemented:
+  * Section 3.1: embedding of each input item -> GRU layer(s) -> hidden state h_t (GRU
+    update Eq. 1-4 of the paper, ``nn.GRU``).
+  * Section 3.1.2, sampled output: only the candidates are scored,
+    r̂_i = h_t · W_i + b_i, with an output item table W separate from the input one.
+  * Section 3.1.3 ranking losses over the candidates (positive vs. each negative):
+    BPR  L = -1/N_S Σ_j log σ(r̂_i - r̂_j)
+    TOP1 L =  1/N_S Σ_j σ(r̂_j - r̂_i) + σ(r̂_j²)
+    The paper reports both, far ahead of pointwise cross-entropy; ``params.loss`` picks one.
+
+Simplifications, and why:
+  * No session-parallel mini-batches (Section 3.1.1). Here a sample is one user's whole
+    sequence before the target slice, so each sequence is read from the start in one call;
+    the parallel-session trick only exists to avoid padding when streaming many sessions.
+  * Negatives are the sampler's candidates (trainers/batches.py), not the other targets of
+    the mini-batch; with ``index.negative_sampling=popularity`` they follow the same
+    popularity distribution the paper's in-batch sampling gives.
+  * The sequence is the last L items (``index.sequence_max_len``), left-padded with 0;
+    padding is skipped exactly (packed sequences), so its length never leaks into h_t.
+
+Shapes: B batch, C candidates, L sequence length, d embedding, k hidden size.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from trainers.embedding import RowSparseEmbedding
+from trainers.registry import Batch, DataSizes, ModelParams, register
+
+
+def align_left_padded(lengths: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather indices that move the real items of left-padded rows to the front and back.
+
+    Args:
+        lengths: (B,) real items per row; row b holds them at positions L-lengths[b]..L-1.
+        L: padded length.
+    Returns:
+        to_front, to_back: (B, L) int64; ``x.gather(1, to_front)`` is right-padded and
+        ``y.gather(1, to_back)`` undoes it (a per-row rotation by the padding count).
+    """
+    pos = torch.arange(L, device=lengths.device).unsqueeze(0)  # (1, L)
+    pad = (L - lengths).unsqueeze(1)  # (B, 1)
+    return (pos + pad) % L, (pos - pad) % L
+
+
+class GRU4RecParams(ModelParams):
+    embed_dim: int = Field(gt=0)  # d: input item embedding
+    embed_init_std: float = Field(gt=0)  # embedding rows start as N(0, std²)
+    hidden_dim: int = Field(gt=0)  # k: GRU hidden size (paper: 100 units, one layer)
+    num_layers: int = Field(ge=1)
+    dropout: float = Field(ge=0.0, lt=1.0)  # on the input embeddings
+    loss: Literal["bpr", "top1"]  # the paper's two ranking losses (Section 3.1.3)
+
+
+@register("gru4rec")
+class GRU4Rec(nn.Module):
+    Params: ClassVar[type[ModelParams]] = GRU4RecParams
+    inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
+
+    def __init__(self, params: GRU4RecParams, sizes: DataSizes):
+        super().__init__()
+        self.params = params
+        rows, std = sizes.num_items + 1, params.embed_init_std
+        self.item_in = RowSparseEmbedding(rows, params.embed_dim, std)
+        self.item_out = RowSparseEmbedding(rows, params.hidden_dim, std)  # W of 3.1.2
+        self.item_bias = RowSparseEmbedding(rows, 1, std)  # b of 3.1.2
+        self.dropout = nn.Dropout(params.dropout)
+        self.gru = nn.GRU(params.embed_dim, params.hidden_dim, params.num_layers, batch_first=True)
+
+    def position_states(self, sequence: torch.Tensor) -> torch.Tensor:
+        """Hidden state after each position of a left-padded sequence.
+
+        Args:
+            sequence: (B, L) item ids, left-padded with 0.
+        Returns:
+            (B, L, k): row b, position p holds h after reading items up to p; 0 on padding.
+        """
+        B, L = sequence.shape
+        lengths = (sequence != 0).sum(dim=1)  # (B,)
+        # Packing needs the real items first: move them to the front, run, move back.
+        to_front, to_back = align_left_padded(lengths, L)  # (B, L) gather indices each
+        items = sequence.gather(1, to_front)
+        x = self.dropout(self.item_in(items))  # (B, L, d)
+        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # (B, L, k)
+        out = out * (lengths > 0).view(B, 1, 1)  # empty sequence: packed as one padding step
+        return out.gather(1, to_back.unsqueeze(-1).expand_as(out))  # (B, L, k)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits."""
+        h = self.position_states(batch["sequence"])[:, -1]  # (B, k): newest item is last
+        w = self.item_out(batch["items"])  # (B, C, k)
+        return (w @ h.unsqueeze(-1)).squeeze(-1) + self.item_bias(batch["items"]).squeeze(-1)
+
+    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Ranking loss of Section 3.1.3 (positive at column 0). Args: scores (B, C)."""
+        pos, neg = scores[:, :1], scores[:, 1:]  # (B, 1), (B, C-1)
+        if self.params.loss == "bpr":
+            return -F.logsigmoid(pos - neg).mean()
+        return (torch.sigmoid(neg - pos) + torch.sigmoid(neg**2)).mean()
+
+    def regularization(self) -> torch.Tensor:
+        """1/2 ||θ||² over the dense parameters (the loop multiplies by λ, as for SCoRe)."""
+        return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2

@@ -1,0 +1,125 @@
+"""SASRec (Kang & McAuley, ICDM 2018, "Self-Attentive Sequential Recommendation"): causal
+self-attention over the user's item sequence.
+
+Implemented (equation numbers of the paper):
+  * Embedding layer, Section III-A: Ê_t = M_{s_t} + P_t with a learned positional embedding P
+    (Eq. 1 area); positions are absolute slots of the left-padded window, so the newest item
+    always sits at slot L-1 as in the paper's right-aligned input.
+  * Self-attention block, Section III-B/C: S = SA(Ê) = softmax(QKᵀ/√d)V with causal masking
+    (Eq. 2-3), point-wise two-layer FFN F = ReLU(S W1 + b1) W2 + b2 (Eq. 4), each sub-layer
+    wrapped as g(x) = x + Dropout(g(LayerNorm(x))) (Section III-D), b stacked blocks.
+  * Prediction layer, Section III-E: r_{i,t} = F_t · M_i with the item embedding M shared
+    between input and output (Eq. 6 with the shared-embedding choice the paper recommends).
+  * Loss, Section III-F: binary cross-entropy over the positive and sampled negatives (Eq. 7).
+
+Simplifications, and why:
+  * One prediction per sample (the target slice's candidates, read from the last position)
+    instead of a next-item target at every position: the data layer samples candidates for
+    the target slice only, as for every other model in the comparison. ``position_states``
+    still returns F_t for every t (the causal test uses it).
+  * Padding keys are masked and padding rows are zeroed after every block (the paper's code
+    does the same); a padding query may attend to itself only, so no softmax row is empty.
+
+Shapes: B batch, C candidates, L sequence length, d embedding.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from trainers.embedding import RowSparseEmbedding
+from trainers.registry import Batch, DataSizes, ModelParams, register
+
+
+class SASRecParams(ModelParams):
+    embed_dim: int = Field(gt=0)  # d (paper: 50)
+    embed_init_std: float = Field(gt=0)  # embedding rows start as N(0, std²)
+    num_blocks: int = Field(ge=1)  # b (paper: 2)
+    num_heads: int = Field(ge=1)  # paper: 1 (more heads did not help)
+    dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.2 dense data, 0.5 sparse data
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> SASRecParams:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by "
+                             f"num_heads {self.num_heads}")
+        return self
+
+
+class _Block(nn.Module):
+    """One self-attention block: x + Drop(SA(LN(x))), then x + Drop(FFN(LN(x)))."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.ln_ffn = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d, d))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        """Args: x (B, L, d); blocked (B*heads, L, L) bool, True = may not attend."""
+        h = self.ln_attn(x)
+        x = x + self.dropout(self.attn(h, h, h, attn_mask=blocked, need_weights=False)[0])
+        return x + self.dropout(self.ffn(self.ln_ffn(x)))
+
+
+@register("sasrec")
+class SASRec(nn.Module):
+    Params: ClassVar[type[ModelParams]] = SASRecParams
+    inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
+
+    def __init__(self, params: SASRecParams, sizes: DataSizes):
+        super().__init__()
+        self.params = params
+        d = params.embed_dim
+        # M: input and output (Eq. 6)
+        self.item = RowSparseEmbedding(sizes.num_items + 1, d, params.embed_init_std)
+        self.position = nn.Embedding(sizes.sequence_len, d)  # P (Eq. 1)
+        self.dropout = nn.Dropout(params.dropout)
+        self.blocks = nn.ModuleList(
+            _Block(d, params.num_heads, params.dropout) for _ in range(params.num_blocks))
+        self.ln_out = nn.LayerNorm(d)
+
+    def position_states(self, sequence: torch.Tensor) -> torch.Tensor:
+        """F_t for every position of a left-padded sequence.
+
+        Args:
+            sequence: (B, L) item ids, left-padded with 0; L <= sizes.sequence_len.
+        Returns:
+            (B, L, d); position t depends on items at positions <= t only; 0 on padding.
+        """
+        B, L = sequence.shape
+        if L > self.position.num_embeddings:
+            raise ValueError(f"sequence length {L} exceeds the model's "
+                             f"{self.position.num_embeddings} positions")
+        # The window's newest slot is the last positional row, whatever L is.
+        slots = torch.arange(self.position.num_embeddings - L, self.position.num_embeddings,
+                             device=sequence.device)
+        keep = (sequence != 0).unsqueeze(-1)  # (B, L, 1)
+        x = self.dropout(self.item(sequence) + self.position(slots)) * keep  # (B, L, d)
+        causal = torch.ones(L, L, dtype=torch.bool, device=sequence.device).triu(1)  # j > t
+        blocked = causal | (sequence == 0).unsqueeze(1)  # (B, L, L): future or padding keys
+        blocked = blocked & ~torch.eye(L, dtype=torch.bool, device=sequence.device)
+        blocked = blocked.repeat_interleave(self.params.num_heads, dim=0)  # (B*heads, L, L)
+        for block in self.blocks:
+            x = block(x, blocked) * keep
+        return self.ln_out(x) * keep
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits."""
+        f = self.position_states(batch["sequence"])[:, -1]  # (B, d)
+        return (self.item(batch["items"]) @ f.unsqueeze(-1)).squeeze(-1)  # r_{i,t} (Eq. 6)
+
+    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Binary cross-entropy over candidates (Eq. 7). Args: scores (B, C)."""
+        return F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
+
+    def regularization(self) -> torch.Tensor:
+        """1/2 ||θ||² over the dense parameters (the loop multiplies by λ, as for SCoRe)."""
+        return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2
