@@ -1,0 +1,160 @@
+"""Test helpers for the training and evaluation tests: a hand-written index folder in the
+documented Parquet contract (docs/architecture.md) and a tiny registered model.
+
+The model is registered under the test-only name ``test_tiny``; Ray workers import this
+module by name (the trainer passes the model's module), so tests put this folder on the
+workers' PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conf.schema import ModelConfig, PipelineConfig
+from trainers.embedding import RowSparseEmbedding
+from trainers.registry import Batch, DataSizes, ModelParams, register
+
+T, S = 5, 3  # slices, set size
+NUM_USERS, NUM_ITEMS = 30, 40
+EVAL_NEGATIVES = 9
+TARGETS = {"train": T - 3, "valid": T - 2, "test": T - 1}
+
+
+class TinyParams(ModelParams):
+    dim: int
+
+
+@register("test_tiny")
+class TinyModel(nn.Module):
+    """Score = <W (u + mean of the user's history items), v>; enough to learn popularity."""
+
+    Params: ClassVar[type[ModelParams]] = TinyParams
+    inputs: ClassVar[frozenset[str]] = frozenset({"slice_sets"})
+
+    def __init__(self, params: TinyParams, sizes: DataSizes) -> None:
+        super().__init__()
+        self.sizes = sizes
+        self.embedding = RowSparseEmbedding(1 + sizes.num_users + sizes.num_items, params.dim,
+                                            0.1)
+        self.proj = nn.Linear(params.dim, params.dim)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        U = self.sizes.num_users
+        history = batch["user_sets"][:, :, 0]  # (B, H, S) items
+        hist = self.embedding(history + U * (history > 0)).mean(dim=(1, 2))  # (B, d)
+        u = self.embedding(batch["user"])  # (B, d)
+        v = self.embedding(batch["items"] + U)  # (B, C, d)
+        return (self.proj(u + hist)[:, None, :] * v).sum(-1)  # (B, C)
+
+    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(scores, batch["label"])
+
+    def regularization(self) -> torch.Tensor:
+        return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2
+
+
+def tiny_config(make_config, overrides: list[str] | None = None) -> PipelineConfig:
+    """A config (from conftest's ``make_config``) that fits the hand-written index and runs
+    the tiny model; the model section is replaced whole (presets would merge params)."""
+    cfg = make_config(overrides=[
+        f"dataset.num_slices={T}",
+        f"index.set_size={S}", f"index.eval_negatives={EVAL_NEGATIVES}",
+        "index.train_negatives=2", "train.batch_size=16", "train.eval_batch_size=7",
+        "train.full_rank_users=8", "train.patience=5", "train.lr=0.05",
+        *(overrides or []),
+    ])
+    return cfg.model_copy(update={"model": ModelConfig(name="test_tiny", params={"dim": 4})})
+
+
+def _list_table(columns: dict[str, tuple[list, pa.DataType]]) -> pa.Table:
+    return pa.table({k: pa.array(v, type=t) for k, (v, t) in columns.items()})
+
+
+def write_index(work_dir: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """Write ``<work_dir>/index`` with users 1..NUM_USERS, items 1..NUM_ITEMS, T slices.
+
+    Each user has one positive per slice (popular items more likely), so every split has
+    NUM_USERS lists. Train lists carry 2 sampled negatives (the first one is a "real
+    negative" for even users); valid/test carry EVAL_NEGATIVES.
+
+    Returns:
+        {"positives": (U+1, T) the positive item of each user and slice}.
+    """
+    rng = np.random.default_rng(seed)
+    index = work_dir / "index"
+    weights = np.linspace(2.0, 0.2, NUM_ITEMS)
+    weights /= weights.sum()
+    positives = np.zeros((NUM_USERS + 1, T), dtype=np.int64)
+    positives[1:] = rng.choice(np.arange(1, NUM_ITEMS + 1), size=(NUM_USERS, T), p=weights)
+
+    def sets(n_entities: int, n_other: int) -> pa.Table:
+        rows = {"entity": [], "slice": [], "interaction": [], "co_interaction": []}
+        for e in range(1, n_entities + 1):
+            for t in range(T):
+                if rng.random() < 0.2:
+                    continue  # empty (entity, slice) pairs are absent
+                rows["entity"].append(e)
+                rows["slice"].append(t)
+                rows["interaction"].append(rng.integers(1, n_other + 1, S).tolist())
+                rows["co_interaction"].append(rng.integers(1, n_entities + 1, S).tolist())
+        li = pa.list_(pa.int32())
+        return _list_table({"entity": (rows["entity"], pa.int32()),
+                            "slice": (rows["slice"], pa.int16()),
+                            "interaction": (rows["interaction"], li),
+                            "co_interaction": (rows["co_interaction"], li)})
+
+    (index / "user_sets").mkdir(parents=True)
+    (index / "item_sets").mkdir()
+    pq.write_table(sets(NUM_USERS, NUM_ITEMS), index / "user_sets" / "part-0.parquet")
+    pq.write_table(sets(NUM_ITEMS, NUM_USERS), index / "item_sets" / "part-0.parquet")
+
+    for split, target in TARGETS.items():
+        negatives = 2 if split == "train" else EVAL_NEGATIVES
+        users, slices, cands, real = [], [], [], []
+        for u in range(1, NUM_USERS + 1):
+            pos = int(positives[u, target])
+            pool = [i for i in range(1, NUM_ITEMS + 1) if i != pos]
+            neg = rng.choice(pool, size=negatives, replace=False).tolist()
+            users.append(u)
+            slices.append(target)
+            cands.append([pos, *neg])
+            real.append(1 if split == "train" and u % 2 == 0 else 0)
+        (index / "samples" / split).mkdir(parents=True)
+        pq.write_table(_list_table({"user": (users, pa.int32()), "slice": (slices, pa.int16()),
+                                    "candidates": (cands, pa.list_(pa.int32())),
+                                    "real_negatives": (real, pa.int16())}),
+                       index / "samples" / split / "part-0.parquet")
+
+    counts = np.zeros((NUM_ITEMS + 1, T), dtype=np.int64)
+    for t in range(T):
+        np.add.at(counts[:, t], positives[1:, t], 1)
+    item, slc = counts.nonzero()
+    (index / "item_popularity").mkdir()
+    pq.write_table(_list_table({"item": (item.tolist(), pa.int32()),
+                                "slice": (slc.tolist(), pa.int16()),
+                                "count": (counts[item, slc].tolist(), pa.int64())}),
+                   index / "item_popularity" / "part-0.parquet")
+
+    (index / "sequences").mkdir()
+    pq.write_table(_list_table({
+        "user": (list(range(1, NUM_USERS + 1)), pa.int32()),
+        "items": ([positives[u].tolist() for u in range(1, NUM_USERS + 1)], pa.list_(pa.int32())),
+        "ts": ([[1000 * t for t in range(T)]] * NUM_USERS, pa.list_(pa.int64())),
+        "slice": ([list(range(T))] * NUM_USERS, pa.list_(pa.int16())),
+        "label": ([[1] * T] * NUM_USERS, pa.list_(pa.int8())),
+    }), index / "sequences" / "part-0.parquet")
+
+    manifest = {"stage": "index", "schema_version": 1, "input_hash": f"hand-{seed}",
+                "config_hash": "hand", "num_users": NUM_USERS, "num_items": NUM_ITEMS,
+                "num_slices": T, "set_size": S, "target_slices": TARGETS}
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    return {"positives": positives, "counts": counts}

@@ -1,0 +1,208 @@
+"""MLflow tracking for one training run: params, tags, curves, model, artifacts.
+
+One MLflow run per training run. The driver opens it before training (params = every config
+value under a flattened dotted key, tags dataset/model/profile/index hash) and passes its id
+to the Ray workers; rank 0 logs per-epoch metrics with ``step=epoch`` through
+``MlflowClient`` (no global MLflow state in a worker); the driver logs the best model, the
+config YAML and a metric-curve plot when training ends, and evaluation later adds ``test_*``
+metrics to the same run. The tracking URI and experiment are always passed explicitly, never
+set at import time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from conf.loading import to_yaml
+from conf.schema import PipelineConfig
+
+_MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts as ``{"a.b.c": "value"}`` strings (MLflow params)."""
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, sub in value.items():
+            out.update(flatten(sub, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): str(value)[:_MAX_PARAM_CHARS]}
+
+
+def client(cfg: PipelineConfig):
+    """An ``MlflowClient`` for ``tracking.uri`` (created on call, not at import)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=cfg.tracking.uri)
+
+
+def experiment_id(cfg: PipelineConfig) -> str:
+    """Id of ``tracking.experiment``, created with ``tracking.artifact_location`` if missing."""
+    mlflow_client = client(cfg)
+    experiment = mlflow_client.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = cfg.tracking.artifact_location
+    if "://" not in location:
+        Path(location).mkdir(parents=True, exist_ok=True)
+        location = Path(location).resolve().as_uri()
+    return mlflow_client.create_experiment(cfg.tracking.experiment, artifact_location=location)
+
+
+def open_run(cfg: PipelineConfig, index_hash: str, run_id: str | None) -> str:
+    """Create the training run (or reopen ``run_id`` when resuming) and log params and tags.
+
+    Args:
+        cfg: the composed config; every value becomes a param.
+        index_hash: hash of the index manifest the run trains on.
+        run_id: an existing run to continue (an interrupted training run), or None.
+
+    Returns:
+        The MLflow run id.
+    """
+    mlflow_client = client(cfg)
+    if run_id is not None:
+        mlflow_client.update_run(run_id, status="RUNNING")
+        return run_id
+    tags = {"dataset": cfg.dataset.name, "model": cfg.model.name, "profile": cfg.profile,
+            "index_manifest_hash": index_hash,
+            "mlflow.runName": f"{cfg.dataset.name}-{cfg.model.name}"}
+    run = mlflow_client.create_run(experiment_id(cfg), tags=tags)
+    from mlflow.entities import Param
+
+    params = [Param(k, v) for k, v in sorted(flatten(cfg.model_dump(mode="json")).items())]
+    for start in range(0, len(params), 100):  # log_batch takes at most 100 params
+        mlflow_client.log_batch(run.info.run_id, params=params[start:start + 100])
+    return run.info.run_id
+
+
+def metric_name(key: str) -> str:
+    """MLflow-safe name: ``valid_hr@10`` -> ``valid_hr_at_10`` (MLflow rejects ``@``)."""
+    return key.replace("@", "_at_")
+
+
+def log_epoch(cfg: PipelineConfig, run_id: str, metrics: dict[str, float], epoch: int) -> None:
+    """Per-epoch numeric metrics at ``step=epoch`` (called on rank 0); names via
+    :func:`metric_name`."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(metric_name(k), float(v), now, epoch) for k, v in sorted(metrics.items())]
+    client(cfg).log_batch(run_id, metrics=batch)
+
+
+def log_metrics(cfg: PipelineConfig, run_id: str, metrics: dict[str, float]) -> None:
+    """Final (step 0) metrics, e.g. ``test_*`` from evaluation."""
+    log_epoch(cfg, run_id, metrics, 0)
+
+
+def metric_history(cfg: PipelineConfig, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of one metric, by step."""
+    history = client(cfg).get_metric_history(run_id, metric_name(key))
+    return sorted((m.step, m.value) for m in history)
+
+
+class BatchScorer:
+    """pyfunc wrapper: a dict of numpy batch fields -> (B, C) scores.
+
+    The pytorch flavour's pyfunc only takes one array; SCoRe takes a batch dict. Built lazily
+    as an ``mlflow.pyfunc.PythonModel`` subclass so importing this module does not import
+    MLflow.
+    """
+
+    @staticmethod
+    def make(model: torch.nn.Module):
+        import mlflow.pyfunc
+
+        class _Scorer(mlflow.pyfunc.PythonModel):
+            def __init__(self, net: torch.nn.Module) -> None:
+                self.net = net.eval()
+
+            def predict(self, context, model_input, params=None):  # dict of (B, ...) arrays
+                batch = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}
+                batch["label"] = batch["label"].float()
+                with torch.no_grad():
+                    return self.net(batch).numpy()
+
+        return _Scorer(model)
+
+
+def log_model(cfg: PipelineConfig, run_id: str, model: torch.nn.Module,
+              example: dict[str, torch.Tensor]) -> None:
+    """The best model: pytorch flavour (``name="model"``) with a signature, and a pyfunc
+    scorer (``name="scorer"``) that serves batch dicts, with the example batch attached.
+
+    Args:
+        model: the trained module (CPU, eval mode).
+        example: a small batch dict (2 lists) used for the signature and input example.
+    """
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    inputs = {k: v.cpu().numpy() for k, v in example.items()}
+    with torch.no_grad():
+        scores = model({k: v.cpu() for k, v in example.items()}).numpy()
+    signature = infer_signature(inputs, scores)
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                    f"numpy=={np.__version__}"]
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    with mlflow.start_run(run_id=run_id):
+        # pickle: the default pt2 export traces forward with one array, not a batch dict.
+        mlflow.pytorch.log_model(model, name="model", signature=signature,
+                                 serialization_format="pickle",
+                                 pip_requirements=requirements)
+        mlflow.pyfunc.log_model(name="scorer", python_model=BatchScorer.make(model),
+                                signature=signature, input_example=inputs,
+                                pip_requirements=requirements)
+
+
+def log_artifacts(cfg: PipelineConfig, run_id: str, history: list[dict[str, float]]) -> None:
+    """The composed config YAML and a PNG of the per-epoch curves.
+
+    Args:
+        history: one dict per epoch with ``epoch`` and the numeric metrics of that epoch.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    mlflow_client = client(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "config.yaml"
+        config_path.write_text(to_yaml(cfg))
+        mlflow_client.log_artifact(run_id, str(config_path))
+        if history:
+            epochs = [h["epoch"] for h in history]
+            fig, (ax_loss, ax_rank) = plt.subplots(1, 2, figsize=(10, 4))
+            ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
+            ax_loss.set(xlabel="epoch", ylabel="train loss", title="training loss")
+            for key in ("valid_mrr", "valid_ndcg@10", "valid_hr@10"):
+                ax_rank.plot(epochs, [h[key] for h in history], marker="o", label=key)
+            ax_rank.set(xlabel="epoch", ylabel="metric", title="validation")
+            ax_rank.legend()
+            fig.tight_layout()
+            plot_path = Path(tmp) / "curves.png"
+            fig.savefig(plot_path, dpi=100)
+            plt.close(fig)
+            mlflow_client.log_artifact(run_id, str(plot_path))
+
+
+def log_text(cfg: PipelineConfig, run_id: str, text: str, name: str) -> None:
+    """A text artifact (e.g. the evaluation's markdown table)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(text)
+        client(cfg).log_artifact(run_id, str(path))
+
+
+def finish_run(cfg: PipelineConfig, run_id: str) -> None:
+    client(cfg).set_terminated(run_id, status="FINISHED")

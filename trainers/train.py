@@ -1,0 +1,374 @@
+"""Training stage: one Ray Train loop for every registered model.
+
+``run_training(cfg)`` runs ``ray.train.torch.TorchTrainer`` with ``train.num_workers``
+workers. Each worker loads the index arrays itself (local disk or shared storage), builds the
+model from the registry, and trains with Adam (``trainers.embedding.build_optimizer``) on its
+shard of the shuffled training rows; validation MRR decides early stopping
+(``train.patience``) and the best checkpoint.
+
+Several workers (data parallel):
+  * dense parameters: DDP via ``ray.train.torch.prepare_model`` all-reduces (averages) their
+    gradients during ``backward``;
+  * row-sparse embedding tables (``RowSparseEmbedding``): DDP ignores them (their weight does
+    not require grad); ``RowAdam.step`` all-gathers every worker's touched rows and
+    gradients and applies the same averaged update on every replica, so the tables stay
+    identical without all-reducing millions of rows;
+  * every worker runs the same number of steps (the epoch's rows are padded to a multiple of
+    the worker count), so the collectives never wait on a finished worker;
+  * validation is sharded; the rank histograms are summed with one all-reduce.
+
+Checkpoints (rank 0, every epoch) hold model and optimizer state, the epoch, the best
+validation result so far, the early-stopping counter and the seeds. Ray keeps the two best by
+``valid_mrr`` plus the latest. Rerunning the same config on the same run directory
+``<work_dir>/train/<model>/`` resumes from the latest checkpoint (Ray Train restores its
+checkpoint manager from that folder) and continues the epoch count; a finished run whose
+epochs are done (or that stopped early) is skipped; a run directory left by a different
+model, data or optimisation config is replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from conf.loading import section_hash
+from conf.schema import PipelineConfig
+from spark_jobs.manifest import exists, filesystem, join, manifest_hash, write_json
+from trainers import tracking
+from trainers.batches import BatchBuilder, NegativeSampler, Samples, epoch_rows, shard_rows
+from trainers.embedding import build_optimizer
+from trainers.metrics import RankHistogram, rank_of_positive
+from trainers.registry import DataSizes, build_model, model_class
+from trainers.split_data import load_split_data
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+CHECKPOINT_FILE = "state.pt"
+# Fields that change how a run executes or how long it goes on, not what it learns: a
+# rerun that changes only these resumes the same run.
+_RUNTIME_FIELDS = ("epochs", "patience", "num_workers", "use_gpu", "cpus_per_worker",
+                   "ray_address", "eval_batch_size", "full_rank_users")
+_PROGRESS_LINES_PER_EPOCH = 10
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0  # last finished epoch (1-based)
+    best_mrr: float = -1.0
+    best_epoch: int = 0
+    stale_epochs: int = 0  # epochs since the best validation MRR
+    stopped_early: bool = False
+
+
+def run_dir(cfg: PipelineConfig) -> str:
+    """``<work_dir>/train/<model>``: Ray checkpoints and ``run.json``."""
+    return join(cfg.paths.work_dir, "train", cfg.model.name)
+
+
+def read_run(cfg: PipelineConfig) -> dict[str, Any] | None:
+    """The run record (``run.json``) of this model's run directory, or None."""
+    uri = join(run_dir(cfg), RUN_FILE)
+    if not exists(uri):
+        return None
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+def resume_key(cfg: PipelineConfig, index_hash: str) -> str:
+    """Hash of everything that shapes the learned weights (data, model, optimisation)."""
+    train = cfg.train.model_dump(mode="json")
+    for field in _RUNTIME_FIELDS:
+        train.pop(field)
+    payload = {"index": index_hash, "sections": section_hash(cfg, "index", "model"),
+               "train": train}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_training(cfg: PipelineConfig) -> dict[str, Any]:
+    """Train ``model.name`` on the index of ``paths.work_dir`` with Ray Train.
+
+    Returns:
+        dict: ``run_id`` (MLflow), ``best_epoch``, ``epochs`` (finished), ``stopped_early``,
+        ``valid`` (best epoch's validation metrics), ``checkpoint`` (best checkpoint path),
+        ``run_dir``, ``skipped`` (True when a finished run already covered this config).
+
+    Raises:
+        FileNotFoundError: the index stage has not been run.
+        KeyError: unknown model name.
+        RuntimeError: Ray Train failed (the worker's error is chained).
+    """
+    index_uri = join(cfg.paths.work_dir, "index")
+    index_hash = manifest_hash(index_uri)
+    model_module = model_class(cfg.model.name).__module__  # fails fast on an unknown model
+    key = resume_key(cfg, index_hash)
+    previous = read_run(cfg)
+    if previous is not None and previous["resume_key"] == key and previous["status"] == "finished":
+        done = previous["result"]
+        if done["stopped_early"] or done["epochs"] >= cfg.train.epochs:
+            return {**done, "skipped": True}
+    if previous is not None and previous["resume_key"] != key:
+        log.warning("run directory %s was trained with another config; starting afresh",
+                    run_dir(cfg))
+        _remove_dir(run_dir(cfg))
+        previous = None
+
+    run_id = tracking.open_run(cfg, index_hash, previous["run_id"] if previous else None)
+    write_json(join(run_dir(cfg), RUN_FILE),
+               {"status": "running", "run_id": run_id, "resume_key": key})
+    started_ray = _start_ray(cfg)
+    try:
+        result = _fit(cfg, run_id, model_module)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}") from result.error
+    best = result.get_best_checkpoint(metric="valid_mrr", mode="max")
+    last = result.metrics
+    with best.as_directory() as folder:
+        payload = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    summary = {
+        "run_id": run_id,
+        "best_epoch": payload["state"]["best_epoch"],
+        "epochs": int(last["epoch"]),
+        "stopped_early": bool(last["stopped_early"]),
+        "valid": payload["best_valid"],
+        "checkpoint": best.path,
+        "run_dir": run_dir(cfg),
+    }
+    _log_final(cfg, run_id, payload, model_module)
+    write_json(join(run_dir(cfg), RUN_FILE),
+               {"status": "finished", "run_id": run_id, "resume_key": key, "result": summary})
+    return {**summary, "skipped": False}
+
+
+def _start_ray(cfg: PipelineConfig) -> bool:
+    """Connect to ``train.ray_address`` or start a local Ray; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if cfg.train.ray_address is not None:
+        ray.init(address=cfg.train.ray_address, logging_level=logging.WARNING,
+                 log_to_driver=True)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=True)
+    return True
+
+
+def _fit(cfg: PipelineConfig, run_id: str, model_module: str):
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_id": run_id,
+                           "model_module": model_module},
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers,
+                                     use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=RunConfig(
+            name=cfg.model.name,
+            storage_path=join(cfg.paths.work_dir, "train"),
+            checkpoint_config=CheckpointConfig(num_to_keep=2,
+                                               checkpoint_score_attribute="valid_mrr",
+                                               checkpoint_score_order="max"),
+        ),
+    )
+    return trainer.fit()
+
+
+def _log_final(cfg: PipelineConfig, run_id: str, payload: dict, model_module: str) -> None:
+    """Best model, config and curves to MLflow (driver side, after training)."""
+    importlib.import_module(model_module)
+    model = build_model(cfg.model.name, dict(cfg.model.params), DataSizes(**payload["sizes"]))
+    model.load_state_dict(payload["model"])
+    keys = ("train_loss", "valid_mrr", "valid_ndcg@10", "valid_hr@10")
+    history: dict[int, dict[str, float]] = {}
+    for key in keys:
+        for step, value in tracking.metric_history(cfg, run_id, key):
+            history.setdefault(step, {"epoch": step})[key] = value
+    rows = [history[e] for e in sorted(history) if len(history[e]) == len(keys) + 1]
+    tracking.log_model(cfg, run_id, model, _example_batch(payload["example"]))
+    tracking.log_artifacts(cfg, run_id, rows)
+    tracking.finish_run(cfg, run_id)
+
+
+def _example_batch(example: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.cpu() for k, v in example.items()}
+
+
+def _remove_dir(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if "://" not in uri:
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        fs.delete_dir(path)
+
+
+# ---------------------------------------------------------------- inside each Ray worker
+
+
+def seed_everything(seed: int) -> None:
+    """torch, numpy and random from one seed (each worker passes its own)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: load data, build the model, train, validate, report.
+
+    Args:
+        config: ``cfg`` (the PipelineConfig as JSON-able dict), ``run_id`` (MLflow run for
+            rank 0's per-epoch metrics), ``model_module`` (module that registers the model;
+            imported here so plugins registered outside ``registry._load_all`` work too).
+    """
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = PipelineConfig.model_validate(config["cfg"])
+    importlib.import_module(config["model_module"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    tc = cfg.train
+
+    data = load_split_data(cfg, model_class(cfg.model.name).inputs, ("train", "valid"), device)
+    seed_everything(tc.seed)  # same initial weights on every worker
+    model = build_model(cfg.model.name, dict(cfg.model.params), data.sizes).to(device)
+    optimizer = build_optimizer(model, tc.lr, tc.l2)
+    state = TrainState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            payload = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device,
+                                 weights_only=False)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        state = TrainState(**payload["state"])
+        best_valid = payload["best_valid"]
+    else:
+        best_valid = {}
+    net = ray.train.torch.prepare_model(model) if world > 1 else model
+    sampler = data.negative_sampler(cfg)
+    example = data.builder.build(data.splits["valid"].user[:2], data.splits["valid"].slice[:2],
+                                 data.splits["valid"].candidates[:2])
+
+    for epoch in range(state.epoch + 1, tc.epochs + 1):
+        if state.stopped_early:
+            break
+        seed_everything(tc.seed + 1_000 * epoch + rank)  # resumable without saved RNG streams
+        train = data.splits["train"]
+        if sampler is not None:
+            train = sampler.resample(train, epoch, tc.seed)
+        rows = epoch_rows(len(train), epoch, tc.seed, rank, world, device)
+        loss, samples_per_s = _train_epoch(net, model, optimizer, data.builder, train, rows,
+                                           tc.batch_size, tc.l2, world, rank, epoch)
+        valid = validate(model, data.builder, data.splits["valid"], tc.eval_batch_size,
+                         rank, world)
+        state.epoch = epoch
+        if valid["mrr"] > state.best_mrr:
+            state.best_mrr, state.best_epoch, state.stale_epochs = valid["mrr"], epoch, 0
+            best_valid = valid
+        else:
+            state.stale_epochs += 1
+            state.stopped_early = state.stale_epochs >= tc.patience
+        metrics = {"epoch": epoch, "train_loss": loss, "samples_per_s": samples_per_s,
+                   **{f"valid_{k}": v for k, v in valid.items()},
+                   "best_valid_mrr": state.best_mrr, "stopped_early": state.stopped_early}
+        if rank == 0:
+            tracking.log_epoch(cfg, config["run_id"],
+                               {k: float(v) for k, v in metrics.items() if k != "epoch"}, epoch)
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "state": asdict(state), "best_valid": best_valid,
+                            "sizes": asdict(data.sizes), "seeds": {"train.seed": tc.seed},
+                            "example": {k: v.cpu() for k, v in example.items()}},
+                           Path(folder) / CHECKPOINT_FILE)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder),
+                                 checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
+        else:
+            ray.train.report(metrics)
+
+
+def _train_epoch(net, model, optimizer, builder: BatchBuilder, train: Samples,
+                 rows: torch.Tensor, batch_size: int, l2: float, world: int, rank: int,
+                 epoch: int) -> tuple[float, float]:
+    """One pass over this worker's rows.
+
+    Returns:
+        (mean training loss over all workers, training samples per second over all workers).
+    """
+    model.train()
+    steps = -(-len(rows) // batch_size)
+    every = max(1, steps // _PROGRESS_LINES_PER_EPOCH)
+    total = torch.zeros(2, dtype=torch.float64)  # loss sum, rows
+    start = time.perf_counter()
+    for step, batch in enumerate(builder.batches(train, rows, batch_size), start=1):
+        optimizer.zero_grad()
+        scores = net(batch)  # (B, C)
+        loss = model.loss(scores, batch)
+        regularization = getattr(model, "regularization", None)  # optional in the protocol
+        if regularization is not None and l2 > 0:
+            loss = loss + l2 * regularization()  # λ·||Φ||² of Eq. 25 (dense parameters)
+        loss.backward()
+        optimizer.step()
+        B = batch["user"].shape[0]
+        total += torch.tensor([float(loss.detach()) * B, B], dtype=torch.float64)
+        if rank == 0 and (step % every == 0 or step == steps):
+            rate = float(total[1]) * world / (time.perf_counter() - start)
+            log.info("epoch %d step %d/%d loss %.4f %.0f samples/s", epoch, step, steps,
+                        float(total[0] / total[1]), rate)
+    seconds = time.perf_counter() - start
+    if world > 1:
+        total = total.to(rows.device)  # NCCL reduces device tensors only
+        dist.all_reduce(total)
+    return float(total[0] / total[1]), float(total[1]) / seconds
+
+
+@torch.no_grad()
+def validate(model, builder: BatchBuilder, samples: Samples, batch_size: int, rank: int,
+             world: int) -> dict[str, float]:
+    """Validation metrics over all workers' shards (pessimistic ties, trainers/metrics.py).
+
+    Returns:
+        hr@1/5/10, ndcg@5/10, mrr over every validation list.
+    """
+    model.eval()
+    device = samples.user.device
+    C = samples.candidates.shape[1]
+    counts = torch.zeros(C + 1, dtype=torch.int64)  # counts[r] = lists whose positive ranks r
+    for batch in builder.batches(samples, shard_rows(len(samples), rank, world, device),
+                                 batch_size):
+        counts += torch.bincount(rank_of_positive(model(batch)), minlength=C + 1)
+    model.train()
+    if world > 1:
+        counts = counts.to(device)  # NCCL reduces device tensors only
+        dist.all_reduce(counts)
+    histogram = RankHistogram()
+    histogram.add(torch.repeat_interleave(torch.arange(C + 1), counts.cpu()))
+    return histogram.metrics()
