@@ -409,7 +409,10 @@ def generate_rows(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowR
     liked = u < P_MAIN + P_DRIFT
     table = slice_ * k + community.astype(np.int64)
     key = table + rand.uniform(S_ITEM, row)
-    order = np.argsort(key)  # sorted keys make the binary searches cache-friendly (~8x)
+    # Searching keys grouped by table keeps each binary search inside one table's cache lines
+    # (~8x faster on millions of items); 16-bit keys get numpy's radix sort.
+    narrow = np.int16 if ds.num_slices * k < 2**15 else np.int64
+    order = np.argsort(table.astype(narrow), kind="stable")
     drawn = np.empty(n, dtype=np.int64)
     drawn[order] = np.searchsorted(world.choice_cdf, key[order], side="right")
     fresh = world.items_by_community[drawn - slice_ * n_items]
