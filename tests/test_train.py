@@ -144,27 +144,36 @@ def ray_local():
     ray.shutdown()
 
 
-def _train(make_config, work: Path, overrides):
+def _train(root: Path, overrides: list[str]):
     from trainers.train import run_training
 
-    if not (work / "index").exists():
-        tiny_index.write_index(work)
-    cfg = tiny_index.tiny_config(make_config, [f"paths.work_dir={work}", *overrides])
+    if not (root / "work" / "index").exists():
+        tiny_index.write_index(root / "work")
+    cfg = tiny_index.tiny_config(root, overrides)
     return cfg, run_training(cfg)
 
 
-def test_training_logs_mlflow_run_and_resumes(ray_local, make_config, tmp_path):
+@pytest.fixture(scope="module")
+def first_run(ray_local, tmp_path_factory):
+    """One worker, one epoch: the run the resume test continues."""
+    root = tmp_path_factory.mktemp("first")
+    cfg, result = _train(root, ["train.epochs=1"])
+    return root, result
+
+
+def test_training_logs_mlflow_run_and_resumes(first_run):
     from mlflow import MlflowClient
 
-    cfg, first = _train(make_config, tmp_path / "work", ["train.epochs=1"])
+    root, first = first_run
     assert first["epochs"] == 1 and first["best_epoch"] == 1 and not first["skipped"]
-    run_file = tmp_path / "work" / "train" / "test_tiny" / "run.json"
-    record = json.loads(run_file.read_text())
-    assert record["status"] == "finished" and record["run_id"] == first["run_id"]
+    run_file = root / "work" / "train" / "test_tiny" / "run.json"
+    assert json.loads(run_file.read_text())["run_id"] == first["run_id"]
 
-    cfg, second = _train(make_config, tmp_path / "work", ["train.epochs=3"])
-    assert second["run_id"] == first["run_id"]  # the same run goes on
+    cfg, second = _train(root, ["train.epochs=3"])  # the "interrupted" run goes on
+    assert second["run_id"] == first["run_id"]
     assert second["epochs"] == 3
+    record = json.loads(run_file.read_text())
+    assert record["status"] == "finished" and record["result"]["epochs"] == 3
 
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     run = client.get_run(first["run_id"])
@@ -183,28 +192,28 @@ def test_training_logs_mlflow_run_and_resumes(ray_local, make_config, tmp_path):
     assert {"config.yaml", "curves.png"} <= artifacts
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert {m.name for m in models} >= {"model", "scorer"}
-    # The logged pyfunc serves batch dicts.
     import mlflow.pyfunc
 
-    scorer = next(m for m in models if m.name == "scorer")
+    scorer = max((m for m in models if m.name == "scorer"), key=lambda m: m.creation_timestamp)
     pyfunc = mlflow.pyfunc.load_model(scorer.model_uri)
-    example = {k: v for k, v in pyfunc.input_example.items()} if isinstance(
-        pyfunc.input_example, dict) else None
-    assert example is not None and pyfunc.predict(example).shape == (2, 1 + cfg.index.eval_negatives)
+    example = pyfunc.input_example
+    assert isinstance(example, dict)
+    assert pyfunc.predict(example).shape == (2, 1 + cfg.index.eval_negatives)
 
-    # Same config, epochs done: skipped without training.
-    _, third = _train(make_config, tmp_path / "work", ["train.epochs=3"])
+    # Same config with its epochs done: skipped, nothing trained.
+    _, third = _train(root, ["train.epochs=3"])
     assert third["skipped"] and third["run_id"] == first["run_id"]
     checkpoints = sorted(p.name for p in run_file.parent.glob("checkpoint_epoch_*"))
-    assert len(checkpoints) <= 3 and "checkpoint_epoch_0003" in checkpoints
+    assert "checkpoint_epoch_0003" in checkpoints and len(checkpoints) <= 3
     assert Path(second["checkpoint"]).name in checkpoints
 
 
-def test_two_workers_report_like_one(ray_local, make_config, tmp_path):
-    _, two = _train(make_config, tmp_path / "two",
-                    ["train.epochs=1", "train.num_workers=2", "train.cpus_per_worker=0.5"])
-    _, one = _train(make_config, tmp_path / "one", ["train.epochs=1"])
+def test_two_workers_report_like_one(first_run, tmp_path):
+    _, one = first_run
+    _, two = _train(tmp_path, ["train.epochs=1", "train.num_workers=2",
+                               "train.cpus_per_worker=0.5"])
     assert set(two) == set(one)
     assert set(two["valid"]) == set(one["valid"]) == {"hr@1", "hr@5", "hr@10", "ndcg@5",
                                                        "ndcg@10", "mrr"}
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in two["valid"].values())
+    assert two["epochs"] == 1

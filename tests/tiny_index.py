@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conf.loading import load_config
 from conf.schema import ModelConfig, PipelineConfig
 from trainers.embedding import RowSparseEmbedding
 from trainers.registry import Batch, DataSizes, ModelParams, register
@@ -62,14 +63,18 @@ class TinyModel(nn.Module):
         return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2
 
 
-def tiny_config(make_config, overrides: list[str] | None = None) -> PipelineConfig:
-    """A config (from conftest's ``make_config``) that fits the hand-written index and runs
-    the tiny model; the model section is replaced whole (presets would merge params)."""
-    cfg = make_config(overrides=[
-        f"dataset.num_slices={T}",
-        f"index.set_size={S}", f"index.eval_negatives={EVAL_NEGATIVES}",
-        "index.train_negatives=2", "train.batch_size=16", "train.eval_batch_size=7",
-        "train.full_rank_users=8", "train.patience=5", "train.lr=0.05",
+def tiny_config(root: Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """A config with every path under ``root`` that fits the hand-written index
+    (``<root>/work/index``) and runs the tiny model; the model section is replaced whole
+    (the score preset's params would otherwise merge into it)."""
+    cfg = load_config("sample", "score", "local", [
+        f"paths.raw_dir={root}/raw", f"paths.work_dir={root}/work",
+        f"tracking.uri=sqlite:///{root}/mlflow.db",
+        f"tracking.artifact_location={root}/mlartifacts",
+        f"dataset.num_slices={T}", f"index.set_size={S}",
+        f"index.eval_negatives={EVAL_NEGATIVES}", "index.train_negatives=2",
+        "train.batch_size=16", "train.eval_batch_size=7", "train.full_rank_users=8",
+        "train.patience=5", "train.lr=0.05",
         *(overrides or []),
     ])
     return cfg.model_copy(update={"model": ModelConfig(name="test_tiny", params={"dim": 4})})
