@@ -54,7 +54,8 @@ Determinism: global facts (ids, communities, weights, rows per user) come from
 ``numpy.random.default_rng(seed)``; every per-row random number is a counter-based hash of
 (seed, stream, global row index), so the bytes do not depend on ``generate.chunk_rows``.
 Chunks hold whole users (a user's repeats look back only at its own rows), at most
-``chunk_rows`` rows unless one user alone has more; CSV is rendered by pyarrow.
+``chunk_rows`` rows unless one user alone has more; a worker thread draws the next chunk
+while the current one is rendered to CSV by pyarrow and written.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ import math
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -540,6 +542,23 @@ def render(fmt: FileFormat, world: World, rows: Rows) -> list[bytes | memoryview
     return pieces
 
 
+def user_chunks(user_start: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
+    """Consecutive user ranges ``(u0, u1)`` of at most ``chunk_rows`` rows each (a single
+    user with more rows gets a chunk of its own).
+
+    Args:
+        user_start: (U+1,) first global row of each user, ``user_start[-1]`` = rows.
+        chunk_rows: row budget per chunk.
+    """
+    chunks, u0, n_users = [], 0, len(user_start) - 1
+    while u0 < n_users:
+        fits = int(np.searchsorted(user_start, user_start[u0] + chunk_rows, side="right")) - 1
+        u1 = min(max(u0 + 1, fits), n_users)
+        chunks.append((u0, u1))
+        u0 = u1
+    return chunks
+
+
 def _check_window(cfg: PipelineConfig, fmt: FileFormat) -> None:
     ds = cfg.dataset
     first = ds.start - dt.timedelta(days=OUTSIDE_DAYS)
@@ -586,15 +605,17 @@ def generate(cfg: PipelineConfig) -> dict:
     outside = 0
     n_days = cfg.dataset.slice_days * cfg.dataset.num_slices
     try:
-        with fs.open_output_stream(tmp) as out:
+        # One worker draws chunk i+1 while this thread renders and writes chunk i (numpy and
+        # pyarrow release the GIL); at most two chunks are in memory.
+        with fs.open_output_stream(tmp) as out, ThreadPoolExecutor(max_workers=1) as pool:
             if fmt.header is not None:
                 out.write(fmt.header.encode() + b"\n")
-            u0, n_users = 0, len(world.user_raw)
-            while u0 < n_users:
-                limit = world.user_start[u0] + cfg.generate.chunk_rows
-                u1 = max(u0 + 1, int(np.searchsorted(world.user_start, limit, side="right")) - 1)
-                u1 = min(u1, n_users)
-                rows = generate_rows(cfg, fmt, world, rand, u0, u1)
+            chunks = user_chunks(world.user_start, cfg.generate.chunk_rows)
+            pending = pool.submit(generate_rows, cfg, fmt, world, rand, *chunks[0])
+            for following in [*chunks[1:], None]:
+                rows = pending.result()
+                if following is not None:
+                    pending = pool.submit(generate_rows, cfg, fmt, world, rand, *following)
                 for piece in render(fmt, world, rows):
                     out.write(piece)
                 for kind, count in zip(*np.unique(rows.bad_kind, return_counts=True)):
@@ -602,7 +623,6 @@ def generate(cfg: PipelineConfig) -> dict:
                 stray = (rows.day < 0) | (rows.day >= n_days)
                 stray[rows.bad] = False
                 outside += int(stray.sum())
-                u0 = u1
         fs.move(tmp, final)
     except BaseException:
         if fs.get_file_info(tmp).type != pafs.FileType.NotFound:

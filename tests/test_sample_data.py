@@ -113,10 +113,12 @@ def test_same_seed_same_bytes_and_chunking_does_not_matter(make_config, tmp_path
     first = Path(one["files"][0]).read_bytes()
     again = generate(make_config(overrides=base + [f"paths.raw_dir={tmp_path}/again"]))
     assert Path(again["files"][0]).read_bytes() == first
-    chunked = generate(make_config(overrides=base + ["generate.chunk_rows=777",
-                                                     f"paths.raw_dir={tmp_path}/chunked"]))
-    assert Path(chunked["files"][0]).read_bytes() == first
-    assert chunked["malformed"] == one["malformed"]
+    for chunk_rows in (777, 1):  # 1: every user is a chunk of its own
+        chunked = generate(make_config(overrides=base + [
+            f"generate.chunk_rows={chunk_rows}", f"paths.raw_dir={tmp_path}/c{chunk_rows}"]))
+        assert Path(chunked["files"][0]).read_bytes() == first
+        assert chunked["malformed"] == one["malformed"]
+        assert chunked["outside_window"] == one["outside_window"]
     other = generate(make_config(overrides=base + ["generate.seed=8",
                                                    f"paths.raw_dir={tmp_path}/other"]))
     assert Path(other["files"][0]).read_bytes() != first
