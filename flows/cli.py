@@ -100,11 +100,67 @@ def pipeline(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
              profile: ProfileOpt = "local", config: ConfigOpt = None,
              set_: SetOpt = None) -> None:
     """Run the whole Prefect flow in-process (local mode, no server needed)."""
+    _prefect_defaults()
     from flows.pipeline import pipeline_flow
 
     cfg = _config(dataset, model, profile, config, set_)  # fail fast on a bad config
     _show(pipeline_flow(dataset=cfg.dataset.name, model=model, profile=profile,
                         overrides=set_ or [], config_file=config))
+
+
+def _prefect_defaults() -> None:
+    """Before Prefect is imported (it reads its settings then): no telemetry from the
+    ephemeral server, and the stages' own log lines in the flow run's log. Runs keep
+    Prefect's home (~/.prefect, or PREFECT_HOME), so a later `prefect server start` shows them."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "spark_jobs,trainers,flows")
+    # The ephemeral API's first start migrates a new database: 20 s is not enough on a
+    # busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+@app.command()
+def deploy(model: ModelOpt = "score", profile: ProfileOpt = "local", config: ConfigOpt = None,
+           set_: SetOpt = None,
+           schedule: Annotated[bool, typer.Option(
+               "--schedule/--no-schedule",
+               help="activate each deployment's retraining cron (flow.schedule_cron)")] = False,
+           ) -> None:
+    """Create or update the deployments score-sample, score-taobao, score-tmall, score-ccmr
+    on the work pool flow.work_pool (needs PREFECT_API_URL)."""
+    _prefect_defaults()
+    from flows.deployments import deploy_all
+
+    overrides = list(set_ or []) + (["flow.schedule_active=true"] if schedule else [])
+    try:
+        _show(deploy_all(model, profile, overrides=overrides, config_file=config))
+    except (ConfigError, RuntimeError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command("run-deployment")
+def run_deployment(
+    name: Annotated[str, typer.Argument(help="deployment, e.g. score-taobao or score/score-taobao")],
+    set_: SetOpt = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="seconds to wait for the run (default: until it ends; 0: do not wait)")] = None,
+) -> None:
+    """Run a deployment by name and wait for it; a worker must poll its work pool."""
+    _prefect_defaults()
+    from flows.deployments import run_by_name
+
+    parameters = {"overrides": list(set_)} if set_ else None
+    try:
+        result = run_by_name(name, parameters, timeout)
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    _show(result)
+    if result["state"] not in ("COMPLETED", "SCHEDULED", "PENDING", "RUNNING"):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""The flow's own skip rule for train, evaluate and register: ``<work_dir>/flow/<model>/state.json``.
+"""The flow's own skip rule for evaluate and register: ``<work_dir>/flow/<model>/state.json``.
 
-Spark stages skip themselves through their manifests (spark_jobs/manifest.py). Training and
-evaluation write to MLflow and checkpoints, not to a manifest folder, so the flow records
-for each of them the key it ran under (``input_hash``: the index manifest's hash, chained
-through the train run; ``config_hash``: the config sections the step reads) and the step's
-result. A rerun with the same key returns the recorded result instead of running again;
-anything else (new index, changed ``train.lr``, other tracking store) runs the step.
+Spark stages skip themselves through their manifests (spark_jobs/manifest.py) and training
+through its run record (trainers/train.py). Evaluation and registration write to MLflow,
+not to a stage folder, so the flow records for each the key it ran under (``input_hash``:
+the identity of the train run and checkpoint it consumed; ``config_hash``: the config
+sections that shape the result) and the step's result. A rerun with the same key returns
+the recorded result instead of running again; anything else (a new training run, a changed
+``train.lr``, another tracking store) runs the step.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import pyarrow.fs as pafs
 
 from conf.loading import section_hash
 from conf.schema import PipelineConfig
-from spark_jobs.manifest import filesystem, join, manifest_hash
+from spark_jobs.manifest import filesystem, join
 
-# Sections that change what training produces. ``tracking`` is in because a result recorded
+# Sections that change what evaluation reports. ``tracking`` is in because a result recorded
 # against another MLflow store names a run that this store does not have.
-TRAIN_SECTIONS = ("dataset", "index", "model", "train", "tracking")
+SECTIONS = ("dataset", "index", "model", "train", "tracking")
 
 
 def read_json(uri: str) -> dict[str, Any] | None:
@@ -49,26 +50,21 @@ def state_uri(cfg: PipelineConfig) -> str:
     return join(cfg.paths.work_dir, "flow", cfg.model.name, "state.json")
 
 
-def step_key(cfg: PipelineConfig, step: str, upstream: str | None = None) -> dict[str, str]:
+def step_key(cfg: PipelineConfig, step: str, upstream: str,
+             sections: tuple[str, ...] = SECTIONS) -> dict[str, str]:
     """The key a step runs under.
 
     Args:
         cfg: the composed config.
-        step: ``train``, ``evaluate`` or ``register``.
-        upstream: for evaluate/register, the identity of what they consume (the train run id);
-            None for train, whose input is the published index.
+        step: ``evaluate`` or ``register``.
+        upstream: identity of what the step consumes (train run id, epoch, checkpoint).
+        sections: config sections whose change reruns the step.
 
     Returns:
         {"input_hash", "config_hash"}.
-
-    Raises:
-        FileNotFoundError: (train) there is no published index manifest.
     """
-    if upstream is None:
-        input_hash = manifest_hash(join(cfg.paths.work_dir, "index"))
-    else:
-        input_hash = hashlib.sha256(f"{step}:{upstream}".encode()).hexdigest()[:16]
-    return {"input_hash": input_hash, "config_hash": section_hash(cfg, *TRAIN_SECTIONS)}
+    input_hash = hashlib.sha256(f"{step}:{upstream}".encode()).hexdigest()[:16]
+    return {"input_hash": input_hash, "config_hash": section_hash(cfg, *sections)}
 
 
 def lookup(cfg: PipelineConfig, step: str, key: dict[str, str]) -> tuple[dict | None, str]:
@@ -89,11 +85,7 @@ def lookup(cfg: PipelineConfig, step: str, key: dict[str, str]) -> tuple[dict | 
 
 
 def record(cfg: PipelineConfig, step: str, key: dict[str, str], result: dict) -> None:
-    """Remember that ``step`` ran under ``key`` with ``result`` (later steps are forgotten,
-    since they consumed the previous result)."""
-    order = ("train", "evaluate", "register")
-    state = read_json(state_uri(cfg)) or {}
-    for later in order[order.index(step) + 1:]:
-        state.pop(later, None)
-    state[step] = {"key": key, "result": result}
-    write_json_atomic(state_uri(cfg), state)
+    """Remember that ``step`` ran under ``key`` with ``result``."""
+    current = read_json(state_uri(cfg)) or {}
+    current[step] = {"key": key, "result": result}
+    write_json_atomic(state_uri(cfg), current)

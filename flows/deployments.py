@@ -1,0 +1,144 @@
+"""One Prefect deployment per dataset preset: ``score/score-sample``, ``score/score-taobao``,
+``score/score-tmall``, ``score/score-ccmr``.
+
+``seqrec deploy`` registers them with the Prefect API in ``PREFECT_API_URL`` on the process
+work pool ``flow.work_pool`` (created when missing). The code source is this repository's
+folder: a process worker started anywhere that folder exists (``prefect worker start --pool
+seqrec-process``) runs the flow from it. Each deployment carries its preset's retraining
+schedule (``flow.schedule_cron`` in the dataset's timezone), registered inactive unless
+``flow.schedule_active`` is true (``seqrec deploy --schedule``).
+
+Run one with ``prefect deployment run 'score/score-taobao'`` or ``seqrec run-deployment
+score-taobao``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from conf.loading import load_config
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+ENTRYPOINT = "flows/pipeline.py:pipeline_flow"
+FLOW_NAME = "score"  # @flow(name=...) in flows/pipeline.py
+DATASETS = ("sample", "taobao", "tmall", "ccmr")
+
+log = logging.getLogger(__name__)
+
+
+def deployment_name(model: str, dataset: str) -> str:
+    """``<model>-<dataset>``, e.g. ``score-taobao`` (also the registered model's name)."""
+    return f"{model}-{dataset}"
+
+
+def full_name(name: str) -> str:
+    """``score/<name>`` as ``prefect deployment run`` wants it; a full name passes through."""
+    return name if "/" in name else f"{FLOW_NAME}/{name}"
+
+
+def require_api() -> str:
+    """The Prefect API URL deployments live on.
+
+    Raises:
+        RuntimeError: PREFECT_API_URL is not set (without a server a deployment would be
+            written to a throw-away ephemeral database that no worker reads).
+    """
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise RuntimeError(
+            "PREFECT_API_URL is not set: start a server (`prefect server start`) and "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`, or point it at your server"
+        )
+    return url
+
+
+def ensure_work_pool(name: str) -> None:
+    """Create the process work pool ``name`` unless it exists."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            log.info("created process work pool %s", name)
+        except ObjectAlreadyExists:
+            pass
+
+
+def deploy_all(model: str = "score", profile: str = "local", datasets: tuple[str, ...] = DATASETS,
+               overrides: list[str] | None = None,
+               config_file: str | None = None) -> dict[str, str]:
+    """Create or update one deployment per dataset preset.
+
+    Args:
+        model: model preset every deployment trains.
+        profile: ``local`` or ``cluster``: the profile the runs use.
+        datasets: dataset presets to deploy.
+        overrides: ``key=value`` strings; they set the schedule (``flow.*``) here and travel
+            with each deployment as its ``overrides`` parameter.
+        config_file: an extra YAML file, read here and passed to the runs by path.
+
+    Returns:
+        {full deployment name: deployment id}.
+
+    Raises:
+        RuntimeError: no Prefect API configured.
+        ConfigError: a preset does not compose with the overrides.
+    """
+    from prefect.schedules import Cron
+
+    from flows.pipeline import pipeline_flow
+
+    require_api()
+    overrides = list(overrides or [])
+    configs = {d: load_config(d, model, profile, overrides, config_file) for d in datasets}
+    source = pipeline_flow.from_source(source=str(REPO_DIR), entrypoint=ENTRYPOINT)
+    created: dict[str, str] = {}
+    for dataset, cfg in configs.items():
+        ensure_work_pool(cfg.flow.work_pool)
+        name = deployment_name(model, dataset)
+        schedules = []
+        if cfg.flow.schedule_cron:
+            schedules.append(Cron(cfg.flow.schedule_cron, timezone=cfg.dataset.timezone,
+                                  active=cfg.flow.schedule_active))
+        parameters: dict[str, Any] = {"dataset": dataset, "model": model, "profile": profile,
+                                      "overrides": overrides, "config_file": config_file}
+        deployment_id = source.deploy(
+            name=name, work_pool_name=cfg.flow.work_pool, parameters=parameters,
+            schedules=schedules, build=False, push=False, print_next_steps=False,
+            tags=[model, dataset, profile],
+            description=f"{model} on the {dataset} preset ({profile} profile)",
+        )
+        created[full_name(name)] = str(deployment_id)
+        log.info("deployed %s (schedule %s, %s)", full_name(name), cfg.flow.schedule_cron,
+                 "active" if cfg.flow.schedule_active else "inactive")
+    return created
+
+
+def run_by_name(name: str, parameters: dict[str, Any] | None = None,
+                timeout: float | None = None) -> dict[str, Any]:
+    """Start a deployment's flow run and wait for it (a worker must be polling its pool).
+
+    Args:
+        name: ``score-taobao`` or ``score/score-taobao``.
+        parameters: parameter values that replace the deployment's defaults.
+        timeout: seconds to wait; None waits until the run ends, 0 returns at once.
+
+    Returns:
+        {"flow_run_id", "name", "state"}.
+
+    Raises:
+        RuntimeError: no Prefect API configured.
+    """
+    from prefect.deployments import run_deployment
+
+    require_api()
+    flow_run = run_deployment(full_name(name), parameters=parameters or {}, timeout=timeout)
+    return {"flow_run_id": str(flow_run.id), "name": flow_run.name,
+            "state": flow_run.state.type.value if flow_run.state else None}
+

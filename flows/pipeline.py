@@ -1,0 +1,255 @@
+"""The Prefect flow: (generate) -> ingest -> index -> train -> evaluate -> register.
+
+Each task is a thin wrapper over the stage function the CLI calls (no second
+implementation). Unchanged steps are skipped: ingest and index through their manifests
+(spark_jobs/manifest.py), train, evaluate and register through the flow state
+(flows/state.py); each skip is logged with its reason. Transient failures (lost JVM or Ray
+worker, I/O hiccups) are retried ``flow.retries`` times, ``flow.retry_delay_seconds`` apart;
+errors in the input or config fail at once, and a failed step fails the flow with the
+step's own exception.
+
+Run in-process with ``seqrec pipeline`` (Prefect's ephemeral API; no server needed) or as a
+deployment (flows/deployments.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE as NO_CACHE
+from prefect.runtime import deployment as runtime_deployment
+
+from conf.loading import ConfigError, load_config
+from conf.schema import PipelineConfig
+from flows import state
+from flows.window import window_overrides
+
+# Failures that a second try cannot fix: bad input, bad config, a missing file or a bug.
+PERMANENT = (ConfigError, ValueError, TypeError, KeyError, FileNotFoundError,
+             NotImplementedError, AssertionError)
+
+
+# MLflow errors that name a bad request rather than an unreachable or busy store.
+PERMANENT_MLFLOW_CODES = ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_DOES_NOT_EXIST",
+                          "RESOURCE_ALREADY_EXISTS", "INVALID_STATE")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures worth retrying: not in :data:`PERMANENT` and not an MLflow error
+    about the request itself."""
+    if isinstance(exc, PERMANENT):
+        return False
+    return getattr(exc, "error_code", None) not in PERMANENT_MLFLOW_CODES
+
+
+def _retry_condition(_task, _task_run, task_state) -> bool:
+    return is_transient(task_state.result(raise_on_failure=False))
+
+
+def registered_name(cfg: PipelineConfig) -> str:
+    """MLflow registered model name: ``tracking.registered_model``, else the deployment's
+    name when run as one, else ``<model>-<dataset>`` (the same as the deployment name)."""
+    return (cfg.tracking.registered_model or runtime_deployment.name
+            or f"{cfg.model.name}-{cfg.dataset.name}")
+
+
+@task(name="generate", cache_policy=NO_CACHE)
+def generate_task(cfg: PipelineConfig) -> dict:
+    from spark_jobs.sample_data import generate
+
+    return generate(cfg)
+
+
+@task(name="window", cache_policy=NO_CACHE)
+def window_task(cfg: PipelineConfig) -> list[str]:
+    return window_overrides(cfg)
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest_task(cfg: PipelineConfig) -> dict:
+    from spark_jobs.ingest import run_ingest
+
+    return _logged("ingest", run_ingest(cfg))
+
+
+@task(name="index", cache_policy=NO_CACHE)
+def index_task(cfg: PipelineConfig) -> dict:
+    from spark_jobs.index import run_index
+
+    return _logged("index", run_index(cfg))
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(cfg: PipelineConfig) -> dict:
+    """run_training skips itself when its run directory already holds a finished run for the
+    same index manifest and learning config (trainers/train.py, ``resume_key``)."""
+    from trainers.train import run_training
+
+    result = run_training(cfg)
+    why = ("a finished run covers this index and dataset/index/model/train config"
+           if result["skipped"] else "index or learning config changed, or no finished run")
+    return _logged("train", result | {"reason": why})
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(cfg: PipelineConfig, trained: dict) -> dict:
+    from trainers.evaluate import run_evaluation
+
+    key = state.step_key(cfg, "evaluate", upstream=_trained_identity(trained))
+    return _cached_or_run(cfg, "evaluate", key, lambda: run_evaluation(cfg),
+                          f"train run {trained['run_id']} (epoch {trained['best_epoch']}) and "
+                          "config unchanged")
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_task(cfg: PipelineConfig, trained: dict) -> dict:
+    from flows.champion import register_and_promote
+
+    name = registered_name(cfg)
+    # Only the registry store matters: the same run registered twice would be a duplicate.
+    key = state.step_key(cfg, "register", upstream=f"{_trained_identity(trained)}:{name}",
+                         sections=("tracking",))
+
+    def run() -> dict:
+        decision = register_and_promote(cfg.tracking.uri, name, model_uri(trained),
+                                        trained["run_id"], validation_mrr(trained))
+        return decision.as_dict()
+
+    result = _cached_or_run(cfg, "register", key, run, f"run {trained['run_id']} already "
+                            f"registered as {name}")
+    get_run_logger().info("champion: %s", result["message"])
+    return result
+
+
+def validation_mrr(trained: dict) -> float:
+    """The best validation MRR from run_training's result (the early-stopping metric)."""
+    return float(trained["valid"]["mrr"])
+
+
+def model_uri(trained: dict) -> str:
+    """The best model that trainers/tracking.py logs under the name ``model``."""
+    return f"runs:/{trained['run_id']}/model"
+
+
+def _trained_identity(trained: dict) -> str:
+    """What evaluate and register consume: the run and its best checkpoint."""
+    return f"{trained['run_id']}:{trained['best_epoch']}:{trained['checkpoint']}"
+
+
+def _cached_or_run(cfg: PipelineConfig, step: str, key: dict, run, why_same: str) -> dict:
+    """Reuse ``step``'s recorded result when its key is unchanged, else run and record it."""
+    logger = get_run_logger()
+    cached, why_run = state.lookup(cfg, step, key)
+    if cached is not None:
+        logger.info("%s skipped: %s", step, why_same)
+        return cached | {"skipped": True, "reason": why_same}
+    logger.info("%s runs: %s", step, why_run)
+    result = dict(run())
+    state.record(cfg, step, key, result)
+    return result | {"skipped": False, "reason": why_run}
+
+
+def _logged(stage: str, result: dict) -> dict:
+    verb = "skipped" if result["skipped"] else "ran"
+    get_run_logger().info("%s %s: %s", stage, verb, result["reason"])
+    return result
+
+
+def _raw_missing(cfg: PipelineConfig) -> bool:
+    from spark_jobs.ingest import resolve_files
+
+    try:
+        resolve_files(cfg)
+    except FileNotFoundError:
+        return True
+    return False
+
+
+def metrics_markdown(cfg: PipelineConfig, evaluated: dict, trained: dict,
+                     registered: dict) -> str:
+    """The run's summary: test metrics next to the popularity reference, run id and link."""
+    test, popular = evaluated["test"], evaluated["popularity_test"]
+    rows = "\n".join(
+        f"| {name} | {test[name]:.4f} | {popular[name]:.4f} |" for name in test if name in popular
+    )
+    full = evaluated.get("full") or {}  # absent when train.full_rank_users is 0
+    full_line = ("Full ranking against all items: " + ", ".join(
+        f"{k} {v:.4f}" for k, v in full.items() if isinstance(v, float)) + ".\n\n") if full else ""
+    run_id = trained["run_id"]
+    return (
+        f"# {cfg.model.name} on {cfg.dataset.name}\n\n"
+        f"| metric (test) | {cfg.model.name} | popularity |\n|---|---|---|\n{rows}\n\n"
+        f"{full_line}"
+        f"Best validation MRR {validation_mrr(trained):.4f} (epoch {trained['best_epoch']}). "
+        f"{registered['message']}.\n\n"
+        f"MLflow run `{run_id}`: {run_link(cfg.tracking.uri, run_id)}\n"
+    )
+
+
+def run_link(tracking_uri: str, run_id: str) -> str:
+    """A browser link to the run: direct for an HTTP tracking server, otherwise the command
+    that serves the store and the page to open."""
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+    page = f"#/experiments/{experiment}/runs/{run_id}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return (f"`mlflow ui --backend-store-uri {tracking_uri}`, then "
+            f"http://127.0.0.1:5000/{page}")
+
+
+@flow(name="score", flow_run_name="{model}-{dataset}", log_prints=True)
+def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = "local",
+                  overrides: list[str] | None = None,
+                  config_file: str | None = None) -> dict[str, Any]:
+    """Run every stage for one dataset and model; skip what is unchanged.
+
+    Args:
+        dataset: dataset preset (conf/datasets).
+        model: model preset (conf/models).
+        profile: ``local`` or ``cluster`` (conf/profiles).
+        overrides: ``key.sub=value`` strings, as ``--set`` on the CLI.
+        config_file: an extra YAML file applied before the overrides.
+
+    Returns:
+        {"generate"?, "ingest", "index", "train", "evaluate", "register", "config"}: each
+        step's result (skipped steps say so and why) and the window overrides applied.
+
+    Raises:
+        ConfigError: the config does not compose or validate.
+        Exception: the failing step's own exception, after its retries.
+    """
+    logger = get_run_logger()
+    overrides = list(overrides or [])
+    cfg = load_config(dataset, model, profile, overrides, config_file)
+    retry = {"retries": cfg.flow.retries, "retry_delay_seconds": cfg.flow.retry_delay_seconds,
+             "retry_condition_fn": _retry_condition}
+    results: dict[str, Any] = {}
+
+    if cfg.dataset.name == "sample" and _raw_missing(cfg):
+        logger.info("generate runs: no sample raw files in %s", cfg.paths.raw_dir)
+        results["generate"] = generate_task.with_options(**retry)(cfg)
+
+    moved = window_task.with_options(**retry)(cfg)
+    if moved:
+        cfg = load_config(dataset, model, profile, overrides + moved, config_file)
+    results["window"] = {"mode": cfg.dataset.window, "overrides": moved,
+                         "start": cfg.dataset.start.isoformat(),
+                         "end": cfg.dataset.end.isoformat()}
+
+    results["ingest"] = ingest_task.with_options(**retry)(cfg)
+    results["index"] = index_task.with_options(**retry)(cfg)
+    trained = train_task.with_options(**retry)(cfg)
+    results["train"] = trained
+    results["evaluate"] = evaluate_task.with_options(**retry)(cfg, trained)
+    results["register"] = register_task.with_options(**retry)(cfg, trained)
+
+    create_markdown_artifact(
+        markdown=metrics_markdown(cfg, results["evaluate"], trained, results["register"]),
+        key=f"{cfg.model.name}-{cfg.dataset.name}-metrics".lower().replace("_", "-"),
+        description=f"test metrics of {cfg.model.name} on {cfg.dataset.name}",
+    )
+    return results
