@@ -27,7 +27,7 @@ from trainers import set_arrays, tracking
 from trainers.batches import BatchBuilder, Samples
 from trainers.metrics import RankHistogram, RankingAccumulator, items_ranked_above
 from trainers.popularity import popularity_scores
-from trainers.registry import build_model, model_class
+from trainers.registry import DataSizes, build_model, model_class
 from trainers.split_data import load_split_data
 from trainers.train import CHECKPOINT_FILE, read_run, run_dir
 
@@ -79,8 +79,6 @@ def load_best_model(cfg: PipelineConfig, checkpoint: str, device: torch.device):
     with Checkpoint(checkpoint).as_directory() as folder:
         payload = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device,
                              weights_only=False)
-    from trainers.registry import DataSizes
-
     model = build_model(cfg.model.name, dict(cfg.model.params), DataSizes(**payload["sizes"]))
     model.load_state_dict(payload["model"])
     return model.to(device).eval()

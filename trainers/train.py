@@ -49,7 +49,7 @@ from conf.loading import section_hash
 from conf.schema import PipelineConfig
 from spark_jobs.manifest import exists, filesystem, join, manifest_hash, write_json
 from trainers import tracking
-from trainers.batches import BatchBuilder, NegativeSampler, Samples, epoch_rows, shard_rows
+from trainers.batches import BatchBuilder, Samples, epoch_rows, shard_rows
 from trainers.embedding import build_optimizer
 from trainers.metrics import RankHistogram, rank_of_positive
 from trainers.registry import DataSizes, build_model, model_class
@@ -286,7 +286,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if sampler is not None:
             train = sampler.resample(train, epoch, tc.seed)
         rows = epoch_rows(len(train), epoch, tc.seed, rank, world, device)
-        loss, samples_per_s = _train_epoch(net, model, optimizer, data.builder, train, rows,
+        loss, samples_per_s = train_epoch(net, model, optimizer, data.builder, train, rows,
                                            tc.batch_size, tc.l2, world, rank, epoch)
         valid = validate(model, data.builder, data.splits["valid"], tc.eval_batch_size,
                          rank, world)
@@ -315,7 +315,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
 
 
-def _train_epoch(net, model, optimizer, builder: BatchBuilder, train: Samples,
+def train_epoch(net, model, optimizer, builder: BatchBuilder, train: Samples,
                  rows: torch.Tensor, batch_size: int, l2: float, world: int, rank: int,
                  epoch: int) -> tuple[float, float]:
     """One pass over this worker's rows.
