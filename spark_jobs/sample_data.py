@@ -94,8 +94,8 @@ DIURNAL = np.array([3, 2, 1.2, 0.8, 0.6, 0.7, 1.2, 2.2, 3.2, 4, 4.5, 4.6,
                     4.6, 4.5, 4.5, 4.6, 4.6, 4.5, 4.6, 5, 5.6, 6, 5.5, 4.2])
 RATINGS_LIKED = np.array([0.02, 0.04, 0.14, 0.40, 0.40])  # P(rating 1..5), liked community
 RATINGS_NOISE = np.array([0.15, 0.25, 0.35, 0.17, 0.08])  # P(rating 1..5), noise pick
-ITEMS_PER_SELLER = 220  # Tmall: 1.09M items / 4,995 sellers
-ITEMS_PER_BRAND = 130  # Tmall: 1.09M items / 8,444 brands
+ITEMS_PER_SELLER = 220  # Tmall log: about 1.09M items over about 5,000 sellers
+ITEMS_PER_BRAND = 130  # Tmall log: about 1.09M items over about 8,400 brands
 BRAND_MISSING = 0.002  # Tmall: share of items whose brand_id is empty in the public file
 
 
@@ -146,7 +146,7 @@ RATINGS = FileFormat(
     file_name="ratings.csv",
     header="user,item,rating,timestamp",
     columns=("user", "item", "rating", "timestamp"),
-    id_space={"user": 5_000_000, "item": 200_000, "category": 1_000},
+    id_space={"user": 5_000_000, "item": 200_000, "category": 1_000},  # categories unwritten
     behaviors=(),
     behavior_shares=(),
     repeat_share=0.02,  # re-rating the same title is rare
@@ -250,7 +250,8 @@ def _local_days(cfg: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
     ds = cfg.dataset
     zone = ZoneInfo(ds.timezone)
     days = ds.slice_days * ds.num_slices
-    dates = [ds.start + dt.timedelta(days=i - OUTSIDE_DAYS) for i in range(days + 2 * OUTSIDE_DAYS + 1)]
+    first = ds.start - dt.timedelta(days=OUTSIDE_DAYS)
+    dates = [first + dt.timedelta(days=i) for i in range(days + 2 * OUTSIDE_DAYS + 1)]
     midnight = np.array([int(dt.datetime.combine(d, dt.time(0), tzinfo=zone).timestamp())
                          for d in dates], dtype=np.int64)
     mmdd = np.array([d.month * 100 + d.day for d in dates], dtype=np.int64)
@@ -328,8 +329,8 @@ def build_world(cfg: PipelineConfig, fmt: FileFormat) -> World:
     hour_cdf = np.cumsum(hour_weight) / hour_weight.sum()
     hour_cdf[-1] = 1.0
     return World(user_raw, item_raw, user_start, user_main, user_period, user_phase,
-                 item_community, item_category, item_seller, item_brand, items_by_community, choice_cdf,
-                 hour_cdf, hour_start, hour_length, midnight, mmdd)
+                 item_community, item_category, item_seller, item_brand, items_by_community,
+                 choice_cdf, hour_cdf, hour_start, hour_length, midnight, mmdd)
 
 
 @dataclass(frozen=True)
