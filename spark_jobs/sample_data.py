@@ -29,8 +29,8 @@ learn beyond popularity, and ingest/index must meet the quirks of real logs):
    when rows >= users.
 3. Time. A user's rows are spread over the window (``dataset.start`` .. ``dataset.end`` in
    ``dataset.timezone``) by sorted uniforms (exponential spacings) mapped through a daily
-   activity curve (``DIURNAL``), so each user's rows are in time order, as in the public
-   Taobao file which is grouped by user. A share ``OUTSIDE_SHARE`` of rows falls up to
+   activity curve (``DIURNAL``). The file is grouped by user in ascending raw user id, as
+   the public Taobao file is, and each user's rows are in time order. A share ``OUTSIDE_SHARE`` of rows falls up to
    ``OUTSIDE_DAYS`` days before or after the window, as stray rows do in the real file.
 4. Choice of a fresh item at slice ``t``: the community is the user's main one with
    probability ``P_MAIN``, the user's drifting second interest with ``P_DRIFT`` (a community
@@ -271,7 +271,7 @@ def build_world(cfg: PipelineConfig, fmt: FileFormat) -> World:
     rng = np.random.default_rng(g.seed)
     k, n_users, n_items, n_slices = g.communities, g.users, g.items, ds.num_slices
 
-    user_raw = _id_sample(rng, fmt.id_space["user"], n_users)
+    user_raw = np.sort(_id_sample(rng, fmt.id_space["user"], n_users))  # files go by user id
     item_raw = _id_sample(rng, fmt.id_space["item"], n_items)
     category_raw = _id_sample(rng, fmt.id_space["category"], g.categories)
 
