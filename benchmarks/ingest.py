@@ -1,0 +1,169 @@
+"""Benchmark the ingest stage on generated Taobao-format files of growing size.
+
+    .venv/bin/python benchmarks/ingest.py                      # 1M and 10M rows under data/bench
+    .venv/bin/python benchmarks/ingest.py --rows 1000000 --scratch /big/disk/bench \
+        --set spark.driver_memory=8g
+
+For each size the raw file is generated once (``spark_jobs.sample_data.generate``; reused on
+later runs) and ingest runs in a fresh child process, so each size gets its own JVM and the
+peak memory is that run's alone. Peak RSS is the largest sum over the child's process tree
+(Python driver + the Spark JVM it starts), sampled from /proc every 0.2 s; CPU seconds are
+that tree's user+system time, which a busy shared machine inflates less than wall time.
+Quarantine counts must equal the malformed lines generate() reports. Output size is
+the published ``<work>/ingest`` folder on disk. Users and items grow with rows in Taobao's
+proportions (about 1 user per 100 rows and 1 item per 25 rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+CHILD = """
+import json, sys, time
+from conf.loading import load_config
+from spark_jobs.ingest import run_ingest
+cfg = load_config("sample", overrides=json.loads(sys.argv[1]))
+start = time.perf_counter()
+result = run_ingest(cfg)
+print("RESULT " + json.dumps({"seconds": time.perf_counter() - start,
+                              "skipped": result["skipped"], "manifest": result["manifest"]}))
+"""
+
+
+def tree_usage(root: int) -> dict[int, tuple[int, int]]:
+    """{pid: (resident bytes, CPU ticks user+system)} of ``root`` and its descendants, from
+    /proc (Linux; no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        stats[int(entry)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    usage, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        if pid in stats:  # fields after "(comm)": [1] ppid, [11] utime, [12] stime, [21] rss pages
+            fields = stats[pid]
+            usage[pid] = (int(fields[21]) * PAGE, int(fields[11]) + int(fields[12]))
+    return usage
+
+
+def run_child(overrides: list[str]) -> tuple[dict, int, float]:
+    """Run ingest in a child process.
+
+    Returns:
+        (its result, the tree's peak summed RSS in bytes, CPU seconds of the tree). CPU time
+        is the last sample per process, so it misses at most 0.2 s of each.
+    """
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(overrides)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, ticks = 0, {}
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            usage = tree_usage(proc.pid)
+            peak = max(peak, sum(rss for rss, _ in usage.values()))
+            ticks.update({pid: cpu for pid, (_, cpu) in usage.items()})
+            done.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    done.set()
+    sampler.join()
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"ingest child failed (rc {proc.returncode}):\n{err[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):]), peak, sum(ticks.values()) / TICKS
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def overrides_for(rows: int, scratch: Path, extra: list[str]) -> list[str]:
+    return [
+        f"paths.raw_dir={scratch / f'raw-{rows}'}",
+        f"paths.work_dir={scratch / f'work-{rows}'}",
+        f"generate.rows={rows}",
+        f"generate.users={max(rows // 100, 10)}",
+        f"generate.items={max(rows // 25, 10)}",
+        *extra,
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--scratch", type=Path, default=Path("data/bench"))
+    parser.add_argument("--set", dest="extra", action="append", default=[],
+                        help="extra config override key.sub=value (e.g. spark.driver_memory=8g)")
+    args = parser.parse_args()
+
+    from conf.loading import load_config
+    from spark_jobs.sample_data import generate
+
+    table = []
+    for rows in args.rows:
+        overrides = overrides_for(rows, args.scratch.resolve(), args.extra)
+        cfg = load_config("sample", overrides=overrides)
+        raw = Path(cfg.paths.raw_dir) / cfg.dataset.files[0]
+        made = raw.parent / "generate.json"  # generate's own counts, kept for reruns
+        if not made.exists():
+            start = time.perf_counter()
+            made.parent.mkdir(parents=True, exist_ok=True)
+            made.write_text(json.dumps(generate(cfg), default=str))
+            print(f"generated {rows:,} rows in {time.perf_counter() - start:.1f} s -> {raw}")
+        malformed = json.loads(made.read_text())["malformed"]
+        work = Path(cfg.paths.work_dir) / "ingest"
+        if work.exists():  # force a real run: the skip rule would make it a no-op
+            (work / "manifest.json").unlink()
+        result, peak, cpu = run_child(overrides)
+        counts = result["manifest"]["counts"]
+        found = {k: v for k, v in counts["quarantined"].items() if v}
+        if found != {k: v for k, v in malformed.items() if v}:
+            raise RuntimeError(f"quarantine {found} differs from generated malformed {malformed}")
+        table.append({
+            "rows": counts["input_lines"],
+            "raw_mb": raw.stat().st_size / 2**20,
+            "seconds": result["seconds"],
+            "cpu_seconds": cpu,
+            "rows_per_s": counts["input_lines"] / result["seconds"],
+            "peak_rss_gib": peak / 2**30,
+            "output_mb": folder_bytes(work) / 2**20,
+            "kept": counts["kept"],
+            "quarantined": sum(counts["quarantined"].values()),
+            "timings": result["manifest"]["timings"],
+        })
+        print(json.dumps(table[-1]))
+
+    load = os.getloadavg()[0]
+    print(f"\nmachine: {os.cpu_count()} cores, load average {load:.1f} at the end (shared box)")
+    print(f"{'rows':>12} {'raw MB':>8} {'seconds':>8} {'CPU s':>8} {'rows/s':>10} "
+          f"{'peak RSS GiB':>13} {'output MB':>10} {'kept':>12} {'quarantined':>12}")
+    for r in table:
+        print(f"{r['rows']:>12,} {r['raw_mb']:>8.0f} {r['seconds']:>8.1f} {r['cpu_seconds']:>8.1f} "
+              f"{r['rows_per_s']:>10,.0f} {r['peak_rss_gib']:>13.2f} {r['output_mb']:>10.1f} "
+              f"{r['kept']:>12,} {r['quarantined']:>12,}")
+
+
+if __name__ == "__main__":
+    main()
