@@ -75,7 +75,7 @@ def test_eval_lookup_records_nothing_and_accumulated_forwards_sum():
     opt = RowAdam([table], lr=0.1, weight_decay=0.0)
     opt.step()
     assert opt.state[0]["step"].tolist() == [0, 1, 1, 0, 1]
-    assert opt.state[0]["exp_avg"][2].tolist() == pytest.approx([0.2, 0.2])  # (1-β1)·(1+1)
+    assert opt.state[0]["moments"][2, 0].tolist() == pytest.approx([0.2, 0.2])  # (1-β1)·(1+1)
 
 
 def test_build_optimizer_splits_dense_and_row_sparse_parameters():

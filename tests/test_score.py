@@ -91,7 +91,8 @@ def test_co_attention_matches_eq_10_11_and_is_not_mean_pooling():
     y_ok = torch.ones(2, 2, 3, S, dtype=torch.bool)
     x_ok[..., 3:] = False  # two padding slots in x
     y_ok[0, 1, 2, 1:] = False  # y has a single real slot there
-    g_x, g_y = coatt(x, x_ok, y, y_ok, target)
+    as_mask = lambda ok: torch.zeros(ok.shape).masked_fill(~ok, float("-inf"))  # noqa: E731
+    g_x, g_y = coatt(x, as_mask(x_ok), y, as_mask(y_ok), target)
 
     # Eq. 10-11 written out with the concatenation [x_i, y_j, target], O(S² d).
     xs = x.expand(2, 2, 3, S, d)[..., :, None, :].expand(2, 2, 3, S, S, d)

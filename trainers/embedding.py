@@ -60,7 +60,9 @@ class RowSparseEmbedding(nn.Module):
         rows, inverse = torch.unique(ids, return_inverse=True)  # (U,), ids.shape
         leaf = self.weight.index_select(0, rows).requires_grad_()  # (U, d)
         self.touched.append((rows, leaf))
-        return F.embedding(inverse, leaf)
+        # index_select's backward is one index_add_ into the (U, d) leaf: measured faster on
+        # CPU than F.embedding's backward or a sort + sparse-matrix product.
+        return leaf.index_select(0, inverse.reshape(-1)).view(*ids.shape, -1)
 
 
 class RowAdam:
@@ -79,8 +81,8 @@ class RowAdam:
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
         self.state = [
             {
-                "exp_avg": torch.zeros_like(t.weight),
-                "exp_avg_sq": torch.zeros_like(t.weight),
+                # [first, second] moment per row in one tensor: one gather, one scatter
+                "moments": t.weight.new_zeros(t.weight.shape[0], 2, t.weight.shape[1]),
                 "step": torch.zeros(t.weight.shape[0], dtype=torch.int64, device=t.weight.device),
             }
             for t in tables
@@ -112,16 +114,16 @@ class RowAdam:
         if self.weight_decay:
             grad = grad.add(param, alpha=self.weight_decay)
         step = state["step"].index_add_(0, rows, torch.ones_like(rows)).index_select(0, rows)
-        exp_avg = state["exp_avg"].index_select(0, rows).lerp_(grad, 1 - beta1)
-        exp_avg_sq = state["exp_avg_sq"].index_select(0, rows)
+        moments = state["moments"].index_select(0, rows)  # (U, 2, d)
+        exp_avg, exp_avg_sq = moments[:, 0], moments[:, 1]  # views, updated in place
+        exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         step = step.double()[:, None]  # (U, 1); float64 like Adam's Python scalars
         step_size = (self.lr / (1 - beta1**step)).to(param.dtype)
         bias_correction2_sqrt = ((1 - beta2**step) ** 0.5).to(param.dtype)
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
         param += -step_size * exp_avg / denom
-        state["exp_avg"].index_copy_(0, rows, exp_avg)
-        state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+        state["moments"].index_copy_(0, rows, moments)
         weight.index_copy_(0, rows, param)
 
     def state_dict(self) -> dict:

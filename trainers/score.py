@@ -70,32 +70,54 @@ class CoAttention(nn.Module):
         self.d = d
         self.w = nn.Linear(3 * d, 1)  # w1 (Eq. 10) or w2 (Eq. 12), with b
 
-    def forward(self, x: torch.Tensor, x_valid: torch.Tensor, y: torch.Tensor,
-                y_valid: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, x_mask: torch.Tensor, y: torch.Tensor,
+                y_mask: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Attentive vectors over x's and y's set slots.
 
         Args:
-            x, y: (B, 1 or C, H, S, d) set embeddings; x_valid, y_valid: (B, 1 or C, H, S).
+            x, y: (B, 1 or C, H, S, d) set embeddings.
+            x_mask, y_mask: (B, 1 or C, H, S) 0 for valid slots, -inf for padding.
             target: (B, 1 or C, d) the target item (Eq. 10) or user (Eq. 12).
         Returns:
             gamma_x, gamma_y: (B, C, H, S) row and column sums of the softmaxed matrix.
         """
-        d = self.d
+        d, S = self.d, x.shape[-2]
         w = self.w.weight[0]  # (3d,)
-        a = x @ w[:d]  # (B, ., H, S)
+        a = x @ w[:d] + (target @ w[2 * d :] + self.w.bias)[..., None, None]  # (B, C, H, S)
         b = y @ w[d : 2 * d]  # (B, ., H, S)
-        c = target @ w[2 * d :] + self.w.bias  # (B, ., )
-        relatedness = F.relu(a[..., :, None] + b[..., None, :] + c[:, :, None, None, None])  # Eq. 10
-        valid = x_valid[..., :, None] & y_valid[..., None, :]  # (B, C, H, S, S)
-        relatedness = relatedness.masked_fill(~valid, float("-inf"))
-        S = x.shape[-2]
+        relatedness = F.relu(a[..., :, None] + b[..., None, :])  # Eq. 10: (B, C, H, S, S)
+        relatedness = relatedness + (x_mask[..., :, None] + y_mask[..., None, :])
         coatt = relatedness.flatten(-2).softmax(dim=-1).unflatten(-1, (S, S))  # Eq. 11: whole matrix
         return coatt.sum(dim=-1), coatt.sum(dim=-2)  # Eq. 13-16: over j -> x slots, over i -> y slots
 
 
+class InteractiveAttention(nn.Module):
+    """β_t = softmax_t R([h_u_t, h_v_t, γ's of t], [u, v]) (Eq. 21-22), R a 3-layer ReLU MLP.
+
+    R's first layer is split into a per-slice and a per-pair part, so the [u, v] part is
+    computed once per pair and broadcast over the H slices.
+    """
+
+    def __init__(self, slice_dim: int, target_dim: int, hidden: list[int]) -> None:
+        super().__init__()
+        self.slice_in = nn.Linear(slice_dim, hidden[0])
+        self.target_in = nn.Linear(target_dim, hidden[0], bias=False)
+        self.rest = mlp([*hidden, 1])
+
+    def forward(self, slices: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(P, H, slice_dim), (P, target_dim) -> β (P, H, 1), summing to 1 over H."""
+        hidden = F.relu(self.slice_in(slices) + self.target_in(target)[:, None])
+        return self.rest(hidden).softmax(dim=1)
+
+
 def pool(emb: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of a set, ``E^T γ`` (Eq. 17-18): (B, ., H, S, d), (B, C, H, S) -> (B, C, H, d)."""
-    return (gamma.unsqueeze(-2) @ emb).squeeze(-2)
+    """Weighted sum of a set, ``E^T γ`` (Eq. 17-18): (B, ., H, S, d), (B, C, H, S) -> (B, C, H, d).
+
+    A user-side set (size-1 C axis) is contracted without copying it C times.
+    """
+    if emb.shape[1] == 1:
+        return torch.einsum("bchs,bhsd->bchd", gamma, emb[:, 0])
+    return torch.einsum("bchs,bchsd->bchd", gamma, emb)
 
 
 @register("score")
@@ -115,7 +137,7 @@ class SCoRe(nn.Module):
         self.user_coatt = CoAttention(d)  # w2, Eq. 12
         self.user_gru = nn.GRU(2 * d, h, batch_first=True)  # Eq. 20
         self.item_gru = nn.GRU(2 * d, h, batch_first=True)
-        self.relation = mlp([2 * h + 4 * S + 2 * d, *params.attention_hidden, 1])  # R, Eq. 21
+        self.relation = InteractiveAttention(2 * h + 4 * S, 2 * d, params.attention_hidden)
         sides = 1 if params.ablation in ("user_only", "item_only") else 2
         self.head = mlp([sides * h + 2 * d, *params.head_hidden, 1])  # f, Eq. 24
 
@@ -128,47 +150,48 @@ class SCoRe(nn.Module):
         self._check(user, items, user_sets, item_sets)
 
         # One lookup for every id of the batch (the table dedupes them).
+        # Item ids move past the users (padding 0 stays row 0): G_t(u) and G_t(u|v) hold items.
         M = self.sizes.num_users
-        item_row = lambda ids: ids + M * (ids > 0)  # noqa: E731 - padding 0 stays row 0
-        user_sets = torch.stack([item_row(user_sets[:, :, 0]), user_sets[:, :, 1]], dim=2)
-        item_sets = torch.stack([item_sets[..., 0, :], item_row(item_sets[..., 1, :])], dim=-2)
-        ids = [user.reshape(-1), item_row(items).reshape(-1), user_sets.reshape(-1),
-               item_sets.reshape(-1)]
+        shift = torch.tensor([[M], [0]], device=items.device)  # (2, 1): [items, users] sets
+        user_rows = user_sets + (user_sets > 0) * shift  # (B, H, 2, S)
+        item_rows = item_sets + (item_sets > 0) * shift.flip(0)  # (B, C, H, 2, S)
+        ids = [user.reshape(-1), (items + M * (items > 0)).reshape(-1), user_rows.reshape(-1),
+               item_rows.reshape(-1)]
         emb = self.embedding(torch.cat(ids)).split([i.numel() for i in ids])
         u = emb[0].view(B, 1, -1)  # (B, 1, d)
         v = emb[1].view(B, C, -1)  # (B, C, d)
         user_emb = emb[2].view(B, 1, H, 2, S, -1)  # (B, 1, H, 2, S, d)
         item_emb = emb[3].view(B, C, H, 2, S, -1)  # (B, C, H, 2, S, d)
-        user_valid = _valid_slots(user_sets).unsqueeze(1)  # (B, 1, H, 2, S)
-        item_valid = _valid_slots(item_sets)  # (B, C, H, 2, S)
+        user_valid = _valid_slots(user_rows).unsqueeze(1)  # (B, 1, H, 2, S)
+        item_valid = _valid_slots(item_rows)  # (B, C, H, 2, S)
 
         U1, U2 = user_emb[:, :, :, 0], user_emb[:, :, :, 1]  # G_t(u) items, G_t(v|u) users
         V1, V2 = item_emb[:, :, :, 0], item_emb[:, :, :, 1]  # G_t(v) users, G_t(u|v) items
-        U1_ok, U2_ok = user_valid[:, :, :, 0], user_valid[:, :, :, 1]
-        V1_ok, V2_ok = item_valid[:, :, :, 0], item_valid[:, :, :, 1]
         if self.params.ablation == "RCA":  # sum pooling instead of co-attention
-            g_u1, g_v2, g_v1, g_u2 = (m.float().expand(B, C, H, S)
-                                      for m in (U1_ok, V2_ok, V1_ok, U2_ok))
+            weights = (user_valid.float().expand(B, C, H, 2, S), item_valid.float())
+            (g_u1, g_u2), (g_v1, g_v2) = (w.unbind(dim=3) for w in weights)
         else:  # Eq. 10-16: items G_t(u) x G_t(u|v) given v; users G_t(v) x G_t(v|u) given u
-            g_u1, g_v2 = self.item_coatt(U1, U1_ok, V2, V2_ok, v)  # (B, C, H, S) each
-            g_v1, g_u2 = self.user_coatt(V1, V1_ok, U2, U2_ok, u)
+            zero = user_emb.new_zeros(())
+            user_mask = torch.where(user_valid, zero, float("-inf"))  # (B, 1, H, 2, S)
+            item_mask = torch.where(item_valid, zero, float("-inf"))  # (B, C, H, 2, S)
+            g_u1, g_v2 = self.item_coatt(U1, user_mask[:, :, :, 0], V2, item_mask[:, :, :, 1], v)
+            g_v1, g_u2 = self.user_coatt(V1, item_mask[:, :, :, 0], U2, user_mask[:, :, :, 1], u)
         u_t = torch.cat([pool(U1, g_u1), pool(U2, g_u2)], dim=-1)  # Eq. 17: (B, C, H, 2d)
         v_t = torch.cat([pool(V1, g_v1), pool(V2, g_v2)], dim=-1)  # Eq. 18
 
         # Eq. 19-20: one GRU per side over the H slices of every pair.
         h_u, _ = self.user_gru(u_t.reshape(B * C, H, -1))  # (P, H, h)
         h_v, _ = self.item_gru(v_t.reshape(B * C, H, -1))
-        u_p = u.expand(B, C, -1).reshape(B * C, 1, -1)  # (P, 1, d)
-        v_p = v.reshape(B * C, 1, -1)
+        targets = torch.cat([u.expand(B, C, -1), v], dim=-1).view(B * C, -1)  # (P, 2d): [u, v]
         if self.params.ablation == "RIA":  # last hidden state instead of interactive attention
             r_u, r_v = h_u[:, -1], h_v[:, -1]  # (P, h)
         else:  # Eq. 21-23: β_t from both sides' states, the slice's γ's, and u, v
-            gammas = torch.cat([g_u1, g_v2, g_u2, g_v1], dim=-1).reshape(B * C, H, 4 * S)
-            key = torch.cat([h_u, h_v, gammas, u_p.expand(-1, H, -1), v_p.expand(-1, H, -1)], -1)
-            beta = self.relation(key).softmax(dim=1)  # (P, H, 1)
+            slices = torch.cat([h_u, h_v, torch.cat([g_u1, g_v2, g_u2, g_v1], dim=-1)
+                                .view(B * C, H, 4 * S)], dim=-1)  # (P, H, 2h + 4S)
+            beta = self.relation(slices, targets)  # (P, H, 1)
             r_u, r_v = (beta * h_u).sum(dim=1), (beta * h_v).sum(dim=1)  # (P, h)
         sides = {"user_only": [r_u], "item_only": [r_v]}.get(self.params.ablation, [r_u, r_v])
-        logits = self.head(torch.cat([*sides, u_p[:, 0], v_p[:, 0]], dim=-1))  # Eq. 24: (P, 1)
+        logits = self.head(torch.cat([*sides, targets], dim=-1))  # Eq. 24: (P, 1)
         return logits.view(B, C)
 
     def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -187,8 +210,11 @@ class SCoRe(nn.Module):
             if tuple(tensor.shape) != expected[name]:
                 raise ValueError(f"batch[{name!r}] has shape {tuple(tensor.shape)}, "
                                  f"expected {expected[name]} (B, C, H, S = {B}, {C}, {H}, {S})")
-        users_max = max(int(user.max()), int(user_sets[:, :, 1].max()), int(item_sets[..., 0, :].max()))
-        items_max = max(int(items.max()), int(user_sets[:, :, 0].max()), int(item_sets[..., 1, :].max()))
+        # One pass per tensor: the largest id of each kind of set ([items, users] for users).
+        user_kinds = user_sets.amax(dim=(0, 1, 3))  # (2,)
+        item_kinds = item_sets.amax(dim=(0, 1, 2, 4))  # (2,): [users, items]
+        users_max = max(int(user.max()), int(user_kinds[1]), int(item_kinds[0]))
+        items_max = max(int(items.max()), int(user_kinds[0]), int(item_kinds[1]))
         if users_max > self.sizes.num_users or items_max > self.sizes.num_items:
             raise ValueError(f"ids out of range: user id {users_max} (num_users "
                              f"{self.sizes.num_users}), item id {items_max} (num_items "
