@@ -153,25 +153,26 @@ def _train(root: Path, overrides: list[str]):
     return cfg, run_training(cfg)
 
 
-@pytest.fixture(scope="module")
-def first_run(ray_local, tmp_path_factory):
-    """One worker, one epoch: the run the resume test continues."""
-    root = tmp_path_factory.mktemp("first")
-    cfg, result = _train(root, ["train.epochs=1"])
-    return root, result
-
-
-def test_training_logs_mlflow_run_and_resumes(first_run):
+def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path):
     from mlflow import MlflowClient
 
-    root, first = first_run
+    root = tmp_path
+    _, first = _train(root, ["train.epochs=1"])  # one worker, one epoch, then "interrupted"
     assert first["epochs"] == 1 and first["best_epoch"] == 1 and not first["skipped"]
     run_file = root / "work" / "train" / "test_tiny" / "run.json"
     assert json.loads(run_file.read_text())["run_id"] == first["run_id"]
 
-    cfg, second = _train(root, ["train.epochs=3"])  # the "interrupted" run goes on
+    # The "interrupted" run goes on, now with 2 Ray workers of half a CPU each (the worker
+    # count does not change what is learned, so it resumes the same run).
+    cfg, second = _train(root, ["train.epochs=3", "train.num_workers=2",
+                                "train.cpus_per_worker=0.5"])
     assert second["run_id"] == first["run_id"]
     assert second["epochs"] == 3
+    # Two workers report what one worker reports.
+    assert set(second) == set(first)
+    assert set(second["valid"]) == set(first["valid"]) == {"hr@1", "hr@5", "hr@10", "ndcg@5",
+                                                            "ndcg@10", "mrr"}
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in second["valid"].values())
     record = json.loads(run_file.read_text())
     assert record["status"] == "finished" and record["result"]["epochs"] == 3
 
@@ -201,19 +202,9 @@ def test_training_logs_mlflow_run_and_resumes(first_run):
     assert pyfunc.predict(example).shape == (2, 1 + cfg.index.eval_negatives)
 
     # Same config with its epochs done: skipped, nothing trained.
-    _, third = _train(root, ["train.epochs=3"])
+    _, third = _train(root, ["train.epochs=3", "train.num_workers=2",
+                             "train.cpus_per_worker=0.5"])
     assert third["skipped"] and third["run_id"] == first["run_id"]
     checkpoints = sorted(p.name for p in run_file.parent.glob("checkpoint_epoch_*"))
     assert "checkpoint_epoch_0003" in checkpoints and len(checkpoints) <= 3
     assert Path(second["checkpoint"]).name in checkpoints
-
-
-def test_two_workers_report_like_one(first_run, tmp_path):
-    _, one = first_run
-    _, two = _train(tmp_path, ["train.epochs=1", "train.num_workers=2",
-                               "train.cpus_per_worker=0.5"])
-    assert set(two) == set(one)
-    assert set(two["valid"]) == set(one["valid"]) == {"hr@1", "hr@5", "hr@10", "ndcg@5",
-                                                       "ndcg@10", "mrr"}
-    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in two["valid"].values())
-    assert two["epochs"] == 1

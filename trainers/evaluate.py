@@ -162,7 +162,7 @@ def _first_row_per_user(user: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def markdown_table(results: dict[str, dict[str, float]]) -> str:
     """One row per evaluation (test, popularity_test, full), one column per metric."""
-    columns = sorted({k for values in results.values() for k in values})
+    columns = list(dict.fromkeys(k for values in results.values() for k in values))
     lines = ["| evaluation | " + " | ".join(columns) + " |",
              "|---|" + "---|" * len(columns)]
     for name, values in results.items():

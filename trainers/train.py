@@ -113,7 +113,8 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
     Raises:
         FileNotFoundError: the index stage has not been run.
         KeyError: unknown model name.
-        RuntimeError: Ray Train failed (the worker's error is chained).
+        ray.train.TrainingFailedError: a worker failed (its traceback is in the message); the
+            run stays ``running`` in run.json, so a rerun resumes it.
     """
     index_uri = join(cfg.paths.work_dir, "index")
     index_hash = manifest_hash(index_uri)
@@ -141,10 +142,10 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
             import ray
 
             ray.shutdown()
-    if result.error:
-        raise RuntimeError(f"training failed: {result.error}") from result.error
     best = result.get_best_checkpoint(metric="valid_mrr", mode="max")
-    last = result.metrics
+    # The kept checkpoints (best two + latest, restored ones included) carry their metrics;
+    # the latest tells where the run stands even when a resumed run had no epoch left.
+    last = max((metrics for _, metrics in result.best_checkpoints), key=lambda m: m["epoch"])
     with best.as_directory() as folder:
         payload = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
     summary = {
