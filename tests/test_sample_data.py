@@ -113,6 +113,8 @@ def test_same_seed_same_bytes_and_chunking_does_not_matter(make_config, tmp_path
     first = Path(one["files"][0]).read_bytes()
     again = generate(make_config(overrides=base + [f"paths.raw_dir={tmp_path}/again"]))
     assert Path(again["files"][0]).read_bytes() == first
+    rerun = generate(make_config(overrides=base))  # replaces the file in place
+    assert rerun["files"] == one["files"] and Path(rerun["files"][0]).read_bytes() == first
     for chunk_rows in (777, 1):  # 1: every user is a chunk of its own
         chunked = generate(make_config(overrides=base + [
             f"generate.chunk_rows={chunk_rows}", f"paths.raw_dir={tmp_path}/c{chunk_rows}"]))
