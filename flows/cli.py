@@ -108,6 +108,29 @@ def pipeline(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
                         overrides=set_ or [], config_file=config))
 
 
+@app.command()
+def compare(dataset: DatasetOpt = "sample",
+            models: Annotated[str, typer.Option(
+                "--models", help="comma-separated model presets, in table order")] = (
+                "score,svdpp,delf,gru4rec,caser,sasrec,rrn,deems"),
+            profile: ProfileOpt = "local", config: ConfigOpt = None,
+            set_: SetOpt = None) -> None:
+    """Train and evaluate several models on one dataset; one parent MLflow run with a
+    table, CSV and bar chart (SCoRe Table 3). model.* overrides apply to the first model."""
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    cfg = _config(dataset, names[0] if names else "score", profile, config, set_)
+    from trainers.compare import model_configs, run_comparison
+
+    try:
+        model_configs(cfg, names)  # unknown, repeated or preset-less models: fail up front
+    except (ConfigError, KeyError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    result = run_comparison(cfg, names)
+    console.print(result["table"])
+    _show({k: v for k, v in result.items() if k not in ("table", "csv")})
+
+
 def _prefect_defaults() -> None:
     """Before Prefect is imported (it reads its settings then): no telemetry from the
     ephemeral server, and the stages' own log lines in the flow run's log. Runs keep
