@@ -30,8 +30,9 @@ learn beyond popularity, and ingest/index must meet the quirks of real logs):
 3. Time. A user's rows are spread over the window (``dataset.start`` .. ``dataset.end`` in
    ``dataset.timezone``) by sorted uniforms (exponential spacings) mapped through a daily
    activity curve (``DIURNAL``). The file is grouped by user in ascending raw user id, as
-   the public Taobao file is, and each user's rows are in time order. A share ``OUTSIDE_SHARE`` of rows falls up to
-   ``OUTSIDE_DAYS`` days before or after the window, as stray rows do in the real file.
+   the public Taobao file is, and each user's rows are in time order. A share
+   ``OUTSIDE_SHARE`` of rows falls up to ``OUTSIDE_DAYS`` days before or after the window,
+   as stray rows do in the real file.
 4. Choice of a fresh item at slice ``t``: the community is the user's main one with
    probability ``P_MAIN``, the user's drifting second interest with ``P_DRIFT`` (a community
    that changes every 2-4 slices, per user), otherwise any community uniformly (noise). The
@@ -47,7 +48,7 @@ learn beyond popularity, and ingest/index must meet the quirks of real logs):
    of the format's kinds (names match ingest's quarantine reasons): ``wrong_field_count``
    (truncated line, extra field, two records run together), ``non_numeric_id`` (empty,
    ``NULL``, prefixed or decimal id), ``bad_timestamp`` (ISO date text, empty, ``\\N``;
-   Tmall: month 13, day 32, ISO date), ``unknown_behavior`` (Taobao: ``click``, ``PV``, empty;
+   Tmall: month 13, day 32, ISO date, empty), ``unknown_behavior`` (Taobao: ``click``, ``PV``, empty;
    Tmall: action 4, -1, empty) and, for ratings, ``bad_rating`` (0, 6, -1, empty, ``five``).
 
 Determinism: global facts (ids, communities, weights, rows per user) come from
