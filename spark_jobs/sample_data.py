@@ -49,7 +49,8 @@ learn beyond popularity, and ingest/index must meet the quirks of real logs):
    (truncated line, extra field, two records run together), ``non_numeric_id`` (empty,
    ``NULL``, prefixed or decimal id), ``bad_timestamp`` (ISO date text, empty, ``\\N``;
    Tmall: month 13, day 32, ISO date, empty), ``unknown_behavior`` (Taobao: ``click``,
-   ``PV``, empty; Tmall: action 4, -1, empty) and, for ratings, ``bad_rating`` (0, 6, -1, empty, ``five``).
+   ``PV``, empty; Tmall: action 4, -1, empty) and, for ratings, ``bad_rating`` (0, 6, -1,
+   empty, ``five``).
 
 Determinism: global facts (ids, communities, weights, rows per user) come from
 ``numpy.random.default_rng(seed)``; every per-row random number is a counter-based hash of
