@@ -215,8 +215,9 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
         config_file: an extra YAML file applied before the overrides.
 
     Returns:
-        {"generate"?, "ingest", "index", "train", "evaluate", "register", "config"}: each
-        step's result (skipped steps say so and why) and the window overrides applied.
+        {"generate" (only when it ran), "window", "ingest", "index", "train", "evaluate",
+        "register"}: each step's result (skipped steps say so and why); "window" holds the
+        mode, the overrides it applied and the window's start and end.
 
     Raises:
         ConfigError: the config does not compose or validate.

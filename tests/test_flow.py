@@ -174,3 +174,47 @@ def test_flow_skips_unchanged_steps_retries_transient_and_fails_with_step_messag
     with pytest.raises(ValueError, match="no positive interaction in slice 3"):
         run("train.lr=0.01")
     assert fake.ran() == ["ingest", "index"]  # a bad-input error is not retried
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_then_cached_then_only_training_reruns(prefect_home, spark, tmp_path):
+    from flows.pipeline import pipeline_flow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    overrides = [f"paths.raw_dir={tmp_path}/raw", f"paths.work_dir={tmp_path}/work",
+                 f"tracking.uri={uri}", f"tracking.artifact_location={tmp_path}/mlartifacts",
+                 "spark.master=local[2]", "spark.driver_memory=2g",
+                 "spark.shuffle_partitions=4", *TINY]
+
+    first = pipeline_flow("sample", "score", "local", overrides)
+    assert first["generate"]["rows"] > 0
+    assert not any(first[s]["skipped"] for s in ("ingest", "index", "train", "evaluate"))
+    assert first["register"]["promoted"] and first["register"]["version"] == "1"
+    assert 0.0 < first["evaluate"]["test"]["mrr"] <= 1.0
+
+    second = pipeline_flow("sample", "score", "local", overrides)
+    assert "generate" not in second
+    assert all(second[s]["skipped"] for s in ("ingest", "index", "train", "evaluate", "register"))
+    assert second["train"]["run_id"] == first["train"]["run_id"]
+    assert second["evaluate"]["test"] == first["evaluate"]["test"]
+
+    third = pipeline_flow("sample", "score", "local", overrides + ["train.lr=0.003"])
+    assert third["ingest"]["skipped"] and third["index"]["skipped"]
+    assert not third["train"]["skipped"] and not third["evaluate"]["skipped"]
+    assert third["train"]["run_id"] != first["train"]["run_id"]
+    assert third["register"]["version"] == "2"
+    promoted = third["register"]["promoted"]
+    assert promoted == (third["register"]["candidate_mrr"] > first["register"]["candidate_mrr"])
+
+    client = MlflowClient(uri, registry_uri=uri)
+    runs = {r.info.run_id: r for r in client.search_runs(
+        [client.get_experiment_by_name("seqrec").experiment_id])}
+    assert set(runs) == {first["train"]["run_id"], third["train"]["run_id"]}
+    assert all("test_mrr" in r.data.metrics for r in runs.values())
+    champion = client.get_model_version_by_alias("score-sample", "champion")
+    assert champion.run_id == (third if promoted else first)["train"]["run_id"]
+
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get("score-sample-metrics")
+    assert "| mrr |" in artifact.data and third["train"]["run_id"] in artifact.data
