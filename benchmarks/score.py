@@ -7,12 +7,13 @@ of the slices are all-empty, as early slices are in real data. Prints wall time 
 median of the steps) and process CPU time per step; on a shared machine the CPU time is the
 steadier number.
 
-Run: .venv/bin/python benchmarks/score.py [--steps 8] [--threads 2]
+Run: .venv/bin/python benchmarks/score.py [--steps 8] [--threads 2] [--params JSON]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -43,7 +44,7 @@ def measure(num_ids: int, args) -> tuple[list[float], list[float]]:
     half = num_ids // 2
     sizes = DataSizes(num_users=half, num_items=num_ids - half, history_slices=args.slices,
                       set_size=args.set_size, sequence_len=1)
-    model = build_model("score", cfg.model.params, sizes).train()
+    model = build_model("score", {**cfg.model.params, **args.params}, sizes).train()
     opt = build_optimizer(model, lr=cfg.train.lr, l2=cfg.train.l2)
     gen = torch.Generator().manual_seed(0)
     batches = [random_batch(sizes, args.batch, 2, gen) for _ in range(4)]
@@ -68,10 +69,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--ids", type=int, nargs="+", default=[200_000, 5_150_000])
+    parser.add_argument("--params", type=json.loads, default={},
+                        help='model.params overrides as JSON, e.g. \'{"hidden_dim": 16}\'')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"B={args.batch} samples (2 pairs each), H={args.slices}, S={args.set_size}, "
-          f"{args.threads} threads")
+          f"{args.threads} threads, params overrides {args.params}")
     print(f"{'table ids':>12}{'wall ms min':>13}{'median':>9}{'CPU ms min':>12}"
           f"{'samples/s (min wall)':>22}{'(median wall)':>15}")
     for num_ids in args.ids:

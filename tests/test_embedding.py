@@ -123,3 +123,14 @@ def test_processes_apply_the_same_averaged_row_updates(tmp_path):
     loss.backward()
     opt.step()
     assert torch.allclose(a["weight"], table.weight)
+
+
+def test_lookup_of_several_parts_dedupes_across_them():
+    table = RowSparseEmbedding(9, 2, init_std=1.0)
+    a, b = torch.tensor([[1, 4], [4, 8]]), torch.tensor([8, 2])
+    out_a, out_b = table.lookup([a, b])
+    assert torch.equal(out_a, table.weight[a]) and torch.equal(out_b, table.weight[b])
+    (out_a.sum() + 2 * out_b.sum()).backward()
+    (rows, leaf), = table.touched
+    assert rows.tolist() == [1, 2, 4, 8]
+    assert leaf.grad[:, 0].tolist() == [1.0, 2.0, 2.0, 3.0]  # row 8: once in a, once (x2) in b

@@ -51,18 +51,34 @@ class RowSparseEmbedding(nn.Module):
         self.touched: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows (U,), leaf (U, d))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Look up ids of any shape (...,) -> (..., d).
+        """Look up ids of any shape (...,) -> (..., d)."""
+        return self.lookup([ids])[0]
 
-        In training mode with grad enabled, records (unique rows, leaf) for the optimizer.
+    def lookup(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Look up several id tensors at once, deduping across all of them.
+
+        In training mode with grad enabled, the union of their rows is gathered once into a
+        leaf (recorded for the optimizer) and each part indexes that leaf; looking parts up
+        separately would gather shared rows twice, and one concatenated lookup followed by a
+        split would copy every gradient once more in the backward.
+
+        Args:
+            parts: id tensors of any shapes (...,).
+        Returns:
+            one (..., d) tensor per part.
         """
         if not (self.training and torch.is_grad_enabled()):
-            return F.embedding(ids, self.weight)
-        rows, inverse = torch.unique(ids, return_inverse=True)  # (U,), ids.shape
+            return [F.embedding(ids, self.weight) for ids in parts]
+        rows, inverse = torch.unique(torch.cat([p.reshape(-1) for p in parts]),
+                                     return_inverse=True)  # (U,), (N,)
         leaf = self.weight.index_select(0, rows).requires_grad_()  # (U, d)
         self.touched.append((rows, leaf))
-        # index_select's backward is one index_add_ into the (U, d) leaf: measured faster on
-        # CPU than F.embedding's backward or a sort + sparse-matrix product.
-        return leaf.index_select(0, inverse.reshape(-1)).view(*ids.shape, -1)
+        # index_select's backward is an index_add_ into the (U, d) leaf gradient: measured
+        # faster on CPU than F.embedding's backward or a sort + sparse-matrix product.
+        out = []
+        for part, index in zip(parts, inverse.split([p.numel() for p in parts])):
+            out.append(leaf.index_select(0, index).view(*part.shape, -1))
+        return out
 
 
 class RowAdam:
@@ -97,20 +113,25 @@ class RowAdam:
     def step(self) -> None:
         """Update every row touched since the last step, then forget the touched rows."""
         for table, state in zip(self.tables, self.state):
-            touched = [(rows, leaf.grad) for rows, leaf in table.touched if leaf.grad is not None]
+            touched = [(rows, leaf) for rows, leaf in table.touched if leaf.grad is not None]
             table.touched = []
-            rows, grad = _merge(touched, table.weight)
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if len(touched) == 1 and not _distributed():
+                # The usual case: the leaf already holds weight[rows], saving a random gather.
+                rows, leaf = touched[0]
+                self._update(table.weight, state, rows, leaf.grad, leaf.detach())
+                continue
+            rows, grad = _merge([(rows, leaf.grad) for rows, leaf in touched], table.weight)
+            if _distributed():
                 rows, grad = _all_gather_rows(rows, grad)
             if rows.numel():
-                self._update(table.weight, state, rows, grad)
+                self._update(table.weight, state, rows, grad, table.weight.index_select(0, rows))
 
     def _update(self, weight: torch.Tensor, state: dict, rows: torch.Tensor,
-                grad: torch.Tensor) -> None:
+                grad: torch.Tensor, param: torch.Tensor) -> None:
+        """Adam on rows (U,) with gradients (U, d); ``param`` holds weight[rows], updated in place."""
         # Same operations, in the same order, as torch.optim.Adam's single-tensor path; only
         # the bias corrections are per row (each row's own step count).
         beta1, beta2 = self.betas
-        param = weight.index_select(0, rows)  # (U, d)
         if self.weight_decay:
             grad = grad.add(param, alpha=self.weight_decay)
         step = state["step"].index_add_(0, rows, torch.ones_like(rows)).index_select(0, rows)
@@ -138,6 +159,10 @@ class RowAdam:
                 if new[key].shape != tensor.shape:
                     raise ValueError(f"{key}: saved {tuple(new[key].shape)}, table {tuple(tensor.shape)}")
                 tensor.copy_(new[key])
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _merge(touched: list[tuple[torch.Tensor, torch.Tensor]],

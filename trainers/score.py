@@ -113,11 +113,10 @@ class InteractiveAttention(nn.Module):
 def pool(emb: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """Weighted sum of a set, ``E^T γ`` (Eq. 17-18): (B, ., H, S, d), (B, C, H, S) -> (B, C, H, d).
 
-    A user-side set (size-1 C axis) is contracted without copying it C times.
+    Broadcast multiply-and-sum: measured ~2x faster on CPU than einsum/matmul, whose many
+    tiny (S x d) matrix products dominate.
     """
-    if emb.shape[1] == 1:
-        return torch.einsum("bchs,bhsd->bchd", gamma, emb[:, 0])
-    return torch.einsum("bchs,bchsd->bchd", gamma, emb)
+    return (gamma.unsqueeze(-1) * emb).sum(dim=-2)
 
 
 @register("score")
@@ -149,19 +148,16 @@ class SCoRe(nn.Module):
         H, S = user_sets.shape[1], user_sets.shape[-1]
         self._check(user, items, user_sets, item_sets)
 
-        # One lookup for every id of the batch (the table dedupes them).
+        # One lookup for every id of the batch (deduped once across all four tensors).
         # Item ids move past the users (padding 0 stays row 0): G_t(u) and G_t(u|v) hold items.
         M = self.sizes.num_users
         shift = torch.tensor([[M], [0]], device=items.device)  # (2, 1): [items, users] sets
         user_rows = user_sets + (user_sets > 0) * shift  # (B, H, 2, S)
         item_rows = item_sets + (item_sets > 0) * shift.flip(0)  # (B, C, H, 2, S)
-        ids = [user.reshape(-1), (items + M * (items > 0)).reshape(-1), user_rows.reshape(-1),
-               item_rows.reshape(-1)]
-        emb = self.embedding(torch.cat(ids)).split([i.numel() for i in ids])
-        u = emb[0].view(B, 1, -1)  # (B, 1, d)
-        v = emb[1].view(B, C, -1)  # (B, C, d)
-        user_emb = emb[2].view(B, 1, H, 2, S, -1)  # (B, 1, H, 2, S, d)
-        item_emb = emb[3].view(B, C, H, 2, S, -1)  # (B, C, H, 2, S, d)
+        ids = [user, items + M * (items > 0), user_rows, item_rows]
+        u, v, user_emb, item_emb = self.embedding.lookup(ids)
+        u = u.unsqueeze(1)  # (B, 1, d)
+        user_emb = user_emb.unsqueeze(1)  # (B, 1, H, 2, S, d)
         user_valid = _valid_slots(user_rows).unsqueeze(1)  # (B, 1, H, 2, S)
         item_valid = _valid_slots(item_rows)  # (B, C, H, 2, S)
 
