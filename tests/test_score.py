@@ -137,7 +137,8 @@ def test_one_step_lowers_the_loss_and_regularization_is_dense_l2():
         opt.step()
         losses.append(loss.item())
     assert losses[1] < losses[0]
-    dense = sum((p.detach() ** 2).sum() for n, p in model.named_parameters() if n != "embedding.weight")
+    dense = sum((p.detach() ** 2).sum() for n, p in model.named_parameters()
+                if n != "embedding.weight")
     torch.testing.assert_close(model.regularization().detach(), dense / 2)
 
 

@@ -128,7 +128,7 @@ class RowAdam:
 
     def _update(self, weight: torch.Tensor, state: dict, rows: torch.Tensor,
                 grad: torch.Tensor, param: torch.Tensor) -> None:
-        """Adam on rows (U,) with gradients (U, d); ``param`` holds weight[rows], updated in place."""
+        """Adam on rows (U,) with gradients (U, d); ``param`` = weight[rows], updated in place."""
         # Same operations, in the same order, as torch.optim.Adam's single-tensor path; only
         # the bias corrections are per row (each row's own step count).
         beta1, beta2 = self.betas
@@ -157,7 +157,8 @@ class RowAdam:
         for own, new in zip(self.state, loaded):
             for key, tensor in own.items():
                 if new[key].shape != tensor.shape:
-                    raise ValueError(f"{key}: saved {tuple(new[key].shape)}, table {tuple(tensor.shape)}")
+                    raise ValueError(f"{key}: saved {tuple(new[key].shape)}, "
+                                     f"table {tuple(tensor.shape)}")
                 tensor.copy_(new[key])
 
 
@@ -192,7 +193,8 @@ def _all_gather_rows(rows: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tens
     all_grads = [torch.empty_like(grad_pad) for _ in range(world)]
     dist.all_gather(all_rows, rows_pad)
     dist.all_gather(all_grads, grad_pad)
-    parts = [(r[: int(c.item())], g[: int(c.item())]) for r, g, c in zip(all_rows, all_grads, counts)]
+    sizes = [int(c.item()) for c in counts]
+    parts = [(r[:n], g[:n]) for r, g, n in zip(all_rows, all_grads, sizes)]
     rows, grad = _merge(parts, grad)
     return rows, grad / world
 
@@ -222,7 +224,7 @@ class ModelOptimizer:
     def load_state_dict(self, state_dict: dict) -> None:
         for name, opt in (("dense", self.dense), ("rows", self.rows)):
             if (opt is None) != (state_dict[name] is None):
-                raise ValueError(f"optimizer state has {name!r} parts that this model lacks or needs")
+                raise ValueError(f"optimizer state and model disagree on having {name!r} parts")
             if opt is not None:
                 opt.load_state_dict(state_dict[name])
 

@@ -95,7 +95,8 @@ class RankHistogram:
             raise ValueError(f"ranks start at 1, got {int(ranks.min())}")
         add = torch.bincount(ranks)
         if add.numel() > self.counts.numel():
-            self.counts = torch.cat([self.counts, self.counts.new_zeros(add.numel() - self.counts.numel())])
+            grow = add.numel() - self.counts.numel()
+            self.counts = torch.cat([self.counts, self.counts.new_zeros(grow)])
         self.counts[: add.numel()] += add
 
     @property

@@ -16,7 +16,14 @@ embedding, users are rows 1..M, item v is row M + v. An all-empty set (the user 
 inactive in slice t) is represented by that empty embedding alone: its first slot is
 treated as valid, so it takes all of the set's attention weight. Other 0 slots are padding
 and get no weight (-inf before the softmax). The softmax therefore never sees an all -inf
-matrix and nothing becomes NaN.
+matrix and nothing becomes NaN. Slices are not masked over t: an empty slice (including
+the all-empty slices before slice 0) is a real GRU step fed with the empty embedding, as
+the paper prescribes. The γ vectors enter R (Eq. 21) slot by slot, so, as in the paper,
+scores depend on the order of a set's slots, not only on its members.
+
+Ablations (Table 4, ``params.ablation``): RIA uses the last GRU states instead of the
+interactive attention; RCA replaces co-attention with sum pooling (γ = 1 on valid slots,
+which also feeds R); user_only / item_only feed only that side's r to the head.
 
 Training objective (Eq. 25): ``loss`` returns the data term, the mean binary cross-entropy
 over all B*C candidates (the mean, not the paper's sum, so λ does not scale with the batch
@@ -87,8 +94,10 @@ class CoAttention(nn.Module):
         b = y @ w[d : 2 * d]  # (B, ., H, S)
         relatedness = F.relu(a[..., :, None] + b[..., None, :])  # Eq. 10: (B, C, H, S, S)
         relatedness = relatedness + (x_mask[..., :, None] + y_mask[..., None, :])
-        coatt = relatedness.flatten(-2).softmax(dim=-1).unflatten(-1, (S, S))  # Eq. 11: whole matrix
-        return coatt.sum(dim=-1), coatt.sum(dim=-2)  # Eq. 13-16: over j -> x slots, over i -> y slots
+        # Eq. 11: one softmax over the whole S x S matrix
+        coatt = relatedness.flatten(-2).softmax(dim=-1).unflatten(-1, (S, S))
+        # Eq. 13-16: summing over j weights x's slots, summing over i weights y's slots
+        return coatt.sum(dim=-1), coatt.sum(dim=-2)
 
 
 class InteractiveAttention(nn.Module):
@@ -141,7 +150,16 @@ class SCoRe(nn.Module):
         self.head = mlp([sides * h + 2 * d, *params.head_hidden, 1])  # f, Eq. 24
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Logits (B, C) for every (user, candidate) pair of the batch (fields: registry)."""
+        """Logits (B, C) for every (user, candidate) pair of the batch.
+
+        Args:
+            batch: user (B,), items (B, C), user_sets (B, H, 2, S), item_sets
+                (B, C, H, 2, S); fields as documented in trainers/registry.py.
+        Returns:
+            (B, C) logits.
+        Raises:
+            ValueError: a field's shape does not match (B, C, H, S) or an id is out of range.
+        """
         user, items = batch["user"], batch["items"]
         user_sets, item_sets = batch["user_sets"], batch["item_sets"]
         B, C = items.shape
@@ -195,10 +213,11 @@ class SCoRe(nn.Module):
         return F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
 
     def regularization(self) -> torch.Tensor:
-        """1/2 (||Θ||² + ||Φ||²) over the dense parameters (Eq. 25; the loop multiplies by λ)."""
+        """1/2 (||Θ||² + ||Φ||²) over dense parameters (Eq. 25; the loop multiplies by λ)."""
         return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2
 
     def _check(self, user, items, user_sets, item_sets) -> None:
+        """Shapes against the model's H and S, ids against num_users / num_items."""
         B, C = items.shape
         H, S = self.sizes.history_slices, self.sizes.set_size
         expected = {"user": (B,), "user_sets": (B, H, 2, S), "item_sets": (B, C, H, 2, S)}
