@@ -188,23 +188,35 @@ def spark_master(state_dir: Path, port: int, cores: int, memory: str,
     return [master, worker], url
 
 
-def ray_head(state_dir: Path, port: int, cpus: int, timeout: float = 180) -> tuple[Service, str]:
-    """``ray start --head --block`` on 127.0.0.1:port.
+def ray_head(state_dir: Path, port: int, cpus: int,
+             timeout: float = 180) -> tuple[Service, str, dict[str, str]]:
+    """``ray start --head --block`` on 127.0.0.1:port (Ray itself resolves a loopback
+    address to the machine's own, so drivers see that address in its messages).
 
+    Ray 2.5x turns on token authentication for ``ray start`` whenever a token exists (e.g. a
+    ``~/.ray/auth_token`` left by an earlier run); the head and every driver then need the
+    same token. The cluster gets a fresh token of its own, passed by environment
+    (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN``), so nothing is written to the home folder.
     Ray's temp folder holds Unix sockets whose paths must stay under ~107 bytes, so it is a
     short folder in the system temp dir, recorded in ``state_dir/ray-temp`` and removed by
     :func:`down`.
+
+    Returns:
+        (service, address, environment a driver needs to connect).
     """
+    import secrets
+
     temp = tempfile.mkdtemp(prefix="ray-")
     (state_dir / "ray-temp").write_text(temp)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     service = start("ray-head", [
         str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", HOST,
         "--port", str(port), "--num-cpus", str(cpus), "--include-dashboard=false",
         "--disable-usage-stats", "--temp-dir", temp,
-    ], state_dir / "logs", {"RAY_USAGE_STATS_ENABLED": "0"})
+    ], state_dir / "logs", {"RAY_USAGE_STATS_ENABLED": "0"} | auth)
     address = f"{HOST}:{port}"
     wait_until(service, lambda: "Ray runtime started" in service.tail(200), "Ray runtime", timeout)
-    return service, address
+    return service, address, auth
 
 
 @dataclass
@@ -235,14 +247,14 @@ def up(state_dir: Path, pool: str = "seqrec-process", cpus: int = 2,
     try:
         spark, spark_url = spark_master(state_dir, free_port(), cpus, spark_memory)
         services += spark
-        ray, ray_address = ray_head(state_dir, free_port(), cpus)
+        ray, ray_address, ray_auth = ray_head(state_dir, free_port(), cpus)
         services.append(ray)
         mlflow, mlflow_uri = mlflow_server(state_dir, free_port())
         services.append(mlflow)
         prefect, api = prefect_server(state_dir, free_port())
         services.append(prefect)
         env = {"SEQREC_SPARK_MASTER": spark_url, "SEQREC_RAY_ADDRESS": ray_address,
-               "SEQREC_MLFLOW_URI": mlflow_uri} | prefect_env(state_dir, api)
+               "SEQREC_MLFLOW_URI": mlflow_uri} | ray_auth | prefect_env(state_dir, api)
         services.append(prefect_worker(state_dir, api, pool, env))
     except BaseException:
         down(Cluster(state_dir, services, {}))
