@@ -38,6 +38,8 @@ from functools import reduce
 from zoneinfo import ZoneInfo
 
 import pyarrow.fs as pafs
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from conf.loading import section_hash
 from conf.schema import DatasetConfig, PipelineConfig
@@ -55,6 +57,7 @@ from spark_jobs.manifest import (
     up_to_date,
     write_json,
 )
+from spark_jobs.session import spark_session
 
 STAGE = "ingest"
 FILTER_REASONS = ("behavior_not_kept", "out_of_window", "neutral_rating", "duplicate", "kcore")
@@ -88,12 +91,11 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
     input_hash, inputs = file_fingerprint([uri for _, uri in files])
     config_hash = section_hash(cfg, "dataset")
     if up_to_date(out, input_hash, config_hash):
-        return StageResult.of(out, read_manifest(out), True, "raw files and dataset config unchanged")
+        return StageResult.of(out, read_manifest(out), True,
+                              "raw files and dataset config unchanged")
     reason = "no previous output" if read_manifest(out) is None else "raw files or config changed"
     firsts = {uri: _first_lines(uri, 2) for _, uri in files}
     _check_headers(fmt, firsts)
-
-    from spark_jobs.session import spark_session
 
     spark = spark_session(cfg.spark)
     timer = StageTimer()
@@ -188,16 +190,14 @@ def _window(dataset: DatasetConfig) -> tuple[int, int]:
     )
 
 
-def _classify(spark, fmt: RawFormat, dataset: DatasetConfig, files: list[tuple[str, str]]):
+def _classify(spark, fmt: RawFormat, dataset: DatasetConfig,
+              files: list[tuple[str, str]]) -> DataFrame:
     """Every raw line with its parsed fields and ``outcome`` (a reason, or NULL when kept).
 
     Returns:
         DataFrame[file, raw (only on quarantined lines), user, item, ts, behavior, rating,
         label, outcome].
     """
-    from pyspark.sql import DataFrame
-    from pyspark.sql import functions as F
-
     lines = reduce(
         DataFrame.unionByName,
         [spark.read.text(uri).select(F.lit(rel).alias("file"), F.col("value").alias("raw"))
@@ -237,8 +237,6 @@ def _classify(spark, fmt: RawFormat, dataset: DatasetConfig, files: list[tuple[s
 def _build(spark, cfg: PipelineConfig, fmt: RawFormat, files, firsts, tmp: str,
            timer: StageTimer) -> dict:
     """Run the Spark job into ``tmp``; return the manifest facts (plus ``lines`` per file)."""
-    from pyspark.sql import functions as F
-
     dataset = cfg.dataset
     classified = _classify(spark, fmt, dataset, files).persist()
     persisted = [classified]
@@ -347,15 +345,14 @@ def _check_accounting(counts: dict) -> None:
         )
 
 
-def _kcore(kept, n_kept: int, k: int, persisted: list):
+def _kcore(kept: DataFrame, n_kept: int, k: int,
+           persisted: list[DataFrame]) -> tuple[DataFrame, int]:
     """Iteratively drop users and items with fewer than ``k`` interactions until stable.
 
     Returns:
         (frame, rows) of the k-core; each round's frame is persisted and the previous one
         released, so lineage and memory stay bounded.
     """
-    from pyspark.sql import functions as F
-
     current, rows = kept, n_kept
     while True:
         users = current.groupBy("user").count().filter(F.col("count") >= k).select("user")
@@ -370,7 +367,7 @@ def _kcore(kept, n_kept: int, k: int, persisted: list):
             return current, rows
 
 
-def _write_id_map(values, uri: str) -> int:
+def _write_id_map(values: DataFrame, uri: str) -> int:
     """Write raw id -> contiguous 1-based idx for the distinct ``raw`` values.
 
     Args:
@@ -380,8 +377,6 @@ def _write_id_map(values, uri: str) -> int:
     Returns:
         Number of distinct ids.
     """
-    from pyspark.sql import functions as F
-
     tagged = (values.distinct().orderBy(F.length("raw"), "raw")
               .withColumn("mono", F.monotonically_increasing_id()).persist())
     try:
@@ -402,10 +397,8 @@ def _write_id_map(values, uri: str) -> int:
     return total
 
 
-def _write_interactions(spark, kept, tmp: str, n_files: int) -> None:
+def _write_interactions(spark, kept: DataFrame, tmp: str, n_files: int) -> None:
     """Join the kept rows to the written id maps and write the contract's interactions."""
-    from pyspark.sql import functions as F
-
     users = spark.read.parquet(join(tmp, "id_maps", "users"))
     items = spark.read.parquet(join(tmp, "id_maps", "items"))
     (kept.join(users.select(F.col("raw").alias("user"), F.col("idx").alias("user_idx")), "user")
