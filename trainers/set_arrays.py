@@ -60,19 +60,22 @@ def _dataset(uri: str) -> pads.Dataset:
 def _fill_sets(uri: str, out: np.ndarray) -> None:
     """Scatter one sets table into ``out`` (N+1, T, 2, S), batch by batch."""
     n, T, _, S = out.shape
+    rows_of = out.reshape(n * T, 2, S)  # a view: row entity * T + slice
     columns = ["entity", "slice", "interaction", "co_interaction"]
-    for batch in _dataset(uri).to_batches(columns=columns, batch_size=1 << 20):
+    for batch in _dataset(uri).to_batches(columns=columns, batch_size=1 << 21):
         if batch.num_rows == 0:
             continue
         entity = batch.column("entity").to_numpy()
         slc = batch.column("slice").to_numpy()
         if entity.max() >= n or slc.max() >= T or entity.min() < 1 or slc.min() < 0:
             raise ValueError(f"{uri}: entity/slice out of range for arrays of shape {out.shape}")
+        pair = np.empty((batch.num_rows, 2, S), dtype=np.int32)
         for k, name in enumerate(("interaction", "co_interaction")):
             flat = pc.list_flatten(batch.column(name)).to_numpy()
             if flat.size != batch.num_rows * S:
                 raise ValueError(f"{uri}: {name} lists are not all of length S={S}")
-            out[entity, slc, k] = flat.reshape(batch.num_rows, S)
+            pair[:, k] = flat.reshape(batch.num_rows, S)
+        rows_of[entity.astype(np.int64) * T + slc] = pair
 
 
 def load_set_arrays(index_uri: str) -> SetArrays:
