@@ -106,7 +106,7 @@ class IndexConfig(Section):
     """SCoRe graph indices and samples (Sections 2 and 4.1.1)."""
 
     set_size: int = Field(gt=0)  # S
-    neighbor_cap: int = Field(gt=0)  # per (item, slice) user list capped before the 2-hop join
+    neighbor_cap: int = Field(gt=0)  # most 1-hop neighbours entering a 2-hop union (seeded)
     eval_negatives: int = Field(gt=0)  # N negatives per evaluation list (paper: 100)
     train_negatives: int = Field(gt=0)  # sampled negatives per training positive
     negative_sampling: Literal["uniform", "popularity"]
