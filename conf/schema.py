@@ -46,6 +46,7 @@ class DatasetConfig(Section):
     behaviors: list[str] = Field(min_length=1)  # behaviour codes kept as interactions
     positive_min_rating: float | None  # ratings >= this are positive feedback (label 1)
     negative_max_rating: float | None  # ratings <= this are real negatives (label 0)
+    rating_scale: tuple[float, float] | None  # [min, max] valid ratings; others quarantined
     kcore: int = Field(ge=0)  # 0 disables k-core filtering
     drop_duplicates: bool  # exact duplicate rows dropped and counted
     # fixed: use start as given. latest: the flow moves start so the window covers the
@@ -63,8 +64,12 @@ class DatasetConfig(Section):
 
     @model_validator(mode="after")
     def _ratings_rules(self) -> DatasetConfig:
-        if self.format == "ratings" and self.positive_min_rating is None:
-            raise ValueError("format 'ratings' needs positive_min_rating")
+        if self.format == "ratings" and (
+            self.positive_min_rating is None or self.rating_scale is None
+        ):
+            raise ValueError("format 'ratings' needs positive_min_rating and rating_scale")
+        if self.rating_scale is not None and self.rating_scale[0] > self.rating_scale[1]:
+            raise ValueError("rating_scale must be [min, max] with min <= max")
         if (
             self.positive_min_rating is not None
             and self.negative_max_rating is not None

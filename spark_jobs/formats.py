@@ -121,7 +121,9 @@ def _parse_ratings(line: Column, dataset: DatasetConfig) -> Parsed:
     fields = _fields(line)
     user, item, rating_text = _field(fields, 0), _field(fields, 1), _field(fields, 2)
     ts = _epoch(_field(fields, 3))
-    rating = F.when(rating_text.rlike(RATING_PATTERN), rating_text.try_cast("float"))
+    parsed = F.when(rating_text.rlike(RATING_PATTERN), rating_text.try_cast("float"))
+    low, high = dataset.rating_scale  # validated present for this format by the schema
+    rating = F.when(parsed.between(low, high), parsed)  # off the scale -> NULL -> bad_rating
     error = (
         F.when(F.size(fields) != 4, "wrong_field_count")
         .when(~_ids_ok(user, item), "non_numeric_id")

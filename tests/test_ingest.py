@@ -164,13 +164,15 @@ def test_ratings_labels_and_iterative_kcore(spark, make_config, tmp_path):
         (f"2,10,abc,{t}", "bad_rating"),
         (f"2,10,NaN,{t}", "bad_rating"),
         (f"5,10,,{t}", "bad_rating"),
+        (f"2,10,6,{t}", "bad_rating"),  # off the 1..5 scale
+        (f"2,10,0,{t}", "bad_rating"),
         ("3,13,2,1000", "out_of_window"),
     ]
     _write(tmp_path / "raw" / "ratings.csv",
            ["user,item,rating,timestamp"] + [line for line, _ in lines])
     result = run_ingest(make_config("ccmr", overrides=["dataset.kcore=2"]))
     counts = result["manifest"]["counts"]
-    assert counts["quarantined"]["bad_rating"] == 3
+    assert counts["quarantined"]["bad_rating"] == 5
     assert counts["filtered"] == {"behavior_not_kept": 0, "out_of_window": 1,
                                   "neutral_rating": 1, "duplicate": 0, "kcore": 3}
     assert (counts["kept"], counts["users"], counts["items"]) == (4, 2, 2)
