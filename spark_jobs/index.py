@@ -27,9 +27,9 @@ within each file, which keeps ids close together and the files small.
 
 Pipeline and shuffles: positives are deduplicated once while partitioned by (user, slice),
 then repartitioned by (item, slice); both copies stay cached, and each one-hop aggregation
-and each co-set join runs on the side that is already partitioned right, so the only other
-shuffles are the two co-set aggregations (rows carry at most S+1 ids each), sequences and
-samples.
+and each co-set join runs on the copy that is already partitioned right. The other shuffles
+are the two co-set shuffles (rows carry at most S+1 ids; the unions are taken in numpy per
+partition), sequences and samples.
 """
 
 from __future__ import annotations
