@@ -177,7 +177,7 @@ def co_sets(pos: DataFrame, other_hop: DataFrame, side: Side, salts: Salts, size
     ).select(e.alias("entity"), "slice",
              # the neighbour's place in the entity's own random order, so the cap keeps the
              # neighbours the interaction set starts with
-             F.xxhash64(F.lit(salts.order), e, m, slc).alias("o"), "sketch")
+             _packed(F.xxhash64(F.lit(salts.order), e, m, slc), m).alias("o"), "sketch")
     fill_seed = salts.fill + 1
 
     def run(batches):
