@@ -12,38 +12,15 @@ the recorded result instead of running again; anything else (a new training run,
 from __future__ import annotations
 
 import hashlib
-import json
-import uuid
-from typing import Any
 
-import pyarrow.fs as pafs
 
 from conf.loading import section_hash
 from conf.schema import PipelineConfig
-from spark_jobs.manifest import filesystem, join
+from spark_jobs.manifest import join, read_json, write_json
 
 # Sections that change what evaluation reports. ``tracking`` is in because a result recorded
 # against another MLflow store names a run that this store does not have.
 SECTIONS = ("dataset", "index", "model", "train", "tracking")
-
-
-def read_json(uri: str) -> dict[str, Any] | None:
-    """A JSON file's content, or None when there is no such file."""
-    fs, path = filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
-
-
-def write_json_atomic(uri: str, payload: dict[str, Any]) -> None:
-    """Write beside the target, then rename over it: a crash leaves the old file or the new."""
-    fs, path = filesystem(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
-    fs.move(tmp, path)
 
 
 def state_uri(cfg: PipelineConfig) -> str:
@@ -88,4 +65,4 @@ def record(cfg: PipelineConfig, step: str, key: dict[str, str], result: dict) ->
     """Remember that ``step`` ran under ``key`` with ``result``."""
     current = read_json(state_uri(cfg)) or {}
     current[step] = {"key": key, "result": result}
-    write_json_atomic(state_uri(cfg), current)
+    write_json(state_uri(cfg), current)

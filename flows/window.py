@@ -20,7 +20,7 @@ import time
 from zoneinfo import ZoneInfo
 
 from conf.schema import DatasetConfig, PipelineConfig
-from flows.state import read_json, write_json_atomic
+from spark_jobs.manifest import read_json, write_json
 from spark_jobs.manifest import file_fingerprint, join
 
 STATE_FILE = "window.json"
@@ -90,7 +90,7 @@ def raw_last_day(cfg: PipelineConfig) -> tuple[dt.date, str]:
             f"{uris}; dataset.window=latest cannot place the window"
         )
     last_day = dt.datetime.fromtimestamp(max_ts, ZoneInfo(cfg.dataset.timezone)).date()
-    write_json_atomic(state, {"fingerprint": fingerprint, "last_day": last_day.isoformat(),
+    write_json(state, {"fingerprint": fingerprint, "last_day": last_day.isoformat(),
                               "format": cfg.dataset.format, "max_ts": max_ts})
     return last_day, fingerprint
 

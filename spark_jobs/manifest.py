@@ -39,20 +39,28 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def read_manifest(stage_uri: str) -> dict[str, Any] | None:
-    """The manifest of a published stage folder, or None if there is none."""
-    fs, path = filesystem(join(stage_uri, MANIFEST))
+def read_json(uri: str) -> dict[str, Any] | None:
+    """A JSON file's content, or None when there is no such file."""
+    fs, path = filesystem(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return None
     with fs.open_input_stream(path) as f:
         return json.loads(f.read().decode())
 
 
+def read_manifest(stage_uri: str) -> dict[str, Any] | None:
+    """The manifest of a published stage folder, or None if there is none."""
+    return read_json(join(stage_uri, MANIFEST))
+
+
 def write_json(uri: str, payload: dict[str, Any]) -> None:
+    """Write beside the target, then rename over it: a crash leaves the old file or the new."""
     fs, path = filesystem(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as f:
         f.write(json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+    fs.move(tmp, path)
 
 
 def up_to_date(stage_uri: str, input_hash: str, config_hash: str) -> bool:
