@@ -8,6 +8,7 @@ Every subcommand takes the same config options: ``--dataset``, ``--model``, ``--
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated
 
 import typer
@@ -40,6 +41,21 @@ def _show(result: object) -> None:
     console.print_json(json.dumps(result, default=str))
 
 
+def _run(stage, cfg: PipelineConfig) -> None:
+    """Run a stage and print its result. Bad input (a wrong-format file, a missing path, no
+    Java) is one clear message and exit code 1, not a stack trace; SEQREC_DEBUG=1 shows it."""
+    from spark_jobs.session import JavaNotFoundError
+
+    try:
+        result = stage(cfg)
+    except (ValueError, FileNotFoundError, JavaNotFoundError) as exc:
+        if os.environ.get("SEQREC_DEBUG"):
+            raise
+        console.print(f"[red]{type(exc).__name__}: {exc}[/red]")
+        raise typer.Exit(1) from None
+    _show(result)
+
+
 @app.command()
 def generate(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
              profile: ProfileOpt = "local", config: ConfigOpt = None,
@@ -48,7 +64,7 @@ def generate(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     cfg = _config(dataset, model, profile, config, set_)
     from spark_jobs.sample_data import generate as run
 
-    _show(run(cfg))
+    _run(run, cfg)
 
 
 @app.command()
@@ -59,7 +75,7 @@ def ingest(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     cfg = _config(dataset, model, profile, config, set_)
     from spark_jobs.ingest import run_ingest
 
-    _show(run_ingest(cfg))
+    _run(run_ingest, cfg)
 
 
 @app.command()
@@ -70,7 +86,7 @@ def index(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     cfg = _config(dataset, model, profile, config, set_)
     from spark_jobs.index import run_index
 
-    _show(run_index(cfg))
+    _run(run_index, cfg)
 
 
 @app.command()
@@ -81,7 +97,7 @@ def train(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     cfg = _config(dataset, model, profile, config, set_)
     from trainers.train import run_training
 
-    _show(run_training(cfg))
+    _run(run_training, cfg)
 
 
 @app.command()
@@ -92,7 +108,7 @@ def evaluate(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     cfg = _config(dataset, model, profile, config, set_)
     from trainers.evaluate import run_evaluation
 
-    _show(run_evaluation(cfg))
+    _run(run_evaluation, cfg)
 
 
 @app.command()
@@ -135,8 +151,6 @@ def _prefect_defaults() -> None:
     """Before Prefect is imported (it reads its settings then): no telemetry from the
     ephemeral server, and the stages' own log lines in the flow run's log. Runs keep
     Prefect's home (~/.prefect, or PREFECT_HOME), so a later `prefect server start` shows them."""
-    import os
-
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "spark_jobs,trainers,flows")
     # The ephemeral API's first start migrates a new database: 20 s is not enough on a
