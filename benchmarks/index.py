@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
+
+from process_tree import folder_bytes, run_child
 
 
 CHILD = """
@@ -45,33 +43,6 @@ print("RESULT " + json.dumps({"ingest_s": t1 - t0, "index_s": t2 - t1,
 """
 
 
-def tree_rss_bytes(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants (JVM, Python workers), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:  # the process ended while we looked
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        total += sum(int(line.split()[1]) * 1024 for line in status.splitlines()
-                     if line.startswith("VmRSS:"))
-    return total
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
 def overrides_for(rows: int, scratch: Path, extra: list[str]) -> list[str]:
     """Config overrides of one size; partitions grow with rows (about 2M rows each)."""
     return [
@@ -83,30 +54,6 @@ def overrides_for(rows: int, scratch: Path, extra: list[str]) -> list[str]:
         f"spark.shuffle_partitions={max(8, math.ceil(rows / 2_000_000))}",
         *extra,
     ]
-
-
-def run_child(overrides: list[str]) -> tuple[dict, int]:
-    """Ingest + index in a child process; its result and the tree's peak RSS in bytes."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(overrides)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, tree_rss_bytes(proc.pid))
-            done.wait(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    done.set()
-    sampler.join()
-    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"child failed (rc {proc.returncode}):\n{err[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):]), peak
 
 
 def main() -> None:
@@ -133,7 +80,7 @@ def main() -> None:
                   flush=True)
         work = Path(cfg.paths.work_dir)
         shutil.rmtree(work, ignore_errors=True)  # force both stages to run
-        result, peak = run_child(overrides)
+        result, peak, _ = run_child(CHILD, overrides)
         total = result["ingest_s"] + result["index_s"]
         lines = result["ingest"]["counts"]["input_lines"]
         idx = result["index"]

@@ -19,14 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
-TICKS = os.sysconf("SC_CLK_TCK")
+from process_tree import folder_bytes, run_child
 
 CHILD = """
 import json, sys, time
@@ -38,65 +34,6 @@ result = run_ingest(cfg)
 print("RESULT " + json.dumps({"seconds": time.perf_counter() - start,
                               "skipped": result["skipped"], "manifest": result["manifest"]}))
 """
-
-
-def tree_usage(root: int) -> dict[int, tuple[int, int]]:
-    """{pid: (resident bytes, CPU ticks user+system)} of ``root`` and its descendants, from
-    /proc (Linux; no psutil needed)."""
-    children: dict[int, list[int]] = {}
-    stats: dict[int, list[str]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended while we looked
-            continue
-        stats[int(entry)] = fields
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    usage, todo = {}, [root]
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        if pid in stats:  # fields after "(comm)": [1] ppid, [11] utime, [12] stime, [21] rss pages
-            fields = stats[pid]
-            usage[pid] = (int(fields[21]) * PAGE, int(fields[11]) + int(fields[12]))
-    return usage
-
-
-def run_child(overrides: list[str]) -> tuple[dict, int, float]:
-    """Run ingest in a child process.
-
-    Returns:
-        (its result, the tree's peak summed RSS in bytes, CPU seconds of the tree). CPU time
-        is the last sample per process, so it misses at most 0.2 s of each.
-    """
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(overrides)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak, ticks = 0, {}
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            usage = tree_usage(proc.pid)
-            peak = max(peak, sum(rss for rss, _ in usage.values()))
-            ticks.update({pid: cpu for pid, (_, cpu) in usage.items()})
-            done.wait(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    done.set()
-    sampler.join()
-    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"ingest child failed (rc {proc.returncode}):\n{err[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):]), peak, sum(ticks.values()) / TICKS
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def overrides_for(rows: int, scratch: Path, extra: list[str]) -> list[str]:
@@ -136,7 +73,7 @@ def main() -> None:
         work = Path(cfg.paths.work_dir) / "ingest"
         if work.exists():  # force a real run: the skip rule would make it a no-op
             (work / "manifest.json").unlink()
-        result, peak, cpu = run_child(overrides)
+        result, peak, cpu = run_child(CHILD, overrides)
         counts = result["manifest"]["counts"]
         found = {k: v for k, v in counts["quarantined"].items() if v}
         if found != {k: v for k, v in malformed.items() if v}:
