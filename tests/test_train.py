@@ -65,7 +65,7 @@ def test_batch_shapes_and_history_window():
 
 
 def test_builder_builds_only_declared_fields_and_rejects_unknown():
-    T, S = 4, 2
+    T = 4
     seq = PositiveSequences.from_csr(
         offsets=np.array([0, 0, 3, 4]), items=np.array([5, 6, 7, 8]),
         slices=np.array([0, 2, 3, 1], dtype=np.int16), labels=np.array([1, 1, 1, 1], np.int8),
