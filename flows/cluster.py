@@ -5,7 +5,7 @@ process group, stopped by that group's id.
 The pyspark wheel ships ``bin/spark-class`` but not ``sbin/start-master.sh``, so the Spark
 daemons run as ``spark-class org.apache.spark.deploy.master.Master`` / ``...worker.Worker``
 in the foreground of their own group. ``ray start --block`` keeps Ray's head in the
-foreground likewise, and ``--temp-dir`` keeps its address file out of ``/tmp/ray`` so that
+foreground likewise, and ``--temp-dir`` keeps its address file out of Ray's default temp folder so that
 other programs' ``ray.init()`` on this machine never attach to it.
 
 Used by tests/test_cluster.py and tests/test_deployments.py, and from a shell:

@@ -65,7 +65,7 @@ class TinyModel(nn.Module):
 
 def tiny_config(root: Path, overrides: list[str] | None = None) -> PipelineConfig:
     """A config with every path under ``root`` that fits the hand-written index
-    (``<root>/work/index``) and runs the tiny model; the model section is replaced whole
+    (the ``work/index`` folder under ``root``) and runs the tiny model; the model section is replaced whole
     (the score preset's params would otherwise merge into it)."""
     cfg = load_config("sample", "score", "local", [
         f"paths.raw_dir={root}/raw", f"paths.work_dir={root}/work",
