@@ -24,7 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
-from process_tree import folder_bytes, run_child
+from process_tree import folder_bytes, run_child, sized_overrides
 
 
 CHILD = """
@@ -44,16 +44,9 @@ print("RESULT " + json.dumps({"ingest_s": t1 - t0, "index_s": t2 - t1,
 
 
 def overrides_for(rows: int, scratch: Path, extra: list[str]) -> list[str]:
-    """Config overrides of one size; partitions grow with rows (about 2M rows each)."""
-    return [
-        f"paths.raw_dir={scratch / f'raw-{rows}'}",
-        f"paths.work_dir={scratch / f'index-work-{rows}'}",
-        f"generate.rows={rows}",
-        f"generate.users={max(rows // 100, 10)}",
-        f"generate.items={max(rows // 25, 10)}",
-        f"spark.shuffle_partitions={max(8, math.ceil(rows / 2_000_000))}",
-        *extra,
-    ]
+    """One size's overrides; shuffle partitions grow with rows (about 2M rows each)."""
+    partitions = f"spark.shuffle_partitions={max(8, math.ceil(rows / 2_000_000))}"
+    return sized_overrides(rows, scratch, "index-work", [partitions, *extra])
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from process_tree import folder_bytes, run_child
+from process_tree import folder_bytes, run_child, sized_overrides
 
 CHILD = """
 import json, sys, time
@@ -34,17 +34,6 @@ result = run_ingest(cfg)
 print("RESULT " + json.dumps({"seconds": time.perf_counter() - start,
                               "skipped": result["skipped"], "manifest": result["manifest"]}))
 """
-
-
-def overrides_for(rows: int, scratch: Path, extra: list[str]) -> list[str]:
-    return [
-        f"paths.raw_dir={scratch / f'raw-{rows}'}",
-        f"paths.work_dir={scratch / f'work-{rows}'}",
-        f"generate.rows={rows}",
-        f"generate.users={max(rows // 100, 10)}",
-        f"generate.items={max(rows // 25, 10)}",
-        *extra,
-    ]
 
 
 def main() -> None:
@@ -60,7 +49,7 @@ def main() -> None:
 
     table = []
     for rows in args.rows:
-        overrides = overrides_for(rows, args.scratch.resolve(), args.extra)
+        overrides = sized_overrides(rows, args.scratch.resolve(), "work", args.extra)
         cfg = load_config("sample", overrides=overrides)
         raw = Path(cfg.paths.raw_dir) / cfg.dataset.files[0]
         made = raw.parent / "generate.json"  # generate's own counts, kept for reruns

@@ -1,6 +1,7 @@
-"""Measure a benchmark child process and everything it starts (Spark JVM, Python workers).
+"""Shared by benchmarks/ingest.py and benchmarks/index.py: the config of one data size, and a
+meter for a child process and everything it starts (Spark JVM, Python workers).
 
-Linux /proc only (no psutil). Shared by benchmarks/ingest.py and benchmarks/index.py.
+Linux /proc only (no psutil).
 """
 
 from __future__ import annotations
@@ -75,3 +76,16 @@ def run_child(code: str, overrides: list[str]) -> tuple[dict, int, float]:
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def sized_overrides(rows: int, scratch: Path, work_name: str, extra: list[str]) -> list[str]:
+    """Config overrides for one benchmark size, with users and items in Taobao's proportions
+    (about 1 user per 100 rows and 1 item per 25 rows)."""
+    return [
+        f"paths.raw_dir={scratch / f'raw-{rows}'}",
+        f"paths.work_dir={scratch / f'{work_name}-{rows}'}",
+        f"generate.rows={rows}",
+        f"generate.users={max(rows // 100, 10)}",
+        f"generate.items={max(rows // 25, 10)}",
+        *extra,
+    ]

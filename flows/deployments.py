@@ -67,7 +67,7 @@ def ensure_work_pool(name: str) -> None:
             client.create_work_pool(WorkPoolCreate(name=name, type="process"))
             log.info("created process work pool %s", name)
         except ObjectAlreadyExists:
-            pass
+            log.info("process work pool %s already exists", name)
 
 
 def deploy_all(model: str = "score", profile: str = "local", datasets: tuple[str, ...] = DATASETS,
