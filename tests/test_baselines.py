@@ -174,3 +174,47 @@ def test_bad_params_are_named():
         build_model("sasrec", {**preset_params("sasrec"), "num_heads": 3}, SIZES)
     with pytest.raises(ValueError, match="model.params.windw"):
         build_model("caser", {**preset_params("caser"), "windw": 3}, SIZES)
+
+
+def test_history_pairs_targets_negatives_and_mask():
+    from trainers.next_item import combined_mean, history_pairs
+
+    torch.manual_seed(0)
+    sequence = torch.tensor([[0, 0, 3, 1, 2], [0, 0, 0, 0, 4], [5, 1, 1, 2, 3]])
+    targets, negatives, valid = history_pairs(sequence, num_items=3)  # tiny: many collisions
+    assert torch.equal(targets, sequence[:, 1:])
+    assert torch.equal(valid, torch.tensor([[False, False, True, True],
+                                            [False, False, False, False],
+                                            [True, True, True, True]]))
+    for _ in range(50):  # with 3 items a draw often hits the target: it must move
+        _, negatives, _ = history_pairs(sequence, num_items=3)
+        assert not (negatives == targets).any()
+        assert negatives.min() >= 1 and negatives.max() <= 3
+    history = torch.arange(12.0).view(3, 4)
+    # (candidates 1 + 2) + valid history (2 + 3 + 8 + 9 + 10 + 11), over 2 rows + 6 positions
+    expected = (1.0 + 2.0 + 2 + 3 + 8 + 9 + 10 + 11) / 8
+    assert float(combined_mean(torch.tensor([1.0, 2.0]), history, valid)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "sasrec", "caser"])
+def test_sequence_models_learn_from_every_history_position(name):
+    """A training forward adds the next-item terms of the history to the loss; changing an
+    item in the middle of the history changes them, evaluation scores only the candidates."""
+    model = make_model(name, dropout=0.0)
+    batch = make_batch(B=6, C=3)
+    model.eval()
+    with torch.no_grad():
+        candidates_only = float(model.loss(model(batch), batch))
+    model.train()
+    torch.manual_seed(5)
+    with_history = model.loss(model(batch), batch)
+    assert float(with_history.detach()) != pytest.approx(candidates_only)
+    with_history.backward()  # the history terms reach the item table through the graph
+    assert "_history" not in model.__dict__  # consumed: a later eval forward starts clean
+    longest = int((batch["sequence"] != 0).sum(1).argmax())
+    changed = {**batch, "sequence": batch["sequence"].clone()}
+    L = changed["sequence"].shape[1]
+    changed["sequence"][longest, L - 3] = changed["sequence"][longest, L - 3] % SIZES.num_items + 1
+    torch.manual_seed(5)
+    assert float(model.loss(model(changed), changed).detach()) != pytest.approx(
+        float(with_history.detach()))

@@ -15,10 +15,14 @@ Implemented (equation numbers of the paper):
     after the convolutions; W' is a separate output item table of width 2d.
   * Loss: binary cross-entropy over the positive and sampled negatives (Eq. 10-11).
     φ_c = φ_a = ReLU (the paper's best setting).
+  * Training windows (Section 3.5): every window of the sequence is a training instance.
+    The last window scores the target slice's candidates; in training each earlier window
+    scores the next history item against one sampled negative (trainers/next_item.py),
+    and the loss averages over all those predictions.
 
 Simplifications, and why:
-  * One target slice per sample instead of the paper's T next items ("skip" targets): the
-    data layer samples candidates for the target slice only, as for every compared model.
+  * One next item per window (T = 1) instead of the paper's T next items ("skip"
+    targets): the items after a window are themselves the next windows' targets.
   * Windows reaching before the first item are zero-padded.
 
 Shapes: B batch, C candidates, L sequence length, W = window L', d embedding.
@@ -34,6 +38,7 @@ from pydantic import Field
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
+from trainers.next_item import bce_with_history, history_pairs
 from trainers.registry import Batch, DataSizes, ModelParams, register
 
 
@@ -90,18 +95,34 @@ class Caser(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Args: batch with ``sequence`` (B, L), ``user`` (B,), ``items`` (B, C).
-        Returns: (B, C) logits y_i of Eq. 7."""
-        sequence = batch["sequence"]
-        W = self.params.window
-        last = F.pad(sequence, (max(W - sequence.shape[1], 0), 0))[:, -W:]  # (B, W)
-        z = self._window_states(last)  # (B, d)
-        zp = torch.cat([z, self.user(batch["user"])], dim=1)  # (B, 2d): [z; P_u]
-        y = self.item_out(batch["items"]) @ zp.unsqueeze(-1)  # (B, C, 1)
-        return y.squeeze(-1) + self.item_bias(batch["items"]).squeeze(-1)
+        Returns: (B, C) logits y_i of Eq. 7.
+
+        In training (grad enabled) every window of the sequence is scored against its next
+        item and a sampled negative, kept for :meth:`loss`.
+        """
+        sequence, items = batch["sequence"], batch["items"]
+        P_u = self.user(batch["user"])  # (B, d)
+        if self.training and torch.is_grad_enabled():
+            states = self.position_states(sequence)  # (B, L, d)
+            targets, negatives, valid = history_pairs(sequence, self.item.weight.shape[0] - 1)
+            zp = torch.cat([states[:, :-1], P_u.unsqueeze(1).expand_as(states[:, :-1])], dim=-1)
+            history = self._predict(zp, torch.stack([targets, negatives], dim=-1))
+            self._history = (history, valid)  # (B, L-1, 2)
+            z = states[:, -1]
+        else:
+            W = self.params.window
+            z = self._window_states(F.pad(sequence, (max(W - sequence.shape[1], 0), 0))[:, -W:])
+        return self._predict(torch.cat([z, P_u], dim=1), items)  # (B, C)
+
+    def _predict(self, zp: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """y_i = W'_i · [z; P_u] + b'_i (Eq. 7): zp (..., 2d), items (..., n) -> (..., n)."""
+        y = self.item_out(items) @ zp.unsqueeze(-1)  # (..., n, 1)
+        return y.squeeze(-1) + self.item_bias(items).squeeze(-1)
 
     def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Binary cross-entropy over candidates (Eq. 11). Args: scores (B, C)."""
-        return F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
+        """Binary cross-entropy of Eq. 11 over the candidates (scores (B, C), positive at
+        column 0) and, after a training forward, over every earlier window's next item."""
+        return bce_with_history(scores, batch["label"], self.__dict__.pop("_history", None))
 
     def regularization(self) -> torch.Tensor:
         """1/2 ||θ||² over the dense parameters (the loop multiplies by λ, as for SCoRe)."""

@@ -6,6 +6,10 @@ Implemented:
     update Eq. 1-4 of the paper, ``nn.GRU``).
   * Section 3.1.2, sampled output: only the candidates are scored,
     r̂_i = h_t · W_i + b_i, with an output item table W separate from the input one.
+  * Section 3.1.1, every event is a target: in training the state after each history item
+    also scores the next history item against one sampled negative
+    (trainers/next_item.py), and the loss averages over all those predictions and the
+    candidate list of the last state.
   * Section 3.1.3 ranking losses over the candidates (positive vs. each negative):
     BPR  L = -1/N_S Σ_j log σ(r̂_i - r̂_j)
     TOP1 L =  1/N_S Σ_j σ(r̂_j - r̂_i) + σ(r̂_j²)
@@ -13,8 +17,9 @@ Implemented:
 
 Simplifications, and why:
   * No session-parallel mini-batches (Section 3.1.1). Here a sample is one user's whole
-    sequence before the target slice, so each sequence is read from the start in one call;
-    the parallel-session trick only exists to avoid padding when streaming many sessions.
+    sequence before the target slice, so each sequence is read from the start in one call
+    and all its positions are targets at once; the parallel-session trick only exists to
+    avoid padding when streaming many sessions.
   * Negatives are the sampler's candidates (trainers/batches.py), not the other targets of
     the mini-batch; with ``index.negative_sampling=popularity`` they follow the same
     popularity distribution the paper's in-batch sampling gives.
@@ -34,6 +39,7 @@ from pydantic import Field
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
+from trainers.next_item import combined_mean, history_pairs
 from trainers.registry import Batch, DataSizes, ModelParams, register
 
 
@@ -96,17 +102,44 @@ class GRU4Rec(nn.Module):
         return out * (sequence != 0).unsqueeze(-1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits."""
-        h = self.position_states(batch["sequence"])[:, -1]  # (B, k): newest item is last
-        w = self.item_out(batch["items"])  # (B, C, k)
-        return (w @ h.unsqueeze(-1)).squeeze(-1) + self.item_bias(batch["items"]).squeeze(-1)
+        """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits.
+
+        In training (grad enabled) it also scores each history position's next item and
+        keeps those scores for :meth:`loss`.
+        """
+        sequence, items = batch["sequence"], batch["items"]
+        states = self.position_states(sequence)  # (B, L, k)
+        h = states[:, -1]  # (B, k): newest item is last
+        if not (self.training and torch.is_grad_enabled()):
+            return self._score(h.unsqueeze(1), items).squeeze(1)
+        targets, negatives, valid = history_pairs(sequence, self.item_out.weight.shape[0] - 1)
+        history = self._score(states[:, :-1].unsqueeze(2),
+                              torch.stack([targets, negatives], dim=-1))  # (B, L-1, 2)
+        self._history = (history, valid)
+        return self._score(h.unsqueeze(1), items).squeeze(1)
+
+    def _score(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """r̂ = h · W_i + b_i: h (..., 1, k), items (..., n) -> (..., n)."""
+        w, b = self.item_out(items), self.item_bias(items)  # (..., n, k), (..., n, 1)
+        return (w @ h.transpose(-1, -2)).squeeze(-1) + b.squeeze(-1)
 
     def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Ranking loss of Section 3.1.3 (positive at column 0). Args: scores (B, C)."""
-        pos, neg = scores[:, :1], scores[:, 1:]  # (B, 1), (B, C-1)
+        """Ranking loss of Section 3.1.3 over the candidates (positive at column 0) and, after
+        a training forward, over every history position. Args: scores (B, C)."""
+        candidates = self._ranking(scores).mean(dim=1)  # (B,)
+        history = self.__dict__.pop("_history", None)
+        if history is None:
+            return candidates.mean()
+        scores_h, valid = history
+        return combined_mean(candidates, self._ranking(scores_h).squeeze(-1), valid)
+
+    def _ranking(self, scores: torch.Tensor) -> torch.Tensor:
+        """BPR or TOP1 of the positive (last axis, index 0) against each negative:
+        (..., 1 + n) -> (..., n)."""
+        pos, neg = scores[..., :1], scores[..., 1:]
         if self.params.loss == "bpr":
-            return -F.logsigmoid(pos - neg).mean()
-        return (torch.sigmoid(neg - pos) + torch.sigmoid(neg**2)).mean()
+            return -F.logsigmoid(pos - neg)
+        return torch.sigmoid(neg - pos) + torch.sigmoid(neg**2)
 
     def regularization(self) -> torch.Tensor:
         """1/2 ||θ||² over the dense parameters (the loop multiplies by λ, as for SCoRe)."""

@@ -10,13 +10,12 @@ Implemented (equation numbers of the paper):
     wrapped as g(x) = x + Dropout(g(LayerNorm(x))) (Section III-D), b stacked blocks.
   * Prediction layer, Section III-E: r_{i,t} = F_t · M_i with the item embedding M shared
     between input and output (Eq. 6 with the shared-embedding choice the paper recommends).
-  * Loss, Section III-F: binary cross-entropy over the positive and sampled negatives (Eq. 7).
+  * Loss, Section III-F: binary cross-entropy over every position (Eq. 7). The last
+    position scores the target slice's candidates (positive + sampled negatives); in
+    training every earlier position t scores the next history item o_t against one sampled
+    negative (trainers/next_item.py), and the loss averages over all those predictions.
 
 Simplifications, and why:
-  * One prediction per sample (the target slice's candidates, read from the last position)
-    instead of a next-item target at every position: the data layer samples candidates for
-    the target slice only, as for every other model in the comparison. ``position_states``
-    still returns F_t for every t (the causal test uses it).
   * Padding keys are masked and padding rows are zeroed after every block (the paper's code
     does the same); a padding query may attend to itself only, so no softmax row is empty.
 
@@ -28,11 +27,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
+from trainers.next_item import bce_with_history, history_pairs
 from trainers.registry import Batch, DataSizes, ModelParams, register
 
 
@@ -112,13 +111,24 @@ class SASRec(nn.Module):
         return self.ln_out(x) * keep
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits."""
-        f = self.position_states(batch["sequence"])[:, -1]  # (B, d)
-        return (self.item(batch["items"]) @ f.unsqueeze(-1)).squeeze(-1)  # r_{i,t} (Eq. 6)
+        """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits.
+
+        In training (grad enabled) it also scores each history position's next item and a
+        sampled negative (Eq. 7) and keeps those scores for :meth:`loss`.
+        """
+        sequence, items = batch["sequence"], batch["items"]
+        states = self.position_states(sequence)  # (B, L, d): F_t
+        if self.training and torch.is_grad_enabled():
+            targets, negatives, valid = history_pairs(sequence, self.item.weight.shape[0] - 1)
+            pairs = torch.stack([targets, negatives], dim=-1)  # (B, L-1, 2)
+            history = (self.item(pairs) @ states[:, :-1].unsqueeze(-1)).squeeze(-1)
+            self._history = (history, valid)  # (B, L-1, 2) r_{o_t,t}, r_{j,t}
+        return (self.item(items) @ states[:, -1].unsqueeze(-1)).squeeze(-1)  # Eq. 6
 
     def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Binary cross-entropy over candidates (Eq. 7). Args: scores (B, C)."""
-        return F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
+        """Binary cross-entropy of Eq. 7: over the candidates (scores (B, C), positive at
+        column 0) and, after a training forward, over every history position."""
+        return bce_with_history(scores, batch["label"], self.__dict__.pop("_history", None))
 
     def regularization(self) -> torch.Tensor:
         """1/2 ||θ||² over the dense parameters (the loop multiplies by λ, as for SCoRe)."""
