@@ -104,6 +104,7 @@ class SparkConfig(Section):
     app_name: str
     driver_memory: str  # only effective when this process starts the JVM
     shuffle_partitions: int = Field(gt=0)
+    broadcast_max_ids: int = Field(ge=0)  # ingest broadcasts id maps up to this many ids
     conf: dict[str, str]  # any further spark.* settings, passed through unchanged
 
 

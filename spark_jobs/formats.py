@@ -1,10 +1,16 @@
 """One reader per public raw format: a raw text line -> canonical fields or a quarantine reason.
 
 Each reader turns the Spark column holding one raw line into Spark SQL expressions (built-in
-functions only, no Python UDFs, so 100M lines parse at JVM speed): the raw ``user`` and
-``item`` ids (digit strings), ``ts`` (UTC epoch seconds), ``behavior``, ``rating`` and
-``error``, the quarantine reason of a line that cannot be read (NULL for a readable line).
-The first failing check names the reason, in the order of :data:`QUARANTINE_REASONS`.
+functions only, no Python UDFs, so 100M lines parse at JVM speed): the ``user`` and
+``item`` ids (bigint), ``ts`` (UTC epoch seconds), ``behavior``, ``rating`` and ``error``,
+the quarantine reason of a line that cannot be read (NULL for a readable line). The first
+failing check names the reason, in the order of :data:`QUARANTINE_REASONS`.
+
+An id is read as a number, so ingest dedupes, sorts and joins longs rather than strings. A
+valid id is a non-negative integer that fits a bigint, written canonically: digits without a
+leading zero (``0`` itself is fine). Anything else (``u1``, ``1.0``, ``-3``, ``007``) is
+``non_numeric_id``, so the text in the file and the number map one to one, the id map's
+``raw`` text round-trips, and numeric order is exactly "by length, then text" of the raw id.
 
 Only the fields the pipeline uses are checked: Taobao's category id and Tmall's cat, seller
 and brand ids are not (Tmall's brand_id is often empty in the public file).
@@ -29,7 +35,6 @@ QUARANTINE_REASONS = (
     "bad_rating",
 )
 
-ID_PATTERN = r"^[0-9]+$"  # ids stay strings (id maps keep them raw), so any length is fine
 EPOCH_PATTERN = r"^-?[0-9]{1,12}$"  # 12 digits reach year 33658; longer is not seconds
 RATING_PATTERN = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"  # plain decimals: no NaN, no inf
 # Tmall time_stamp is MMDD with the month unpadded (829, 1111); a padded month is accepted.
@@ -41,8 +46,8 @@ TMALL_YEAR = 2015  # the public Tmall log (IJCAI-15) covers 2015 and gives no ye
 class Parsed:
     """Canonical fields of one raw line as Spark columns (NULL where the line is broken)."""
 
-    user: Column  # string: raw user id
-    item: Column  # string: raw item id
+    user: Column  # bigint: user id (NULL when not a valid id)
+    item: Column  # bigint: item id (NULL when not a valid id)
     ts: Column  # bigint: UTC epoch seconds
     behavior: Column  # string: canonical behaviour name
     rating: Column  # float or NULL
@@ -61,27 +66,38 @@ class RawFormat:
 
 
 def _fields(line: Column) -> Column:
-    """Comma-separated fields, trimmed; ``-1`` keeps trailing empty fields so counts are exact."""
-    # A lambda, not F.trim itself: transform would pass (field, index) and trim the index digits.
-    return F.transform(F.split(line, ",", -1), lambda field: F.trim(field))
+    """Comma-separated fields; ``-1`` keeps trailing empty fields so counts are exact."""
+    return F.split(line, ",", -1)
 
 
 def _field(fields: Column, index: int) -> Column:
-    """Field ``index`` (0-based) or NULL when the line is shorter (safe under ANSI mode too)."""
-    return F.get(fields, index)
+    """Field ``index`` (0-based), trimmed, or NULL when the line is shorter (safe under ANSI
+    mode too). Only the fields read are trimmed: no per-field lambda over the whole array,
+    which Spark evaluates without code generation."""
+    return F.trim(F.get(fields, index))
 
 
 def _epoch(text: Column) -> Column:
     return F.when(text.rlike(EPOCH_PATTERN), text.try_cast("bigint"))
 
 
+def _id(text: Column) -> Column:
+    """The id as bigint, NULL when ``text`` is not a valid id (see the module docstring).
+
+    Valid means the number prints back as the same text: cheaper than a regex, and it
+    rejects leading zeros, signs, decimals and overflow in one comparison.
+    """
+    number = text.try_cast("bigint")
+    return F.when((number >= 0) & (number.cast("string") == text), number)
+
+
 def _ids_ok(user: Column, item: Column) -> Column:
-    return F.coalesce(user.rlike(ID_PATTERN) & item.rlike(ID_PATTERN), F.lit(False))
+    return user.isNotNull() & item.isNotNull()
 
 
 def _parse_taobao(line: Column, dataset: DatasetConfig) -> Parsed:
     fields = _fields(line)
-    user, item, behavior = _field(fields, 0), _field(fields, 1), _field(fields, 3)
+    user, item, behavior = _id(_field(fields, 0)), _id(_field(fields, 1)), _field(fields, 3)
     ts = _epoch(_field(fields, 4))
     error = (
         F.when(F.size(fields) != 5, "wrong_field_count")
@@ -97,7 +113,7 @@ TMALL_ACTIONS = {"0": "click", "1": "cart", "2": "purchase", "3": "favourite"}
 
 def _parse_tmall(line: Column, dataset: DatasetConfig) -> Parsed:
     fields = _fields(line)
-    user, item = _field(fields, 0), _field(fields, 1)
+    user, item = _id(_field(fields, 0)), _id(_field(fields, 1))
     mmdd, action = _field(fields, 5), _field(fields, 6)
     month = F.regexp_extract(mmdd, MMDD_PATTERN, 1).try_cast("int")
     day = F.regexp_extract(mmdd, MMDD_PATTERN, 2).try_cast("int")
@@ -119,7 +135,8 @@ def _parse_tmall(line: Column, dataset: DatasetConfig) -> Parsed:
 
 def _parse_ratings(line: Column, dataset: DatasetConfig) -> Parsed:
     fields = _fields(line)
-    user, item, rating_text = _field(fields, 0), _field(fields, 1), _field(fields, 2)
+    user, item = _id(_field(fields, 0)), _id(_field(fields, 1))
+    rating_text = _field(fields, 2)
     ts = _epoch(_field(fields, 3))
     parsed = F.when(rating_text.rlike(RATING_PATTERN), rating_text.try_cast("float"))
     low, high = dataset.rating_scale  # validated present for this format by the schema

@@ -5,7 +5,8 @@ Every raw line is read as text (``spark.read.text``) and parsed with Spark SQL e
 
 - a header line (counted, not data),
 - ``quarantine/`` (file, raw, reason): the line cannot be read — wrong field count,
-  non-numeric id, unparsable timestamp, unknown behaviour code, bad rating;
+  non-numeric id (anything but a canonical non-negative bigint), unparsable timestamp,
+  unknown behaviour code, bad rating;
 - filtered (counted per reason, not stored): a readable line the config leaves out —
   ``behavior_not_kept`` (not in dataset.behaviors), ``out_of_window`` (outside
   dataset.start..dataset.end in dataset.timezone), ``neutral_rating`` (between
@@ -17,11 +18,29 @@ Quarantine holds only what is broken, so it stays small and worth reading; filte
 valid data the config chose not to use, and rerunning with another config brings them back.
 ``input_lines == kept + sum(filtered) + sum(quarantined)`` is checked on every run.
 
-Ids: ``user_idx`` / ``item_idx`` are 1..n (0 is padding) in numeric order of the raw id
-(ordered by length, then text, which is numeric order for digit strings), assigned without
-collecting ids to the driver: a global sort, ``monotonically_increasing_id`` per partition,
-and per-partition offsets (one small row per partition reaches the driver) — zipWithIndex in
-SQL. The maps are written first and the interactions are joined against the written maps.
+Data flow: the raw text is scanned once, and the kept rows are shuffled once.
+
+1. ``parse``: every line is classified in one pass that writes only the kept and quarantined
+   lines, as Parquet, to ``_lines/`` in the staged folder (deleted before publishing); an
+   Observation per file counts its lines per outcome during that same write. Nothing of
+   100M rows is cached and no pass exists only to count.
+2. ``quarantine``: the quarantined rows of ``_lines`` become ``quarantine/``.
+3. ``id_maps``: from the ids of the kept rows (see Ids).
+4. ``interactions``: the kept rows are shuffled by user into the output files; that one
+   shuffle serves the dedupe (a single-phase aggregation right behind it), the joins to the
+   id maps, broadcast when each holds at most ``spark.broadcast_max_ids`` ids, and the file
+   layout (each user's rows in one file, sorted by user_idx then ts). The written rows and
+   their time range are observed during the write; duplicates = kept lines - written rows.
+   With ``dataset.kcore`` the dedupe and the k-core rounds (persisted, counted) run first.
+
+Ids: raw ids are parsed to bigint (valid ids are canonical digit strings, see
+spark_jobs/formats.py), so dedupe, distinct, sort and joins work on longs. ``user_idx`` /
+``item_idx`` are 1..n (0 is padding) in numeric order of the raw id (which for canonical
+digit strings is order by length, then text), assigned without collecting ids to the driver:
+a global sort, ``monotonically_increasing_id`` per partition, and per-partition offsets (one
+small row per partition reaches the driver) — zipWithIndex in SQL. The maps (raw id as its
+digit string, idx) are written first and the interactions are joined against the written
+maps.
 
 manifest.json facts: inputs (path, size, mtime, lines per file), counts (lines_read,
 header_lines, input_lines, kept, filtered{reason}, quarantined{reason}, duplicates, users,
@@ -34,15 +53,17 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import reduce
 from zoneinfo import ZoneInfo
 
 import pyarrow.fs as pafs
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Observation
 from pyspark.sql import functions as F
 
 from conf.loading import section_hash
-from conf.schema import DatasetConfig, PipelineConfig
+from conf.schema import DatasetConfig, PipelineConfig, SparkConfig
 from spark_jobs.formats import FORMATS, QUARANTINE_REASONS, RawFormat
 from spark_jobs.manifest import (
     MANIFEST,
@@ -64,6 +85,11 @@ FILTER_REASONS = ("behavior_not_kept", "out_of_window", "neutral_rating", "dupli
 ROWS_PER_FILE = 4_000_000  # ~30-60 MB Parquet files; 100M rows -> 25 files
 MAX_FILES = 32
 ID_ORDER = "numeric order of the raw id (length, then text); 1-based, 0 reserved for padding"
+SINGLE_PHASE_AGGREGATION = "spark.sql.execution.bypassPartialAggregation"
+LINES = "_lines"  # scratch in the staged folder: kept and quarantined lines, deleted at the end
+# What each line gets from _classify; duplicate and kcore are decided later, on kept rows.
+LINE_OUTCOMES = ("header", *QUARANTINE_REASONS, "behavior_not_kept", "out_of_window",
+                 "neutral_rating", None)
 BOM = "\ufeff"
 
 
@@ -190,20 +216,16 @@ def _window(dataset: DatasetConfig) -> tuple[int, int]:
     )
 
 
-def _classify(spark, fmt: RawFormat, dataset: DatasetConfig,
-              files: list[tuple[str, str]]) -> DataFrame:
-    """Every raw line with its parsed fields and ``outcome`` (a reason, or NULL when kept).
+def _classify(spark, fmt: RawFormat, dataset: DatasetConfig, rel: str, uri: str) -> DataFrame:
+    """Every line of one raw file with its parsed fields and ``outcome`` (a reason, or NULL
+    when kept).
 
     Returns:
         DataFrame[file, raw (only on quarantined lines), user, item, ts, behavior, rating,
         label, outcome].
     """
-    lines = reduce(
-        DataFrame.unionByName,
-        [spark.read.text(uri).select(F.lit(rel).alias("file"), F.col("value").alias("raw"))
-         for rel, uri in files],
-    )
-    line = F.regexp_replace("raw", "^" + BOM, "")
+    lines = spark.read.text(uri).select(F.lit(rel).alias("file"), F.col("value").alias("raw"))
+    line = F.ltrim("raw", F.lit(BOM))  # only a file's first line can start with one
     parsed = fmt.parse(line, dataset)
     is_header = F.trim(line) == fmt.header if fmt.header is not None else F.lit(False)
     label = F.when(parsed.rating.isNull(), F.lit(1))  # implicit feedback: every event is positive
@@ -234,56 +256,79 @@ def _classify(spark, fmt: RawFormat, dataset: DatasetConfig,
     )
 
 
+def _split_lines(spark, fmt: RawFormat, dataset: DatasetConfig, files,
+                 uri: str) -> list[tuple[str, str | None, int]]:
+    """Parse every raw line once: write the kept and quarantined lines to ``uri``, count all.
+
+    One scan of the raw text does the whole first half of the stage: an Observation per file
+    counts its lines per outcome while the write runs, so the 100M parsed lines are neither
+    cached nor scanned a second time. Lines the config filters out here are only counted.
+
+    Returns:
+        [(file, outcome, lines)] for every file and every outcome of LINE_OUTCOMES; the
+        Parquet at ``uri`` holds file, raw, reason (NULL on kept lines) and the canonical
+        columns.
+    """
+    frames, observations = [], []
+    for rel, file_uri in files:
+        observation = Observation()
+        frames.append(_classify(spark, fmt, dataset, rel, file_uri).observe(
+            observation,
+            *[F.count_if(F.col("outcome").eqNullSafe(F.lit(outcome))).alias(str(j))
+              for j, outcome in enumerate(LINE_OUTCOMES)],
+        ))
+        observations.append(observation)
+    stored = F.col("outcome").isNull() | F.col("outcome").isin(*QUARANTINE_REASONS)
+    (reduce(DataFrame.unionByName, frames).filter(stored)
+     .withColumnRenamed("outcome", "reason").write.parquet(uri))
+    return [(rel, outcome, observation.get[str(j)])
+            for (rel, _), observation in zip(files, observations)
+            for j, outcome in enumerate(LINE_OUTCOMES)]
+
+
 def _build(spark, cfg: PipelineConfig, fmt: RawFormat, files, firsts, tmp: str,
            timer: StageTimer) -> dict:
     """Run the Spark job into ``tmp``; return the manifest facts (plus ``lines`` per file)."""
     dataset = cfg.dataset
-    classified = _classify(spark, fmt, dataset, files).persist()
-    persisted = [classified]
+    lines_uri = join(tmp, LINES)
+    persisted: list[DataFrame] = []
     try:
-        with timer.step("parse_and_count"):
-            per_file = classified.groupBy("file", "outcome").count().collect()
+        with timer.step("parse"):
+            per_file = _split_lines(spark, fmt, dataset, files, lines_uri)
         lines, counts = _tally(per_file, fmt, files, firsts)
+        stored = spark.read.parquet(lines_uri)
         with timer.step("quarantine"):
-            (classified.filter(F.col("outcome").isin(*QUARANTINE_REASONS))
-             .select("file", "raw", F.col("outcome").alias("reason"))
+            (stored.filter(F.col("reason").isNotNull()).select("file", "raw", "reason")
              .repartition(1)  # a shuffle of the few bad lines only, not a 1-task scan
              .write.parquet(join(tmp, "quarantine")))
-        with timer.step("filter"):
-            kept = classified.filter(F.col("outcome").isNull()).drop("file", "raw", "outcome")
-            if dataset.drop_duplicates:
-                kept = kept.dropDuplicates()
-            kept = kept.persist()
-            persisted.append(kept)
-            n_kept = kept.count()
-            classified.unpersist()
-            counts["filtered"]["duplicate"] = counts.pop("kept_before_dedupe") - n_kept
-            if dataset.kcore > 0:
-                before = n_kept
-                kept, n_kept = _kcore(kept, n_kept, dataset.kcore, persisted)
-                counts["filtered"]["kcore"] = before - n_kept
-        counts["kept"] = n_kept
-        counts["duplicates"] = counts["filtered"]["duplicate"]
-        _check_accounting(counts)
-        if n_kept == 0:
-            raise ValueError(
-                f"no interaction survives the filters of dataset {dataset.name!r} "
-                f"(filtered: {counts['filtered']}, quarantined: {counts['quarantined']}); "
-                "check dataset.behaviors, dataset.start/slice_days/num_slices and kcore"
-            )
+        kept = stored.filter(F.col("reason").isNull()).drop("file", "raw", "reason")
+        rows = counts.pop("kept_before_dedupe")
+        dedupe_at_write = dataset.drop_duplicates and dataset.kcore == 0
+        if dataset.kcore > 0:
+            with timer.step("kcore"):
+                kept, rows = _dedupe_and_kcore(kept, rows, dataset, counts, persisted)
+        _require_rows(rows, dataset, counts)
         with timer.step("id_maps"):
             counts["users"] = _write_id_map(kept.select(F.col("user").alias("raw")),
                                             join(tmp, "id_maps", "users"))
             counts["items"] = _write_id_map(kept.select(F.col("item").alias("raw")),
                                             join(tmp, "id_maps", "items"))
-            low, high = kept.agg(F.min("ts"), F.max("ts")).first()
         with timer.step("interactions"):
-            n_files = min(MAX_FILES, max(1, math.ceil(n_kept / ROWS_PER_FILE)))
-            _write_interactions(spark, kept, tmp, n_files)
+            n_files = _n_files(spark, rows)
+            with _single_phase_aggregation(spark):
+                written = _write_interactions(spark, cfg.spark, kept, counts, tmp, n_files,
+                                              dedupe_at_write)
     finally:
         for frame in persisted:
             frame.unpersist()
+        _delete(lines_uri)
+    if dedupe_at_write:
+        counts["filtered"]["duplicate"] = rows - written["rows"]
+    counts["kept"] = written["rows"]
+    counts["duplicates"] = counts["filtered"]["duplicate"]
+    _check_accounting(counts)
     start, end = _window(dataset)
+    low, high = written["min_ts"], written["max_ts"]
     return {
         "lines": lines,
         "counts": counts,
@@ -295,7 +340,7 @@ def _build(spark, cfg: PipelineConfig, fmt: RawFormat, files, firsts, tmp: str,
 
 
 def _tally(per_file, fmt: RawFormat, files, firsts) -> tuple[dict[str, int], dict]:
-    """Counts per reason from (file, outcome, count) rows; reject files where nothing parses.
+    """Counts per reason from (file, outcome, lines) tuples; reject files where nothing parses.
 
     Returns:
         (lines read per file, counts with ``kept_before_dedupe`` still to be resolved).
@@ -306,16 +351,15 @@ def _tally(per_file, fmt: RawFormat, files, firsts) -> tuple[dict[str, int], dic
     counts = {"lines_read": 0, "header_lines": 0,
               "filtered": {r: 0 for r in FILTER_REASONS},
               "quarantined": {r: 0 for r in QUARANTINE_REASONS}, "kept_before_dedupe": 0}
-    for row in per_file:
-        outcome, n = row["outcome"], row["count"]
-        lines[row["file"]] += n
+    for file, outcome, n in per_file:
+        lines[file] += n
         counts["lines_read"] += n
         if outcome == "header":
             counts["header_lines"] += n
             continue
-        data[row["file"]] += n
+        data[file] += n
         if outcome in readable:
-            parsed[row["file"]] += n
+            parsed[file] += n
         if outcome is None:
             counts["kept_before_dedupe"] += n
         elif outcome in QUARANTINE_REASONS:
@@ -345,6 +389,36 @@ def _check_accounting(counts: dict) -> None:
         )
 
 
+def _require_rows(rows: int, dataset: DatasetConfig, counts: dict) -> None:
+    if rows == 0:
+        raise ValueError(
+            f"no interaction survives the filters of dataset {dataset.name!r} "
+            f"(filtered: {counts['filtered']}, quarantined: {counts['quarantined']}); "
+            "check dataset.behaviors, dataset.start/slice_days/num_slices and kcore"
+        )
+
+
+def _dedupe_and_kcore(kept: DataFrame, rows: int, dataset: DatasetConfig, counts: dict,
+                      persisted: list[DataFrame]) -> tuple[DataFrame, int]:
+    """Drop duplicates (when configured), then the k-core, counting both in ``counts``.
+
+    k-core counts must see each interaction once, so here the dedupe cannot wait for the
+    interactions write as it does without k-core.
+
+    Returns:
+        (frame, rows) of the k-core, persisted.
+    """
+    if dataset.drop_duplicates:
+        kept = kept.dropDuplicates().persist()
+        persisted.append(kept)
+        unique = kept.count()
+        counts["filtered"]["duplicate"] = rows - unique
+        rows = unique
+    core, remaining = _kcore(kept, rows, dataset.kcore, persisted)
+    counts["filtered"]["kcore"] = rows - remaining
+    return core, remaining
+
+
 def _kcore(kept: DataFrame, n_kept: int, k: int,
            persisted: list[DataFrame]) -> tuple[DataFrame, int]:
     """Iteratively drop users and items with fewer than ``k`` interactions until stable.
@@ -371,13 +445,13 @@ def _write_id_map(values: DataFrame, uri: str) -> int:
     """Write raw id -> contiguous 1-based idx for the distinct ``raw`` values.
 
     Args:
-        values: DataFrame[raw string], duplicates allowed.
-        uri: where the map (raw string, idx int32) is written.
+        values: DataFrame[raw bigint], duplicates allowed.
+        uri: where the map (raw string: the id's digits, idx int32) is written.
 
     Returns:
         Number of distinct ids.
     """
-    tagged = (values.distinct().orderBy(F.length("raw"), "raw")
+    tagged = (values.distinct().orderBy("raw")
               .withColumn("mono", F.monotonically_increasing_id()).persist())
     try:
         # monotonically_increasing_id = partition index << 33 | row number in the partition.
@@ -391,23 +465,82 @@ def _write_id_map(values: DataFrame, uri: str) -> int:
             raise ValueError(f"{total} distinct ids do not fit int32 idx ({uri})")
         local = F.col("mono").bitwiseAND((1 << 33) - 1)
         idx = F.element_at(F.create_map(*offsets), part) + local + 1
-        tagged.select("raw", idx.cast("int").alias("idx")).write.parquet(uri)
+        tagged.select(F.col("raw").cast("string"), idx.cast("int").alias("idx")).write.parquet(uri)
     finally:
         tagged.unpersist()
     return total
 
 
-def _write_interactions(spark, kept: DataFrame, tmp: str, n_files: int) -> None:
-    """Join the kept rows to the written id maps and write the contract's interactions."""
-    users = spark.read.parquet(join(tmp, "id_maps", "users"))
-    items = spark.read.parquet(join(tmp, "id_maps", "items"))
-    (kept.join(users.select(F.col("raw").alias("user"), F.col("idx").alias("user_idx")), "user")
-     .join(items.select(F.col("raw").alias("item"), F.col("idx").alias("item_idx")), "item")
-     .select("user_idx", "item_idx", F.col("ts").cast("bigint"), "behavior",
-             F.col("rating").cast("float"), F.col("label").cast("tinyint"))
-     .repartition(n_files, "user_idx")
+def _write_interactions(spark, conf: SparkConfig, kept: DataFrame, counts: dict, tmp: str,
+                        n_files: int, dedupe: bool) -> dict:
+    """Join the kept rows to the written id maps and write the contract's interactions.
+
+    When both maps fit ``spark.broadcast_max_ids`` they are broadcast, and one shuffle (by
+    raw user into the output files) serves the dedupe, the joins and the file layout; larger
+    maps take shuffle joins and a final repartition by user_idx. Either way each user's
+    rows land in one file, sorted by (user_idx, ts).
+
+    Returns:
+        {"rows", "min_ts", "max_ts"} of the written interactions, observed during the write.
+    """
+    users = _id_map(spark, tmp, "users", "user", counts["users"] <= conf.broadcast_max_ids)
+    items = _id_map(spark, tmp, "items", "item", counts["items"] <= conf.broadcast_max_ids)
+    local = counts["users"] <= conf.broadcast_max_ids and counts["items"] <= conf.broadcast_max_ids
+    rows = kept.repartition(n_files, "user") if local else kept
+    if dedupe:
+        rows = rows.dropDuplicates()
+    rows = (rows.join(users, "user").join(items, "item")
+            .select("user_idx", "item_idx", F.col("ts").cast("bigint"), "behavior",
+                    F.col("rating").cast("float"), F.col("label").cast("tinyint")))
+    if not local:
+        rows = rows.repartition(n_files, "user_idx")
+    observation = Observation()
+    (rows.observe(observation, F.count(F.lit(1)).alias("rows"), F.min("ts").alias("min_ts"),
+                  F.max("ts").alias("max_ts"))
      .sortWithinPartitions("user_idx", "ts")  # user histories contiguous: index reads fast
      .write.parquet(join(tmp, "interactions")))
+    return observation.get
+
+
+def _n_files(spark, rows: int) -> int:
+    """Interaction files for ``rows``: about ROWS_PER_FILE each, rounded up to a multiple of
+    the cores (the last stage runs one task a file, so e.g. 3 files on 2 cores would leave
+    one idle for a third of it), at most MAX_FILES."""
+    cores = spark.sparkContext.defaultParallelism
+    return min(MAX_FILES, math.ceil(max(1, math.ceil(rows / ROWS_PER_FILE)) / cores) * cores)
+
+
+@contextmanager
+def _single_phase_aggregation(spark) -> Iterator[None]:
+    """Within the block, aggregations skip Spark's partial (pre-shuffle) phase.
+
+    The dedupe runs right after the shuffle by user, where a partial phase hashes every row a
+    second time for nothing (almost no row is a duplicate): a quarter of the interactions
+    write at 10M rows. Spark 4.3+ knows the setting; earlier versions ignore it.
+    """
+    before = spark.conf.get(SINGLE_PHASE_AGGREGATION, None)
+    spark.conf.set(SINGLE_PHASE_AGGREGATION, "true")
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(SINGLE_PHASE_AGGREGATION)
+        else:
+            spark.conf.set(SINGLE_PHASE_AGGREGATION, before)
+
+
+def _id_map(spark, tmp: str, name: str, column: str, broadcast: bool) -> DataFrame:
+    """The written id map ``name`` as DataFrame[<column> bigint, <column>_idx int]."""
+    ids = spark.read.parquet(join(tmp, "id_maps", name)).select(
+        F.col("raw").cast("bigint").alias(column), F.col("idx").alias(f"{column}_idx"))
+    return F.broadcast(ids) if broadcast else ids
+
+
+def _delete(uri: str) -> None:
+    """Remove a scratch folder if it exists."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
 
 
 def _iso(seconds: int) -> str:

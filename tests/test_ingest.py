@@ -46,6 +46,10 @@ TAOBAO_LINES = [
     (f"1,100,5,pv,{S},9", "wrong_field_count"),
     (f"u1,100,5,pv,{S}", "non_numeric_id"),
     (f"1,x9,5,pv,{S}", "non_numeric_id"),
+    (f"007,100,5,pv,{S}", "non_numeric_id"),  # ids are canonical: "007" is not user 7
+    (f"-3,100,5,pv,{S}", "non_numeric_id"),
+    (f"1,100.0,5,pv,{S}", "non_numeric_id"),
+    (f"1,99999999999999999999,5,pv,{S}", "non_numeric_id"),  # beyond int64
     ("1,100,5,pv,2017-11-25", "bad_timestamp"),
     (f"1,100,5,click,{S}", "unknown_behavior"),
     (f"9,104,5,pv,{S + 300}", None),
@@ -55,6 +59,18 @@ TAOBAO_LINES = [
 
 def _counts(expected: list[tuple[str, str | None]], reasons: tuple[str, ...]) -> dict[str, int]:
     return {r: sum(1 for _, why in expected if why == r) for r in reasons}
+
+
+TAOBAO_KEPT = {(f[0], f[1], int(f[4]), f[3].strip(), 1)
+               for f in (line.split(",") for line, why in TAOBAO_LINES if why is None)}
+
+
+def _raw_interactions(out: Path) -> set[tuple]:
+    """The written interactions as (raw user, raw item, ts, behavior, label)."""
+    users = {r["idx"]: r["raw"] for r in _table(str(out / "id_maps" / "users"))}
+    items = {r["idx"]: r["raw"] for r in _table(str(out / "id_maps" / "items"))}
+    return {(users[r["user_idx"]], items[r["item_idx"]], r["ts"], r["behavior"], r["label"])
+            for r in _table(str(out / "interactions"))}
 
 
 def test_taobao_counts_ids_window_rerun_and_rebuild(spark, make_config, tmp_path):
@@ -83,16 +99,10 @@ def test_taobao_counts_ids_window_rerun_and_rebuild(spark, make_config, tmp_path
     users = {r["raw"]: r["idx"] for r in _table(str(out / "id_maps" / "users"))}
     items = {r["raw"]: r["idx"] for r in _table(str(out / "id_maps" / "items"))}
     assert users == {"1": 1, "2": 2, "9": 3, "10": 4} and items == {"100": 1, "104": 2}
-    raw_user = {v: k for k, v in users.items()}
-    raw_item = {v: k for k, v in items.items()}
     rows = pq.read_table(str(out / "interactions"))
     assert [str(t) for t in rows.schema.types] == ["int32", "int32", "int64", "string",
                                                    "float", "int8"]
-    got = {(raw_user[r["user_idx"]], raw_item[r["item_idx"]], r["ts"], r["behavior"],
-            r["label"]) for r in rows.to_pylist()}
-    want = {(f[0], f[1], int(f[4]), f[3].strip(), 1)
-            for f in (line.split(",") for line, why in TAOBAO_LINES if why is None)}
-    assert got == want
+    assert _raw_interactions(out) == TAOBAO_KEPT
 
     before = _snapshot(out)
     again = run_ingest(cfg)
@@ -105,6 +115,14 @@ def test_taobao_counts_ids_window_rerun_and_rebuild(spark, make_config, tmp_path
     assert wider["manifest"]["counts"]["filtered"]["behavior_not_kept"] == 0
     assert wider["manifest"]["config_hash"] != result["manifest"]["config_hash"]
     assert not list(out.parent.glob("ingest.*"))  # no staged or old folders left behind
+
+
+def test_id_maps_over_broadcast_max_ids_give_the_same_interactions(spark, make_config, tmp_path):
+    _write(tmp_path / "raw" / "UserBehavior.csv", [line for line, _ in TAOBAO_LINES])
+    result = run_ingest(make_config("sample", overrides=["spark.broadcast_max_ids=0"]))
+    counts = result["manifest"]["counts"]
+    assert (counts["kept"], counts["duplicates"], counts["users"]) == (5, 1, 4)
+    assert _raw_interactions(Path(result["uri"])) == TAOBAO_KEPT
 
 
 def _local_midnight_utc(month: int, day: int) -> int:
