@@ -77,6 +77,11 @@ def test_evaluation_matches_direct_metrics(trained):
     assert result["popularity_test"]["mrr"] == pytest.approx(np.mean(rr), abs=1e-12)
     pop = popularity_scores(torch.as_tensor(counts), samples.candidates, samples.slice)
     assert result["popularity_test"] == pytest.approx(ranking_metrics(pop, samples.user))
+    # The validation lists get the same reference (their target slice is one earlier).
+    valid = Samples.from_arrays(load_samples(str(Path(cfg.paths.work_dir) / "index"), "valid"))
+    assert int(valid.slice.max()) == int(samples.slice.min()) - 1
+    pop = popularity_scores(torch.as_tensor(counts), valid.candidates, valid.slice)
+    assert result["popularity_valid"] == pytest.approx(ranking_metrics(pop, valid.user))
 
     # Full ranking: 8 sampled users, their positive against all 40 items in one batch; the
     # user's other test positives (none here: one list per user) and padding excluded.

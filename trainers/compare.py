@@ -31,8 +31,8 @@ from trainers.registry import model_class
 # Table columns after ``model``: the paper's metrics (Section 4.1.2) first.
 TEST_METRICS = ("mrr", "hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "auc", "gauc")
 CHART_METRICS = ("mrr", "ndcg@10", "hr@10")
-COLUMNS = ("model", *(f"test_{m}" for m in TEST_METRICS), "valid_mrr", "popularity_test_mrr",
-           "best_epoch", "run_id")
+COLUMNS = ("model", *(f"test_{m}" for m in TEST_METRICS), "valid_mrr", "popularity_valid_mrr",
+           "popularity_test_mrr", "best_epoch", "run_id")
 
 
 def model_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
@@ -72,7 +72,8 @@ def run_comparison(cfg: PipelineConfig, models: list[str]) -> dict[str, Any]:
 
     Returns:
         dict: ``run_id`` (parent MLflow run), ``rows`` (one dict per model: model, child
-        ``run_id``, ``best_epoch``, ``valid_mrr``, ``popularity_test_mrr`` and
+        ``run_id``, ``best_epoch``, ``valid_mrr``, ``popularity_valid_mrr``,
+        ``popularity_test_mrr`` and
         ``test_<metric>``), ``table`` (markdown) and ``csv`` (text).
 
     Raises:
@@ -115,6 +116,7 @@ def comparison_row(name: str, trained: dict[str, Any], evaluated: dict[str, Any]
     return {"model": name, "run_id": trained["run_id"], "best_epoch": trained["best_epoch"],
             "valid_mrr": trained["valid"]["mrr"],
             **{f"test_{m}": evaluated["test"][m] for m in TEST_METRICS},
+            "popularity_valid_mrr": evaluated["popularity_valid"]["mrr"],
             "popularity_test_mrr": evaluated["popularity_test"]["mrr"]}
 
 

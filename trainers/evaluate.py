@@ -5,7 +5,8 @@ plus full ranking for a seeded sample of users.
   ``index.eval_negatives`` negatives, scored in chunks of ``train.eval_batch_size`` lists;
   HR@1/5/10, NDCG@5/10, MRR, AUC, GAUC with pessimistic ties (trainers/metrics.py).
 * Popularity reference (trainers/popularity.py): the same lists scored by the item's count in
-  the slice before the target; logged as ``popularity_test_*``.
+  the slice before the target; logged as ``popularity_test_*``, and on the validation lists
+  as ``popularity_valid_*`` (the reference for the validation MRR that picks the checkpoint).
 * Full ranking: for ``train.full_rank_users`` users (seeded) one test positive is ranked
   against every item (chunked over items, so millions of items fit); the user's other
   target-slice positives and the padding id do not compete. Logged as ``full_*``.
@@ -36,7 +37,8 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     """Evaluate the best checkpoint of ``<work_dir>/train/<model>``.
 
     Returns:
-        dict: ``run_id``, ``test`` / ``popularity_test`` / ``full`` metric dicts, ``table``
+        dict: ``run_id``, ``test`` / ``popularity_test`` / ``popularity_valid`` / ``full``
+        metric dicts, ``table``
         (markdown) and ``logged`` (the flat metrics written to MLflow).
 
     Raises:
@@ -48,16 +50,20 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
                                 "with the same dataset and model first")
     device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
     model = load_best_model(cfg, record["result"]["checkpoint"], device)
-    data = load_split_data(cfg, model.inputs, ("test",), device)
+    data = load_split_data(cfg, model.inputs, ("valid", "test"), device)
     test = data.splits["test"]
     counts = torch.as_tensor(set_arrays.load_popularity(data.index_uri), device=device)
+
+    def popularity(split: str) -> dict[str, float]:
+        return score_lists(lambda b, s, i: popularity_scores(counts, b["items"], s),
+                           data.builder, data.splits[split], cfg.train.eval_batch_size)
 
     results = {
         "test": score_lists(lambda b, s, i: model(b), data.builder, test,
                             cfg.train.eval_batch_size),
-        "popularity_test": score_lists(
-            lambda b, s, i: popularity_scores(counts, b["items"], s), data.builder, test,
-            cfg.train.eval_batch_size),
+        "popularity_test": popularity("test"),
+        # the reference for the validation MRR that early stopping and the champion use
+        "popularity_valid": popularity("valid"),
     }
     if cfg.train.full_rank_users > 0:
         results["full"] = full_ranking(model, data.builder, test, data.sizes.num_items,

@@ -8,8 +8,13 @@ Implemented (Section 3 of the paper):
     sum-pooled embeddings of G_t(v) (users) — the sum pooling the SCoRe paper describes.
   * Dynamic states (Section 3.1-3.2): u_t = RNN(u_{t-1}, y_t) for the user and
     m_t = RNN(m_{t-1}, y_t) for the item, over the H history slices.
-  * Prediction (Section 3.3): r̂ = <ũ_T, m̃_T> + <u, m>, with ũ_T, m̃_T affine maps of the
-    final states and u, m the stationary user and item embeddings.
+  * Prediction (Section 3.3), ``params.head``:
+    ``dot``: r̂ = <ũ_T, m̃_T> + <u, m>, with ũ_T, m̃_T affine maps of the final states and
+    u, m the stationary user and item embeddings, as in the RRN paper;
+    ``mlp``: r̂ = MLP([u_T, m_T, u, m]) with hidden layers ``head_hidden``, the prediction
+    of the SCoRe authors' RRN re-implementation (qinjr/SCoRe, slice_models), whose numbers
+    SCoRe's Table 3 reports. The default is ``mlp`` (conf/models/rrn.yaml): on the sample
+    the dot-product form stays below the popularity reference, the MLP form does not.
 
 Simplifications, and why:
   * GRU cells instead of the paper's LSTM, as in the SCoRe authors' RRN re-implementation
@@ -25,7 +30,7 @@ Shapes: B batch, C candidates, H history slices, S set size, d embedding, k hidd
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +39,15 @@ from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
 from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.score import mlp
 
 
 class RRNParams(ModelParams):
     embed_dim: int = Field(gt=0)  # d: set-member and stationary embeddings
     embed_init_std: float = Field(gt=0)  # embedding rows start as N(0, std²)
     hidden_dim: int = Field(gt=0)  # k: GRU state size
+    head: Literal["dot", "mlp"]  # RRN paper's inner products, or the SCoRe authors' MLP
+    head_hidden: list[int] = Field(min_length=1)  # MLP hidden layers (head=mlp)
 
 
 @register("rrn")
@@ -56,8 +64,12 @@ class RRN(nn.Module):
         self.item_static = RowSparseEmbedding(sizes.num_items + 1, d, std)  # m
         self.user_rnn = nn.GRU(d, k, batch_first=True)
         self.item_rnn = nn.GRU(d, k, batch_first=True)
-        self.user_out = nn.Linear(k, k)  # ũ_T = W u_T + b
-        self.item_out = nn.Linear(k, k)  # m̃_T
+        self.params = params
+        if params.head == "dot":
+            self.user_out = nn.Linear(k, k)  # ũ_T = W u_T + b
+            self.item_out = nn.Linear(k, k)  # m̃_T
+        else:
+            self.head = mlp([2 * k + 2 * d, *params.head_hidden, 1])
 
     @staticmethod
     def _sum_pool(table: RowSparseEmbedding, sets: torch.Tensor) -> torch.Tensor:
@@ -74,11 +86,15 @@ class RRN(nn.Module):
         y_item = self._sum_pool(self.user_in, batch["item_sets"][:, :, :, 0])  # (B, C, H, d)
         _, u_T = self.user_rnn(y_user)  # (1, B, k)
         _, m_T = self.item_rnn(y_item.reshape(B * C, H, -1))  # (1, B*C, k)
+        u = self.user_static(batch["user"])  # (B, d)
+        m = self.item_static(items)  # (B, C, d)
+        if self.params.head == "mlp":
+            u_T, m_T = u_T[0].unsqueeze(1).expand(B, C, -1), m_T[0].view(B, C, -1)
+            features = torch.cat([u_T, m_T, u.unsqueeze(1).expand(B, C, -1), m], dim=-1)
+            return self.head(features).squeeze(-1)  # (B, C)
         u_dyn = self.user_out(u_T[0])  # (B, k)
         m_dyn = self.item_out(m_T[0]).view(B, C, -1)  # (B, C, k)
         dynamic = (m_dyn @ u_dyn.unsqueeze(-1)).squeeze(-1)  # (B, C): <ũ_T, m̃_T>
-        u = self.user_static(batch["user"])  # (B, d)
-        m = self.item_static(items)  # (B, C, d)
         stationary = (m @ u.unsqueeze(-1)).squeeze(-1)  # (B, C): <u, m>
         return dynamic + stationary
 
