@@ -218,3 +218,21 @@ def test_sequence_models_learn_from_every_history_position(name):
     torch.manual_seed(5)
     assert float(model.loss(model(changed), changed).detach()) != pytest.approx(
         float(with_history.detach()))
+
+
+def test_rrn_paper_head_is_inner_products():
+    """head=dot: r̂ = <ũ_T, m̃_T> + <u, m> (RRN paper); zeroing the stationary tables leaves
+    exactly the dynamic inner product."""
+    model = make_model("rrn", head="dot").eval()
+    batch = make_batch(B=4, C=3)
+    with torch.no_grad():
+        full = model(batch)
+        model.user_static.weight.zero_()
+        dynamic = model(batch)
+        _, u_T = model.user_rnn(model._sum_pool(model.item_in, batch["user_sets"][:, :, 0]))
+        y_item = model._sum_pool(model.user_in, batch["item_sets"][:, :, :, 0])
+        _, m_T = model.item_rnn(y_item.reshape(12, y_item.shape[2], -1))
+        expected = (model.item_out(m_T[0]).view(4, 3, -1) @ model.user_out(u_T[0])[..., None])
+    assert full.shape == (4, 3)
+    assert torch.allclose(dynamic, expected.squeeze(-1), atol=1e-6)
+    assert not torch.allclose(full, dynamic)
