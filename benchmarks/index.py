@@ -7,8 +7,9 @@
 Per size: the raw file is generated once (``spark_jobs.sample_data.generate``, reused later,
 not timed against the target), then ingest and index run in one fresh child process (its
 own JVM, ``spark.driver_memory`` from the config: 12g by default), both forced to rerun.
-Printed: wall time per stage (ingest; index steps slices, sets, co_sets, popularity,
-samples, sequences), rows/s end to end, peak RSS of the child's whole process tree (Python
+Printed: wall time per stage (ingest; index steps slices, user_sets, item_sets, popularity,
+samples, sequences), rows/s end to end, CPU seconds of the child's process tree (steadier
+than wall time on a shared box), peak RSS of the child's whole process tree (Python
 driver + Spark JVM + Python workers, sampled from /proc every 0.2 s), Parquet sizes, and the
 per-row cost ratio between consecutive sizes (1.0 = linear). Users and items grow with rows in
 Taobao's proportions (1 user per 100 rows, 1 item per 25 rows). Targets: 100M rows end to end
@@ -73,14 +74,15 @@ def main() -> None:
                   flush=True)
         work = Path(cfg.paths.work_dir)
         shutil.rmtree(work, ignore_errors=True)  # force both stages to run
-        result, peak, _ = run_child(CHILD, overrides)
+        result, peak, cpu = run_child(CHILD, overrides)
         total = result["ingest_s"] + result["index_s"]
         lines = result["ingest"]["counts"]["input_lines"]
         idx = result["index"]
         row = {
             "rows": lines, "ingest_s": round(result["ingest_s"], 1),
             "index_s": round(result["index_s"], 1), "total_s": round(total, 1),
-            "rows_per_s": round(lines / total), "peak_rss_gib": round(peak / 2**30, 2),
+            "rows_per_s": round(lines / total), "cpu_s": round(cpu, 1),
+            "peak_rss_gib": round(peak / 2**30, 2),
             "ingest_mb": round(folder_bytes(work / "ingest") / 2**20, 1),
             "index_mb": round(folder_bytes(work / "index") / 2**20, 1),
             "index_timings": idx["timings"], "index_counts": idx["counts"],
@@ -92,13 +94,15 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    steps = ("slices", "sets", "co_sets", "popularity", "samples", "sequences")
+    steps = ("slices", "user_sets", "item_sets", "popularity", "samples", "sequences")
     print(f"\n{'rows':>12} {'ingest s':>9} " + " ".join(f"{s:>10}" for s in steps)
-          + f" {'total s':>8} {'rows/s':>9} {'peak GiB':>9} {'ingest MB':>10} {'index MB':>9}")
+          + f" {'total s':>8} {'rows/s':>9} {'CPU s':>8} {'peak GiB':>9} {'ingest MB':>10}"
+            f" {'index MB':>9}")
     for r in table:
         print(f"{r['rows']:>12,} {r['ingest_s']:>9.1f} "
               + " ".join(f"{r['index_timings'].get(s, 0):>10.1f}" for s in steps)
-              + f" {r['total_s']:>8.1f} {r['rows_per_s']:>9,} {r['peak_rss_gib']:>9.2f}"
+              + f" {r['total_s']:>8.1f} {r['rows_per_s']:>9,} {r['cpu_s']:>8.1f}"
+              f" {r['peak_rss_gib']:>9.2f}"
               f" {r['ingest_mb']:>10.1f} {r['index_mb']:>9.1f}")
     for a, b in zip(table, table[1:]):
         ratio = (b["total_s"] / b["rows"]) / (a["total_s"] / a["rows"])

@@ -15,21 +15,25 @@ column contracts):
   num_users, num_items (largest idx in the id maps), counts per table, empty_share (share of
   (entity, slice) pairs without a set), capped (1-hop lists longer than neighbor_cap,
   lists subsampled to S or filled up to S, sketches cut to S+1), negative_sampling, seed,
-  timings (slices, sets, co_sets, popularity, samples, sequences).
+  timings (slices, user_sets, item_sets, popularity, samples, sequences).
 
 Layout, chosen for training speed: the trainer never scans these tables by key; it loads
 each table once into dense arrays (trainers/set_arrays.py) by vectorised fancy indexing, for
 which row order is irrelevant. So the tables stay in Spark's hash partitioning by
 (entity, slice) (no global sort, which would cost one more shuffle of the largest tables) in
-``spark.shuffle_partitions`` files each, sets as fixed-length lists of S so the loader
+at most P files each (P = ``spark.shuffle_partitions``, raised to one per
+ROWS_PER_PARTITION interactions on big inputs), sets as fixed-length lists of S so the loader
 reshapes flattened lists without looking at offsets. Rows are sorted by (entity, slice)
-within each file, which keeps ids close together and the files small.
+within each file (numpy emits the groups in that order), which keeps ids close together and
+the files small.
 
-Pipeline and shuffles: positives are deduplicated once while partitioned by (user, slice),
-then repartitioned by (item, slice); both copies stay cached, and each one-hop aggregation
-and each co-set join runs on the copy that is already partitioned right. The other shuffles
-are the two co-set shuffles (rows carry at most S+1 ids; the unions are taken in numpy per
-partition), sequences and samples.
+Pipeline and shuffles: positives are deduplicated once while partitioned by (user, slice)
+and cached. Each sets table is two numpy passes with one shuffle between them
+(spark_jobs/neighbor_sets.py ``side_sets``): item_sets runs its first pass on the cached
+copy, user_sets on one more shuffle of it by (item, slice). Neither needs a join: a
+triple carries its neighbour's sketch, and interaction set, degree and co-set come out of the
+same group. The 1-hop statistics (``capped``) are observed while the tables are written.
+The other shuffles are popularity, sequences and samples.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import math
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
 from conf.loading import section_hash
@@ -64,6 +68,7 @@ from trainers.set_arrays import dense_popularity
 
 STAGE = "index"
 TABLES = ("user_sets", "item_sets", "item_popularity", "sequences")
+ROWS_PER_PARTITION = 2_000_000  # a numpy pass then holds ~1.5M triples with their sketches
 
 
 def run_index(cfg: PipelineConfig) -> StageResult:
@@ -121,6 +126,12 @@ def with_slices(interactions: DataFrame, cfg: PipelineConfig) -> DataFrame:
             .withColumn("slice", F.col("slice").cast("short")))
 
 
+def partitions(configured: int, rows: int) -> int:
+    """Shuffle partitions: ``spark.shuffle_partitions``, or more on big inputs, so one
+    partition (which a numpy pass holds whole) stays near ROWS_PER_PARTITION interactions."""
+    return max(configured, math.ceil(rows / ROWS_PER_PARTITION))
+
+
 def _max_idx(uri: str) -> int:
     fs, path = filesystem(uri)
     table = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["idx"])
@@ -138,7 +149,8 @@ def _check_columns(df: DataFrame, src: str) -> None:
 def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
     """Run the Spark jobs into ``tmp``; return the manifest facts."""
     idx, d = cfg.index, cfg.dataset
-    S, T, P = idx.set_size, d.num_slices, cfg.spark.shuffle_partitions
+    n_rows = _rows(join(src, "interactions"))
+    S, T, P = idx.set_size, d.num_slices, partitions(cfg.spark.shuffle_partitions, n_rows)
     salts = ns.Salts.of(idx.seed)
     timer = StageTimer()
     num_users = _max_idx(join(src, "id_maps", "users"))
@@ -149,11 +161,15 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
         cached.append(df.cache())
         return df
 
-    # Keep the hash partitioning of cached tables visible to later joins and aggregations
-    # (with AQE on, Spark otherwise forgets it and shuffles the cached positives again).
-    no_reshuffle = "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning"
-    previous = spark.conf.get(no_reshuffle)
-    spark.conf.set(no_reshuffle, "false")
+    settings = {
+        # Keep the hash partitioning of cached tables visible to later joins and aggregations
+        # (with AQE on, Spark otherwise forgets it and shuffles the cached positives again).
+        "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "false",
+        "spark.sql.shuffle.partitions": str(P),  # every shuffle of the stage scales with data
+    }
+    previous = {key: spark.conf.get(key) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
     try:
         raw = spark.read.parquet(join(src, "interactions"))
         _check_columns(raw, src)
@@ -161,29 +177,20 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
             events = with_slices(raw, cfg)
             pos_us = keep(events.where("label = 1").select("user", "item", "slice")
                           .repartition(P, "user", "slice").dropDuplicates())
-            pos_is = keep(pos_us.repartition(P, "item", "slice"))
             in_window = events.count()
-            n_pos = pos_is.count()
-            n_rows = raw.count()
+            n_pos = pos_us.count()
 
         user_side, item_side = ns.sides(salts)
-        with timer.step("sets"):
-            user_hop = keep(ns.one_hop(pos_us, user_side, salts, S))
-            item_hop = keep(ns.one_hop(pos_is, item_side, salts, S))
-            hop_stats = {name: _hop_stats(hop, S, idx.neighbor_cap)
-                         for name, hop in (("user_sets", user_hop), ("item_sets", item_hop))}
-
-        with timer.step("co_sets"):
-            counts = {}
-            for name, side, hop, pos_other, other_hop in (
-                    ("user_sets", user_side, user_hop, pos_is, item_hop),
-                    ("item_sets", item_side, item_hop, pos_us, user_hop)):
-                co = ns.co_sets(pos_other, other_hop, side, salts, S, idx.neighbor_cap)
-                table = hop.join(co, ["entity", "slice"], "left").select(
-                    "entity", "slice", "interaction",
-                    F.coalesce("co_interaction", F.array_repeat(F.lit(0), S)).alias("co_interaction"))
-                table.sortWithinPartitions("entity", "slice").write.parquet(join(tmp, name))
+        counts, hop_stats = {}, {}
+        for name, side, pos in (("user_sets", user_side, pos_us.repartition(P, "item", "slice")),
+                                ("item_sets", item_side, pos_us)):
+            with timer.step(name):
+                stats = Observation()
+                (ns.side_sets(pos, side, salts, S, idx.neighbor_cap, P)
+                 .observe(stats, *_hop_stats(S, idx.neighbor_cap)).drop("degree")
+                 .write.parquet(join(tmp, name)))
                 counts[name] = _rows(join(tmp, name))
+                hop_stats[name] = {k: int(v or 0) for k, v in stats.get.items()}
                 hop_stats[name]["empty_co_sets"] = _empty_co_sets(join(tmp, name))
 
         with timer.step("popularity"):
@@ -213,7 +220,8 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
     finally:
         for df in cached:
             df.unpersist()
-        spark.conf.set(no_reshuffle, previous)
+        for key, value in previous.items():
+            spark.conf.set(key, value)
 
     counts.update(interactions=n_rows, in_window=in_window, positive_triples=n_pos)
     return {
@@ -239,15 +247,14 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
     }
 
 
-def _hop_stats(hop: DataFrame, S: int, cap: int) -> dict[str, int]:
-    row = hop.agg(
-        F.sum((F.col("degree") > cap).cast("long")).alias("neighbor_lists_capped"),
-        F.sum((F.col("degree") > S).cast("long")).alias("interaction_sets_subsampled"),
-        F.sum((F.col("degree") < S).cast("long")).alias("interaction_sets_filled"),
-        F.sum((F.col("degree") > S + 1).cast("long")).alias("sketches_cut"),
-        F.max("degree").alias("max_degree"),
-    ).first()
-    return {k: int(v or 0) for k, v in row.asDict().items()}
+def _hop_stats(S: int, cap: int) -> list[Column]:
+    """Observed while a sets table is written: how many 1-hop lists were capped, cut, filled."""
+    degree = F.col("degree")
+    return [F.sum((degree > cap).cast("long")).alias("neighbor_lists_capped"),
+            F.sum((degree > S).cast("long")).alias("interaction_sets_subsampled"),
+            F.sum((degree < S).cast("long")).alias("interaction_sets_filled"),
+            F.sum((degree > S + 1).cast("long")).alias("sketches_cut"),
+            F.max(degree).alias("max_degree")]
 
 
 def _rows(uri: str) -> int:

@@ -2,7 +2,8 @@
 
 Every random choice is a hash of ids and ``index.seed`` (Spark's xxhash64, numpy splitmix64),
 so the output is a function of (data, seed, S, cap) only: the same on any number of
-partitions. One-hop sets are Spark SQL; the co-set unions run in numpy per partition.
+partitions. Spark hashes and shuffles; the sets themselves are built in numpy per partition
+(``side_sets``: two passes and one shuffle per side, no join).
 
 Sampling, and how it relates to "uniform over the set"
 -------------------------------------------------------
@@ -22,8 +23,9 @@ has at most S-1 smaller ones plus the entity itself ahead of it in any list hold
     co-set = S smallest-h of ((union of the neighbours' sketches) minus the entity)
 
 is *exactly* the S smallest-h members of the true Eq. 4/5 set: a uniform sample without
-replacement of size min(S, |set|). Work is at most (S+1) rows per positive (user, item,
-slice) triple whatever the degree distribution.
+replacement of size min(S, |set|). Work is at most S+1 ids per positive (user, item, slice)
+triple whatever the degree distribution: each triple carries its member's sketch to the
+entity's partition once.
 
 Two departures from independent uniform samples, both deliberate and recorded:
   * The 2-hop union runs over at most ``index.neighbor_cap`` of the entity's 1-hop
@@ -77,23 +79,17 @@ class Side:
 
     entity: str  # "user" or "item"
     member: str  # the other one
-    member_sketch_salt: int  # salt of h(member, slice)
-    entity_sketch_salt: int  # salt of h(entity, slice): what the other side's sketches use
+    entity_sketch_salt: int  # salt of h(entity, slice): what the members' sketches use
 
 
 def sides(salts: Salts) -> tuple[Side, Side]:
     """(user side, item side)."""
-    return (Side("user", "item", salts.item_sketch, salts.user_sketch),
-            Side("item", "user", salts.user_sketch, salts.item_sketch))
+    return Side("user", "item", salts.user_sketch), Side("item", "user", salts.item_sketch)
 
 
 def _packed(hash_col: Column, id_col: Column) -> Column:
     """(hash << 32) | id: sorting the longs sorts by hash, and equal ids stay equal."""
     return F.shiftleft(hash_col, 32).bitwiseOR(id_col.cast("long"))
-
-
-def _unpacked(arr: Column) -> Column:
-    return F.transform(arr, lambda x: x.bitwiseAND(F.lit(ID_MASK)).cast("int"))
 
 
 def fill_to_size(arr: Column, entity: Column, slc: Column, size: int, salt: int) -> Column:
@@ -116,113 +112,162 @@ def fill_to_size(arr: Column, entity: Column, slc: Column, size: int, salt: int)
     return F.when(k >= size, arr).otherwise(F.concat(arr, draws))
 
 
-def one_hop(pos: DataFrame, side: Side, salts: Salts, size: int) -> DataFrame:
-    """Per (entity, slice): the resampled interaction set and the bottom-(S+1) sketch.
+def side_sets(pos: DataFrame, side: Side, salts: Salts, size: int, cap: int,
+              partitions: int) -> DataFrame:
+    """Per (entity, slice): interaction set (Eq. 2/3), co-interaction set (Eq. 4/5), degree.
+
+    Two vectorised numpy passes (``mapInArrow``) with one shuffle between them, so neither a
+    positive triple nor a sketch goes through a sort-merge join or an interpreted array sort:
+
+    1. on ``pos``, partitioned by (member, slice): each member's bottom-(S+1) sketch of its
+       entities, attached to every one of its triples (``neighbour_batch``);
+    2. shuffled by (entity, slice): the entity's interaction set (first S of its members in
+       its random order), degree, and co-set from the first ``cap`` neighbours' sketches
+       (``sets_batch``).
 
     Args:
         pos: distinct positive (user, item, slice) triples, hash-partitioned by
-            (side.entity, slice) so the aggregation needs no shuffle.
+            (side.member, slice): a partition holds every triple of its (member, slice) keys.
         side: which side's sets to build.
         salts: hash salts.
         size: S.
-
-    Returns:
-        DataFrame[entity int, slice short, interaction array<int>[S], sketch array<long>
-        (<= S+1 members with the smallest h(member, slice), packed ``h << 32 | id``),
-        degree long (|G_t(entity)|)],
-        partitioned like ``pos``.
-    """
-    e, m = F.col(side.entity), F.col(side.member)
-    by_order = F.array_sort(F.collect_list(
-        _packed(F.xxhash64(F.lit(salts.order), e, m, F.col("slice")), m)))
-    by_sketch = F.array_sort(F.collect_list(
-        _packed(F.xxhash64(F.lit(side.member_sketch_salt), m, F.col("slice")), m)))
-    grouped = pos.groupBy(side.entity, "slice").agg(
-        by_order.alias("by_order"), by_sketch.alias("by_sketch"), F.count("*").alias("degree"))
-    first_s = _unpacked(F.slice("by_order", 1, size))
-    return grouped.select(
-        e.alias("entity"), "slice",
-        fill_to_size(first_s, e, F.col("slice"), size, salts.fill).alias("interaction"),
-        F.slice("by_sketch", 1, size + 1).alias("sketch"),
-        "degree",
-    )
-
-
-def co_sets(pos: DataFrame, other_hop: DataFrame, side: Side, salts: Salts, size: int,
-            cap: int) -> DataFrame:
-    """Per (entity, slice): the co-interaction set (Eq. 4 for users, Eq. 5 for items).
-
-    Spark joins each positive triple with its neighbour's sketch and shuffles the rows to
-    their (entity, slice); the union, cap, dedupe and bottom-S selection then run vectorised
-    in numpy per partition (``co_set_batch``), which is several times cheaper than Spark's
-    interpreted higher-order array functions.
-
-    Args:
-        pos: distinct positive (user, item, slice) triples, partitioned like ``other_hop``
-            (by (side.member, slice)) so the join needs no shuffle.
-        other_hop: ``one_hop`` of the other side (its sketches hold ids of side.entity).
-        side: which side's co-sets to build.
-        salts: hash salts.
-        size: S.
         cap: index.neighbor_cap, the most 1-hop neighbours whose sketches enter the union.
+        partitions: of the shuffle by (entity, slice); numpy holds one partition at a time.
 
     Returns:
-        DataFrame[entity int, slice short, co_interaction array<int>[S] (S zeros when the
-        set is empty)].
+        DataFrame[entity int, slice short, interaction array<int>[S], co_interaction
+        array<int>[S] (S zeros when the set is empty), degree long (|G_t(entity)|)], one row
+        per non-empty interaction set, hash-partitioned by (entity, slice) and sorted by
+        (entity, slice) within each partition.
     """
     e, m, slc = F.col(side.entity), F.col(side.member), F.col("slice")
-    joined = pos.join(
-        other_hop.select(F.col("entity").alias(side.member), "slice", "sketch"),
-        [side.member, "slice"],
-    ).select(e.alias("entity"), "slice",
-             # the neighbour's place in the entity's own random order, so the cap keeps the
-             # neighbours the interaction set starts with
-             _packed(F.xxhash64(F.lit(salts.order), e, m, slc), m).alias("o"), "sketch")
+    triples = pos.select(
+        m.alias("member"), e.alias("entity"), "slice",
+        # the member's place in the entity's random order (interaction sample and cap)
+        _packed(F.xxhash64(F.lit(salts.order), e, m, slc), m).alias("o"),
+        # h(entity, slice): the entity's place in every member's sketch
+        _packed(F.xxhash64(F.lit(side.entity_sketch_salt), e, slc), e).alias("h"))
     fill_seed = salts.fill + 1
+    neighbours = triples.mapInArrow(
+        _whole_partitions(lambda t: neighbour_batch(t, size)), NEIGHBOUR_SCHEMA)
+    sets = neighbours.repartition(partitions, "entity", "slice").mapInArrow(
+        _whole_partitions(lambda t: sets_batch(t, size, cap, fill_seed)), SETS_SCHEMA)
+    return sets.select(
+        "entity", "slice",
+        fill_to_size(F.col("interaction"), F.col("entity"), slc, size, salts.fill)
+        .alias("interaction"),
+        "co_interaction", "degree")
 
+
+NEIGHBOUR_SCHEMA = "entity int, slice short, o long, sketch array<long>"
+SETS_SCHEMA = ("entity int, slice short, interaction array<int>, co_interaction array<int>, "
+               "degree long")
+BATCH_ROWS = 1 << 16  # rows per Arrow batch handed back to Spark
+
+
+def _whole_partitions(fn):
+    """A ``mapInArrow`` function running ``fn`` on a whole partition at once (a partition
+    holds whole groups), handing the result back in bounded batches."""
     def run(batches):
         parts = [b for b in batches if b.num_rows]
-        if parts:  # a partition holds whole groups: gather it, then work on all at once
-            yield co_set_batch(pa.Table.from_batches(parts).combine_chunks(), size, cap, fill_seed)
-
-    return joined.repartition("entity", "slice").mapInArrow(run, CO_SCHEMA)
-
-
-CO_SCHEMA = "entity int, slice short, co_interaction array<int>"
+        if parts:
+            out = fn(pa.Table.from_batches(parts).combine_chunks())
+            yield from pa.Table.from_batches([out]).to_batches(max_chunksize=BATCH_ROWS)
+    return run
 
 
-def co_set_batch(table: pa.Table, size: int, cap: int, fill_seed: int) -> pa.RecordBatch:
-    """Co-interaction sets of every (entity, slice) group in ``table`` (whole groups only).
+def _groups(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For sorted keys: (start of each group, group of each row, rank of each row in it)."""
+    new = np.empty(len(key), dtype=bool)
+    new[:1] = True
+    np.not_equal(key[1:], key[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    group = np.cumsum(new) - 1
+    return starts, group, np.arange(len(key)) - starts[group]
+
+
+def _gather(values: np.ndarray, first: np.ndarray,
+            lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate ``values[first[i] : first[i] + lengths[i]]`` over i: (flat values, offsets)."""
+    offsets = np.r_[0, np.cumsum(lengths)]
+    return values[np.repeat(first - offsets[:-1], lengths) + np.arange(offsets[-1])], offsets
+
+
+def neighbour_batch(table: pa.Table, size: int) -> pa.RecordBatch:
+    """Every triple of ``table`` with its member's bottom-(S+1) sketch (whole groups only).
 
     Args:
-        table: entity int32, slice int16, o int64 (neighbour order), sketch list<int64>
-            (packed ``h << 32 | id`` of the neighbour's bottom-(S+1) members).
+        table: member int32, entity int32, slice int16, o int64 (packed order of the member in
+            the entity's list), h int64 (packed ``h(entity, slice) << 32 | entity``).
         size: S.
-        cap: most neighbours per group, the smallest ``o`` first.
-        fill_seed: seed of the with-replacement fill.
 
     Returns:
-        RecordBatch of CO_SCHEMA, one row per group: the S smallest-h distinct ids of the
-        capped union minus the entity, filled to S with replacement, or S zeros if empty.
+        RecordBatch of NEIGHBOUR_SCHEMA, a row per triple: entity, slice, o, and the S+1
+        smallest h of the triple's (member, slice) group.
+    """
+    slc = table.column("slice").to_numpy()
+    key = (table.column("member").to_numpy().astype(np.int64) << 16) | slc.astype(np.int64)
+    h = table.column("h").to_numpy()
+    row = np.lexsort((h, key))  # by group, then h
+    starts, group, _ = _groups(key[row])
+    length = np.minimum(np.diff(np.r_[starts, len(row)]), size + 1)[group]
+    sketch, offsets = _gather(h[row], starts[group], length)
+    return pa.RecordBatch.from_arrays(
+        [pa.array(table.column("entity").to_numpy()[row]), pa.array(slc[row]),
+         pa.array(table.column("o").to_numpy()[row]),
+         pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(sketch))],
+        names=["entity", "slice", "o", "sketch"])
+
+
+def sets_batch(table: pa.Table, size: int, cap: int, fill_seed: int) -> pa.RecordBatch:
+    """Interaction and co-interaction sets of every (entity, slice) group in ``table``.
+
+    Args:
+        table: NEIGHBOUR_SCHEMA rows (whole groups only): entity int32, slice int16, o int64
+            (packed order of the neighbour), sketch list<int64> (the neighbour's packed
+            ``h << 32 | id`` bottom-(S+1)).
+        size: S.
+        cap: most neighbours per group, the smallest ``o`` first.
+        fill_seed: seed of the co-set's with-replacement fill.
+
+    Returns:
+        RecordBatch of SETS_SCHEMA, one row per group in (entity, slice) order: the first
+        min(S, degree) neighbours by ``o`` (filled to S later, in Spark), the S smallest-h
+        distinct ids of the capped sketch union minus the entity (filled to S with
+        replacement, or S zeros if empty), and the degree.
     """
     ent = table.column("entity").to_numpy().astype(np.int64)
     slc = table.column("slice").to_numpy().astype(np.int64)
     key = (ent << 16) | slc
-    row = np.lexsort((table.column("o").to_numpy(), key))
+    o = table.column("o").to_numpy()
+    row = np.lexsort((o, key))
     key = key[row]
-    new = np.r_[True, key[1:] != key[:-1]]
-    group = np.cumsum(new) - 1  # group of each sorted row
-    starts = np.flatnonzero(new)
+    starts, group, rank = _groups(key)
     gkey = key[starts]  # (G,)
-    kept = (np.arange(len(key)) - starts[group]) < cap
-    rows, rgroup = row[kept], group[kept]
+    degree = np.diff(np.r_[starts, len(key)])
+    first_s = rank < size
+    interaction = pa.ListArray.from_arrays(
+        pa.array(np.r_[0, np.cumsum(np.minimum(degree, size))].astype(np.int32)),
+        pa.array((o[row][first_s] & ID_MASK).astype(np.int32)))
+    kept = rank < cap
+    co = _co_sets(table.column("sketch").chunk(0), row[kept], group[kept], gkey, size, fill_seed)
+    n_groups = len(gkey)
+    return pa.RecordBatch.from_arrays(
+        [pa.array((gkey >> 16).astype(np.int32)), pa.array((gkey & 0xFFFF).astype(np.int16)),
+         interaction,
+         pa.ListArray.from_arrays(pa.array(np.arange(n_groups + 1, dtype=np.int32) * size),
+                                  pa.array(co.ravel())),
+         pa.array(degree.astype(np.int64))],
+        names=["entity", "slice", "interaction", "co_interaction", "degree"])
 
-    sketch = table.column("sketch").chunk(0)
+
+def _co_sets(sketch: pa.ListArray, rows: np.ndarray, rgroup: np.ndarray, gkey: np.ndarray,
+             size: int, fill_seed: int) -> np.ndarray:
+    """(G, S) int32 co-sets: per group, the S smallest-h distinct ids in the sketches of
+    ``rows`` (rgroup: their group) other than the group's entity, filled to S."""
     offsets = sketch.offsets.to_numpy().astype(np.int64)
-    values = sketch.values.to_numpy()
     lengths = offsets[rows + 1] - offsets[rows]
-    first = np.repeat(offsets[rows] - (np.cumsum(lengths) - lengths), lengths)
-    packed = values[first + np.arange(lengths.sum())]  # (E,) members of the capped union
+    packed, _ = _gather(sketch.values.to_numpy(), offsets[rows], lengths)  # the capped union
     egroup = np.repeat(rgroup, lengths)
     own = (packed & ID_MASK) == (gkey[egroup] >> 16)
     packed, egroup = packed[~own], egroup[~own]
@@ -230,8 +275,7 @@ def co_set_batch(table: pa.Table, size: int, cap: int, fill_seed: int) -> pa.Rec
     packed, egroup = packed[order], egroup[order]
     first_of = np.r_[True, (egroup[1:] != egroup[:-1]) | (packed[1:] != packed[:-1])]
     packed, egroup = packed[first_of], egroup[first_of]
-    gnew = np.r_[True, egroup[1:] != egroup[:-1]]
-    rank = np.arange(len(egroup)) - np.flatnonzero(gnew)[np.cumsum(gnew) - 1]
+    _, _, rank = _groups(egroup)
     top = rank < size
     n_groups = len(gkey)
     out = np.zeros((n_groups, size), dtype=np.int32)
@@ -242,12 +286,7 @@ def co_set_batch(table: pa.Table, size: int, cap: int, fill_seed: int) -> pa.Rec
     bits = splitmix64(splitmix64(gkey.astype(np.uint64) ^ np.uint64(fill_seed))[:, None] ^ col)
     pick = (bits % np.maximum(k, 1).astype(np.uint64)[:, None]).astype(np.int64)
     fill = (col[None, :] >= k[:, None].astype(np.uint64)) & (k[:, None] > 0)
-    out = np.where(fill, np.take_along_axis(out, pick, axis=1), out)
-    return pa.RecordBatch.from_arrays(
-        [pa.array((gkey >> 16).astype(np.int32)), pa.array((gkey & 0xFFFF).astype(np.int16)),
-         pa.ListArray.from_arrays(pa.array(np.arange(n_groups + 1, dtype=np.int32) * size),
-                                  pa.array(out.ravel()))],
-        names=["entity", "slice", "co_interaction"])
+    return np.where(fill, np.take_along_axis(out, pick, axis=1), out)
 
 
 def exact_sets(pos: DataFrame) -> tuple[DataFrame, DataFrame]:

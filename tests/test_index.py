@@ -168,7 +168,7 @@ def test_manifest_and_rerun_is_skipped(built):
     assert (m["stage"], m["set_size"], m["num_slices"], m["slice_days"]) == ("index", 3, 9, 1)
     assert (m["num_users"], m["num_items"]) == (12, 40)
     assert m["counts"]["interactions"] == m["counts"]["in_window"] + 2
-    assert set(m["timings"]) >= {"slices", "sets", "co_sets", "samples", "sequences"}
+    assert set(m["timings"]) >= {"slices", "user_sets", "item_sets", "samples", "sequences"}
     assert 0 < m["empty_share"]["user_sets"] < 1
     again = run_index(cfg)
     assert again["skipped"] and again["manifest"] == m
@@ -190,13 +190,9 @@ def test_sets_reproducible_by_seed_and_independent_of_partitions(spark, built):
 
     def build(seed, parts):
         salts = ns.Salts.of(seed)
-        user_side, item_side = ns.sides(salts)
-        pu = pos.repartition(parts, "user", "slice")
+        user_side, _ = ns.sides(salts)
         pi = pos.repartition(parts, "item", "slice")
-        item_hop = ns.one_hop(pi, item_side, salts, 2)
-        user_hop = ns.one_hop(pu, user_side, salts, 2)
-        co = ns.co_sets(pi, item_hop, user_side, salts, 2, 50)
-        table = user_hop.join(co, ["entity", "slice"]).select(
+        table = ns.side_sets(pi, user_side, salts, 2, 50, parts).select(
             "entity", "slice", "interaction", "co_interaction")
         return sorted(tuple(map(lambda x: tuple(x) if isinstance(x, list) else x, r))
                       for r in table.collect())
