@@ -215,7 +215,7 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
                 counts[f"samples_{split}"] = _rows(join(tmp, "samples", split))
 
         with timer.step("sequences"):
-            _sequences(events, P).write.parquet(join(tmp, "sequences"))
+            _sequences(events).write.parquet(join(tmp, "sequences"))
             counts["sequences"] = _rows(join(tmp, "sequences"))
     finally:
         for df in cached:
@@ -278,7 +278,7 @@ def _share_empty(rows: int, entities: int, T: int) -> float:
     return round(1.0 - rows / (entities * T), 6) if entities else math.nan
 
 
-def _sequences(events: DataFrame, P: int) -> DataFrame:
+def _sequences(events: DataFrame) -> DataFrame:
     """Per user, every interaction in time order (ties broken by item)."""
     ev = F.struct("ts", "item", "slice", "label")
     return (events.groupBy("user").agg(F.array_sort(F.collect_list(ev)).alias("ev"))
