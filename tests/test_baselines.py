@@ -236,3 +236,22 @@ def test_rrn_paper_head_is_inner_products():
     assert full.shape == (4, 3)
     assert torch.allclose(dynamic, expected.squeeze(-1), atol=1e-6)
     assert not torch.allclose(full, dynamic)
+
+
+def test_caser_states_equal_convolving_each_window():
+    """The whole-sequence convolutions give each window's Eq. 2-6 exactly."""
+    import torch.nn.functional as F
+
+    model = make_model("caser").eval()
+    sequence = make_batch(B=4, C=2)["sequence"]
+    W = model.params.window
+    with torch.no_grad():
+        states = model.position_states(sequence)  # (B, L, d)
+        padded = F.pad(sequence, (W - 1, 0))
+        for t in (0, 3, sequence.shape[1] - 1):
+            window = padded[:, t:t + W]  # (B, W) the last W items up to position t
+            E = (model.item(window) * (window != 0).unsqueeze(-1)).unsqueeze(1)
+            o = [F.relu(conv(E)).squeeze(3).amax(dim=2) for conv in model.horizontal]
+            o_v = model.vertical(E).flatten(1)
+            z = F.relu(model.fc(torch.cat(o + [o_v], dim=1)))
+            assert torch.allclose(states[:, t], z, atol=1e-5)

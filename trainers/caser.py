@@ -71,48 +71,48 @@ class Caser(nn.Module):
         self.fc = nn.Linear(W * params.horizontal_filters + params.vertical_filters * d, d)
         self.dropout = nn.Dropout(params.dropout)
 
-    def _window_states(self, windows: torch.Tensor) -> torch.Tensor:
-        """z of Eq. 6 for each window. Args: windows (N, W) item ids. Returns (N, d)."""
-        # Slots before the first item are padding: zero rows, as the paper's zero-padding.
-        E = (self.item(windows) * (windows != 0).unsqueeze(-1)).unsqueeze(1)  # (N, 1, W, d)
-        o = [F.relu(conv(E)).squeeze(3).amax(dim=2) for conv in self.horizontal]  # (N, n_h) each
-        o_v = self.vertical(E).flatten(1)  # (N, n_v * d)
-        return F.relu(self.fc(self.dropout(torch.cat(o + [o_v], dim=1))))  # (N, d)
-
     def position_states(self, sequence: torch.Tensor) -> torch.Tensor:
-        """z for the window ending at each position (causal by construction).
+        """z of Eq. 6 for the window of the last L' items ending at each position.
+
+        Every window at once: a horizontal filter of height h is convolved over the whole
+        (left zero-padded) sequence once, and its max over each window (Eq. 3) is a sliding
+        max of width L'-h+1; the vertical filters (Eq. 4-5) are a convolution of height L'.
+        Same values as convolving each window separately, without copying every window.
 
         Args:
             sequence: (B, L) item ids, left-padded with 0.
         Returns:
-            (B, L, d): position t sees items t-L'+1..t only.
+            (B, L, d): position t sees items t-L'+1..t only (causal by construction).
         """
         B, L = sequence.shape
         W = self.params.window
-        padded = F.pad(sequence, (W - 1, 0))  # (B, L+W-1)
-        windows = padded.unfold(1, W, 1)  # (B, L, W)
-        return self._window_states(windows.reshape(B * L, W)).view(B, L, -1)
+        padded = F.pad(sequence, (W - 1, 0))  # (B, L+W-1): windows before the first item
+        # Padding slots are zero rows, as the paper's zero-padding.
+        E = (self.item(padded) * (padded != 0).unsqueeze(-1)).unsqueeze(1)  # (B, 1, L+W-1, d)
+        o = []
+        for h, conv in enumerate(self.horizontal, start=1):
+            c = F.relu(conv(E)).squeeze(3)  # (B, n_h, L+W-h): Eq. 2 at every offset
+            o.append(F.max_pool1d(c, W - h + 1, stride=1))  # (B, n_h, L): Eq. 3 per window
+        o_h = torch.cat(o, dim=1).transpose(1, 2)  # (B, L, W*n_h)
+        o_v = self.vertical(E).permute(0, 2, 1, 3).reshape(B, L, -1)  # (B, L, n_v*d)
+        return F.relu(self.fc(self.dropout(torch.cat([o_h, o_v], dim=-1))))  # (B, L, d)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Args: batch with ``sequence`` (B, L), ``user`` (B,), ``items`` (B, C).
         Returns: (B, C) logits y_i of Eq. 7.
 
-        In training (grad enabled) every window of the sequence is scored against its next
-        item and a sampled negative, kept for :meth:`loss`.
+        In training (grad enabled) every earlier window of the sequence is also scored
+        against its next item and a sampled negative, kept for :meth:`loss`.
         """
         sequence, items = batch["sequence"], batch["items"]
         P_u = self.user(batch["user"])  # (B, d)
+        states = self.position_states(sequence)  # (B, L, d)
         if self.training and torch.is_grad_enabled():
-            states = self.position_states(sequence)  # (B, L, d)
             targets, negatives, valid = history_pairs(sequence, self.item.weight.shape[0] - 1)
             zp = torch.cat([states[:, :-1], P_u.unsqueeze(1).expand_as(states[:, :-1])], dim=-1)
             history = self._predict(zp, torch.stack([targets, negatives], dim=-1))
             self._history = (history, valid)  # (B, L-1, 2)
-            z = states[:, -1]
-        else:
-            W = self.params.window
-            z = self._window_states(F.pad(sequence, (max(W - sequence.shape[1], 0), 0))[:, -W:])
-        return self._predict(torch.cat([z, P_u], dim=1), items)  # (B, C)
+        return self._predict(torch.cat([states[:, -1], P_u], dim=1), items)  # (B, C)
 
     def _predict(self, zp: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """y_i = W'_i · [z; P_u] + b'_i (Eq. 7): zp (..., 2d), items (..., n) -> (..., n)."""
