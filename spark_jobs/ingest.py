@@ -276,11 +276,18 @@ def _split_lines(spark, fmt: RawFormat, dataset: DatasetConfig, files,
             observation,
             *[F.count_if(F.col("outcome").eqNullSafe(F.lit(outcome))).alias(str(j))
               for j, outcome in enumerate(LINE_OUTCOMES)],
+            F.count(F.lit(1)).alias("all"),
         ))
         observations.append(observation)
     stored = F.col("outcome").isNull() | F.col("outcome").isin(*QUARANTINE_REASONS)
     (reduce(DataFrame.unionByName, frames).filter(stored)
      .withColumnRenamed("outcome", "reason").write.parquet(uri))
+    for (rel, _), observation in zip(files, observations):
+        seen = observation.get
+        if sum(seen[str(j)] for j in range(len(LINE_OUTCOMES))) != seen["all"]:
+            raise RuntimeError(f"ingest lost track of lines in {rel}: {seen['all']} read but "
+                               f"outcomes {seen} cover fewer (an outcome outside "
+                               f"LINE_OUTCOMES: a bug, never bad input)")
     return [(rel, outcome, observation.get[str(j)])
             for (rel, _), observation in zip(files, observations)
             for j, outcome in enumerate(LINE_OUTCOMES)]
