@@ -131,20 +131,26 @@ def compare(dataset: DatasetOpt = "sample",
                 "score,svdpp,delf,gru4rec,caser,sasrec,rrn,deems"),
             profile: ProfileOpt = "local", config: ConfigOpt = None,
             set_: SetOpt = None) -> None:
-    """Train and evaluate several models on one dataset; one parent MLflow run with a
-    table, CSV and bar chart (SCoRe Table 3). model.* overrides apply to the first model."""
+    """The Prefect flow with its ``models`` parameter: (generate,) ingest and index as in
+    ``pipeline``, then train and evaluate each model; one parent MLflow run with a table, CSV
+    and bar chart (SCoRe Table 3). model.* overrides apply to the first model."""
     names = [m.strip() for m in models.split(",") if m.strip()]
     cfg = _config(dataset, names[0] if names else "score", profile, config, set_)
-    from trainers.compare import model_configs, run_comparison
+    from trainers.compare import model_configs
 
     try:
         model_configs(cfg, names)  # unknown, repeated or preset-less models: fail up front
     except (ConfigError, KeyError, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    result = run_comparison(cfg, names)
-    console.print(result["table"])
-    _show({k: v for k, v in result.items() if k not in ("table", "csv")})
+    _prefect_defaults()
+    from flows.pipeline import pipeline_flow
+
+    result = pipeline_flow(dataset=cfg.dataset.name, model=names[0], profile=profile,
+                           overrides=set_ or [], config_file=config, models=names)
+    console.print(result["compare"]["table"])
+    result["compare"] = {k: v for k, v in result["compare"].items() if k not in ("table", "csv")}
+    _show(result)
 
 
 def _prefect_defaults() -> None:
@@ -182,6 +188,9 @@ def deploy(model: ModelOpt = "score", profile: ProfileOpt = "local", config: Con
 def run_deployment(
     name: Annotated[str, typer.Argument(help="deployment, e.g. score-taobao or score/score-taobao")],
     set_: SetOpt = None,
+    models: Annotated[str | None, typer.Option(
+        "--models", help="comma-separated model presets: compare them instead of training "
+                         "the deployment's model")] = None,
     timeout: Annotated[float | None, typer.Option(
         help="seconds to wait for the run (default: until it ends; 0: do not wait)")] = None,
 ) -> None:
@@ -189,9 +198,11 @@ def run_deployment(
     _prefect_defaults()
     from flows.deployments import run_by_name
 
-    parameters = {"overrides": list(set_)} if set_ else None
+    parameters: dict = {"overrides": list(set_)} if set_ else {}
+    if models:
+        parameters["models"] = [m.strip() for m in models.split(",") if m.strip()]
     try:
-        result = run_by_name(name, parameters, timeout)
+        result = run_by_name(name, parameters or None, timeout)
     except RuntimeError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

@@ -1,4 +1,6 @@
-"""The Prefect flow: (generate) -> ingest -> index -> train -> evaluate -> register.
+"""The Prefect flow: (generate) -> ingest -> index -> train -> evaluate -> register, or, with
+the ``models`` parameter, (generate) -> ingest -> index -> compare (train and evaluate each
+model, one comparison table; trainers/compare.py).
 
 Each task is a thin wrapper over the stage function the CLI calls (no second
 implementation). Unchanged steps are skipped: ingest and index through their manifests
@@ -93,6 +95,15 @@ def train_task(cfg: PipelineConfig) -> dict:
     return _logged("train", result | {"reason": why})
 
 
+@task(name="compare", cache_policy=NO_CACHE)
+def compare_task(cfg: PipelineConfig, models: list[str]) -> dict:
+    """Training inside skips models already trained on this index with the same config, so
+    a retry or rerun only trains what is missing."""
+    from trainers.compare import run_comparison
+
+    return run_comparison(cfg, models)
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(cfg: PipelineConfig, trained: dict) -> dict:
     from trainers.evaluate import run_evaluation
@@ -157,16 +168,6 @@ def _logged(stage: str, result: dict) -> dict:
     return result
 
 
-def _raw_missing(cfg: PipelineConfig) -> bool:
-    from spark_jobs.ingest import resolve_files
-
-    try:
-        resolve_files(cfg)
-    except FileNotFoundError:
-        return True
-    return False
-
-
 def metrics_markdown(cfg: PipelineConfig, evaluated: dict, trained: dict,
                      registered: dict) -> str:
     """The run's summary: test metrics next to the popularity reference, run id and link."""
@@ -204,7 +205,8 @@ def run_link(tracking_uri: str, run_id: str) -> str:
 @flow(name="score", flow_run_name="{model}-{dataset}", log_prints=True)
 def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = "local",
                   overrides: list[str] | None = None,
-                  config_file: str | None = None) -> dict[str, Any]:
+                  config_file: str | None = None,
+                  models: list[str] | None = None) -> dict[str, Any]:
     """Run every stage for one dataset and model; skip what is unchanged.
 
     Args:
@@ -213,11 +215,17 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
         profile: ``local`` or ``cluster`` (conf/profiles).
         overrides: ``key.sub=value`` strings, as ``--set`` on the CLI.
         config_file: an extra YAML file applied before the overrides.
+        models: when given, compare these model presets instead of training ``model``:
+            the data stages run as usual, then each model is trained and evaluated and one
+            comparison table is logged (model.* overrides apply to the first); nothing is
+            registered.
 
     Returns:
         {"generate" (only when it ran), "window", "ingest", "index", "train", "evaluate",
         "register"}: each step's result (skipped steps say so and why); "window" holds the
-        mode, the overrides it applied and the window's start and end.
+        mode, the overrides it applied and the window's start and end. With ``models``,
+        "compare" (trainers.compare.run_comparison's result) replaces "train", "evaluate"
+        and "register".
 
     Raises:
         ConfigError: the config does not compose or validate.
@@ -225,14 +233,23 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
     """
     logger = get_run_logger()
     overrides = list(overrides or [])
+    if models:
+        from trainers.compare import model_configs
+
+        model = models[0]
+        model_configs(load_config(dataset, model, profile, overrides, config_file), models)
     cfg = load_config(dataset, model, profile, overrides, config_file)
     retry = {"retries": cfg.flow.retries, "retry_delay_seconds": cfg.flow.retry_delay_seconds,
              "retry_condition_fn": _retry_condition}
     results: dict[str, Any] = {}
 
-    if cfg.dataset.name == "sample" and _raw_missing(cfg):
-        logger.info("generate runs: no sample raw files in %s", cfg.paths.raw_dir)
-        results["generate"] = generate_task.with_options(**retry)(cfg)
+    if cfg.dataset.name == "sample":
+        from spark_jobs.sample_data import why_generate
+
+        why = why_generate(cfg)
+        if why is not None:
+            logger.info("generate runs: %s", why)
+            results["generate"] = generate_task.with_options(**retry)(cfg)
 
     moved = window_task.with_options(**retry)(cfg)
     if moved:
@@ -243,6 +260,13 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
 
     results["ingest"] = ingest_task.with_options(**retry)(cfg)
     results["index"] = index_task.with_options(**retry)(cfg)
+    if models:
+        results["compare"] = compare_task.with_options(**retry)(cfg, list(models))
+        create_markdown_artifact(
+            markdown=f"# {cfg.dataset.name}: model comparison\n\n{results['compare']['table']}",
+            key=f"{cfg.dataset.name}-compare".lower().replace("_", "-"),
+            description=f"test metrics of {', '.join(models)} on {cfg.dataset.name}")
+        return results
     trained = train_task.with_options(**retry)(cfg)
     results["train"] = trained
     results["evaluate"] = evaluate_task.with_options(**retry)(cfg, trained)

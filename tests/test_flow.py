@@ -92,6 +92,7 @@ class FakeStages:
         import spark_jobs.ingest
         import spark_jobs.index
         import spark_jobs.sample_data
+        import trainers.compare
         import trainers.evaluate
         import trainers.train
         import flows.champion
@@ -114,8 +115,12 @@ class FakeStages:
         def write_raw(cfg):
             from pathlib import Path
 
+            from spark_jobs.manifest import write_json
+            from spark_jobs.sample_data import STAMP, generated_hash
+
             Path(cfg.paths.raw_dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.paths.raw_dir) / "UserBehavior.csv").write_text("1,2,3,pv,1511800000\n")
+            write_json(f"{cfg.paths.raw_dir}/{STAMP}", {"config_hash": generated_hash(cfg)})
             return {"files": ["UserBehavior.csv"]}
 
         def train(cfg):
@@ -134,6 +139,9 @@ class FakeStages:
         monkeypatch.setattr(trainers.train, "run_training", stage("train", train))
         monkeypatch.setattr(trainers.evaluate, "run_evaluation", stage(
             "evaluate", lambda c: {"test": metrics, "popularity_test": metrics}))
+        monkeypatch.setattr(trainers.compare, "run_comparison", stage(
+            "compare", lambda c, models: {"run_id": "parent", "rows": [], "csv": "",
+                                          "table": f"| {' | '.join(models)} |\n"}))
         monkeypatch.setattr(flows.champion, "register_and_promote", stage(
             "register", lambda *a: ChampionDecision("m", "1", True, 0.5, None, None)))
 
@@ -166,14 +174,33 @@ def test_flow_skips_unchanged_steps_retries_transient_and_fails_with_step_messag
     assert third["evaluate"]["reason"] == "config changed"
     run("train.lr=0.01")  # a new training run: evaluated and registered
     assert fake.ran() == ["ingest", "index", "train", "evaluate", "register"]
+    run("train.lr=0.01", "generate.rows=30000")  # another sample: generated again
+    assert fake.ran()[0] == "generate"
 
     fake.fail["ingest"] = [ConnectionError("spark master went away")]  # transient: retried
-    run("train.lr=0.01")
+    run("train.lr=0.01", "generate.rows=30000")
     assert fake.ran() == ["ingest", "ingest", "index", "train"]
     fake.fail["index"] = [ValueError("index: no positive interaction in slice 3")]
     with pytest.raises(ValueError, match="no positive interaction in slice 3"):
-        run("train.lr=0.01")
+        run("train.lr=0.01", "generate.rows=30000")
     assert fake.ran() == ["ingest", "index"]  # a bad-input error is not retried
+
+
+def test_flow_compares_a_model_list_after_the_data_stages(prefect_home, make_config,
+                                                          monkeypatch, tmp_path):
+    from flows.pipeline import pipeline_flow
+
+    base = make_config().tracking.uri
+    fake = FakeStages(monkeypatch, base)
+    overrides = [f"paths.raw_dir={tmp_path}/raw", f"paths.work_dir={tmp_path}/work",
+                 f"tracking.uri={base}", "flow.retry_delay_seconds=0"]
+    result = pipeline_flow("sample", "score", "local", overrides, models=["svdpp", "rrn"])
+    assert fake.ran() == ["generate", "ingest", "index", "compare"]  # nothing registered
+    assert result["compare"]["table"] == "| svdpp | rrn |\n"
+    assert "train" not in result and "register" not in result
+    with pytest.raises(KeyError, match="unknown model 'nope'"):
+        pipeline_flow("sample", "score", "local", overrides, models=["rrn", "nope"])
+    assert fake.ran() == []  # a bad list fails before any stage
 
 
 @pytest.mark.slow

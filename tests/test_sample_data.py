@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from spark_jobs.sample_data import FORMATS, build_world, generate
+from spark_jobs.sample_data import FORMATS, build_world, generate, why_generate
 
 SMALL = ["generate.rows=20000", "generate.users=400", "generate.items=1500",
          "generate.categories=40", "generate.communities=10"]
@@ -125,6 +125,20 @@ def test_same_seed_same_bytes_and_chunking_does_not_matter(make_config, tmp_path
                                                    f"paths.raw_dir={tmp_path}/other"]))
     assert Path(other["files"][0]).read_bytes() != first
     assert not [p for p in Path(one["files"][0]).parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_why_generate_names_a_missing_or_stale_sample(make_config, tmp_path):
+    cfg = make_config(overrides=SMALL + [f"paths.raw_dir={tmp_path}/raw"])
+    assert "no generated sample" in why_generate(cfg)
+    result = generate(cfg)
+    assert why_generate(cfg) is None
+    assert why_generate(make_config(overrides=SMALL + [  # same bytes: still current
+        f"paths.raw_dir={tmp_path}/raw", "generate.chunk_rows=777"])) is None
+    bigger = make_config(overrides=SMALL + [f"paths.raw_dir={tmp_path}/raw",
+                                            "generate.rows=30000"])
+    assert "config changed" in why_generate(bigger)
+    Path(result["files"][0]).unlink()
+    assert "missing" in why_generate(cfg)
 
 
 @pytest.mark.parametrize("dataset", ["sample", "tmall", "ccmr"])
