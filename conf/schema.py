@@ -83,6 +83,14 @@ class DatasetConfig(Section):
         """First local day after the last slice (exclusive window end)."""
         return self.start + dt.timedelta(days=self.slice_days * self.num_slices)
 
+    def slice_bounds(self) -> list[int]:
+        """UTC seconds of each slice's first local midnight, then the window's end: T+1
+        increasing values; slice t holds ``bounds[t] <= ts < bounds[t+1]``."""
+        zone = ZoneInfo(self.timezone)
+        return [int(dt.datetime.combine(self.start + dt.timedelta(days=self.slice_days * t),
+                                        dt.time(0), tzinfo=zone).timestamp())
+                for t in range(self.num_slices + 1)]
+
 
 class GenerateConfig(Section):
     """Synthetic sample in the dataset's public format (see spark_jobs/sample_data.py)."""

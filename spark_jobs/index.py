@@ -14,7 +14,7 @@ column contracts):
   config_hash (``dataset`` + ``index`` sections), set_size S, num_slices T, slice_days ΔT,
   num_users, num_items (largest idx in the id maps), counts per table, empty_share (share of
   (entity, slice) pairs without a set), capped (1-hop lists longer than neighbor_cap,
-  lists subsampled to S or filled up to S, sketches cut to S+1), negative_sampling, seed,
+  lists subsampled to S or filled up to S, lists longer than S+1 whose sketches were cut), negative_sampling, seed,
   timings (slices, user_sets, item_sets, popularity, samples, sequences).
 
 Layout, chosen for training speed: the trainer never scans these tables by key; it loads
@@ -64,6 +64,7 @@ from spark_jobs.manifest import (
     up_to_date,
     write_json,
 )
+from spark_jobs.sequences import sequences
 from trainers.set_arrays import dense_popularity
 
 STAGE = "index"
@@ -108,22 +109,24 @@ def with_slices(interactions: DataFrame, cfg: PipelineConfig) -> DataFrame:
     """Add the 0-based slice of each row and keep rows inside the window.
 
     ``slice = floor((local_date - dataset.start) / slice_days)``, local_date the calendar day
-    of ``ts`` in ``dataset.timezone``.
+    of ``ts`` in ``dataset.timezone``; computed as the number of slice starts (local
+    midnights as UTC seconds, ``DatasetConfig.slice_bounds``) at or before ``ts``, so each
+    row costs a few integer comparisons instead of a time-zone conversion.
 
     Returns:
         DataFrame[user int, item int, ts long, label byte, slice short].
     """
-    d = cfg.dataset
-    local_day = F.to_date(F.from_utc_timestamp(F.timestamp_seconds("ts"), d.timezone))
-    days = F.datediff(local_day, F.lit(d.start))
-    slc = F.floor(days / F.lit(d.slice_days)).cast("int")
+    bounds = cfg.dataset.slice_bounds()
+    ts = F.col("ts").cast("long")
+    slc = F.when(ts < F.lit(bounds[1]), F.lit(0))
+    for t, upper in enumerate(bounds[2:], start=1):
+        slc = slc.when(ts < F.lit(upper), F.lit(t))
     return (interactions
+            .where((ts >= F.lit(bounds[0])) & (ts < F.lit(bounds[-1])))
             .select(F.col("user_idx").cast("int").alias("user"),
                     F.col("item_idx").cast("int").alias("item"),
-                    F.col("ts").cast("long").alias("ts"),
-                    F.col("label").cast("byte").alias("label"), slc.alias("slice"))
-            .where((F.col("slice") >= 0) & (F.col("slice") < d.num_slices))
-            .withColumn("slice", F.col("slice").cast("short")))
+                    ts.alias("ts"), F.col("label").cast("byte").alias("label"),
+                    slc.cast("short").alias("slice")))
 
 
 def partitions(configured: int, rows: int) -> int:
@@ -177,7 +180,8 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
             events = with_slices(raw, cfg)
             pos_us = keep(events.where("label = 1").select("user", "item", "slice")
                           .repartition(P, "user", "slice").dropDuplicates())
-            in_window = events.count()
+            by_label = {r["label"]: r["count"] for r in events.groupBy("label").count().collect()}
+            in_window = sum(by_label.values())
             n_pos = pos_us.count()
 
         user_side, item_side = ns.sides(salts)
@@ -201,7 +205,11 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
             popularity = dense_popularity(join(tmp, "item_popularity"), num_items, T)
 
         with timer.step("samples"):
-            negatives_df = events.where("label = 0").select("user", "item", "slice")
+            # Real negatives (label 0) exist only where ratings are split (CCMR); without
+            # any, the three splits need no scan for them.
+            negatives_df = (events.where("label = 0").select("user", "item", "slice")
+                            if by_label.get(0) else
+                            spark.createDataFrame([], "user int, item int, slice short"))
             for split in neg.SPLITS:
                 target = neg.target_slice(split, T)
                 n_neg = idx.train_negatives if split == "train" else idx.eval_negatives
@@ -215,7 +223,7 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
                 counts[f"samples_{split}"] = _rows(join(tmp, "samples", split))
 
         with timer.step("sequences"):
-            _sequences(events).write.parquet(join(tmp, "sequences"))
+            sequences(events, P).write.parquet(join(tmp, "sequences"))
             counts["sequences"] = _rows(join(tmp, "sequences"))
     finally:
         for df in cached:
@@ -240,7 +248,7 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
         "negatives": {"train": idx.train_negatives, "eval": idx.eval_negatives},
         "max_eval_users": idx.max_eval_users,
         "seed": idx.seed,
-        "sampling": "co-sets: exact uniform S-subsets of the Eq. 4/5 sets via bottom-(S+1) "
+        "sampling": "co-sets: exact uniform S-subsets of the Eq. 4/5 sets via bottom-S "
                     "sketches over at most neighbor_cap neighbours (spark_jobs/neighbor_sets.py)",
         "timings": timer.timings,
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -276,15 +284,3 @@ def _empty_co_sets(uri: str) -> int:
 
 def _share_empty(rows: int, entities: int, T: int) -> float:
     return round(1.0 - rows / (entities * T), 6) if entities else math.nan
-
-
-def _sequences(events: DataFrame) -> DataFrame:
-    """Per user, every interaction in time order (ties broken by item)."""
-    ev = F.struct("ts", "item", "slice", "label")
-    return (events.groupBy("user").agg(F.array_sort(F.collect_list(ev)).alias("ev"))
-            .select("user",
-                    F.transform("ev", lambda e: e["item"]).alias("items"),
-                    F.transform("ev", lambda e: e["ts"]).alias("ts"),
-                    F.transform("ev", lambda e: e["slice"]).alias("slice"),
-                    F.transform("ev", lambda e: e["label"]).alias("label"))
-            .sortWithinPartitions("user"))

@@ -56,7 +56,6 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import reduce
-from zoneinfo import ZoneInfo
 
 import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, Observation
@@ -209,11 +208,8 @@ def _check_headers(fmt: RawFormat, firsts: dict[str, list[str]]) -> None:
 
 def _window(dataset: DatasetConfig) -> tuple[int, int]:
     """[start, end) of the dataset's slices as UTC seconds: local midnights in its zone."""
-    zone = ZoneInfo(dataset.timezone)
-    return tuple(
-        int(dt.datetime.combine(day, dt.time(0), tzinfo=zone).timestamp())
-        for day in (dataset.start, dataset.end)
-    )
+    bounds = dataset.slice_bounds()
+    return bounds[0], bounds[-1]
 
 
 def _classify(spark, fmt: RawFormat, dataset: DatasetConfig, rel: str, uri: str) -> DataFrame:

@@ -13,19 +13,20 @@ first S are kept. That is a uniform sample without replacement (random-hash mode
 
 *Co-interaction sets* G_t(v|u), G_t(u|v) (Eq. 4-5, per slice) are the 2-hop neighbours
 minus the entity itself. Materialising the unions explodes on hubs (an item seen by 10^5
-users in a day puts each of them in 10^5 unions). We never build them: every entity keeps a
-*bottom-(S+1) sketch* of its 1-hop list, the S+1 members with the smallest
-``h(member, slice) = xxhash64(sketch_salt, member, slice)`` (a hash of the member alone, the
-same in every list of that slice). The S smallest-h members of a union minus the entity are
-always inside the union of the members' sketches (a member among the S smallest of the union
-has at most S-1 smaller ones plus the entity itself ahead of it in any list holding it), so
+users in a day puts each of them in 10^5 unions). We never build them. Order every 1-hop
+list by ``h(member, slice) = xxhash64(sketch_salt, member, slice)`` (a hash of the member
+alone, the same in every list of that slice); for a triple (entity e, neighbour m) the
+*sketch* is the S smallest-h members of m's list other than e. The S smallest-h members of
+the union minus e are always inside the union of e's neighbours' sketches (such a member x
+lies in some neighbour's list, and every member ahead of x there, e excluded, is in the
+union minus e and smaller than x: at most S-1 of them), so
 
-    co-set = S smallest-h of ((union of the neighbours' sketches) minus the entity)
+    co-set = S smallest-h of (union of the sketches e's neighbours carry for e)
 
 is *exactly* the S smallest-h members of the true Eq. 4/5 set: a uniform sample without
-replacement of size min(S, |set|). Work is at most S+1 ids per positive (user, item, slice)
-triple whatever the degree distribution: each triple carries its member's sketch to the
-entity's partition once.
+replacement of size min(S, |set|). Work is at most S ids per positive (user, item, slice)
+triple whatever the degree distribution, none where e is m's only neighbour: each triple
+carries its neighbour's sketch to the entity's partition once.
 
 Two departures from independent uniform samples, both deliberate and recorded:
   * The 2-hop union runs over at most ``index.neighbor_cap`` of the entity's 1-hop
@@ -119,8 +120,8 @@ def side_sets(pos: DataFrame, side: Side, salts: Salts, size: int, cap: int,
     Two vectorised numpy passes (``mapInArrow``) with one shuffle between them, so neither a
     positive triple nor a sketch goes through a sort-merge join or an interpreted array sort:
 
-    1. on ``pos``, partitioned by (member, slice): each member's bottom-(S+1) sketch of its
-       entities, attached to every one of its triples (``neighbour_batch``);
+    1. on ``pos``, partitioned by (member, slice): every triple gets its member's bottom-S
+       sketch of the member's other entities (``neighbour_batch``);
     2. shuffled by (entity, slice): the entity's interaction set (first S of its members in
        its random order), degree, and co-set from the first ``cap`` neighbours' sketches
        (``sets_batch``).
@@ -149,9 +150,9 @@ def side_sets(pos: DataFrame, side: Side, salts: Salts, size: int, cap: int,
         _packed(F.xxhash64(F.lit(side.entity_sketch_salt), e, slc), e).alias("h"))
     fill_seed = salts.fill + 1
     neighbours = triples.mapInArrow(
-        _whole_partitions(lambda t: neighbour_batch(t, size)), NEIGHBOUR_SCHEMA)
+        whole_partitions(lambda t: neighbour_batch(t, size)), NEIGHBOUR_SCHEMA)
     sets = neighbours.repartition(partitions, "entity", "slice").mapInArrow(
-        _whole_partitions(lambda t: sets_batch(t, size, cap, fill_seed)), SETS_SCHEMA)
+        whole_partitions(lambda t: sets_batch(t, size, cap, fill_seed)), SETS_SCHEMA)
     return sets.select(
         "entity", "slice",
         fill_to_size(F.col("interaction"), F.col("entity"), slc, size, salts.fill)
@@ -165,7 +166,7 @@ SETS_SCHEMA = ("entity int, slice short, interaction array<int>, co_interaction 
 BATCH_ROWS = 1 << 16  # rows per Arrow batch handed back to Spark
 
 
-def _whole_partitions(fn):
+def whole_partitions(fn):
     """A ``mapInArrow`` function running ``fn`` on a whole partition at once (a partition
     holds whole groups), handing the result back in bounded batches."""
     def run(batches):
@@ -194,7 +195,11 @@ def _gather(values: np.ndarray, first: np.ndarray,
 
 
 def neighbour_batch(table: pa.Table, size: int) -> pa.RecordBatch:
-    """Every triple of ``table`` with its member's bottom-(S+1) sketch (whole groups only).
+    """Every triple of ``table`` with its member's sketch for that entity (whole groups only).
+
+    The sketch a triple (entity e, member m) carries is the S smallest h of m's list other
+    than e itself: min(degree(m) - 1, S) ids, none when e is m's only neighbour. That is all
+    the co-set of e needs (module docstring), one id less per triple than the bottom-(S+1).
 
     Args:
         table: member int32, entity int32, slice int16, o int64 (packed order of the member in
@@ -202,16 +207,19 @@ def neighbour_batch(table: pa.Table, size: int) -> pa.RecordBatch:
         size: S.
 
     Returns:
-        RecordBatch of NEIGHBOUR_SCHEMA, a row per triple: entity, slice, o, and the S+1
-        smallest h of the triple's (member, slice) group.
+        RecordBatch of NEIGHBOUR_SCHEMA, a row per triple: entity, slice, o, and the S
+        smallest h of the triple's (member, slice) group without the triple's own entity.
     """
     slc = table.column("slice").to_numpy()
     key = (table.column("member").to_numpy().astype(np.int64) << 16) | slc.astype(np.int64)
     h = table.column("h").to_numpy()
-    row = np.lexsort((h, key))  # by group, then h
-    starts, group, _ = _groups(key[row])
-    length = np.minimum(np.diff(np.r_[starts, len(row)]), size + 1)[group]
-    sketch, offsets = _gather(h[row], starts[group], length)
+    row = np.lexsort((h, key))  # by group, then h: a triple's own h sits at its rank
+    starts, group, rank = _groups(key[row])
+    length = np.minimum(np.diff(np.r_[starts, len(row)]) - 1, size)[group]
+    offsets = np.r_[0, np.cumsum(length)]
+    j = np.arange(offsets[-1]) - np.repeat(offsets[:-1], length)  # place in the sketch
+    own = np.repeat(rank, length)
+    sketch = h[row][np.repeat(starts[group], length) + j + (j >= own)]  # skip the own h
     return pa.RecordBatch.from_arrays(
         [pa.array(table.column("entity").to_numpy()[row]), pa.array(slc[row]),
          pa.array(table.column("o").to_numpy()[row]),
@@ -225,7 +233,7 @@ def sets_batch(table: pa.Table, size: int, cap: int, fill_seed: int) -> pa.Recor
     Args:
         table: NEIGHBOUR_SCHEMA rows (whole groups only): entity int32, slice int16, o int64
             (packed order of the neighbour), sketch list<int64> (the neighbour's packed
-            ``h << 32 | id`` bottom-(S+1)).
+            ``h << 32 | id`` bottom-S, without the entity).
         size: S.
         cap: most neighbours per group, the smallest ``o`` first.
         fill_seed: seed of the co-set's with-replacement fill.
@@ -264,13 +272,12 @@ def sets_batch(table: pa.Table, size: int, cap: int, fill_seed: int) -> pa.Recor
 def _co_sets(sketch: pa.ListArray, rows: np.ndarray, rgroup: np.ndarray, gkey: np.ndarray,
              size: int, fill_seed: int) -> np.ndarray:
     """(G, S) int32 co-sets: per group, the S smallest-h distinct ids in the sketches of
-    ``rows`` (rgroup: their group) other than the group's entity, filled to S."""
+    ``rows`` (rgroup: their group; sketches already exclude the group's entity), filled to
+    S."""
     offsets = sketch.offsets.to_numpy().astype(np.int64)
     lengths = offsets[rows + 1] - offsets[rows]
     packed, _ = _gather(sketch.values.to_numpy(), offsets[rows], lengths)  # the capped union
     egroup = np.repeat(rgroup, lengths)
-    own = (packed & ID_MASK) == (gkey[egroup] >> 16)
-    packed, egroup = packed[~own], egroup[~own]
     order = np.lexsort((packed, egroup))  # by group, then h (then id)
     packed, egroup = packed[order], egroup[order]
     first_of = np.r_[True, (egroup[1:] != egroup[:-1]) | (packed[1:] != packed[:-1])]

@@ -72,3 +72,12 @@ def test_environment_variables_expand(monkeypatch):
     assert load_config(profile="cluster").spark.master == "spark://head:7077"
     monkeypatch.delenv("SEQREC_SPARK_MASTER")
     assert load_config(profile="cluster").spark.master == "spark://127.0.0.1:7077"
+
+
+def test_slice_bounds_are_local_midnights_across_a_dst_change():
+    cfg = load_config("sample", overrides=["dataset.timezone=Europe/Berlin",
+                                           "dataset.start=2017-03-24", "dataset.num_slices=4"])
+    bounds = cfg.dataset.slice_bounds()
+    # 2017-03-24 00:00 CET is 23:00 UTC the day before; clocks go forward on 03-26.
+    assert bounds[0] == int(dt.datetime(2017, 3, 23, 23, tzinfo=dt.timezone.utc).timestamp())
+    assert [b - a for a, b in zip(bounds, bounds[1:])] == [86400, 86400, 82800, 86400]
