@@ -27,8 +27,10 @@ reshapes flattened lists without looking at offsets. Rows are sorted by (entity,
 within each file (numpy emits the groups in that order), which keeps ids close together and
 the files small.
 
-Pipeline and shuffles: positives are deduplicated once while partitioned by (user, slice)
-and cached. Each sets table is two numpy passes with one shuffle between them
+Pipeline and shuffles: the interactions are scanned once for the slices step: positives
+are deduplicated into (user, item, slice, events) while partitioned by (user, slice) and
+cached, and an Observation counts rows and real negatives in the same scan (popularity sums
+the cached counts; without real negatives the samples need no scan for them). Each sets table is two numpy passes with one shuffle between them
 (spark_jobs/neighbor_sets.py ``side_sets``): item_sets runs its first pass on the cached
 copy, user_sets on one more shuffle of it by (item, slice). Neither needs a join: a
 triple carries its neighbour's sketch, and interaction set, degree and co-set come out of the
@@ -178,11 +180,17 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
         _check_columns(raw, src)
         with timer.step("slices"):
             events = with_slices(raw, cfg)
-            pos_us = keep(events.where("label = 1").select("user", "item", "slice")
-                          .repartition(P, "user", "slice").dropDuplicates())
-            by_label = {r["label"]: r["count"] for r in events.groupBy("label").count().collect()}
-            in_window = sum(by_label.values())
-            n_pos = pos_us.count()
+            seen = Observation()
+            # Distinct positive triples with their event counts (popularity sums them), kept
+            # partitioned by (user, slice); the labels are counted in the same scan.
+            pos_counts = keep(
+                events.observe(seen, F.count(F.lit(1)).alias("rows"),
+                               F.count_if(F.col("label") == 0).alias("negatives"))
+                .where("label = 1").repartition(P, "user", "slice")
+                .groupBy("user", "item", "slice").agg(F.count("*").cast("int").alias("events")))
+            n_pos = pos_counts.count()
+            in_window, n_negative = seen.get["rows"], seen.get["negatives"]
+            pos_us = pos_counts.select("user", "item", "slice")
 
         user_side, item_side = ns.sides(salts)
         counts, hop_stats = {}, {}
@@ -198,7 +206,7 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
                 hop_stats[name]["empty_co_sets"] = _empty_co_sets(join(tmp, name))
 
         with timer.step("popularity"):
-            (events.where("label = 1").groupBy("item", "slice").agg(F.count("*").alias("count"))
+            (pos_counts.groupBy("item", "slice").agg(F.sum("events").cast("long").alias("count"))
              .repartition(max(1, P // 4)).sortWithinPartitions("item", "slice")
              .write.parquet(join(tmp, "item_popularity")))
             counts["item_popularity"] = _rows(join(tmp, "item_popularity"))
@@ -208,7 +216,7 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
             # Real negatives (label 0) exist only where ratings are split (CCMR); without
             # any, the three splits need no scan for them.
             negatives_df = (events.where("label = 0").select("user", "item", "slice")
-                            if by_label.get(0) else
+                            if n_negative else
                             spark.createDataFrame([], "user int, item int, slice short"))
             for split in neg.SPLITS:
                 target = neg.target_slice(split, T)
