@@ -66,7 +66,6 @@ from spark_jobs.manifest import (
     up_to_date,
     write_json,
 )
-from spark_jobs.sequences import sequences
 from trainers.set_arrays import dense_popularity
 
 STAGE = "index"
@@ -231,7 +230,7 @@ def _build(spark, cfg: PipelineConfig, src: str, tmp: str) -> dict:
                 counts[f"samples_{split}"] = _rows(join(tmp, "samples", split))
 
         with timer.step("sequences"):
-            sequences(events, P).write.parquet(join(tmp, "sequences"))
+            _sequences(events).write.parquet(join(tmp, "sequences"))
             counts["sequences"] = _rows(join(tmp, "sequences"))
     finally:
         for df in cached:
@@ -292,3 +291,15 @@ def _empty_co_sets(uri: str) -> int:
 
 def _share_empty(rows: int, entities: int, T: int) -> float:
     return round(1.0 - rows / (entities * T), 6) if entities else math.nan
+
+
+def _sequences(events: DataFrame) -> DataFrame:
+    """Per user, every interaction in time order (ties broken by item)."""
+    ev = F.struct("ts", "item", "slice", "label")
+    return (events.groupBy("user").agg(F.array_sort(F.collect_list(ev)).alias("ev"))
+            .select("user",
+                    F.transform("ev", lambda e: e["item"]).alias("items"),
+                    F.transform("ev", lambda e: e["ts"]).alias("ts"),
+                    F.transform("ev", lambda e: e["slice"]).alias("slice"),
+                    F.transform("ev", lambda e: e["label"]).alias("label"))
+            .sortWithinPartitions("user"))

@@ -150,9 +150,9 @@ def side_sets(pos: DataFrame, side: Side, salts: Salts, size: int, cap: int,
         _packed(F.xxhash64(F.lit(side.entity_sketch_salt), e, slc), e).alias("h"))
     fill_seed = salts.fill + 1
     neighbours = triples.mapInArrow(
-        whole_partitions(lambda t: neighbour_batch(t, size)), NEIGHBOUR_SCHEMA)
+        _whole_partitions(lambda t: neighbour_batch(t, size)), NEIGHBOUR_SCHEMA)
     sets = neighbours.repartition(partitions, "entity", "slice").mapInArrow(
-        whole_partitions(lambda t: sets_batch(t, size, cap, fill_seed)), SETS_SCHEMA)
+        _whole_partitions(lambda t: sets_batch(t, size, cap, fill_seed)), SETS_SCHEMA)
     return sets.select(
         "entity", "slice",
         fill_to_size(F.col("interaction"), F.col("entity"), slc, size, salts.fill)
@@ -160,13 +160,16 @@ def side_sets(pos: DataFrame, side: Side, salts: Salts, size: int, cap: int,
         "co_interaction", "degree")
 
 
-NEIGHBOUR_SCHEMA = "entity int, slice short, o long, sketch array<long>"
+# The sketch travels as the raw bytes of its int64 values: Spark copies a binary value into
+# its shuffle rows in one piece, where an array<long> is converted element by element
+# (measured: ~5% less time for a sets table at 10M rows).
+NEIGHBOUR_SCHEMA = "entity int, slice short, o long, sketch binary"
 SETS_SCHEMA = ("entity int, slice short, interaction array<int>, co_interaction array<int>, "
                "degree long")
 BATCH_ROWS = 1 << 16  # rows per Arrow batch handed back to Spark
 
 
-def whole_partitions(fn):
+def _whole_partitions(fn):
     """A ``mapInArrow`` function running ``fn`` on a whole partition at once (a partition
     holds whole groups), handing the result back in bounded batches."""
     def run(batches):
@@ -223,8 +226,27 @@ def neighbour_batch(table: pa.Table, size: int) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
         [pa.array(table.column("entity").to_numpy()[row]), pa.array(slc[row]),
          pa.array(table.column("o").to_numpy()[row]),
-         pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(sketch))],
+         pack_int64(sketch, offsets)],
         names=["entity", "slice", "o", "sketch"])
+
+
+def pack_int64(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """Variable-length int64 lists as one binary value each: list i is
+    ``values[offsets[i]:offsets[i+1]]`` in native byte order."""
+    return pa.Array.from_buffers(
+        pa.binary(), len(offsets) - 1,
+        [None, pa.py_buffer((offsets * 8).astype(np.int32)),
+         pa.py_buffer(np.ascontiguousarray(values, dtype=np.int64))])
+
+
+def unpack_int64(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`pack_int64` for a binary or large_binary column: (values,
+    offsets into values, one more than rows)."""
+    width = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    _, offset_buf, data = column.buffers()
+    offsets = np.frombuffer(offset_buf, dtype=width)[column.offset:column.offset + len(column) + 1]
+    values = np.frombuffer(data, dtype=np.int64) if data is not None else np.empty(0, np.int64)
+    return values, offsets.astype(np.int64) // 8
 
 
 def sets_batch(table: pa.Table, size: int, cap: int, fill_seed: int) -> pa.RecordBatch:
@@ -232,8 +254,8 @@ def sets_batch(table: pa.Table, size: int, cap: int, fill_seed: int) -> pa.Recor
 
     Args:
         table: NEIGHBOUR_SCHEMA rows (whole groups only): entity int32, slice int16, o int64
-            (packed order of the neighbour), sketch list<int64> (the neighbour's packed
-            ``h << 32 | id`` bottom-S, without the entity).
+            (packed order of the neighbour), sketch binary (the neighbour's packed
+            ``h << 32 | id`` bottom-S without the entity, as :func:`pack_int64` bytes).
         size: S.
         cap: most neighbours per group, the smallest ``o`` first.
         fill_seed: seed of the co-set's with-replacement fill.
@@ -269,14 +291,14 @@ def sets_batch(table: pa.Table, size: int, cap: int, fill_seed: int) -> pa.Recor
         names=["entity", "slice", "interaction", "co_interaction", "degree"])
 
 
-def _co_sets(sketch: pa.ListArray, rows: np.ndarray, rgroup: np.ndarray, gkey: np.ndarray,
+def _co_sets(sketch: pa.Array, rows: np.ndarray, rgroup: np.ndarray, gkey: np.ndarray,
              size: int, fill_seed: int) -> np.ndarray:
     """(G, S) int32 co-sets: per group, the S smallest-h distinct ids in the sketches of
     ``rows`` (rgroup: their group; sketches already exclude the group's entity), filled to
     S."""
-    offsets = sketch.offsets.to_numpy().astype(np.int64)
+    values, offsets = unpack_int64(sketch)
     lengths = offsets[rows + 1] - offsets[rows]
-    packed, _ = _gather(sketch.values.to_numpy(), offsets[rows], lengths)  # the capped union
+    packed, _ = _gather(values, offsets[rows], lengths)  # the capped union
     egroup = np.repeat(rgroup, lengths)
     order = np.lexsort((packed, egroup))  # by group, then h (then id)
     packed, egroup = packed[order], egroup[order]
