@@ -5,7 +5,8 @@ worker), ``trainers.train.train_epoch`` (batch gathering + forward + loss + back
 row-sparse Adam) in training samples/s and ``trainers.train.validate`` in evaluation
 lists/s, at two scales:
 
-  * sample: the sample preset's sizes (2,000 users, 6,000 items, T=9, S=10);
+  * sample: the sample preset's sizes (``generate.users`` x ``generate.items``: 20,000 x
+    6,000; T=9, S=10);
   * taobao-ids: a 5.15M-id table (987,994 users + 4,162,024 items, Table 2) with the same
     T and S: dense set arrays of ~3.7 GB, a 5.15M x d embedding and its Adam moments.
 
@@ -35,7 +36,8 @@ from trainers.embedding import build_optimizer  # noqa: E402
 from trainers.registry import DataSizes, build_model  # noqa: E402
 from trainers.train import train_epoch, validate  # noqa: E402
 
-SCALES = {"sample": (2_000, 6_000), "taobao-ids": (987_994, 4_162_024)}
+_SAMPLE = load_config("sample").generate
+SCALES = {"sample": (_SAMPLE.users, _SAMPLE.items), "taobao-ids": (987_994, 4_162_024)}
 
 
 def random_split(num_users: int, num_items: int, n: int, C: int, target: int,
