@@ -32,3 +32,22 @@ def test_wrong_format_file_is_one_clear_error(spark, tmp_path):
     assert result.exit_code == 1
     assert "is not a taobao file" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "work" / "ingest").exists()  # nothing half-written
+
+
+def test_run_deployment_passes_overrides_and_models(monkeypatch):
+    import flows.deployments
+
+    seen = {}
+
+    def fake_run(name, parameters, timeout):
+        seen.update(name=name, parameters=parameters)
+        return {"flow_run_id": "x", "name": "n", "state": "COMPLETED"}
+
+    monkeypatch.setattr(flows.deployments, "run_by_name", fake_run)
+    result = runner.invoke(app, ["run-deployment", "score-sample", "--set", "train.lr=0.01",
+                                 "--models", "score, svdpp"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"name": "score-sample", "parameters": {
+        "overrides": ["train.lr=0.01"], "models": ["score", "svdpp"]}}
+    runner.invoke(app, ["run-deployment", "score-sample"])
+    assert seen["parameters"] is None  # the deployment's own parameters
