@@ -37,6 +37,22 @@ def prefect_home(tmp_path_factory):
         restore_defaults={PREFECT_API_URL},
     ):
         yield home
+        # Stop the ephemeral API server(s) these flows started, here rather than in Prefect's
+        # atexit hook. Its "Stopping temporary server" line would go to Prefect's console
+        # handler, which still holds a test's capture stream that pytest has closed (a
+        # traceback at the end of every CI log), so that one INFO line is muted.
+        import logging
+
+        from prefect.logging.handlers import APILogWorker
+        from prefect.server.api.server import SubprocessASGIServer
+
+        APILogWorker.drain_all(timeout=5)  # the flows' last log lines, while their API runs
+        logging.disable(logging.INFO)
+        try:
+            for server in list(SubprocessASGIServer._instances.values()):
+                server.stop()
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 def _dataset(start: str, slice_days: int, num_slices: int):
