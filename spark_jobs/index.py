@@ -13,9 +13,9 @@ column contracts):
 - ``manifest.json``: stage, schema_version, input_hash (the ingest manifest's hash),
   config_hash (``dataset`` + ``index`` sections), set_size S, num_slices T, slice_days ΔT,
   num_users, num_items (largest idx in the id maps), counts per table, empty_share (share of
-  (entity, slice) pairs without a set), capped (1-hop lists longer than neighbor_cap,
-  lists subsampled to S or filled up to S, lists longer than S+1 whose sketches were cut), negative_sampling, seed,
-  timings (slices, user_sets, item_sets, popularity, samples, sequences).
+  (entity, slice) pairs without a set), capped (1-hop lists longer than neighbor_cap, lists
+  subsampled to S or filled up to S, lists longer than S+1 whose sketches were cut),
+  negative_sampling, seed, timings (slices, user_sets, item_sets, popularity, samples, sequences).
 
 Layout, chosen for training speed: the trainer never scans these tables by key; it loads
 each table once into dense arrays (trainers/set_arrays.py) by vectorised fancy indexing, for
@@ -27,13 +27,13 @@ reshapes flattened lists without looking at offsets. Rows are sorted by (entity,
 within each file (numpy emits the groups in that order), which keeps ids close together and
 the files small.
 
-Pipeline and shuffles: the interactions are scanned once for the slices step: positives
-are deduplicated into (user, item, slice, events) while partitioned by (user, slice) and
+Pipeline and shuffles: the slices step scans the interactions once: positives are
+deduplicated into (user, item, slice, events) while partitioned by (user, slice) and
 cached, and an Observation counts rows and real negatives in the same scan (popularity sums
-the cached counts; without real negatives the samples need no scan for them). Each sets table is two numpy passes with one shuffle between them
-(spark_jobs/neighbor_sets.py ``side_sets``): item_sets runs its first pass on the cached
-copy, user_sets on one more shuffle of it by (item, slice). Neither needs a join: a
-triple carries its neighbour's sketch, and interaction set, degree and co-set come out of the
+the cached counts; without real negatives the samples need no scan for them). Each sets
+table is two numpy passes with one shuffle between them (spark_jobs/neighbor_sets.py
+``side_sets``): item_sets runs its first pass on the cached copy, user_sets on one more
+shuffle of it by (item, slice). Neither needs a join: a triple carries its neighbour's sketch, and interaction set, degree and co-set come out of the
 same group. The 1-hop statistics (``capped``) are observed while the tables are written.
 The other shuffles are popularity, sequences and samples.
 """

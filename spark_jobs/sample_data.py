@@ -99,7 +99,6 @@ RATINGS_LIKED = np.array([0.02, 0.04, 0.14, 0.40, 0.40])  # P(rating 1..5), like
 RATINGS_NOISE = np.array([0.15, 0.25, 0.35, 0.17, 0.08])  # P(rating 1..5), noise pick
 ITEMS_PER_SELLER = 220  # Tmall log: about 1.09M items over about 5,000 sellers
 ITEMS_PER_BRAND = 130  # Tmall log: about 1.09M items over about 8,400 brands
-STAMP = "_generated.json"  # in raw_dir: the config the file there was generated under
 BRAND_MISSING = 0.002  # Tmall: share of items whose brand_id is empty in the public file
 
 
@@ -577,6 +576,9 @@ def _check_window(cfg: PipelineConfig, fmt: FileFormat) -> None:
                          f"of dataset.files {ds.files}, so ingest would not read it")
 
 
+STAMP = "_generated.json"  # in raw_dir: the config the file there was generated under
+
+
 def _raw_dir(cfg: PipelineConfig) -> str:
     raw_dir = cfg.paths.raw_dir
     return raw_dir if "://" in raw_dir else os.path.abspath(raw_dir)
@@ -603,7 +605,7 @@ def why_generate(cfg: PipelineConfig) -> str | None:
         return f"no generated sample in {cfg.paths.raw_dir}"
     if not exists(join(_raw_dir(cfg), FORMATS[cfg.dataset.format].file_name)):
         return f"generated file missing from {cfg.paths.raw_dir}"
-    if stamp["config_hash"] != generated_hash(cfg):
+    if stamp.get("config_hash") != generated_hash(cfg):
         return "dataset or generate config changed since the sample was generated"
     return None
 
