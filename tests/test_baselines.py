@@ -177,7 +177,7 @@ def test_bad_params_are_named():
 
 
 def test_history_pairs_targets_negatives_and_mask():
-    from trainers.next_item import combined_mean, history_pairs
+    from trainers.models.next_item import combined_mean, history_pairs
 
     torch.manual_seed(0)
     sequence = torch.tensor([[0, 0, 3, 1, 2], [0, 0, 0, 0, 4], [5, 1, 1, 2, 3]])

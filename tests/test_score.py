@@ -10,7 +10,7 @@ import torch
 from conf.loading import load_config
 from trainers.embedding import build_optimizer
 from trainers.registry import DataSizes, build_model
-from trainers.score import CoAttention, pool
+from trainers.models.score import CoAttention, pool
 
 SIZES = DataSizes(num_users=30, num_items=40, history_slices=4, set_size=5, sequence_len=8)
 PARAMS = {"embed_dim": 8, "embed_init_std": 0.5, "hidden_dim": 8, "attention_hidden": [12, 6],

@@ -80,14 +80,14 @@ def register(name: str):
 def _load_all() -> None:
     # Importing the model modules runs their @register decorators. Listed here, once, so the
     # registry is complete wherever it is used (CLI, Ray workers, tests).
-    import trainers.score  # noqa: F401
-    import trainers.svdpp  # noqa: F401
-    import trainers.delf  # noqa: F401
-    import trainers.gru4rec  # noqa: F401
-    import trainers.caser  # noqa: F401
-    import trainers.sasrec  # noqa: F401
-    import trainers.rrn  # noqa: F401
-    import trainers.deems  # noqa: F401
+    import trainers.models.score  # noqa: F401
+    import trainers.models.svdpp  # noqa: F401
+    import trainers.models.delf  # noqa: F401
+    import trainers.models.gru4rec  # noqa: F401
+    import trainers.models.caser  # noqa: F401
+    import trainers.models.sasrec  # noqa: F401
+    import trainers.models.rrn  # noqa: F401
+    import trainers.models.deems  # noqa: F401
 
 
 def model_names() -> list[str]:

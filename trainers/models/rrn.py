@@ -39,7 +39,7 @@ from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
 from trainers.registry import Batch, DataSizes, ModelParams, register
-from trainers.score import mlp
+from trainers.models.score import mlp
 
 
 class RRNParams(ModelParams):

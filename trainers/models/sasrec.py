@@ -13,7 +13,7 @@ Implemented (equation numbers of the paper):
   * Loss, Section III-F: binary cross-entropy over every position (Eq. 7). The last
     position scores the target slice's candidates (positive + sampled negatives); in
     training every earlier position t scores the next history item o_t against one sampled
-    negative (trainers/next_item.py), and the loss averages over all those predictions.
+    negative (trainers/models/next_item.py), and the loss averages over all those predictions.
 
 Simplifications, and why:
   * Padding keys are masked and padding rows are zeroed after every block (the paper's code
@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
-from trainers.next_item import bce_with_history, history_pairs
+from trainers.models.next_item import bce_with_history, history_pairs
 from trainers.registry import Batch, DataSizes, ModelParams, register
 
 

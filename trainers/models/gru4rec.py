@@ -8,7 +8,7 @@ Implemented:
     r̂_i = h_t · W_i + b_i, with an output item table W separate from the input one.
   * Section 3.1.1, every event is a target: in training the state after each history item
     also scores the next history item against one sampled negative
-    (trainers/next_item.py), and the loss averages over all those predictions and the
+    (trainers/models/next_item.py), and the loss averages over all those predictions and the
     candidate list of the last state.
   * Section 3.1.3 ranking losses over the candidates (positive vs. each negative):
     BPR  L = -1/N_S Σ_j log σ(r̂_i - r̂_j)
@@ -39,7 +39,7 @@ from pydantic import Field
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
-from trainers.next_item import combined_mean, history_pairs
+from trainers.models.next_item import combined_mean, history_pairs
 from trainers.registry import Batch, DataSizes, ModelParams, register
 
 

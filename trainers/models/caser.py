@@ -17,7 +17,7 @@ Implemented (equation numbers of the paper):
     φ_c = φ_a = ReLU (the paper's best setting).
   * Training windows (Section 3.5): every window of the sequence is a training instance.
     The last window scores the target slice's candidates; in training each earlier window
-    scores the next history item against one sampled negative (trainers/next_item.py),
+    scores the next history item against one sampled negative (trainers/models/next_item.py),
     and the loss averages over all those predictions.
 
 Simplifications, and why:
@@ -38,7 +38,7 @@ from pydantic import Field
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
-from trainers.next_item import bce_with_history, history_pairs
+from trainers.models.next_item import bce_with_history, history_pairs
 from trainers.registry import Batch, DataSizes, ModelParams, register
 
 
