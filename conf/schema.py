@@ -117,8 +117,18 @@ class SparkConfig(Section):
 
 
 class IndexConfig(Section):
-    """SCoRe graph indices and samples (Sections 2 and 4.1.1)."""
+    """Index stage: the evaluation protocol and its samples (docs/architecture.md,
+    "Evaluation protocols"); slices also build SCoRe's graph indices (Sections 2 and 4.1.1)."""
 
+    protocol: Literal["slices", "leave_one_out", "feedback"]
+    # slices: one list per (user, target slice) with a seeded positive (Section 4.1.1), or
+    # one per (user, positive) of the target slice.
+    lists_per_user: Literal["one", "every_positive"]
+    # slices: training targets from slice T-3 only (paper), or from every slice 1..T-3.
+    train_targets: Literal["paper", "every_slice"]
+    # feedback: each user's last active day test, the one before valid (paper); 12:00 of
+    # the dataset's last day (Micro-video); or each user's last / second-last interaction.
+    feedback_split: Literal["user_days", "global_noon", "leave_one_out"]
     set_size: int = Field(gt=0)  # S
     neighbor_cap: int = Field(gt=0)  # most 1-hop neighbours entering a 2-hop union (seeded)
     eval_negatives: int = Field(gt=0)  # N negatives per evaluation list (paper: 100)
@@ -156,6 +166,7 @@ class TrainConfig(Section):
     cpus_per_worker: float = Field(gt=0)  # fractional on small boxes (STACK.md, Ray trap)
     ray_address: str | None  # None: start a local Ray; "auto" or ray://host:port: a cluster
     full_rank_users: int = Field(ge=0)  # users scored against all items (0 disables)
+    run_name: str | None  # run directory <work>/train/<run_name>; None: the model's name
 
 
 class TrackingConfig(Section):

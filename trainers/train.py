@@ -62,7 +62,7 @@ CHECKPOINT_FILE = "state.pt"
 # Fields that change how a run executes or how long it goes on, not what it learns: a
 # rerun that changes only these resumes the same run.
 _RUNTIME_FIELDS = ("epochs", "patience", "num_workers", "use_gpu", "cpus_per_worker",
-                   "ray_address", "eval_batch_size", "full_rank_users")
+                   "ray_address", "eval_batch_size", "full_rank_users", "run_name")
 _PROGRESS_LINES_PER_EPOCH = 10
 
 
@@ -78,8 +78,13 @@ class TrainState:
 
 
 def run_dir(cfg: PipelineConfig) -> str:
-    """``<work_dir>/train/<model>``: Ray checkpoints and ``run.json``."""
-    return join(cfg.paths.work_dir, "train", cfg.model.name)
+    """``<work_dir>/train/<run_name>``: Ray checkpoints and ``run.json``."""
+    return join(cfg.paths.work_dir, "train", run_name(cfg))
+
+
+def run_name(cfg: PipelineConfig) -> str:
+    """``train.run_name``, or the model's name when unset."""
+    return cfg.train.run_name or cfg.model.name
 
 
 def read_run(cfg: PipelineConfig) -> dict[str, Any] | None:
@@ -190,7 +195,7 @@ def _fit(cfg: PipelineConfig, run_id: str, model_module: str):
                                      use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
-            name=cfg.model.name,
+            name=run_name(cfg),
             storage_path=join(cfg.paths.work_dir, "train"),
             checkpoint_config=CheckpointConfig(num_to_keep=2,
                                                checkpoint_score_attribute="valid_mrr",

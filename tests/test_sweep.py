@@ -1,0 +1,75 @@
+"""Ray Tune sweeps (trainers/sweep.py): trial lists, trial configs, and one real sweep of
+the tiny test model on a hand-written index (nested MLflow runs, table, plot)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import tiny_index
+from conf.loading import ConfigError
+from trainers import sweep
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def test_one_at_a_time_varies_each_key_alone():
+    space = {"model.params.a": [1, 2, 3], "model.params.b": [0.1, 0.2]}
+    assert sweep.trials(space, "one_at_a_time") == [
+        {"model.params.a": 1}, {"model.params.a": 2}, {"model.params.a": 3},
+        {"model.params.b": 0.1}, {"model.params.b": 0.2}]
+
+
+def test_grid_is_the_cartesian_product():
+    got = sweep.trials({"x.a": [1, 2], "x.b": ["p", "q"]}, "grid")
+    assert got == [{"x.a": 1, "x.b": "p"}, {"x.a": 1, "x.b": "q"},
+                   {"x.a": 2, "x.b": "p"}, {"x.a": 2, "x.b": "q"}]
+
+
+@pytest.mark.parametrize("space", [{}, {"train.lr": []}, {"train.lr": [0.1, 0.1]}])
+def test_bad_spaces_are_errors(space):
+    with pytest.raises(ValueError):
+        sweep.trials(space, "one_at_a_time")
+
+
+def test_trial_config_applies_overrides_in_its_own_run_directory(tmp_path):
+    cfg = tiny_index.tiny_config(tmp_path)
+    a = sweep.trial_config(cfg, {"train.lr": 0.2, "model.params.dim": 6})
+    b = sweep.trial_config(cfg, {"train.lr": 0.3})
+    assert a.train.lr == 0.2 and a.model.params["dim"] == 6 and b.train.lr == 0.3
+    assert a.train.run_name != b.train.run_name
+    assert a.train.run_name.startswith("test_tiny-sweep-")
+    assert sweep.trial_config(cfg, {"train.lr": 0.2}).train.run_name == \
+        sweep.trial_config(cfg, {"train.lr": 0.2}).train.run_name  # reruns resume
+
+
+@pytest.mark.parametrize("overrides", [{"train.no_such_key": 1}, {"train.lr": -1.0},
+                                       {"model.params.dim": "wide"}])
+def test_trial_config_rejects_bad_overrides(tmp_path, overrides):
+    with pytest.raises(ConfigError):
+        sweep.trial_config(tiny_index.tiny_config(tmp_path), overrides)
+
+
+@pytest.mark.slow
+def test_real_sweep_logs_nested_trials_table_and_plot(tmp_path, monkeypatch):
+    # Ray workers import the test model's module by name: put tests/ on their path.
+    monkeypatch.setenv("PYTHONPATH", f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    tiny_index.write_index(tmp_path / "work")
+    cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=2", "train.full_rank_users=0"])
+    result = sweep.run_sweep(cfg, {"train.lr": [0.01, 0.1]}, metric="valid_mrr")
+    assert [row["train.lr"] for row in result["rows"]] == [0.01, 0.1]
+    assert result["best"]["valid_mrr"] == max(r["valid_mrr"] for r in result["rows"])
+    for row in result["rows"]:
+        assert 0.0 < row["test_mrr"] <= 1.0 and row["valid_mrr"] > 0.0
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    children = {row["run_id"] for row in result["rows"]}
+    assert len(children) == 2
+    for run_id in children:
+        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == result["run_id"]
+    names = {a.path for a in client.list_artifacts(result["run_id"])}
+    assert {"sweep.md", "sweep.csv", "sweep.png"} <= names

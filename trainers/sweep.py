@@ -1,0 +1,252 @@
+"""Hyper-parameter sweeps with Ray Tune: any setting of any model, swept the same way.
+
+``run_sweep(cfg, space, mode)`` turns ``space`` (dotted config keys -> candidate values, e.g.
+``{"model.params.lambda_bpr": [1e-4, 1e-3, 1e-2, 1e-1]}``) into trials and runs each trial
+as the ordinary train and evaluate stages (``trainers.train.run_training``,
+``trainers.evaluate.run_evaluation``) inside a Ray Tune function trainable, so a trial is the
+same Ray Train run a single ``seqrec train`` would be, with its own run directory
+(``train.run_name = <model>-sweep-<key hash>``), checkpoints and resumption.
+
+Modes:
+  * ``one_at_a_time``: each key varies alone while the others keep ``cfg``'s value (DFAR
+    Appendix A.4: "we vary one weight with the other fixed", 4 values per weight -> 8 trials);
+  * ``grid``: the Cartesian product.
+
+Trials run one after another by default (``max_concurrent``): each trial's Ray Train workers
+take the CPUs, and the Tune driver of a trial reserves none.
+
+MLflow: one parent run ``<dataset>-<model>-sweep``; each trial's training run is its child
+(tag ``mlflow.parentRunId``) and carries the tag ``sweep.trial`` with its overrides. The
+parent gets ``sweep.md`` / ``sweep.csv`` (one row per trial: overrides, valid and test
+metrics) and ``sweep.png``: the chosen metric against each swept key (log-x when all values
+are positive; in ``one_at_a_time`` each panel shows the trials that vary that key).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from conf.loading import ConfigError
+from conf.schema import PipelineConfig
+from spark_jobs.manifest import join
+from trainers import tracking
+from trainers.registry import model_class
+
+Mode = Literal["one_at_a_time", "grid"]
+
+
+def trials(space: dict[str, list[Any]], mode: Mode) -> list[dict[str, Any]]:
+    """The trials' overrides, in a stable order.
+
+    Raises:
+        ValueError: an empty space, a key without values, or a repeated value.
+    """
+    if not space:
+        raise ValueError("a sweep needs at least one key with values")
+    for key, values in space.items():
+        if not values:
+            raise ValueError(f"sweep key {key!r} has no values")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise ValueError(f"sweep key {key!r} repeats a value: {values}")
+    if mode == "grid":
+        keys = list(space)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*space.values())]
+    return [{key: value} for key, values in space.items() for value in values]
+
+
+def trial_config(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
+    """``cfg`` with dotted ``overrides`` applied, validated, in its own run directory.
+
+    Raises:
+        ConfigError: an override names an unknown key or a bad value.
+    """
+    data = cfg.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                raise ConfigError(f"sweep key {dotted!r}: {key!r} is not a config section")
+            node = node[key]
+        if leaf not in node and parents[:2] != ["model", "params"]:
+            raise ConfigError(f"sweep key {dotted!r}: unknown key {leaf!r}")
+        node[leaf] = value
+    tag = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+    data["train"]["run_name"] = f"{cfg.model.name}-sweep-{tag}"
+    try:
+        out = PipelineConfig.model_validate(data)
+        # The model's own Params: a bad model.params value fails here, not in a trial.
+        model_class(out.model.name).Params.model_validate(out.model.params)
+    except ValidationError as exc:
+        raise ConfigError(f"sweep overrides {overrides} give an invalid config: {exc}") from None
+    return out
+
+
+def _trial(config: dict[str, Any]) -> None:
+    """One Tune trial: train and evaluate its config, report its metrics to Tune."""
+    import ray.tune
+
+    from trainers.evaluate import run_evaluation
+    from trainers.train import run_training
+
+    cfg = PipelineConfig.model_validate(config["cfg"])
+    trained = run_training(cfg)
+    evaluated = run_evaluation(cfg)
+    client = tracking.client(cfg)
+    client.set_tag(trained["run_id"], "mlflow.parentRunId", config["parent"])
+    client.set_tag(trained["run_id"], "sweep.trial", json.dumps(config["overrides"]))
+    ray.tune.report({"run_id": trained["run_id"], "best_epoch": trained["best_epoch"],
+                     **{f"valid_{k}": v for k, v in trained["valid"].items()},
+                     **{f"test_{k}": v for k, v in evaluated["test"].items()}})
+
+
+def run_sweep(cfg: PipelineConfig, space: dict[str, list[Any]], mode: Mode = "one_at_a_time",
+              metric: str = "test_auc", max_concurrent: int = 1) -> dict[str, Any]:
+    """Run every trial of ``space`` with Ray Tune and log the sweep to MLflow.
+
+    Args:
+        cfg: the composed config; trials differ from it only by their overrides.
+        space: dotted key -> values (``model.params.*``, ``train.*``, ...).
+        mode: ``one_at_a_time`` or ``grid``.
+        metric: the reported metric the plot shows and ``best`` maximises (e.g. ``test_auc``,
+            ``valid_mrr``).
+        max_concurrent: trials run at once.
+
+    Returns:
+        dict: ``run_id`` (parent), ``rows`` (overrides + metrics per trial), ``best`` (the row
+        with the highest ``metric``), ``table`` (markdown), ``csv``.
+
+    Raises:
+        ValueError: a bad space, or ``metric`` not reported by the trials.
+        ConfigError: an override that gives an invalid config (before anything runs).
+        RuntimeError: a trial failed (its error is in the message).
+    """
+    overrides = trials(space, mode)
+    configs = [trial_config(cfg, o) for o in overrides]  # all validated before any trial
+
+    import ray
+    from ray import tune
+
+    client = tracking.client(cfg)
+    parent = client.create_run(
+        tracking.experiment_id(cfg),
+        tags={"dataset": cfg.dataset.name, "model": cfg.model.name, "profile": cfg.profile,
+              "sweep.mode": mode, "sweep.keys": ",".join(space),
+              "mlflow.runName": f"{cfg.dataset.name}-{cfg.model.name}-sweep"},
+    ).info.run_id
+    started = not ray.is_initialized()
+    if started:
+        from trainers.train import start_ray
+
+        start_ray(cfg)
+    try:
+        grid = [{"cfg": c.model_dump(mode="json"), "overrides": o, "parent": parent}
+                for c, o in zip(configs, overrides)]
+        tuner = tune.Tuner(
+            tune.with_resources(_trial, {"cpu": 0}),
+            param_space={"trial": tune.grid_search(grid)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+            run_config=tune.RunConfig(name=f"{cfg.model.name}-sweep",
+                                      storage_path=join(cfg.paths.work_dir, "tune")),
+        )
+        results = tuner.fit()
+        errors = [str(r.error) for r in results if r.error is not None]
+        if errors:
+            raise RuntimeError(f"{len(errors)} sweep trial(s) failed; first: {errors[0]}")
+        by_trial = {json.dumps(r.config["trial"]["overrides"], sort_keys=True): r.metrics
+                    for r in results}
+    except BaseException:
+        client.set_terminated(parent, status="FAILED")
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+    rows = [{**o, **_metrics(by_trial[json.dumps(o, sort_keys=True)])} for o in overrides]
+    if any(metric not in row for row in rows):
+        client.set_terminated(parent, status="FAILED")
+        raise ValueError(f"trials did not report {metric!r}; they report "
+                         f"{sorted(k for k in rows[0] if k not in space)}")
+    best = max(rows, key=lambda row: row[metric])
+    table, table_csv = markdown_table(rows, list(space), metric), csv_table(rows)
+    tracking.log_metrics(cfg, parent, {f"best_{metric}": best[metric]})
+    _log_artifacts(cfg, parent, rows, space, mode, metric, table, table_csv)
+    tracking.finish_run(cfg, parent)
+    return {"run_id": parent, "rows": rows, "best": best, "table": table, "csv": table_csv}
+
+
+def _metrics(reported: dict[str, Any]) -> dict[str, Any]:
+    keep = ("run_id", "best_epoch")
+    return {k: v for k, v in reported.items()
+            if k in keep or k.startswith(("valid_", "test_"))}
+
+
+def markdown_table(rows: list[dict[str, Any]], keys: list[str], metric: str) -> str:
+    """One line per trial: the swept keys, then valid/test metrics; the best metric bold."""
+    metrics = sorted(k for k in rows[0] if k.startswith(("valid_", "test_")))
+    columns = [*keys, *metrics, "run_id"]
+    best = max(row[metric] for row in rows)
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for row in rows:
+        cells = []
+        for c in columns:
+            value = row.get(c, "")
+            text = f"{value:.4f}" if isinstance(value, float) and c not in keys else str(value)
+            cells.append(f"**{text}**" if c == metric and value == best else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _log_artifacts(cfg: PipelineConfig, run_id: str, rows: list[dict[str, Any]],
+                   space: dict[str, list[Any]], mode: Mode, metric: str, table: str,
+                   table_csv: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    client = tracking.client(cfg)
+    keys = list(space)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        # one_at_a_time: the trials that vary this key; grid: every trial, by this key.
+        mine = [r for r in rows if key in r and (mode == "grid" or len(
+            [k for k in keys if k in r]) == 1)]
+        xs, ys = [r[key] for r in mine], [r[metric] for r in mine]
+        numeric = all(isinstance(x, (int, float)) for x in xs)
+        if numeric:
+            order = sorted(range(len(xs)), key=xs.__getitem__)
+            xs, ys = [xs[i] for i in order], [ys[i] for i in order]
+            ax.plot(xs, ys, marker="o", linestyle="-" if mode == "one_at_a_time" else "none")
+            if all(x > 0 for x in xs):
+                ax.set_xscale("log")
+        else:
+            ax.plot([str(x) for x in xs], ys, marker="o", linestyle="none")
+        ax.set(xlabel=key, ylabel=metric)
+    fig.suptitle(f"{cfg.dataset.name} / {cfg.model.name}: {metric} by setting")
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "sweep.md").write_text(table)
+        (folder / "sweep.csv").write_text(table_csv)
+        fig.savefig(folder / "sweep.png", dpi=100)
+        plt.close(fig)
+        for name in ("sweep.md", "sweep.csv", "sweep.png"):
+            client.log_artifact(run_id, str(folder / name))
