@@ -1,7 +1,11 @@
-"""Candidate lists for train / validation / test (SCoRe Section 4.1.1, 0-based slices).
+"""Candidate lists: the slices protocol's (SCoRe Section 4.1.1, 0-based slices), and the
+negatives of items a user never touched that leave_one_out and feedback draw.
 
-Every distinct (user, positive item) pair of the target slice gets one list
-``[positive, real negatives..., sampled negatives...]`` of 1 + N items, all distinct:
+Slices: each (user, target slice) gets one list ``[positive, real negatives..., sampled
+negatives...]`` of 1 + N items, all distinct, for a seeded positive of the slice (Section
+4.1.1 evaluates "one positive item ... for each user", and Eq. 26-28 average over users);
+``index.lists_per_user: every_positive`` gives every distinct (user, positive) pair its own
+list instead. In both:
 
 * real negatives: the user's negative-feedback items (label 0) of the target slice that are
   not among the user's positives there (CCMR ratings 1-3), in a seeded random order, at most
@@ -12,9 +16,14 @@ Every distinct (user, positive item) pair of the target slice gets one list
   the user's target-slice positives, the list's real negatives and repeats.
 
 Sampling runs per Arrow batch in Python workers (``mapInArrow``), vectorised with numpy, and
-is counter-based: every draw is ``splitmix64`` of (seed, split, user, position of the positive
-among the user's sorted positives, draw number), so a list depends on nothing but its own
-key, whatever the partitioning or batch boundaries.
+is counter-based: every draw is ``splitmix64`` of (seed, split, user, target slice, position
+of the positive among the user's sorted positives, draw number), so a list depends on nothing
+but its own key, whatever the partitioning or batch boundaries. The positive of a one-list
+user is ``splitmix64`` of (seed, split, user, slice) modulo its number of positives.
+
+Unseen negatives (``unseen_negatives``): uniform or weighted draws over 1..num_items that
+reject every item of the user's whole sequence, keyed by (seed, split salt, user, a list
+number the caller gives), for leave_one_out's and feedback's lists.
 
 Users are not filtered by history: the paper does not filter, and a user with no earlier
 interaction still has item-side signal (the candidates' sets) and a user embedding to learn.
@@ -30,9 +39,11 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 SPLITS = {"train": 3, "valid": 2, "test": 1}  # split -> target slice is T - this
-SAMPLE_SCHEMA = "user int, slice short, candidates array<int>, real_negatives short"
+SAMPLE_SCHEMA = ("user int, cut int, candidates array<int>, real_negatives short, "
+                 "target_label byte")  # index/samples/<split> of every protocol
 _MAX_ROUNDS = 40  # width doubles each round; 40 rounds only fail on a truly tiny universe
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_PICK_SALT = np.uint64(0x5EED0F0E)  # the stream choosing a one-list user's positive
 
 
 def target_slice(split: str, num_slices: int) -> int:
@@ -82,7 +93,7 @@ class NegativeSampler:
 
     def sample(self, keys: np.ndarray, need: np.ndarray, excl_keys: np.ndarray,
                list_group: np.ndarray, group_size: np.ndarray, users: np.ndarray,
-               slc: int) -> np.ndarray:
+               where: str) -> np.ndarray:
         """Sampled negatives for ``n`` lists.
 
         Args:
@@ -91,7 +102,7 @@ class NegativeSampler:
             excl_keys: sorted int64 ``group * (num_items+1) + item`` of excluded items.
             list_group: (n,) int64 group (user row) of each list, indexing ``excl_keys``.
             group_size: (n,) int64 excluded items per list's group (for the feasibility check).
-            users, slc: for error messages.
+            users, where: for error messages (the lists' users; e.g. "in slice 7").
 
         Returns:
             (n, N) int32; row i holds need[i] sampled items left-aligned, zeros after.
@@ -105,7 +116,7 @@ class NegativeSampler:
         if short.any():
             i = int(np.argmax(short))
             raise ValueError(
-                f"user {users[i]} in slice {slc}: only {self.num_items - group_size[i]} items "
+                f"user {users[i]} {where}: only {self.num_items - group_size[i]} items "
                 f"are not excluded but {need[i]} sampled negatives are needed; lower "
                 f"index.eval_negatives / index.train_negatives")
         todo = np.flatnonzero(need > 0)
@@ -138,19 +149,22 @@ class NegativeSampler:
             todo = todo[~done]
             offset += np.uint64(width)
             width *= 2
-        raise ValueError(f"negative sampling did not converge for {len(todo)} lists in slice {slc}")
+        raise ValueError(f"negative sampling did not converge for {len(todo)} lists {where}")
 
 
-def sample_batch(batch: pa.RecordBatch, sampler: NegativeSampler) -> pa.RecordBatch:
+def sample_batch(batch: pa.RecordBatch, sampler: NegativeSampler,
+                 one_per_user: bool) -> pa.RecordBatch:
     """Candidate lists of one batch of (user, slice) rows.
 
     Args:
         batch: user int32, slice int16, positives list<int32> (sorted, distinct),
             real list<int32> (real negatives, already ordered and cut to N).
         sampler: the split's sampler.
+        one_per_user: one list per row for a seeded positive, else one per positive.
 
     Returns:
-        RecordBatch of SAMPLE_SCHEMA: one row per positive, candidates (1 + N,).
+        RecordBatch of SAMPLE_SCHEMA (cut = the target slice, target_label 1), candidates
+        (1 + N,).
     """
     n_neg = sampler.negatives
     users = batch.column("user").to_numpy().astype(np.int64)
@@ -158,25 +172,30 @@ def sample_batch(batch: pa.RecordBatch, sampler: NegativeSampler) -> pa.RecordBa
     pos_col, real_col = batch.column("positives"), batch.column("real")
     pos_len = np.diff(pos_col.offsets.to_numpy()).astype(np.int64)
     real_len = np.diff(real_col.offsets.to_numpy()).astype(np.int64)
-    pos_items = pos_col.flatten().to_numpy().astype(np.int64)
+    all_pos = pos_col.flatten().to_numpy().astype(np.int64)
     real_items = real_col.flatten().to_numpy().astype(np.int64)
     n_groups = len(users)
-    list_group = np.repeat(np.arange(n_groups), pos_len)  # (n,) user row of each list
-    n = len(list_group)
+    user_key = _mix(_mix(np.full(n_groups, sampler.base, dtype=np.uint64), users),
+                    slices.astype(np.uint64))  # (groups,) stream of (user, slice)
     # Position of each positive among its user's positives: part of its stream key.
     first = np.repeat(np.cumsum(pos_len) - pos_len, pos_len)
-    within = np.arange(n) - first
+    within, pos_items = np.arange(len(all_pos)) - first, all_pos
+    list_group = np.repeat(np.arange(n_groups), pos_len)  # (n,) user row of each list
+    if one_per_user:
+        chosen = (splitmix64(user_key ^ _PICK_SALT) % pos_len.astype(np.uint64)).astype(np.int64)
+        list_group, within = np.arange(n_groups), chosen
+        pos_items = all_pos[np.cumsum(pos_len) - pos_len + chosen]
+    n = len(list_group)
 
     stride = sampler.num_items + 1
-    excl = np.concatenate([np.repeat(np.arange(n_groups), pos_len) * stride + pos_items,
+    excl = np.concatenate([np.repeat(np.arange(n_groups), pos_len) * stride + all_pos,
                            np.repeat(np.arange(n_groups), real_len) * stride + real_items])
     excl = np.unique(excl)
     group_size = (pos_len + real_len)[list_group]
-    keys = _mix(_mix(np.full(n, sampler.base, dtype=np.uint64), users[list_group]),
-                within.astype(np.uint64))
+    keys = _mix(user_key[list_group], within.astype(np.uint64))
     need = n_neg - real_len[list_group]
-    sampled = sampler.sample(keys, need, excl, list_group, group_size, users[list_group],
-                             int(slices[0]) if n_groups else -1)
+    where = f"in slice {int(slices[0])}" if n_groups else ""
+    sampled = sampler.sample(keys, need, excl, list_group, group_size, users[list_group], where)
 
     cand = np.empty((n, 1 + n_neg), dtype=np.int32)
     cand[:, 0] = pos_items
@@ -188,14 +207,50 @@ def sample_batch(batch: pa.RecordBatch, sampler: NegativeSampler) -> pa.RecordBa
     real_part = real_items[real_idx] if len(real_items) else np.zeros_like(real_idx)
     shifted = np.take_along_axis(sampled, np.maximum(col - real_len[list_group, None], 0), axis=1)
     cand[:, 1:] = np.where(is_real, real_part, shifted)
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * (1 + n_neg))
+    return sample_table(users[list_group], slices[list_group], cand, real_len[list_group],
+                        np.ones(n, dtype=np.int8))
+
+
+def sample_table(users: np.ndarray, cut: np.ndarray, cand: np.ndarray, real: np.ndarray,
+                 target_label: np.ndarray) -> pa.RecordBatch:
+    """A RecordBatch of SAMPLE_SCHEMA from (n,) users, cuts, real-negative counts, target
+    labels and (n, C) candidates (target in column 0)."""
+    n, width = cand.shape
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width)
     return pa.RecordBatch.from_arrays(
-        [pa.array(users[list_group].astype(np.int32)),
-         pa.array(slices[list_group].astype(np.int16)),
-         pa.ListArray.from_arrays(offsets, pa.array(cand.ravel())),
-         pa.array(real_len[list_group].astype(np.int16))],
-        names=["user", "slice", "candidates", "real_negatives"],
+        [pa.array(users.astype(np.int32)), pa.array(cut.astype(np.int32)),
+         pa.ListArray.from_arrays(offsets, pa.array(cand.astype(np.int32).ravel())),
+         pa.array(real.astype(np.int16)), pa.array(target_label.astype(np.int8))],
+        names=["user", "cut", "candidates", "real_negatives", "target_label"],
     )
+
+
+def unseen_negatives(sampler: NegativeSampler, users: np.ndarray, offsets: np.ndarray,
+                     items: np.ndarray, list_group: np.ndarray, list_key: np.ndarray,
+                     where: str) -> np.ndarray:
+    """N sampled items per list that its user never interacted with (all distinct).
+
+    Args:
+        sampler: the split's sampler (its salt tells the splits apart).
+        users: (g,) int64 users of the batch.
+        offsets: (g+1,) int64 offsets of each user's events in ``items``.
+        items: (e,) int64 every event's item (repeats allowed).
+        list_group: (n,) int64 user row of each list.
+        list_key: (n,) int64 a number telling a user's lists apart (e.g. the cut).
+        where: for the error message.
+
+    Returns:
+        (n, N) int32 negatives.
+    """
+    n_groups = len(users)
+    stride = sampler.num_items + 1
+    owner = np.repeat(np.arange(n_groups), np.diff(offsets))
+    excl = np.unique(owner * stride + items)
+    group_size = np.bincount(excl // stride, minlength=n_groups)[list_group]
+    keys = _mix(_mix(np.full(len(list_group), sampler.base, dtype=np.uint64),
+                     users[list_group]), list_key.astype(np.uint64))
+    need = np.full(len(list_group), sampler.negatives, dtype=np.int64)
+    return sampler.sample(keys, need, excl, list_group, group_size, users[list_group], where)
 
 
 def split_lists(pos: DataFrame, negatives_df: DataFrame, target: int, n_neg: int,
@@ -229,22 +284,28 @@ def split_lists(pos: DataFrame, negatives_df: DataFrame, target: int, n_neg: int
     return joined.select("user", "slice", "positives", real.alias("real"))
 
 
+def split_salt(split: str) -> int:
+    """The sampler salt of a split (train 1, valid 2, test 3)."""
+    return list(SPLITS).index(split) + 1
+
+
 def build_samples(lists: DataFrame, num_items: int, n_neg: int, seed: int, split: str,
-                  weights: np.ndarray | None) -> DataFrame:
+                  weights: np.ndarray | None, one_per_user: bool) -> DataFrame:
     """Run the sampler over ``split_lists`` output.
 
     Returns:
-        DataFrame of SAMPLE_SCHEMA, one row per (user, positive) of the target slice.
+        DataFrame of SAMPLE_SCHEMA, one row per (user, target slice), or per (user, positive)
+        of the target slice without ``one_per_user``.
     """
-    split_salt = list(SPLITS).index(split) + 1
+    salt = split_salt(split)
     spark = lists.sparkSession
     shared = spark.sparkContext.broadcast(weights) if weights is not None else None
 
     def run(batches):
-        sampler = NegativeSampler(num_items, n_neg, seed, split_salt,
+        sampler = NegativeSampler(num_items, n_neg, seed, salt,
                                   None if shared is None else shared.value)
         for batch in batches:
             if batch.num_rows:
-                yield sample_batch(batch, sampler)
+                yield sample_batch(batch, sampler, one_per_user)
 
     return lists.mapInArrow(run, SAMPLE_SCHEMA)

@@ -54,8 +54,11 @@ def random_rows(seed: int = 3, n: int = 300) -> list[tuple[int, int, int, int]]:
     return [(int(u), int(i), ts(int(d), 12), 1) for u, i, d in zip(users, items, days)]
 
 
-def write_ingest(work_dir: str | Path, rows: list[tuple[int, int, int, int]]) -> None:
-    """Write ``<work_dir>/ingest`` as the ingest stage would."""
+def write_ingest(work_dir: str | Path, rows: list[tuple[int, int, int, int]],
+                 fixed_negatives: dict[int, list[int]] | None = None) -> None:
+    """Write ``<work_dir>/ingest`` as the ingest stage would: ``seq`` is the row's position in
+    ``rows`` (the raw line order); ``fixed_negatives`` (user -> ids) becomes
+    ``ingest/fixed_negatives`` as from an S3-Rec ``_sample.txt``."""
     out = Path(work_dir) / "ingest"
     (out / "interactions").mkdir(parents=True, exist_ok=True)
     user, item, t, label = (list(c) for c in zip(*rows))
@@ -64,8 +67,15 @@ def write_ingest(work_dir: str | Path, rows: list[tuple[int, int, int, int]]) ->
         "ts": pa.array(t, pa.int64()), "behavior": pa.array(["pv"] * len(rows)),
         "rating": pa.array([None] * len(rows), pa.float32()),
         "label": pa.array(label, pa.int8()),
+        "seq": pa.array(range(len(rows)), pa.int64()),
     })
     pq.write_table(table, out / "interactions" / "part-0.parquet")
+    if fixed_negatives is not None:
+        (out / "fixed_negatives").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({
+            "user": pa.array(list(fixed_negatives), pa.int32()),
+            "negatives": pa.array(list(fixed_negatives.values()), pa.list_(pa.int32())),
+        }), out / "fixed_negatives" / "part-0.parquet")
     for name, n in (("users", NUM_USERS), ("items", NUM_ITEMS)):
         (out / "id_maps" / name).mkdir(parents=True, exist_ok=True)
         ids = pa.table({"raw": pa.array([f"r{i}" for i in range(1, n + 1)]),

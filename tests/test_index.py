@@ -16,7 +16,9 @@ from index_data import NUM_ITEMS, TOY, random_rows, ts, write_ingest
 from conf.loading import load_config
 from spark_jobs import negatives as neg
 from spark_jobs import neighbor_sets as ns
-from spark_jobs.index import run_index, with_slices
+from spark_jobs.index import run_index
+from spark_jobs.index_inputs import read_events
+from spark_jobs.index_slices import with_slices
 
 # Eq. 2-5 for slices 0-2 of TOY, by hand: (entity, slice) -> (interaction, co-interaction).
 USER_SETS = {
@@ -50,9 +52,11 @@ def _build(spark, root, extra):
 @pytest.fixture(scope="module")
 def built(spark, tmp_path_factory):
     """One build: S=3 (sets of 1-3 members are kept whole, the hub item 5 is subsampled),
-    neighbor_cap=2 (only item 5 and random-slice entities are capped), popularity negatives."""
+    neighbor_cap=2 (only item 5 and random-slice entities are capped), popularity negatives,
+    one list per (user, positive)."""
     return _build(spark, tmp_path_factory.mktemp("index"),
-                  ["index.set_size=3", "index.neighbor_cap=2", "index.negative_sampling=popularity"])
+                  ["index.set_size=3", "index.neighbor_cap=2", "index.negative_sampling=popularity",
+                   "index.lists_per_user=every_positive"])
 
 
 def _rows(result, table):
@@ -64,13 +68,13 @@ def _sets(result, table):
 
 
 def _pos(spark, cfg):
-    events = with_slices(spark.read.parquet(f"{cfg.paths.work_dir}/ingest/interactions"), cfg)
+    events = with_slices(read_events(spark, f"{cfg.paths.work_dir}/ingest"), cfg)
     return events.where("label = 1").select("user", "item", "slice").distinct()
 
 
 def test_slices_follow_local_days_and_window(spark, built):
     cfg, _ = built
-    events = with_slices(spark.read.parquet(f"{cfg.paths.work_dir}/ingest/interactions"), cfg)
+    events = with_slices(read_events(spark, f"{cfg.paths.work_dir}/ingest"), cfg)
     got = {(r.user, r.item, r.ts): r.slice for r in events.collect()}
     # 23:30 local on day 0 is slice 0; 00:30 local on day 1 (16:30 UTC of day 0) is slice 1.
     assert got[(3, 3, ts(0, 23, 30))] == 0 and got[(1, 1, ts(1, 0, 30))] == 1
@@ -150,7 +154,7 @@ def test_samples_targets_exclusions_and_real_negatives(built):
             assert got == expected and len(rows) == len(expected)
             for r in rows:
                 cand = r["candidates"]
-                assert r["slice"] == target and len(cand) == 1 + n_neg
+                assert r["cut"] == target and len(cand) == 1 + n_neg and r["target_label"] == 1
                 assert len(set(cand)) == len(cand)  # distinct, positive included
                 assert not set(cand[1:]) & toy_pos[(r["user"], target)]
                 assert all(1 <= c <= NUM_ITEMS for c in cand)
@@ -166,6 +170,7 @@ def test_manifest_and_rerun_is_skipped(built):
     cfg, result = built
     m = result["manifest"]
     assert (m["stage"], m["set_size"], m["num_slices"], m["slice_days"]) == ("index", 3, 9, 1)
+    assert m["protocol"] == "slices" and m["train_slices"] == [6]
     assert (m["num_users"], m["num_items"]) == (12, 40)
     assert m["counts"]["interactions"] == m["counts"]["in_window"] + 2
     assert set(m["timings"]) >= {"slices", "user_sets", "item_sets", "samples", "sequences"}
@@ -179,8 +184,10 @@ def test_sequences_hold_every_interaction_in_time_order(built):
     rows = {r["user"]: r for r in _rows(result, "sequences")}
     one = rows[1]
     assert one["ts"] == sorted(one["ts"])
-    toy = sorted((t, i, label) for u, i, t, label in TOY + random_rows() if u == 1)
-    assert list(zip(one["ts"], one["items"], one["label"])) == toy
+    # (ts, seq) order: equal times keep the raw line order (seq = position in the rows)
+    toy = sorted((t, n, i, label) for n, (u, i, t, label) in enumerate(TOY + random_rows())
+                 if u == 1)
+    assert list(zip(one["ts"], one["items"], one["label"])) == [(t, i, lb) for t, _, i, lb in toy]
     assert 12 not in rows  # user 12 only acted outside the window
 
 
@@ -222,7 +229,7 @@ def test_negative_sampler_reproducible_and_batch_independent():
 
     def run(b, seed, w=None):
         sampler = neg.NegativeSampler(20, 6, seed, 2, w)
-        return neg.sample_batch(b, sampler).to_pydict()
+        return neg.sample_batch(b, sampler, False).to_pydict()
 
     whole = run(batch, 1)
     assert whole == run(batch, 1)
@@ -245,7 +252,7 @@ def test_sampler_names_config_when_universe_is_too_small():
         "real": pa.array([[]], pa.list_(pa.int32())),
     })
     with pytest.raises(ValueError, match="index.eval_negatives"):
-        neg.sample_batch(batch, neg.NegativeSampler(5, 4, 1, 1, None))
+        neg.sample_batch(batch, neg.NegativeSampler(5, 4, 1, 1, None), False)
 
 
 def test_missing_ingest_is_a_clear_error(make_config):
@@ -257,3 +264,27 @@ def test_sets_are_not_sampled_from_negative_feedback(spark, built):
     cfg, result = built
     users = _sets(result, "user_sets")
     assert (4, 0) not in users  # user 4's only slice-0 row is negative feedback
+
+
+def test_one_list_per_user_takes_a_seeded_positive():
+    """lists_per_user=one (Section 4.1.1): one list per (user, slice) whose target is one of
+    the slice's positives, chosen by the seed, with every positive excluded from negatives."""
+    batch = pa.RecordBatch.from_pydict({
+        "user": pa.array([3, 8, 9], pa.int32()), "slice": pa.array([7, 7, 7], pa.int16()),
+        "positives": pa.array([[1, 2], [5], [2, 3, 4]], pa.list_(pa.int32())),
+        "real": pa.array([[9], [], []], pa.list_(pa.int32())),
+    })
+    positives = {3: {1, 2}, 8: {5}, 9: {2, 3, 4}}
+
+    def run(seed):
+        return neg.sample_batch(batch, neg.NegativeSampler(20, 6, seed, 2, None), True).to_pydict()
+
+    picks = []
+    for seed in range(12):
+        out = run(seed)
+        assert out["user"] == [3, 8, 9] and out["cut"] == [7, 7, 7]
+        for user, cand in zip(out["user"], out["candidates"]):
+            assert cand[0] in positives[user] and not set(cand[1:]) & positives[user]
+        picks.append(tuple(c[0] for c in out["candidates"]))
+    assert run(4) == run(4)
+    assert len({p[2] for p in picks}) > 1  # the seed moves the pick among user 9's positives
