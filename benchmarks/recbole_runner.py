@@ -1,0 +1,112 @@
+"""RecBole 1.2.1's SASRec on a leave-one-out sequence file, timed per epoch (the peer of
+benchmarks/recbole_sasrec.py). Runs inside RecBole's own venv, never in the project's:
+
+    python -m venv .venv-recbole
+    .venv-recbole/bin/pip install torch==2.13.0 recbole==1.2.1 "numpy<2" "pandas<2.3" \
+        "scipy<1.14" "setuptools<70"
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 .venv-recbole/bin/python benchmarks/recbole_runner.py \
+        --sequences data/bench/Beauty.txt --epochs 5 --out data/bench/recbole.json
+
+Input: an S3-Rec style ``<Name>.txt`` (``uid i1 … iK`` in time order), the same sequences our
+index trains on. It becomes RecBole atomic files (``timestamp`` = position, so RecBole's
+time order equals the file's), split leave-one-out (``LS: valid_and_test``, time order)
+as S3-Rec; SASRec with BPR and one uniform negative (RecBole's SASRec offers BPR or
+full-softmax CE; BPR is the sampled objective nearest our BCE), one training sample per
+prefix, as RecBole trains sequences (PROTOCOLS.md §5);
+evaluation ``uni99`` (1 positive + 99 sampled negatives, RecBole resamples them at every
+evaluation, see PROTOCOLS.md §1), HR@10 / NDCG@10 / MRR. Hyper-parameters follow our SASRec
+preset where RecBole has the same knob (d, blocks, heads, dropout, L, lr, batch size).
+
+Output: JSON with seconds per training epoch, validation seconds and valid metrics per
+epoch, and the torch thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def write_atomic(sequences: Path, folder: Path, name: str) -> int:
+    """``<folder>/<name>/<name>.inter`` from the sequence file; returns interactions."""
+    out = folder / name
+    out.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    with sequences.open() as src, (out / f"{name}.inter").open("w") as dst:
+        dst.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for line in src:
+            uid, *items = line.split()
+            for position, item in enumerate(items):
+                dst.write(f"{uid}\t{item}\t{position}\n")
+                rows += 1
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sequences", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--embed-dim", type=int, default=64)
+    parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--lr", type=float, default=0.001)
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+
+    import torch
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.sequential_recommender import SASRec
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    torch.set_num_threads(args.threads)
+    folder = args.out.parent / "recbole_data"
+    name = args.sequences.stem
+    rows = write_atomic(args.sequences, folder, name)
+    config = Config(model="SASRec", dataset=name, config_dict={
+        "data_path": str(folder), "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id",
+        "TIME_FIELD": "timestamp", "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "MAX_ITEM_LIST_LENGTH": args.max_len, "hidden_size": args.embed_dim,
+        "inner_size": args.embed_dim, "n_layers": args.blocks, "n_heads": args.heads,
+        "hidden_dropout_prob": args.dropout, "attn_dropout_prob": args.dropout,
+        "loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform",
+                                                       "sample_num": 1},
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "uni99",
+                      "group_by": "user"},
+        "metrics": ["Hit", "NDCG", "MRR"], "topk": [10], "valid_metric": "Hit@10",
+        "learning_rate": args.lr, "train_batch_size": args.batch_size,
+        "eval_batch_size": 2048, "epochs": args.epochs, "seed": 2024,
+        "device": "cpu", "use_gpu": False, "show_progress": False, "save_dataset": False,
+        "save_dataloaders": False, "checkpoint_dir": str(folder / "saved"),
+        "log_wandb": False, "state": "WARNING",
+    })
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train, valid, _ = data_preparation(config, dataset)
+    model = SASRec(config, train.dataset).to(config["device"])
+    trainer = Trainer(config, model)
+    epochs = []
+    for epoch in range(args.epochs):
+        start = time.perf_counter()
+        loss = trainer._train_epoch(train, epoch)
+        trained = time.perf_counter()
+        _, result = trainer._valid_epoch(valid)
+        epochs.append({"epoch": epoch + 1, "train_seconds": trained - start,
+                       "valid_seconds": time.perf_counter() - trained,
+                       "train_loss": float(loss if not isinstance(loss, tuple) else sum(loss)),
+                       **{k: float(v) for k, v in result.items()}})
+        print(json.dumps(epochs[-1]), flush=True)
+    args.out.write_text(json.dumps({"interactions": rows, "users": dataset.user_num - 1,
+                                    "items": dataset.item_num - 1, "threads": args.threads,
+                                    "epochs": epochs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
