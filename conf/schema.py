@@ -33,21 +33,53 @@ class PathsConfig(Section):
     work_dir: str  # stage outputs: <work_dir>/ingest, <work_dir>/index, <work_dir>/train
 
 
+class PublishedSizes(Section):
+    """Sizes a paper reports for a dataset after its own filtering; ingest logs ours beside them."""
+
+    users: int = Field(gt=0)
+    items: int = Field(gt=0)
+    interactions: int = Field(gt=0)
+
+
+# Formats whose lines carry a rating; they need positive_min_rating and rating_scale.
+RATED_FORMATS = ("ratings", "amazon_ratings", "amazon_ratings_2018", "amazon_reviews",
+                 "yelp_reviews", "movielens_100k", "movielens_1m")
+
+
 class DatasetConfig(Section):
-    """Facts of one dataset preset (SCoRe paper, Table 2 and Section 4.1.1)."""
+    """Facts of one dataset preset (SCoRe paper, Table 2 and Section 4.1.1; DualRec and DFAR
+    Section 4.1).
+
+    The time window is in local days of ``timezone``. Sliced data (SCoRe's protocol) sets
+    ``start``, ``slice_days`` and ``num_slices``; its window ends after the last slice and
+    ``last_day`` stays null. Unsliced data sets ``slice_days`` and ``num_slices`` to null and
+    may bound its window by ``start`` and/or ``last_day`` (inclusive), or set both null for
+    no window (Amazon); Yelp keeps 2019-01-01 .. 2019-12-31 as S3-Rec.
+    """
 
     name: str
-    format: Literal["taobao", "tmall", "ratings"]
+    format: Literal["taobao", "tmall", "ratings", "amazon_ratings", "amazon_ratings_2018",
+                    "amazon_reviews", "yelp_reviews", "s3rec", "movielens_100k",
+                    "movielens_1m"]
     files: list[str] = Field(min_length=1)  # glob patterns relative to paths.raw_dir
-    timezone: str  # slice boundaries are local midnights in this zone
-    start: dt.date  # first day of slice 0 (local time)
-    slice_days: int = Field(gt=0)  # ΔT
-    num_slices: int = Field(ge=4)  # T; train/valid/test need slices T-2, T-1, T
+    timezone: str  # window and slice boundaries are local midnights in this zone
+    start: dt.date | None  # first local day kept (slice 0's first day when sliced)
+    slice_days: int | None = Field(gt=0)  # ΔT; null: no slices
+    num_slices: int | None = Field(ge=4)  # T; train/valid/test need slices T-2, T-1, T
+    last_day: dt.date | None  # last local day kept (inclusive); only for unsliced data
     behaviors: list[str] = Field(min_length=1)  # behaviour codes kept as interactions
     positive_min_rating: float | None  # ratings >= this are positive feedback (label 1)
     negative_max_rating: float | None  # ratings <= this are real negatives (label 0)
     rating_scale: tuple[float, float] | None  # [min, max] valid ratings; others quarantined
     kcore: int = Field(ge=0)  # 0 disables k-core filtering
+    # iterative: drop users and items under kcore until none is left (S3-Rec's 5-core).
+    # items_then_users: one pass, items under kcore, then users under kcore (DFAR's code).
+    kcore_mode: Literal["iterative", "items_then_users"]
+    # s3rec only: <Name>_sample.txt beside the sequences (relative to paths.raw_dir), one line
+    # `uid n1 .. nN` per sequence line, read into ingest/fixed_negatives; null: none.
+    negatives_file: str | None
+    negatives_count: int = Field(gt=0)  # N ids each negatives_file line must hold (S3-Rec: 99)
+    published: PublishedSizes | None  # the paper's sizes after its filtering, shown beside ours
     drop_duplicates: bool  # exact duplicate rows dropped and counted
     # fixed: use start as given. latest: the flow moves start so the window covers the
     # latest num_slices complete slices of the raw data (flows/window.py), for retraining.
@@ -63,11 +95,29 @@ class DatasetConfig(Section):
         return value
 
     @model_validator(mode="after")
+    def _window_rules(self) -> DatasetConfig:
+        if (self.slice_days is None) != (self.num_slices is None):
+            raise ValueError("slice_days and num_slices are set together (sliced data) or "
+                             "both null (unsliced data)")
+        if self.sliced and (self.start is None or self.last_day is not None):
+            raise ValueError("sliced data needs start and no last_day (the window ends "
+                             "after the last slice)")
+        if self.window == "latest" and not self.sliced:
+            raise ValueError("window: latest moves the slices; it needs slice_days and "
+                             "num_slices")
+        if self.start is not None and self.last_day is not None and self.last_day < self.start:
+            raise ValueError("last_day must not be before start")
+        if self.negatives_file is not None and self.format != "s3rec":
+            raise ValueError("negatives_file is read only with format 's3rec'")
+        return self
+
+    @model_validator(mode="after")
     def _ratings_rules(self) -> DatasetConfig:
-        if self.format == "ratings" and (
+        if self.format in RATED_FORMATS and (
             self.positive_min_rating is None or self.rating_scale is None
         ):
-            raise ValueError("format 'ratings' needs positive_min_rating and rating_scale")
+            raise ValueError(f"format {self.format!r} needs positive_min_rating and "
+                             "rating_scale")
         if self.rating_scale is not None and self.rating_scale[0] > self.rating_scale[1]:
             raise ValueError("rating_scale must be [min, max] with min <= max")
         if (
@@ -79,17 +129,38 @@ class DatasetConfig(Section):
         return self
 
     @property
-    def end(self) -> dt.date:
-        """First local day after the last slice (exclusive window end)."""
-        return self.start + dt.timedelta(days=self.slice_days * self.num_slices)
+    def sliced(self) -> bool:
+        """Whether the data is cut into time slices (SCoRe's protocol)."""
+        return self.slice_days is not None
+
+    @property
+    def end(self) -> dt.date | None:
+        """First local day after the window (exclusive end); None when unbounded."""
+        if self.sliced:
+            return self.start + dt.timedelta(days=self.slice_days * self.num_slices)
+        return None if self.last_day is None else self.last_day + dt.timedelta(days=1)
+
+    def window_bounds(self) -> tuple[int | None, int | None]:
+        """[start, end) of the window as UTC seconds of local midnights; None: unbounded."""
+        return self._midnight(self.start), self._midnight(self.end)
 
     def slice_bounds(self) -> list[int]:
         """UTC seconds of each slice's first local midnight, then the window's end: T+1
-        increasing values; slice t holds ``bounds[t] <= ts < bounds[t+1]``."""
-        zone = ZoneInfo(self.timezone)
-        return [int(dt.datetime.combine(self.start + dt.timedelta(days=self.slice_days * t),
-                                        dt.time(0), tzinfo=zone).timestamp())
+        increasing values; slice t holds ``bounds[t] <= ts < bounds[t+1]``.
+
+        Raises:
+            ValueError: the dataset has no slices.
+        """
+        if not self.sliced:
+            raise ValueError(f"dataset {self.name!r} has no slices (slice_days and num_slices "
+                             "are null)")
+        return [self._midnight(self.start + dt.timedelta(days=self.slice_days * t))
                 for t in range(self.num_slices + 1)]
+
+    def _midnight(self, day: dt.date | None) -> int | None:
+        if day is None:
+            return None
+        return int(dt.datetime.combine(day, dt.time(0), tzinfo=ZoneInfo(self.timezone)).timestamp())
 
 
 class GenerateConfig(Section):

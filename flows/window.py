@@ -69,7 +69,7 @@ def raw_last_day(cfg: PipelineConfig) -> tuple[dt.date, str]:
 
     from pyspark.sql import functions as F
 
-    from spark_jobs.formats import FORMATS
+    from spark_jobs.readers import FORMATS
     from spark_jobs.session import spark_session
 
     spark = spark_session(cfg.spark)

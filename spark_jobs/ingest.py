@@ -1,58 +1,75 @@
 """Ingest stage: raw public files -> canonical interactions, id maps, quarantine, manifest.
 
-Every raw line is read as text (``spark.read.text``) and parsed with Spark SQL expressions
-(spark_jobs/formats.py), so each line ends in exactly one place:
+Every raw line is read as text (``spark.read.text``, gzip decompressed by extension) and
+parsed with Spark SQL expressions (spark_jobs/readers/), so each line's records end in
+exactly one place. A record is one interaction a line describes: the line itself, except in
+a sequence format (S3-Rec), where a readable line holds one record per item.
 
 - a header line (counted, not data),
-- ``quarantine/`` (file, raw, reason): the line cannot be read — wrong field count,
-  non-numeric id (anything but a canonical non-negative bigint), unparsable timestamp,
-  unknown behaviour code, bad rating;
-- filtered (counted per reason, not stored): a readable line the config leaves out —
+- ``quarantine/`` (file, raw, reason): the line cannot be read, with the format's reason
+  (wrong field count, bad id, unparsable timestamp, unknown behaviour code, bad rating; for
+  JSON lines also bad_json, missing_field, wrong_type); a quarantined line is one record;
+- filtered (counted per reason, not stored): a readable record the config leaves out —
   ``behavior_not_kept`` (not in dataset.behaviors), ``out_of_window`` (outside
   dataset.start..dataset.end in dataset.timezone), ``neutral_rating`` (between
   negative_max_rating and positive_min_rating), ``duplicate`` (exact duplicate of another
-  canonical row when dataset.drop_duplicates), ``kcore`` (dropped by iterative k-core);
+  canonical row when dataset.drop_duplicates; the first in the input is kept), ``kcore``
+  (dropped by the k-core, dataset.kcore_mode);
 - kept, in ``interactions/``.
 
 Quarantine holds only what is broken, so it stays small and worth reading; filtered rows are
 valid data the config chose not to use, and rerunning with another config brings them back.
-``input_lines == kept + sum(filtered) + sum(quarantined)`` is checked on every run.
+``input_records == kept + sum(filtered) + sum(quarantined)`` is checked on every run.
 
 Data flow: the raw text is scanned once, and the kept rows are shuffled once.
 
-1. ``parse``: every line is classified in one pass that writes only the kept and quarantined
-   lines, as Parquet, to ``_lines/`` in the staged folder (deleted before publishing); an
-   Observation per file counts its lines per outcome during that same write. Nothing of
-   100M rows is cached and no pass exists only to count.
-2. ``quarantine``: the quarantined rows of ``_lines`` become ``quarantine/``.
-3. ``id_maps``: from the ids of the kept rows (see Ids).
-4. ``interactions``: the kept rows are shuffled by user into the output files; that one
-   shuffle serves the dedupe (a single-phase aggregation right behind it), the joins to the
-   id maps, broadcast when each holds at most ``spark.broadcast_max_ids`` ids, and the file
-   layout (each user's rows in one file, sorted by user_idx then ts). The written rows and
-   their time range are observed during the write; duplicates = kept lines - written rows.
-   With ``dataset.kcore`` the dedupe and the k-core rounds (persisted, counted) run first.
+1. ``parse``: every line is classified in one pass that writes its records, as Parquet, to
+   ``_lines/`` in the staged folder (deleted before publishing): kept and quarantined ones
+   with their fields, filtered ones as their position tags only; an Observation per file
+   counts lines and records per outcome during that same write. Nothing of 100M rows is
+   cached and no pass exists only to count.
+2. ``seq``: each line's exact position in the input (files in sorted order, lines in file
+   order) comes from one small aggregate over the tags in ``_lines`` (readers/lines.py);
+   ``seq`` is that position (a sequence format: position << 20 | the item's position in
+   its line), the stable tie-break of equal ``ts``.
+3. ``quarantine``: the quarantined rows of ``_lines`` become ``quarantine/``.
+4. ``id_maps``: from the ids of the kept rows (see Ids).
+5. ``interactions``: the kept rows are shuffled by user into the output files; that one
+   shuffle serves the dedupe (a single-phase aggregation right behind it, keeping the
+   smallest seq), the joins to the id maps, broadcast when each holds at most
+   ``spark.broadcast_max_ids`` ids, and the file layout (each user's rows in one file,
+   sorted by user_idx, ts, seq). The written rows and their time range are observed during
+   the write; duplicates = kept records - written rows. With ``dataset.kcore`` the dedupe
+   and the k-core rounds (persisted, counted) run first.
+6. ``fixed_negatives`` (s3rec with dataset.negatives_file): the sample file is checked to be
+   aligned with the sequence lines (one clear error otherwise), its lines validated (a bad
+   one is quarantined with its reason) and mapped to indices.
 
-Ids: raw ids are parsed to bigint (valid ids are canonical digit strings, see
-spark_jobs/formats.py), so dedupe, distinct, sort and joins work on longs. ``user_idx`` /
-``item_idx`` are 1..n (0 is padding) in numeric order of the raw id (which for canonical
-digit strings is order by length, then text), assigned without collecting ids to the driver:
-a global sort, ``monotonically_increasing_id`` per partition, and per-partition offsets (one
-small row per partition reaches the driver) — zipWithIndex in SQL. The maps (raw id as its
-digit string, idx) are written first and the interactions are joined against the written
-maps.
+Ids: numeric formats parse ids to bigint (valid ids are canonical digit strings, see
+readers/fields.py), so dedupe, distinct, sort and joins work on longs; string formats (Amazon,
+Yelp) keep the text. ``user_idx`` / ``item_idx`` are 1..n (0 is padding) in numeric order of
+the raw id (which for canonical digit strings is order by length, then text) or text order
+of a string id, assigned without collecting ids to the driver: a global sort,
+``monotonically_increasing_id`` per partition, and per-partition offsets (one small row per
+partition reaches the driver) — zipWithIndex in SQL. The maps (raw id as text, idx) are
+written first and the interactions are joined against the written maps.
 
-manifest.json facts: inputs (path, size, mtime, lines per file), counts (lines_read,
-header_lines, input_lines, kept, filtered{reason}, quarantined{reason}, duplicates, users,
-items), time_range (UTC seconds and ISO), window, id_order, output_files, spark_version,
-timings, plus the common stage, schema_version, input_hash and config_hash.
+manifest.json facts: format, inputs (path, size, mtime, lines per file), counts (lines_read,
+header_lines, input_lines, input_records, kept, filtered{reason}, quarantined{reason},
+duplicates, users, items, and negatives{lines, kept, quarantined{reason}} with a sample
+file), sizes (ours beside dataset.published), time_range (UTC seconds and ISO), window
+(null bounds when open), id_order, output_files, spark_version, timings, plus the common
+stage, schema_version, input_hash and config_hash.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import gzip
+import logging
 import math
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import reduce
@@ -63,7 +80,9 @@ from pyspark.sql import functions as F
 
 from conf.loading import section_hash
 from conf.schema import DatasetConfig, PipelineConfig, SparkConfig
-from spark_jobs.formats import FORMATS, QUARANTINE_REASONS, RawFormat
+from spark_jobs.readers import FORMATS, QUARANTINE_REASONS, RawFormat
+from spark_jobs.readers.lines import positions, tagged_text
+from spark_jobs.readers.sequences_txt import ITEM_BITS, NEGATIVE_REASONS, fixed_negatives, head
 from spark_jobs.manifest import (
     MANIFEST,
     SCHEMA_VERSION,
@@ -77,19 +96,24 @@ from spark_jobs.manifest import (
     up_to_date,
     write_json,
 )
+from spark_jobs.progress import progress
 from spark_jobs.session import spark_session
 
 STAGE = "ingest"
 FILTER_REASONS = ("behavior_not_kept", "out_of_window", "neutral_rating", "duplicate", "kcore")
 ROWS_PER_FILE = 4_000_000  # ~30-60 MB Parquet files; 100M rows -> 25 files
 MAX_FILES = 32
-ID_ORDER = "numeric order of the raw id (length, then text); 1-based, 0 reserved for padding"
+ID_ORDERS = {False: "numeric order of the raw id (length, then text); 1-based, 0 reserved "
+                    "for padding",
+             True: "text order of the raw id; 1-based, 0 reserved for padding"}
 SINGLE_PHASE_AGGREGATION = "spark.sql.execution.bypassPartialAggregation"
-LINES = "_lines"  # scratch in the staged folder: kept and quarantined lines, deleted at the end
-# What each line gets from _classify; duplicate and kcore are decided later, on kept rows.
-LINE_OUTCOMES = ("header", *QUARANTINE_REASONS, "behavior_not_kept", "out_of_window",
-                 "neutral_rating", None)
+LINES = "_lines"  # scratch in the staged folder: every record of the parse, deleted at the end
+# What a record can get from _classify, besides the format's reasons; duplicate and kcore
+# are decided later, on kept rows.
+LINE_FILTERS = ("behavior_not_kept", "out_of_window", "neutral_rating")
+CANONICAL = ("user", "item", "ts", "behavior", "rating", "label")  # a row, seq aside
 BOM = "\ufeff"
+log = logging.getLogger(__name__)
 
 
 def run_ingest(cfg: PipelineConfig) -> StageResult:
@@ -102,18 +126,21 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
         StageResult with the output uri, its manifest, ``skipped`` and ``reason``.
 
     Raises:
-        FileNotFoundError: ``paths.raw_dir`` is missing or a ``dataset.files`` pattern matches
-            nothing there.
+        FileNotFoundError: ``paths.raw_dir`` is missing, a ``dataset.files`` pattern matches
+            nothing there, or ``dataset.negatives_file`` is not there.
         ValueError: a file is not in the dataset's format (header mismatch, no data line, no
-            line parses), ``dataset.behaviors`` names a behaviour the format cannot produce,
-            or no row survives the filters.
+            line parses), a gzip file is truncated, ``dataset.behaviors`` names a behaviour
+            the format cannot produce, no row survives the filters, or the negatives file is
+            not aligned with the sequences.
         RuntimeError: the line accounting does not add up (a bug, never bad input).
     """
     fmt = FORMATS[cfg.dataset.format]
     _check_behaviors(cfg.dataset, fmt)
     files = resolve_files(cfg)
+    negatives = _negatives_file(cfg, files)
     out = join(cfg.paths.work_dir, STAGE)
-    input_hash, inputs = file_fingerprint([uri for _, uri in files])
+    input_hash, inputs = file_fingerprint([uri for _, uri in files]
+                                          + ([negatives[1]] if negatives else []))
     config_hash = section_hash(cfg, "dataset")
     if up_to_date(out, input_hash, config_hash):
         return StageResult.of(out, read_manifest(out), True,
@@ -124,11 +151,11 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
 
     spark = spark_session(cfg.spark)
     timer = StageTimer()
-    with staged_output(out) as tmp:
-        facts = _build(spark, cfg, fmt, files, firsts, tmp, timer)
+    with staged_output(out) as tmp, progress(spark, STAGE):
+        facts = _build(spark, cfg, fmt, files, negatives, firsts, tmp, timer)
         lines, by_path = facts.pop("lines"), {e["path"]: e for e in inputs}
-        for rel, uri in files:
-            by_path[uri]["lines"] = lines[rel]
+        for uri, n in lines.items():
+            by_path[uri]["lines"] = n
         manifest = {
             "stage": STAGE,
             "schema_version": SCHEMA_VERSION,
@@ -136,14 +163,27 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
             "config_hash": config_hash,
             "format": fmt.name,
             "inputs": inputs,
-            "id_order": ID_ORDER,
+            "id_order": ID_ORDERS[fmt.string_ids],
             "spark_version": spark.version,
             "timings": timer.timings,
             "built_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             **facts,
         }
         write_json(join(tmp, MANIFEST), manifest)
+    _log_sizes(cfg.dataset, manifest["sizes"])
     return StageResult.of(out, manifest, False, reason)
+
+
+def _log_sizes(dataset: DatasetConfig, sizes: dict) -> None:
+    """One line: our interactions, users and items, beside the paper's when the preset has them."""
+    ours = sizes["ours"]
+    line = (f"ingest {dataset.name}: {ours['interactions']:,} interactions, "
+            f"{ours['users']:,} users, {ours['items']:,} items")
+    if sizes["published"] is not None:
+        paper = sizes["published"]
+        line += (f" (published: {paper['interactions']:,} interactions, {paper['users']:,} "
+                 f"users, {paper['items']:,} items)")
+    log.info(line)
 
 
 def resolve_files(cfg: PipelineConfig) -> list[tuple[str, str]]:
@@ -177,6 +217,27 @@ def resolve_files(cfg: PipelineConfig) -> list[tuple[str, str]]:
     return [(name, join(raw_dir, name)) for name in found]
 
 
+def _negatives_file(cfg: PipelineConfig, files: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """(relative path, uri) of dataset.negatives_file, or None when not configured.
+
+    Raises:
+        FileNotFoundError: the file is not in paths.raw_dir.
+        ValueError: dataset.files matches it too (it would be read as sequences).
+    """
+    rel = cfg.dataset.negatives_file
+    if rel is None:
+        return None
+    uri = join(cfg.paths.raw_dir, rel)
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(f"dataset.negatives_file={rel!r} not found in "
+                                f"paths.raw_dir={cfg.paths.raw_dir!r}")
+    if rel in {r for r, _ in files}:
+        raise ValueError(f"dataset.files={cfg.dataset.files} matches the negatives file {rel!r}; "
+                         "name the sequence files only")
+    return rel, uri
+
+
 def _check_behaviors(dataset: DatasetConfig, fmt: RawFormat) -> None:
     unknown = sorted(set(dataset.behaviors) - set(fmt.behaviors))
     if unknown:
@@ -189,9 +250,36 @@ def _check_behaviors(dataset: DatasetConfig, fmt: RawFormat) -> None:
 def _first_lines(uri: str, n: int) -> list[str]:
     """The first ``n`` lines of a file (fewer if it is shorter), read without Spark."""
     fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as f:  # compression detected from the extension
-        head = f.read(1 << 16)
-    return [line.lstrip(BOM) for line in head.decode("utf-8", "replace").splitlines()[:n]]
+    try:
+        with fs.open_input_stream(path) as f:  # compression detected from the extension
+            start = f.read(1 << 16)
+    except OSError:
+        _raise_if_corrupt_gzip([uri])
+        raise
+    return [line.lstrip(BOM) for line in start.decode("utf-8", "replace").splitlines()[:n]]
+
+
+def _raise_if_corrupt_gzip(uris: list[str]) -> None:
+    """Raise one clear error for the first ``.gz`` among ``uris`` that does not decompress to
+    its end (truncated download, corrupt member); return when all do.
+
+    Only called after a read failed, so a healthy run never decompresses a file twice.
+
+    Raises:
+        ValueError: naming the file.
+    """
+    for uri in uris:
+        if not uri.endswith(".gz"):
+            continue
+        fs, path = filesystem(uri)
+        try:
+            with fs.open_input_stream(path, compression=None) as raw, \
+                    gzip.GzipFile(fileobj=raw) as f:
+                while f.read(1 << 24):
+                    pass
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise ValueError(f"{uri} is a truncated or corrupt gzip file ({exc}); download it "
+                             "again") from None
 
 
 def _check_headers(fmt: RawFormat, firsts: dict[str, list[str]]) -> None:
@@ -206,21 +294,18 @@ def _check_headers(fmt: RawFormat, firsts: dict[str, list[str]]) -> None:
             )
 
 
-def _window(dataset: DatasetConfig) -> tuple[int, int]:
-    """[start, end) of the dataset's slices as UTC seconds: local midnights in its zone."""
-    bounds = dataset.slice_bounds()
-    return bounds[0], bounds[-1]
-
-
-def _classify(spark, fmt: RawFormat, dataset: DatasetConfig, rel: str, uri: str) -> DataFrame:
-    """Every line of one raw file with its parsed fields and ``outcome`` (a reason, or NULL
+def _classify(spark, fmt: RawFormat, dataset: DatasetConfig, rel: str, file_id: int,
+              uri: str) -> DataFrame:
+    """Every record of one raw file with its parsed fields and ``outcome`` (a reason, or NULL
     when kept).
 
     Returns:
-        DataFrame[file, raw (only on quarantined lines), user, item, ts, behavior, rating,
-        label, outcome].
+        DataFrame[file, file_id, part, block, row, pos, head, raw (only on quarantined
+        lines), user, item, ts, behavior, rating, label (NULL unless kept), outcome]: one row
+        per line, or per item of a readable sequence line (``pos`` its position in the line,
+        0 otherwise); file_id..row are the position tags of readers/lines.py.
     """
-    lines = spark.read.text(uri).select(F.lit(rel).alias("file"), F.col("value").alias("raw"))
+    lines = tagged_text(spark, uri, file_id).withColumnRenamed("value", "raw")
     line = F.ltrim("raw", F.lit(BOM))  # only a file's first line can start with one
     parsed = fmt.parse(line, dataset)
     is_header = F.trim(line) == fmt.header if fmt.header is not None else F.lit(False)
@@ -231,80 +316,116 @@ def _classify(spark, fmt: RawFormat, dataset: DatasetConfig, rel: str, uri: str)
         label = label.when(parsed.rating <= dataset.negative_max_rating, 0)
     # Parse once in one projection, decide the outcome in the next (no duplicated parsing).
     fields = lines.select(
-        "file", "raw", is_header.alias("is_header"), parsed.error.alias("error"),
+        F.lit(rel).alias("file"), "file_id", "part", "block", "row", "raw",
+        (head(line) if dataset.negatives_file is not None else F.lit(None).cast("string"))
+        .alias("head"),
+        is_header.alias("is_header"), parsed.error.alias("error"),
         parsed.user.alias("user"), parsed.item.alias("item"), parsed.ts.alias("ts"),
         parsed.behavior.alias("behavior"), parsed.rating.alias("rating"),
         label.cast("tinyint").alias("label"),
     )
-    start, end = _window(dataset)
+    if fmt.sequence:  # one record per item of a readable line; a broken line stays one
+        items = F.when(F.col("error").isNull(), F.col("item")).otherwise(
+            F.array(F.lit(None).cast("bigint")))
+        fields = (fields.select(*[c for c in fields.columns if c not in ("item", "ts")],
+                                F.posexplode(items).alias("pos", "item"))
+                  .withColumn("ts", F.col("pos").cast("bigint")))  # ts = position in the line
+    else:
+        fields = fields.withColumn("pos", F.lit(0))
+    start, end = dataset.window_bounds()
+    outside = F.lit(False)
+    if start is not None:
+        outside = outside | (F.col("ts") < start)
+    if end is not None:
+        outside = outside | (F.col("ts") >= end)
     outcome = (
         F.when(F.col("is_header"), F.lit("header"))
         .when(F.col("error").isNotNull(), F.col("error"))
         .when(~F.col("behavior").isin(*dataset.behaviors), "behavior_not_kept")
-        .when((F.col("ts") < start) | (F.col("ts") >= end), "out_of_window")
+        .when(outside, "out_of_window")
         .when(F.col("label").isNull(), "neutral_rating")
     )
     quarantined = F.col("outcome").isin(*QUARANTINE_REASONS)
+    kept = F.col("outcome").isNull()
     return (
         fields.withColumn("outcome", outcome)
         .withColumn("raw", F.when(quarantined, F.col("raw")))  # keep raw text only where needed
-        .drop("is_header", "error")
+        .select("file", "file_id", "part", "block", "row", "pos", "head", "raw",
+                *[F.when(kept, F.col(c)).alias(c) for c in CANONICAL], "outcome")
     )
 
 
 def _split_lines(spark, fmt: RawFormat, dataset: DatasetConfig, files,
-                 uri: str) -> list[tuple[str, str | None, int]]:
-    """Parse every raw line once: write the kept and quarantined lines to ``uri``, count all.
+                 uri: str) -> tuple[dict[str, int], list[tuple[str, str | None, int]]]:
+    """Parse every raw line once: write its records to ``uri``, count all.
 
     One scan of the raw text does the whole first half of the stage: an Observation per file
-    counts its lines per outcome while the write runs, so the 100M parsed lines are neither
-    cached nor scanned a second time. Lines the config filters out here are only counted.
+    counts its lines and its records per outcome while the write runs, so the 100M parsed
+    lines are neither cached nor scanned a second time. Records the config filters out here
+    are stored as their position tags only (they count in every line's position).
 
     Returns:
-        [(file, outcome, lines)] for every file and every outcome of LINE_OUTCOMES; the
-        Parquet at ``uri`` holds file, raw, reason (NULL on kept lines) and the canonical
-        columns.
+        ({file: lines}, [(file, outcome, records)] for every file and every outcome: header,
+        the format's reasons, LINE_FILTERS, None (kept)); the Parquet at ``uri`` holds the
+        columns of :func:`_classify`, with ``reason`` for ``outcome``.
+
+    Raises:
+        ValueError: a gzip input is truncated or corrupt.
     """
+    file_ids = {rel: j for j, rel in enumerate(sorted(rel for rel, _ in files))}
+    outcomes = ("header", *fmt.reasons, *LINE_FILTERS, None)
     frames, observations = [], []
     for rel, file_uri in files:
         observation = Observation()
-        frames.append(_classify(spark, fmt, dataset, rel, file_uri).observe(
+        frames.append(_classify(spark, fmt, dataset, rel, file_ids[rel], file_uri).observe(
             observation,
             *[F.count_if(F.col("outcome").eqNullSafe(F.lit(outcome))).alias(str(j))
-              for j, outcome in enumerate(LINE_OUTCOMES)],
+              for j, outcome in enumerate(outcomes)],
             F.count(F.lit(1)).alias("all"),
+            F.count_if(F.col("pos") == 0).alias("lines"),
         ))
         observations.append(observation)
-    stored = F.col("outcome").isNull() | F.col("outcome").isin(*QUARANTINE_REASONS)
-    (reduce(DataFrame.unionByName, frames).filter(stored)
-     .withColumnRenamed("outcome", "reason").write.parquet(uri))
+    try:
+        (reduce(DataFrame.unionByName, frames)
+         .withColumnRenamed("outcome", "reason").write.parquet(uri))
+    except Exception:  # Spark's read error of a bad gzip is a stack trace; name the file
+        _raise_if_corrupt_gzip([file_uri for _, file_uri in files])
+        raise
     for (rel, _), observation in zip(files, observations):
         seen = observation.get
-        if sum(seen[str(j)] for j in range(len(LINE_OUTCOMES))) != seen["all"]:
-            raise RuntimeError(f"ingest lost track of lines in {rel}: {seen['all']} read but "
-                               f"outcomes {seen} cover fewer (an outcome outside "
-                               f"LINE_OUTCOMES: a bug, never bad input)")
-    return [(rel, outcome, observation.get[str(j)])
-            for (rel, _), observation in zip(files, observations)
-            for j, outcome in enumerate(LINE_OUTCOMES)]
+        if sum(seen[str(j)] for j in range(len(outcomes))) != seen["all"]:
+            raise RuntimeError(f"ingest lost track of records in {rel}: {seen['all']} read but "
+                               f"outcomes {seen} cover fewer (an outcome outside the "
+                               f"{fmt.name} reasons and filters: a bug, never bad input)")
+    lines = {rel: observation.get["lines"] for (rel, _), observation in zip(files, observations)}
+    return lines, [(rel, outcome, observation.get[str(j)])
+                   for (rel, _), observation in zip(files, observations)
+                   for j, outcome in enumerate(outcomes)]
 
 
-def _build(spark, cfg: PipelineConfig, fmt: RawFormat, files, firsts, tmp: str,
+def _build(spark, cfg: PipelineConfig, fmt: RawFormat, files, negatives, firsts, tmp: str,
            timer: StageTimer) -> dict:
-    """Run the Spark job into ``tmp``; return the manifest facts (plus ``lines`` per file)."""
+    """Run the Spark job into ``tmp``; return the manifest facts (plus ``lines`` per input uri)."""
     dataset = cfg.dataset
     lines_uri = join(tmp, LINES)
     persisted: list[DataFrame] = []
     try:
         with timer.step("parse"):
-            per_file = _split_lines(spark, fmt, dataset, files, lines_uri)
-        lines, counts = _tally(per_file, fmt, files, firsts)
+            lines_per_file, per_file = _split_lines(spark, fmt, dataset, files, lines_uri)
+        counts = _tally(per_file, fmt, files, firsts)
+        lines = {uri: lines_per_file[rel] for rel, uri in files}
+        counts["lines_read"] = sum(lines.values())
+        counts["input_lines"] = counts["lines_read"] - counts["header_lines"]
         stored = spark.read.parquet(lines_uri)
+        with timer.step("seq"):
+            line_at = positions(stored.filter(F.col("pos") == 0))
+        seq = (line_at * (1 << ITEM_BITS) + F.col("pos")) if fmt.sequence else line_at
         with timer.step("quarantine"):
-            (stored.filter(F.col("reason").isNotNull()).select("file", "raw", "reason")
+            (stored.filter(F.col("reason").isin(*QUARANTINE_REASONS))
+             .select("file", "raw", "reason")
              .repartition(1)  # a shuffle of the few bad lines only, not a 1-task scan
              .write.parquet(join(tmp, "quarantine")))
-        kept = stored.filter(F.col("reason").isNull()).drop("file", "raw", "reason")
+        kept = stored.filter(F.col("reason").isNull()).select(*CANONICAL, seq.alias("seq"))
         rows = counts.pop("kept_before_dedupe")
         dedupe_at_write = dataset.drop_duplicates and dataset.kcore == 0
         if dataset.kcore > 0:
@@ -319,8 +440,14 @@ def _build(spark, cfg: PipelineConfig, fmt: RawFormat, files, firsts, tmp: str,
         with timer.step("interactions"):
             n_files = _n_files(spark, rows)
             with _single_phase_aggregation(spark):
-                written = _write_interactions(spark, cfg.spark, kept, counts, tmp, n_files,
+                written = _write_interactions(spark, cfg.spark, fmt, kept, counts, tmp, n_files,
                                               dedupe_at_write)
+        if negatives is not None:
+            with timer.step("fixed_negatives"):
+                counts["negatives"] = _write_fixed_negatives(
+                    spark, dataset, fmt, stored.filter(F.col("pos") == 0)
+                    .select(line_at.alias("line"), "head"), negatives, files, tmp)
+            lines[negatives[1]] = counts["negatives"]["lines"]
     finally:
         for frame in persisted:
             frame.unpersist()
@@ -330,11 +457,15 @@ def _build(spark, cfg: PipelineConfig, fmt: RawFormat, files, firsts, tmp: str,
     counts["kept"] = written["rows"]
     counts["duplicates"] = counts["filtered"]["duplicate"]
     _check_accounting(counts)
-    start, end = _window(dataset)
+    start, end = dataset.window_bounds()
     low, high = written["min_ts"], written["max_ts"]
+    published = dataset.published
     return {
         "lines": lines,
         "counts": counts,
+        "sizes": {"ours": {"users": counts["users"], "items": counts["items"],
+                           "interactions": counts["kept"]},
+                  "published": None if published is None else published.model_dump()},
         "time_range": {"min_ts": low, "max_ts": high, "min_utc": _iso(low), "max_utc": _iso(high)},
         "window": {"start_ts": start, "end_ts": end, "start_utc": _iso(start),
                    "end_utc": _iso(end), "timezone": dataset.timezone},
@@ -342,30 +473,31 @@ def _build(spark, cfg: PipelineConfig, fmt: RawFormat, files, firsts, tmp: str,
     }
 
 
-def _tally(per_file, fmt: RawFormat, files, firsts) -> tuple[dict[str, int], dict]:
-    """Counts per reason from (file, outcome, lines) tuples; reject files where nothing parses.
+def _tally(per_file, fmt: RawFormat, files, firsts) -> dict:
+    """Counts per reason from (file, outcome, records) tuples; reject files where nothing
+    parses.
 
     Returns:
-        (lines read per file, counts with ``kept_before_dedupe`` still to be resolved).
+        counts (header_lines, input_records, filtered, quarantined per fmt.reasons) with
+        ``kept_before_dedupe`` still to be resolved.
     """
     readable = set(FILTER_REASONS) | {None}
-    lines = {rel: 0 for rel, _ in files}
-    data, parsed = dict(lines), dict(lines)
-    counts = {"lines_read": 0, "header_lines": 0,
+    data = {rel: 0 for rel, _ in files}
+    parsed = dict(data)
+    counts = {"header_lines": 0, "input_records": 0,
               "filtered": {r: 0 for r in FILTER_REASONS},
-              "quarantined": {r: 0 for r in QUARANTINE_REASONS}, "kept_before_dedupe": 0}
+              "quarantined": {r: 0 for r in fmt.reasons}, "kept_before_dedupe": 0}
     for file, outcome, n in per_file:
-        lines[file] += n
-        counts["lines_read"] += n
         if outcome == "header":
             counts["header_lines"] += n
             continue
         data[file] += n
+        counts["input_records"] += n
         if outcome in readable:
             parsed[file] += n
         if outcome is None:
             counts["kept_before_dedupe"] += n
-        elif outcome in QUARANTINE_REASONS:
+        elif outcome in fmt.reasons:
             counts["quarantined"][outcome] += n
         else:
             counts["filtered"][outcome] += n
@@ -378,18 +510,21 @@ def _tally(per_file, fmt: RawFormat, files, firsts) -> tuple[dict[str, int], dic
                 f"{uri} is not a {fmt.name} file: no line parses as {fmt.layout}; "
                 f"first bad line: {first_data[0]!r}"
             )
-    counts["input_lines"] = counts["lines_read"] - counts["header_lines"]
-    return lines, counts
+    return counts
 
 
 def _check_accounting(counts: dict) -> None:
     accounted = (counts["kept"] + sum(counts["filtered"].values())
                  + sum(counts["quarantined"].values()))
-    if accounted != counts["input_lines"]:
+    if accounted != counts["input_records"]:
         raise RuntimeError(
-            f"ingest lost track of lines: {counts['input_lines']} read but "
+            f"ingest lost track of records: {counts['input_records']} read but "
             f"{accounted} accounted for (kept + filtered + quarantined): {counts}"
         )
+    negatives = counts.get("negatives")
+    if negatives and (negatives["kept"] + sum(negatives["quarantined"].values())
+                      != negatives["lines"]):
+        raise RuntimeError(f"ingest lost track of negatives lines: {negatives}")
 
 
 def _require_rows(rows: int, dataset: DatasetConfig, counts: dict) -> None:
@@ -397,7 +532,8 @@ def _require_rows(rows: int, dataset: DatasetConfig, counts: dict) -> None:
         raise ValueError(
             f"no interaction survives the filters of dataset {dataset.name!r} "
             f"(filtered: {counts['filtered']}, quarantined: {counts['quarantined']}); "
-            "check dataset.behaviors, dataset.start/slice_days/num_slices and kcore"
+            "check dataset.behaviors, the window (dataset.start, slice_days, num_slices, "
+            "last_day) and kcore"
         )
 
 
@@ -412,19 +548,46 @@ def _dedupe_and_kcore(kept: DataFrame, rows: int, dataset: DatasetConfig, counts
         (frame, rows) of the k-core, persisted.
     """
     if dataset.drop_duplicates:
-        kept = kept.dropDuplicates().persist()
+        kept = _dedupe(kept).persist()
         persisted.append(kept)
         unique = kept.count()
         counts["filtered"]["duplicate"] = rows - unique
         rows = unique
-    core, remaining = _kcore(kept, rows, dataset.kcore, persisted)
+    if dataset.kcore_mode == "iterative":
+        core, remaining = _kcore(kept, rows, dataset.kcore, persisted)
+    else:
+        core, remaining = _kcore_items_then_users(kept, dataset.kcore, persisted)
     counts["filtered"]["kcore"] = rows - remaining
     return core, remaining
 
 
+def _dedupe(rows: DataFrame) -> DataFrame:
+    """One row per distinct canonical row (all columns but seq), keeping the first in the
+    input (smallest seq), so the result does not depend on partitioning."""
+    others = [c for c in rows.columns if c != "seq"]
+    return rows.groupBy(*others).agg(F.min("seq").alias("seq"))
+
+
+def _kcore_items_then_users(kept: DataFrame, k: int,
+                            persisted: list[DataFrame]) -> tuple[DataFrame, int]:
+    """One pass as the DFAR code: drop items with fewer than ``k`` interactions, then users
+    with fewer than ``k`` of what is left. Users and items may end below ``k`` again.
+
+    Returns:
+        (frame, rows), persisted.
+    """
+    items = kept.groupBy("item").count().filter(F.col("count") >= k).select("item")
+    by_items = kept.join(items, "item", "left_semi")
+    users = by_items.groupBy("user").count().filter(F.col("count") >= k).select("user")
+    core = by_items.join(users, "user", "left_semi").persist()
+    persisted.append(core)
+    return core, core.count()
+
+
 def _kcore(kept: DataFrame, n_kept: int, k: int,
            persisted: list[DataFrame]) -> tuple[DataFrame, int]:
-    """Iteratively drop users and items with fewer than ``k`` interactions until stable.
+    """Iteratively drop users and items with fewer than ``k`` interactions until stable
+    (S3-Rec's 5-core: every kept user and item has at least ``k``).
 
     Returns:
         (frame, rows) of the k-core; each round's frame is persisted and the previous one
@@ -448,8 +611,9 @@ def _write_id_map(values: DataFrame, uri: str) -> int:
     """Write raw id -> contiguous 1-based idx for the distinct ``raw`` values.
 
     Args:
-        values: DataFrame[raw bigint], duplicates allowed.
-        uri: where the map (raw string: the id's digits, idx int32) is written.
+        values: DataFrame[raw bigint or string], duplicates allowed; idx follows its order
+            (numeric, or text for string ids).
+        uri: where the map (raw string: the id's digits or text, idx int32) is written.
 
     Returns:
         Number of distinct ids.
@@ -474,33 +638,36 @@ def _write_id_map(values: DataFrame, uri: str) -> int:
     return total
 
 
-def _write_interactions(spark, conf: SparkConfig, kept: DataFrame, counts: dict, tmp: str,
-                        n_files: int, dedupe: bool) -> dict:
+def _write_interactions(spark, conf: SparkConfig, fmt: RawFormat, kept: DataFrame,
+                        counts: dict, tmp: str, n_files: int, dedupe: bool) -> dict:
     """Join the kept rows to the written id maps and write the contract's interactions.
 
     When both maps fit ``spark.broadcast_max_ids`` they are broadcast, and one shuffle (by
     raw user into the output files) serves the dedupe, the joins and the file layout; larger
     maps take shuffle joins and a final repartition by user_idx. Either way each user's
-    rows land in one file, sorted by (user_idx, ts).
+    rows land in one file, sorted by (user_idx, ts, seq).
 
     Returns:
         {"rows", "min_ts", "max_ts"} of the written interactions, observed during the write.
     """
-    users = _id_map(spark, tmp, "users", "user", counts["users"] <= conf.broadcast_max_ids)
-    items = _id_map(spark, tmp, "items", "item", counts["items"] <= conf.broadcast_max_ids)
+    users = _id_map(spark, tmp, "users", "user", fmt.string_ids,
+                    counts["users"] <= conf.broadcast_max_ids)
+    items = _id_map(spark, tmp, "items", "item", fmt.string_ids,
+                    counts["items"] <= conf.broadcast_max_ids)
     local = counts["users"] <= conf.broadcast_max_ids and counts["items"] <= conf.broadcast_max_ids
     rows = kept.repartition(n_files, "user") if local else kept
     if dedupe:
-        rows = rows.dropDuplicates()
+        rows = _dedupe(rows)
     rows = (rows.join(users, "user").join(items, "item")
             .select("user_idx", "item_idx", F.col("ts").cast("bigint"), "behavior",
-                    F.col("rating").cast("float"), F.col("label").cast("tinyint")))
+                    F.col("rating").cast("float"), F.col("label").cast("tinyint"),
+                    F.col("seq").cast("bigint")))
     if not local:
         rows = rows.repartition(n_files, "user_idx")
     observation = Observation()
     (rows.observe(observation, F.count(F.lit(1)).alias("rows"), F.min("ts").alias("min_ts"),
                   F.max("ts").alias("max_ts"))
-     .sortWithinPartitions("user_idx", "ts")  # user histories contiguous: index reads fast
+     .sortWithinPartitions("user_idx", "ts", "seq")  # user histories contiguous, in order
      .write.parquet(join(tmp, "interactions")))
     return observation.get
 
@@ -532,11 +699,65 @@ def _single_phase_aggregation(spark) -> Iterator[None]:
             spark.conf.set(SINGLE_PHASE_AGGREGATION, before)
 
 
-def _id_map(spark, tmp: str, name: str, column: str, broadcast: bool) -> DataFrame:
-    """The written id map ``name`` as DataFrame[<column> bigint, <column>_idx int]."""
+def _id_map(spark, tmp: str, name: str, column: str, string_ids: bool,
+            broadcast: bool) -> DataFrame:
+    """The written id map ``name`` as DataFrame[<column> bigint (string for string ids),
+    <column>_idx int]."""
+    raw = F.col("raw") if string_ids else F.col("raw").cast("bigint")
     ids = spark.read.parquet(join(tmp, "id_maps", name)).select(
-        F.col("raw").cast("bigint").alias(column), F.col("idx").alias(f"{column}_idx"))
+        raw.alias(column), F.col("idx").alias(f"{column}_idx"))
     return F.broadcast(ids) if broadcast else ids
+
+
+def _write_fixed_negatives(spark, dataset: DatasetConfig, fmt: RawFormat, heads: DataFrame,
+                           negatives: tuple[str, str], files, tmp: str) -> dict:
+    """Read the S3-Rec sample file into ``fixed_negatives/`` (user int32 = user_idx,
+    negatives list<int32> = item_idx, in the line's order); its bad lines join quarantine/.
+
+    Args:
+        heads: DataFrame[line bigint, head string]: every sequence line's position and uid
+            token as written.
+        negatives: (path relative to raw_dir, uri) of dataset.negatives_file.
+
+    Returns:
+        {"lines", "kept", "quarantined": {reason: lines}}.
+
+    Raises:
+        ValueError: the file is not aligned with the sequences (line count or a line's uid
+            differs), naming the first line that differs.
+    """
+    rel, uri = negatives
+    tagged = tagged_text(spark, uri, 0)
+    sample = tagged.select(positions(tagged).alias("line"), F.col("value").alias("raw"))
+    where = f"{uri} is not aligned line by line with {[r for r, _ in files]}"
+    n_sample, n_lines = sample.count(), heads.count()
+    if n_sample != n_lines:
+        raise ValueError(f"{where}: {n_sample} lines for {n_lines} sequence lines")
+    differ = (sample.select("line", head(F.col("raw")).alias("uid")).join(heads, "line")
+              .filter(~F.col("uid").eqNullSafe(F.col("head"))).orderBy("line").first())
+    if differ is not None:
+        raise ValueError(f"{where}: line {differ['line'] + 1} has uid {differ['uid']!r}, the "
+                         f"sequence line has {differ['head']!r}")
+    interactions = spark.read.parquet(join(tmp, "interactions")).select("user_idx", "item_idx")
+    checked = fixed_negatives(
+        sample, dataset.negatives_count,
+        _id_map(spark, tmp, "users", "user", fmt.string_ids, broadcast=False),
+        _id_map(spark, tmp, "items", "item", fmt.string_ids, broadcast=False),
+        interactions,
+    ).persist()
+    try:
+        (checked.filter(F.col("reason").isNull())
+         .select(F.col("user").cast("int"), F.col("negatives").cast("array<int>"))
+         .repartition(1).sortWithinPartitions("user")
+         .write.parquet(join(tmp, "fixed_negatives")))
+        (checked.filter(F.col("reason").isNotNull())
+         .select(F.lit(rel).alias("file"), "raw", "reason")
+         .repartition(1).write.mode("append").parquet(join(tmp, "quarantine")))
+        by_reason = dict(checked.groupBy("reason").count().collect())
+    finally:
+        checked.unpersist()
+    return {"lines": n_sample, "kept": by_reason.pop(None, 0),
+            "quarantined": {r: by_reason.get(r, 0) for r in NEGATIVE_REASONS}}
 
 
 def _delete(uri: str) -> None:
@@ -546,6 +767,8 @@ def _delete(uri: str) -> None:
         fs.delete_dir(path)
 
 
-def _iso(seconds: int) -> str:
+def _iso(seconds: int | None) -> str | None:
+    if seconds is None:
+        return None
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat()
 

@@ -79,10 +79,11 @@ def test_taobao_counts_ids_window_rerun_and_rebuild(spark, make_config, tmp_path
     result = run_ingest(cfg)
     assert not result["skipped"]
     counts = result["manifest"]["counts"]
-    from spark_jobs.formats import QUARANTINE_REASONS
     from spark_jobs.ingest import FILTER_REASONS
+    from spark_jobs.readers import FORMATS
 
-    assert counts["quarantined"] == _counts(TAOBAO_LINES, QUARANTINE_REASONS)
+    reasons = FORMATS["taobao"].reasons
+    assert counts["quarantined"] == _counts(TAOBAO_LINES, reasons)
     assert counts["filtered"] == _counts(TAOBAO_LINES, FILTER_REASONS)
     assert counts["kept"] == sum(1 for _, why in TAOBAO_LINES if why is None) == 5
     assert counts["input_lines"] == len(TAOBAO_LINES) and counts["header_lines"] == 0
@@ -93,15 +94,16 @@ def test_taobao_counts_ids_window_rerun_and_rebuild(spark, make_config, tmp_path
     out = Path(result["uri"])
     bad = {(r["file"], r["raw"], r["reason"]) for r in _table(str(out / "quarantine"))}
     assert bad == {("UserBehavior.csv", line, why) for line, why in TAOBAO_LINES
-                   if why in QUARANTINE_REASONS}
+                   if why in reasons}
 
     # Id maps round-trip raw -> idx -> raw; idx is 1..n in numeric order of the raw id.
     users = {r["raw"]: r["idx"] for r in _table(str(out / "id_maps" / "users"))}
     items = {r["raw"]: r["idx"] for r in _table(str(out / "id_maps" / "items"))}
     assert users == {"1": 1, "2": 2, "9": 3, "10": 4} and items == {"100": 1, "104": 2}
     rows = pq.read_table(str(out / "interactions"))
+    assert rows.schema.names[-1] == "seq"
     assert [str(t) for t in rows.schema.types] == ["int32", "int32", "int64", "string",
-                                                   "float", "int8"]
+                                                   "float", "int8", "int64"]
     assert _raw_interactions(out) == TAOBAO_KEPT
 
     before = _snapshot(out)
@@ -151,7 +153,7 @@ def test_tmall_mmdd_actions_and_quarantine(spark, make_config, tmp_path):
     counts = result["manifest"]["counts"]
     assert counts["header_lines"] == 1 and counts["input_lines"] == len(lines)
     assert counts["quarantined"] == {"wrong_field_count": 1, "non_numeric_id": 1,
-                                     "bad_timestamp": 3, "unknown_behavior": 1, "bad_rating": 0}
+                                     "bad_timestamp": 3, "unknown_behavior": 1}
     assert counts["filtered"]["out_of_window"] == 1 and counts["kept"] == 4
 
     out = Path(result["uri"])
