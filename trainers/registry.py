@@ -88,6 +88,11 @@ def _load_all() -> None:
     import trainers.models.sasrec  # noqa: F401
     import trainers.models.rrn  # noqa: F401
     import trainers.models.deems  # noqa: F401
+    import trainers.models.dfar  # noqa: F401  (dfar, tha4rec)
+    import trainers.models.din  # noqa: F401
+    import trainers.models.dien  # noqa: F401
+    import trainers.models.dfn  # noqa: F401
+    import trainers.models.feedrec  # noqa: F401
 
 
 def model_names() -> list[str]:

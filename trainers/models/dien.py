@@ -1,0 +1,131 @@
+"""DIEN (Zhou et al., AAAI 2019, "Deep Interest Evolution Network for Click-Through Rate
+Prediction"), as a baseline of DFAR's Table 2 on the (item, label) history.
+
+Implemented (by the paper's section names; its text is not in ../shared/papers, so no
+equation numbers are quoted):
+  * Behaviour embeddings e_t = E_{i_t} + L_{y_t} (the label as one more embedded feature of a
+    behaviour, as DFAR's Eq. 1; every model of the comparison reads the same history).
+  * Interest extractor layer: a GRU over e_1..e_T gives h_1..h_T (``nn.GRUCell``;
+    a left-padded slot leaves the state unchanged, so h starts at 0 on the first real item).
+  * Auxiliary loss: h_t must tell the next behaviour e_{t+1} from a sampled one,
+    L_aux = -mean_t [log σ(h_t·e_{t+1}) + log(1 - σ(h_t·ê_{t+1}))], ê_{t+1} = a uniform item
+    (never the real one) carrying the same label, so the contrast is about the item.
+    The hidden width is D, as h_t·e must be defined.
+  * Interest evolving layer with AUGRU (the paper's best variant):
+    a_t = softmax_t(h_t W e_a) over the real positions, u'_t = a_t · u_t,
+    h'_t = (1 - u'_t) ∘ h'_{t-1} + u'_t ∘ h̃'_t, one evolution per candidate e_a.
+  * Output: an MLP over [h'_T, e_a], between two LayerNorms as the DFAR authors ran every
+    baseline (DFAR App. A.3); L = L_target + α·L_aux, L_target the BCE of every
+    candidate row.
+
+Shapes: B batch, C candidates, L history length, D embedding (= GRU width).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from trainers.models.feedback_attention import masked_softmax
+from trainers.models.feedback_layers import FeedbackEmbedding, Tower, dense_l2
+from trainers.registry import Batch, DataSizes, ModelParams, register
+
+
+class DIENParams(ModelParams):
+    embed_dim: int = Field(gt=0)  # D, also the GRU width (h_t·e_{t+1} of L_aux)
+    embed_init_std: float = Field(gt=0)
+    aux_weight: float = Field(ge=0)  # α weighing L_aux (released code: 1)
+    tower_hidden: list[int]  # output MLP widths (paper: 200-80)
+    dropout: float = Field(ge=0.0, lt=1.0)
+
+
+class AUGRUCell(nn.Module):
+    """GRU with attentional update gate (AUGRU): the update gate u_t is scaled by a_t."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.x_gates = nn.Linear(dim, 3 * dim)  # W^u, W^r, W^h
+        self.h_gates = nn.Linear(dim, 3 * dim)  # U^u, U^r, U^h
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Args: x, h (N, D); a (N, 1) attention. Returns h' (N, D); a = 0 keeps h."""
+        xu, xr, xh = self.x_gates(x).chunk(3, dim=-1)
+        hu, hr, hh = self.h_gates(h).chunk(3, dim=-1)
+        u = torch.sigmoid(xu + hu) * a  # u'_t = a_t · u_t
+        r = torch.sigmoid(xr + hr)
+        candidate = torch.tanh(xh + r * hh)  # h̃_t
+        return (1 - u) * h + u * candidate
+
+
+@register("dien")
+class DIEN(nn.Module):
+    Params: ClassVar[type[ModelParams]] = DIENParams
+    inputs: ClassVar[frozenset[str]] = frozenset({"sequence", "sequence_label"})
+
+    def __init__(self, params: DIENParams, sizes: DataSizes):
+        super().__init__()
+        self.params = params
+        D = params.embed_dim
+        self.num_items = sizes.num_items
+        self.embed = FeedbackEmbedding(sizes.num_items, D, params.embed_init_std, positions=0,
+                                       labels=True)
+        self.extractor = nn.GRUCell(D, D)  # interest extractor
+        self.attention = nn.Linear(D, D, bias=False)  # W of a_t = softmax(h_t W e_a)
+        self.evolution = AUGRUCell(D)  # interest evolving
+        self.tower = Tower(2 * D, params.tower_hidden, params.dropout)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Args: batch with ``sequence``, ``sequence_label`` (B, L), ``items`` (B, C).
+        Returns (B, C) logits; in training also keeps L_aux for :meth:`loss`."""
+        sequence, labels = batch["sequence"], batch["sequence_label"]
+        e, keep, target = self.embed(sequence, labels, batch["items"])  # (B,L,D) (B,L) (B,C,D)
+        B, L, D = e.shape
+        C = target.shape[1]
+        h = e.new_zeros(B, D)
+        states = []
+        for t in range(L):  # interest extractor
+            h = torch.where(keep[:, t:t + 1], self.extractor(e[:, t], h), h)
+            states.append(h)
+        H = torch.stack(states, dim=1) * keep.unsqueeze(-1)  # (B, L, D) h_t
+        # L_aux trains the extractor; evaluation does not need it (nor its random draws).
+        self._aux = self._auxiliary(H, e, sequence, labels) if self.training else None
+        scores = torch.einsum("bld,bcd->bcl", self.attention(H), target)  # h_t W e_a
+        a = masked_softmax(scores, keep.unsqueeze(1), dim=-1)  # (B, C, L) a_t
+        x = H.unsqueeze(1).expand(B, C, L, D).reshape(B * C, L, D)
+        a = a.reshape(B * C, L, 1)
+        h_evolved = e.new_zeros(B * C, D)
+        for t in range(L):  # AUGRU; padding has a_t = 0 and leaves the state as is
+            h_evolved = self.evolution(x[:, t], h_evolved, a[:, t])
+        return self.tower(torch.cat([h_evolved.view(B, C, D), target], dim=-1))
+
+    def _auxiliary(self, H: torch.Tensor, e: torch.Tensor, sequence: torch.Tensor,
+                   labels: torch.Tensor) -> torch.Tensor:
+        """L_aux over every real (t, t+1) pair of the batch (0 if there is none)."""
+        nexts = sequence[:, 1:]  # (B, L-1) e_{t+1}'s item
+        valid = (sequence[:, :-1] != 0) & (nexts != 0)  # both behaviours real
+        negatives = torch.randint(1, self.num_items + 1, nexts.shape, device=sequence.device)
+        # A draw equal to the real next item moves to the next id (wrapping): never the same.
+        negatives = torch.where(negatives == nexts, negatives % self.num_items + 1, negatives)
+        negative = self.embed.item(negatives) + self.embed.label(labels[:, 1:])  # (B, L-1, D)
+        positive_logit = (H[:, :-1] * e[:, 1:]).sum(-1)  # (B, L-1) h_t·e_{t+1}
+        negative_logit = (H[:, :-1] * negative).sum(-1)  # h_t·ê_{t+1}
+        per_step = -F.logsigmoid(positive_logit) - F.logsigmoid(-negative_logit)
+        return (per_step * valid).sum() / valid.sum().clamp(min=1)
+
+    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """L_target + α L_aux (L_aux after a training forward only); L_target = mean BCE over
+        the (B, C) candidate rows."""
+        target = F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
+        if "_aux" not in self.__dict__:
+            raise RuntimeError("DIEN.loss needs the forward of the same batch first "
+                               "(it keeps the auxiliary loss)")
+        aux = self.__dict__.pop("_aux")
+        return target if aux is None else target + self.params.aux_weight * aux
+
+    def regularization(self) -> torch.Tensor:
+        """1/2 ||θ||² over the dense parameters (the loop multiplies by ``train.l2``)."""
+        return dense_l2(self)

@@ -1,0 +1,89 @@
+"""Input and output layers shared by the models of the ``feedback`` protocol (DFAR, Lin et al.,
+WWW 2023, and its Table 2 baselines as the DFAR authors ran them).
+
+  * :class:`FeedbackEmbedding`, Eq. 1: E^f = E_{i_j} + L_{y_j} (+ a learned position
+    embedding, as the released code adds) for the history; E_{i_{t+1}} for the candidates.
+    Items live in a row-sparse table (trainers/embedding.py); the label table L ∈ R^{2×D}
+    is dense (two rows, touched by every batch).
+  * :class:`Tower`, Appendix A.3: "the MLP layer sandwiched between two normalization layers
+    as the prediction tower for each model" — LayerNorm, ReLU MLP, LayerNorm, one logit.
+
+Shapes: B batch, C candidates, L history length, D embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainers.embedding import RowSparseEmbedding
+
+
+class FeedbackEmbedding(nn.Module):
+    """Item, label and (optionally) position tables.
+
+    Args:
+        num_items: items are 1..num_items (0 = padding).
+        dim: D. init_std: item rows start as N(0, init_std²).
+        positions: learned positions for this many slots (the newest history item sits in
+            the last slot, whatever the padding); 0 = no position embedding.
+        labels: add the label embedding L_y (Eq. 1); False for a model that splits the
+            history by feedback instead (its ``label`` table then does not exist).
+    """
+
+    def __init__(self, num_items: int, dim: int, init_std: float, positions: int,
+                 labels: bool):
+        super().__init__()
+        self.item = RowSparseEmbedding(num_items + 1, dim, init_std)  # E
+        self.label = nn.Embedding(2, dim) if labels else None  # L: row 0 neg, row 1 pos
+        if self.label is not None:
+            nn.init.normal_(self.label.weight, std=init_std)
+        self.position = nn.Embedding(positions, dim) if positions else None
+
+    def forward(self, sequence: torch.Tensor, sequence_label: torch.Tensor,
+                items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args: sequence (B, L) left-padded item ids; sequence_label (B, L) 1/0; items (B, C).
+
+        Returns:
+            history: (B, L, D) E^f of Eq. 1 (+ position; without L_y if ``labels`` is
+                False), zero on padding;
+            keep: (B, L) bool, the real history positions (sequence != 0);
+            target: (B, C, D) E_{i_{t+1}} of every candidate.
+        """
+        L = sequence.shape[1]
+        keep = sequence != 0
+        history, target = self.item.lookup([sequence, items])
+        if self.label is not None:
+            history = history + self.label(sequence_label)
+        if self.position is not None:
+            P = self.position.num_embeddings
+            if L > P:
+                raise ValueError(f"history length {L} exceeds the model's {P} positions")
+            history = history + self.position(torch.arange(P - L, P, device=sequence.device))
+        return history * keep.unsqueeze(-1), keep, target
+
+
+class Tower(nn.Module):
+    """LayerNorm -> [Linear -> ReLU -> Dropout]* -> LayerNorm -> Linear(1) (Appendix A.3).
+
+    Args: in_dim: input width; hidden: widths of the MLP layers; dropout: after each layer.
+    """
+
+    def __init__(self, in_dim: int, hidden: list[int], dropout: float):
+        super().__init__()
+        layers: list[nn.Module] = [nn.LayerNorm(in_dim)]
+        width = in_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers += [nn.LayerNorm(width), nn.Linear(width, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) -> (...,) logits."""
+        return self.net(x).squeeze(-1)
+
+
+def dense_l2(model: nn.Module) -> torch.Tensor:
+    """1/2 ||θ||² over the dense parameters (the loop multiplies by ``train.l2``, Eq. 23's λ)."""
+    return sum(p.pow(2).sum() for p in model.parameters() if p.requires_grad) / 2
