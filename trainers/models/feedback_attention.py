@@ -43,11 +43,13 @@ def masked_softmax(logits: torch.Tensor, allowed: torch.Tensor, dim: int = -1) -
     so no 0/0 appears in the forward or the backward).
 
     Args:
-        logits: (..., N, ...) scores; allowed: bool, broadcastable to ``logits``.
+        logits: (..., N, ...) scores; allowed: bool with as many dimensions, broadcastable
+            to ``logits`` (kept unexpanded: the masks stay as small as their real shape).
     Returns:
         weights shaped like ``logits``; each allowed slice sums to 1, an empty one to 0.
     """
-    allowed = allowed.expand_as(logits)
+    assert allowed.ndim == logits.ndim, (f"mask of {allowed.ndim} dims for logits of "
+                                         f"{logits.ndim}: add the broadcast dimensions")
     any_allowed = allowed.any(dim=dim, keepdim=True)
     logits = logits.masked_fill(~allowed, float("-inf")).masked_fill(~any_allowed, 0.0)
     return torch.softmax(logits, dim=dim) * any_allowed
