@@ -63,10 +63,11 @@ def build(cfg: PipelineConfig, events: DataFrame, tmp: str, inputs: Inputs) -> d
         else:
             seqs = seqs.withColumn("fixed", F.lit(None).cast("array<int>"))
         eligible = seqs.where(F.size("items") >= MIN_EVENTS).select("user", "items", "fixed")
-        counts["users_too_short"] = counts["sequences"] - eligible.count()
+        n_eligible = eligible.count()
         with_fixed = eligible.where(F.col("fixed").isNotNull()).count()
-        counts["eval_negatives_fixed"] = with_fixed
-        counts["eval_negatives_sampled"] = counts["sequences"] - counts["users_too_short"] - with_fixed
+        counts.update(users_too_short=counts["sequences"] - n_eligible,
+                      eval_negatives_fixed=with_fixed,
+                      eval_negatives_sampled=n_eligible - with_fixed)
         capped = eval_users(eligible, idx.seed, idx.max_eval_users)
         for split in neg.SPLITS:
             src = eligible

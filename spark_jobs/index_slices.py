@@ -147,9 +147,10 @@ def build(cfg: PipelineConfig, events: DataFrame, tmp: str, inputs: Inputs) -> d
         with timer.step("samples"):
             # Real negatives (label 0) exist only where ratings are split (CCMR); without
             # any, the three splits need no scan for them.
-            negatives_df = (events.where("label = 0").select("user", "item", "slice")
-                            if n_negative else
-                            events.sparkSession.createDataFrame([], "user int, item int, slice short"))
+            negatives_df = events.where("label = 0").select("user", "item", "slice")
+            if not n_negative:
+                negatives_df = events.sparkSession.createDataFrame(
+                    [], "user int, item int, slice short")
             for split in neg.SPLITS:
                 n_neg = idx.train_negatives if split == "train" else idx.eval_negatives
                 targets = train_slices if split == "train" else [neg.target_slice(split, T)]
