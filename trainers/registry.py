@@ -5,19 +5,30 @@ A model is an ``nn.Module`` that
     ``model.params`` in the config; unknown keys are errors),
   * declares ``inputs``: which batch fields it needs, so the data layer builds only those
     (``"slice_sets"``: time-sliced (co-)interaction sets; ``"sequence"``: the user's item
-    sequence before the target slice),
+    history before the target; ``"sequence_label"``: that history's feedback labels), and
+    may declare ``optional_inputs``: fields it reads when the protocol feeds them (e.g.
+    GRU4Rec's label embedding under ``feedback``). Each protocol feeds (trainers/batches.py
+    ``PROTOCOL_INPUTS``): ``slices`` {slice_sets, sequence}, ``leave_one_out`` {sequence},
+    ``feedback`` {sequence, sequence_label}; a model needing more is refused (one clear
+    error; ``compare`` skips it and says why),
   * is built as ``Model(params, sizes)`` and never sees Spark, Ray or dataset objects,
   * maps a batch to candidate scores with ``forward(batch) -> (B, C)`` logits, and
   * owns its objective with ``loss(scores, batch) -> scalar``.
 
 Batch fields (built by trainers/batches.py; B batch, C candidates, H history slices,
 S set size, L sequence length; all ids int64, 0 = padding / empty):
-  user          (B,)            user_idx
-  items         (B, C)          candidate item_idx, the positive at column 0
-  label         (B, C) float    1.0 for the positive, 0.0 for negatives
-  user_sets     (B, H, 2, S)    [:, t, 0] = G_t(u) items, [:, t, 1] = G_t(v|u) users
-  item_sets     (B, C, H, 2, S) [..., t, 0] = G_t(v) users, [..., t, 1] = G_t(u|v) items
-  sequence      (B, L)          the user's positive items before the target slice, left-padded
+  user           (B,)            user_idx
+  items          (B, C)          candidate item_idx, the target at column 0
+  label          (B, C) float    column 0: the target's label (its feedback under
+                                 ``feedback``, so 0.0 for a disliked target; 1.0 elsewhere);
+                                 sampled / real negatives 0.0
+  user_sets      (B, H, 2, S)    [:, t, 0] = G_t(u) items, [:, t, 1] = G_t(v|u) users
+  item_sets      (B, C, H, 2, S) [..., t, 0] = G_t(v) users, [..., t, 1] = G_t(u|v) items
+  sequence       (B, L)          history items, left-padded: ``slices``, the user's positive
+                                 items before the target slice; ``leave_one_out`` and
+                                 ``feedback``, the user's last L events before the target
+  sequence_label (B, L)          1 positive, 0 negative feedback of each history event; 0 on
+                                 padding too (padding is ``sequence == 0``)
 History slice h of H is absolute slice ``target - H + h``; slices before 0 are all-empty.
 """
 
@@ -39,8 +50,8 @@ class DataSizes:
 
     num_users: int  # user_idx in 1..num_users; 0 is padding
     num_items: int  # item_idx in 1..num_items; 0 is padding
-    history_slices: int  # H
-    set_size: int  # S
+    history_slices: int  # H; 0 for protocols without slices (leave_one_out, feedback)
+    set_size: int  # S; 0 for protocols without slices
     sequence_len: int  # L
 
 
@@ -88,6 +99,11 @@ def _load_all() -> None:
     import trainers.models.sasrec  # noqa: F401
     import trainers.models.rrn  # noqa: F401
     import trainers.models.deems  # noqa: F401
+    import trainers.models.dualrec  # noqa: F401
+    import trainers.models.dual_gru4rec  # noqa: F401
+    import trainers.models.dual_fmlp  # noqa: F401
+    import trainers.models.fmlp  # noqa: F401
+    import trainers.models.bert4rec  # noqa: F401
     import trainers.models.dfar  # noqa: F401  (dfar, tha4rec)
     import trainers.models.din  # noqa: F401
     import trainers.models.dien  # noqa: F401

@@ -1,0 +1,141 @@
+"""BERT4Rec (Sun et al., CIKM 2019, "BERT4Rec: Sequential Recommendation with Bidirectional
+Encoder Representations from Transformer"): a bidirectional Transformer trained on the
+Cloze task.
+
+Implemented (equation numbers of the paper):
+  * Embedding, Section 3.4: h^0_i = Drop(v_i + p_i), item embedding v (one extra row for
+    [mask]) plus learned absolute positions p over the L slots.
+  * Transformer layers, Eq. 1-5: multi-head self-attention over every real slot (no causal
+    mask; padding keys blocked), post-LayerNorm, GELU FFN (trainers/models/transformer.py).
+  * Output, Eq. 7: P(v) = softmax(GELU(h W^P + b^P) Eᵀ + b^O), E the input item embedding
+    (shared), b^O a per-item bias.
+  * Cloze training, Section 3.6: the training sequence (``sequence`` then the target,
+    its newest L items) has each real item replaced by [mask] with probability ρ
+    (``mask_prob``); the loss is the mean negative log-likelihood of the masked items
+    (Eq. 8) with the full softmax over all items (trainers/models/softmax.py, chunked).
+    With probability ``mask_last_prob`` a row masks only its last item instead, the paper's
+    extra samples "that only mask the last item" to match the next-item task.
+  * Inference, Section 3.6: [mask] is appended to the history (the oldest slot drops out)
+    and its output scores the candidates.
+
+The item table is a dense ``nn.Embedding``: the full softmax touches every row each step.
+
+Shapes: B batch, C candidates, L sequence length, d embedding, M masked positions.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from trainers.models.softmax import full_softmax_ce
+from trainers.models.transformer import TransformerLayer, init_weights
+from trainers.registry import Batch, DataSizes, ModelParams, register
+
+
+class BERT4RecParams(ModelParams):
+    embed_dim: int = Field(gt=0)  # d (paper: 64)
+    init_std: float = Field(gt=0)  # weights start as N(0, std²) (paper: truncated, 0.02)
+    num_layers: int = Field(ge=1)  # paper: 2
+    num_heads: int = Field(ge=1)  # paper: 2
+    ffn_dim: int = Field(gt=0)  # paper: 4d
+    dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.1
+    mask_prob: float = Field(gt=0.0, le=1.0)  # ρ (paper: 0.6 Beauty, 0.4 Steam, 0.2 ML)
+    mask_last_prob: float = Field(ge=0.0, le=1.0)  # rows masking only their last item
+    softmax_chunk: int = Field(gt=0)  # positions per full-softmax block (memory: chunk x N)
+
+
+@register("bert4rec")
+class BERT4Rec(nn.Module):
+    Params: ClassVar[type[ModelParams]] = BERT4RecParams
+    inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
+
+    def __init__(self, params: BERT4RecParams, sizes: DataSizes):
+        super().__init__()
+        self.params = params
+        d, L = params.embed_dim, sizes.sequence_len
+        self.num_items = sizes.num_items
+        self.mask_id = sizes.num_items + 1  # rows: 0 padding, 1..N items, N+1 [mask]
+        self.item = nn.Embedding(sizes.num_items + 2, d, padding_idx=0)  # v / E
+        self.position = nn.Embedding(L, d)  # p
+        self.dropout = nn.Dropout(params.dropout)
+        self.layers = nn.ModuleList(
+            TransformerLayer(d, params.num_heads, params.ffn_dim, params.dropout, "none", L)
+            for _ in range(params.num_layers))
+        self.project = nn.Linear(d, d)  # W^P, b^P of Eq. 7
+        self.item_bias = nn.Parameter(torch.zeros(sizes.num_items + 1))  # b^O (0: padding)
+        init_weights(self, params.init_std)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Bidirectional states: tokens (B, L) ids (0 padding, N+1 [mask]) -> (B, L, d)."""
+        B, L = tokens.shape
+        keep = tokens != 0
+        mask = keep.unsqueeze(-1).to(self.item.weight.dtype)  # (B, L, 1)
+        x = self.dropout(self.item(tokens) + self.position.weight[-L:]) * mask  # newest last
+        blocked = ~keep[:, None, None, :]  # (B, 1, 1, L): padding keys; every row has a real one
+        for layer in self.layers:
+            x, _ = layer(x, blocked, mask)
+        return x
+
+    def output(self, states: torch.Tensor) -> torch.Tensor:
+        """GELU(h W^P + b^P) of Eq. 7: (..., d) -> (..., d)."""
+        return F.gelu(self.project(states))
+
+    def cloze(self, full: torch.Tensor) -> torch.Tensor:
+        """Which real items of the training sequences become [mask] (Section 3.6).
+
+        Args:
+            full: (B, L) training sequences, left-padded.
+        Returns:
+            (B, L) bool.
+        """
+        real = full != 0
+        masked = (torch.rand(full.shape, device=full.device) < self.params.mask_prob) & real
+        last_only = torch.rand(full.shape[0], device=full.device) < self.params.mask_last_prob
+        only_last = torch.zeros_like(masked)
+        only_last[:, -1] = real[:, -1]
+        return torch.where(last_only[:, None], only_last, masked)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits of
+        the last slot (at inference the appended [mask]).
+
+        In training (grad enabled) it masks the training sequence and keeps the masked
+        states and items for :meth:`loss`.
+        """
+        sequence, items = batch["sequence"], batch["items"]
+        if self.training and torch.is_grad_enabled():
+            full = torch.cat([sequence, items[:, :1]], dim=1)[:, 1:]  # (B, L): newest L items
+            masked = self.cloze(full)
+            states = self.encode(torch.where(masked, self.mask_id, full))
+            self._train = (states[masked], full[masked])  # (M, d), (M,)
+        else:
+            append = torch.full_like(sequence[:, :1], self.mask_id)
+            states = self.encode(torch.cat([sequence[:, 1:], append], dim=1))
+        h = self.output(states[:, -1])  # (B, d)
+        return (self.item(items) @ h.unsqueeze(-1)).squeeze(-1) + self.item_bias[items]
+
+    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Eq. 8: mean −log P(v = masked item) over the masked positions (full softmax).
+
+        Raises:
+            RuntimeError: no training forward preceded the call.
+        """
+        state = self.__dict__.pop("_train", None)
+        if state is None:
+            raise RuntimeError("loss needs a training forward first (model.train(), grad on)")
+        states, targets = state
+        losses = full_softmax_ce(self.output(states), targets,
+                                 self.item.weight[1:self.num_items + 1],
+                                 self.params.softmax_chunk, self.item_bias[1:])
+        return losses.sum() / max(1, targets.numel())
+
+    def regularization(self) -> torch.Tensor:
+        """1/2 ||θ||² over every parameter (the loop multiplies by ``train.l2``)."""
+        return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2

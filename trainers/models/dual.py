@@ -1,0 +1,265 @@
+"""The dual network of DualRec (Zhang et al., CIKM 2022, "Disentangling Past-Future Modeling
+in Sequential Recommendation via Dual Networks"), for any backbone encoder.
+
+Implemented (equation numbers of the paper):
+  * Section 3.3: two encoders of the same backbone with separate parameters, a past encoder
+    (next-item prediction, sees positions <= t) and a future encoder (previous-item
+    prediction, sees positions >= t), sharing one item embedding E^I (3.3.1, Eq. 2) that is
+    also the output layer (Eq. 12).
+  * Eq. 12-14 on the training sequence s = ``sequence`` followed by the target
+    (``items[:, 0]``), L+1 items: the past encoder reads s[:-1] and its output at each
+    position predicts the next item (s[1:]); the future encoder reads s[1:] and predicts the
+    previous one (s[:-1]), as the released code. Each prediction is a full softmax over all
+    items (trainers/models/softmax.py, chunked); each encoder's cross-entropy is the mean
+    over its non-padding positions (the code's ``CrossEntropyLoss(ignore_index=0)``; Eq. 14
+    writes sums), and L = α·L_past + (1-α)·L_future + β·L_reg.
+  * Eq. 10-11, the bi-directional transfer: each encoder returns, per level (a Transformer
+    layer; one level for the other backbones), a (B, S, f) feature vector per scale (an
+    attention head of its window, or a per-scale state); a scale's distribution is the
+    softmax over its f features, and L_reg is ½[KL(p‖f) + KL(f‖p)] of matching scales.
+    ``transfer_reduction: mean`` (default) is the released code's normalisation, the one
+    β = 0.1 was tuned with (PROTOCOLS §5): averaged over batch, scales and levels; ``sum``
+    sums over scales as Eq. 10 writes (β then weighs S times more), still averaged over
+    batch and levels.
+  * Eq. 8, window sizes per scale (:func:`window_sizes`).
+  * Section 3.5.2: inference uses the past encoder only; its state at the last position
+    scores the candidates.
+
+Ablations (Tables 3-5), as settings:
+  * ``encoders: past`` — the past-only model: only the past encoder exists; L = L_past.
+    Table 4's plain backbone rows.
+  * ``encoders: future`` — the future-only model of Table 5: only the future encoder exists,
+    trained on L_future (previous-item prediction); at inference the same parameters read
+    the history as a past encoder (its mask or reading direction flipped), "the extreme case
+    of training-inference gap".
+  * ``beta: 0`` — dual without transfer (Table 3 "w/o BIT", Table 4 "Dual<backbone>").
+
+Backbone encoders implement ``encoder(e, keep, direction, scales)``: e (B, L, d) item
+embeddings of a left-padded sequence, keep (B, L) bool (real items), direction "past" or
+"future"; they return (B, L, d) states (0 on padding; a past state at t depends on items
+<= t only, a future state on items >= t only) and, when ``scales``, the list of per-level
+(B, S, f) scale features (else None).
+
+Shapes: B batch, C candidates, L sequence length, d embedding, S scales, N items.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from trainers.models.softmax import full_softmax_ce
+from trainers.registry import Batch, DataSizes, ModelParams
+
+Direction = Literal["past", "future"]
+
+
+def window_sizes(h: int, n: int) -> list[int]:
+    """Eq. 8: WS(i) = i+1 for i <= h/2, else h/2 + ⌈e^{i-h/2} / e^{h/2} · (n - h/2)⌉.
+
+    A window counts the keys a query sees including itself (the released code's masks; for
+    h=8, n=50: [2, 3, 4, 5, 7, 11, 21, 50]). Eq. 9 writes S_j = [X_{j-σ}, ..., X_j], one key
+    more; the code and its published numbers use σ keys.
+
+    Args:
+        h: scales (attention heads), even.
+        n: sequence length.
+    Returns:
+        h window sizes, for scales i = 1..h.
+    Raises:
+        ValueError: odd h.
+    """
+    if h % 2:
+        raise ValueError(f"Eq. 8 needs an even number of scales, got {h}")
+    half = h // 2
+    return [i + 1 if i <= half else half + math.ceil(math.exp(i - half) / math.exp(half) * (n - half))
+            for i in range(1, h + 1)]
+
+
+def symmetric_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """½[KL(P‖Q) + KL(Q‖P)] of P = softmax(p_logits), Q = softmax(q_logits) (Eq. 10-11).
+
+    Args:
+        p_logits, q_logits: (..., f) features; the softmax is over the last axis.
+    Returns:
+        (...,) divergence per row.
+    """
+    log_p, log_q = F.log_softmax(p_logits, dim=-1), F.log_softmax(q_logits, dim=-1)
+    kl_pq = (log_p.exp() * (log_p - log_q)).sum(-1)
+    kl_qp = (log_q.exp() * (log_q - log_p)).sum(-1)
+    return (kl_pq + kl_qp) / 2
+
+
+def transfer_loss(past: list[torch.Tensor], future: list[torch.Tensor],
+                  reduction: Literal["mean", "sum"]) -> torch.Tensor:
+    """L_reg of Eq. 10 between matching scales of the two encoders.
+
+    Args:
+        past, future: per level, (B, S, f) scale features of each encoder.
+        reduction: ``mean`` over batch and scales (released code), ``sum`` over scales and
+            mean over batch (Eq. 10); both average over levels.
+    Returns:
+        scalar.
+    """
+    per_level = []
+    for p, f in zip(past, future, strict=True):
+        kl = symmetric_kl(p, f)  # (B, S)
+        per_level.append(kl.mean() if reduction == "mean" else kl.sum(1).mean())
+    return torch.stack(per_level).mean()
+
+
+def window_end_states(states: torch.Tensor, lengths: torch.Tensor,
+                      windows: list[int]) -> torch.Tensor:
+    """A right-to-left encoder's state after reading the w newest items, for each window w.
+
+    A future encoder reads a left-padded sequence from its newest item backwards, so its
+    state at position L - w has read exactly the w newest items: the input truncated to the
+    window (a user with fewer items is read whole).
+
+    Args:
+        states: (B, L, k) future-direction states (0 on padding).
+        lengths: (B,) real items per row.
+        windows: S window sizes.
+    Returns:
+        (B, S, k); rows without items are 0.
+    """
+    B, L, k = states.shape
+    w = torch.tensor(windows, device=states.device)  # (S,)
+    at = L - torch.minimum(w[None, :], lengths[:, None]).clamp(min=1)  # (B, S)
+    return states.gather(1, at.unsqueeze(-1).expand(B, len(windows), k))
+
+
+class DualParams(ModelParams):
+    """Settings every dual backbone shares (Section 3.3-3.5)."""
+
+    embed_dim: int = Field(gt=0)  # d (paper: 64)
+    init_std: float = Field(gt=0)  # weights and embeddings start as N(0, std²) (code: 0.02)
+    dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.5
+    encoders: Literal["dual", "past", "future"]  # ablations of Table 5 / Table 4
+    alpha: float = Field(ge=0.0, le=1.0)  # α of Eq. 14 (paper: 0.5)
+    beta: float = Field(ge=0.0)  # β of Eq. 14 (released configs: 0.1; 0 = no transfer)
+    transfer_reduction: Literal["mean", "sum"]  # mean: released code; sum: Eq. 10
+    softmax_chunk: int = Field(gt=0)  # positions per full-softmax block (memory: chunk x N)
+
+    @model_validator(mode="after")
+    def _transfer_needs_both(self) -> DualParams:
+        if self.beta > 0 and self.encoders != "dual":
+            raise ValueError(f"beta={self.beta} transfers between two encoders, but encoders is "
+                             f"{self.encoders!r}: set beta: 0 or encoders: dual")
+        return self
+
+
+class DualNetwork(nn.Module):
+    """Past and future encoders over a shared, tied item embedding (Section 3.3-3.5).
+
+    The item table is a dense ``nn.Embedding``, not a row-sparse one: the full softmax of
+    Eq. 13 gives every row a gradient at every step, so a row-sparse table would gather and
+    scatter the whole table each step for nothing.
+
+    Args:
+        params: the dual settings.
+        sizes: dataset sizes.
+        make_encoder: builds one backbone encoder (called once per encoder kept).
+    """
+
+    inputs = frozenset({"sequence"})
+
+    def __init__(self, params: DualParams, sizes: DataSizes,
+                 make_encoder: Callable[[], nn.Module]):
+        super().__init__()
+        self.params = params
+        self.item = nn.Embedding(sizes.num_items + 1, params.embed_dim, padding_idx=0)  # E^I
+        nn.init.normal_(self.item.weight, std=params.init_std)
+        with torch.no_grad():
+            self.item.weight[0].zero_()  # "a constant zero vector for the padding item"
+        self.past = make_encoder() if params.encoders != "future" else None
+        self.future = make_encoder() if params.encoders != "past" else None
+
+    def _score(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Eq. 12 on candidates: h (B, d), items (B, C) -> (B, C)."""
+        return (self.item(items) @ h.unsqueeze(-1)).squeeze(-1)
+
+    def predict_states(self, sequence: torch.Tensor) -> torch.Tensor:
+        """States of the encoder used at inference over a history (Section 3.5.2).
+
+        Args:
+            sequence: (B, L) left-padded item ids.
+        Returns:
+            (B, L, d): the past encoder's states, or, for the future-only model, the future
+            encoder's parameters read in the past direction.
+        """
+        encoder = self.past if self.past is not None else self.future
+        keep = sequence != 0
+        return encoder(self.item(sequence), keep, "past", False)[0]
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits.
+
+        In training (grad enabled) it also runs both encoders over the training sequence and
+        keeps what :meth:`loss` needs (Eq. 12-14).
+        """
+        sequence, items = batch["sequence"], batch["items"]
+        if not (self.training and torch.is_grad_enabled()):
+            return self._score(self.predict_states(sequence)[:, -1], items)
+        full = torch.cat([sequence, items[:, :1]], dim=1)  # (B, L+1): s = history + target
+        scales = self.params.beta > 0
+        ce, levels = {}, {}
+        if self.past is not None:
+            past_in = full[:, :-1]  # (B, L) predicts full[:, 1:]
+            states, levels["past"] = self.past(self.item(past_in), past_in != 0, "past", scales)
+            ce["past"] = (states, past_in, full[:, 1:])
+            scores = self._score(states[:, -1], items)
+        if self.future is not None:
+            future_in = full[:, 1:]  # (B, L) predicts full[:, :-1]
+            states, levels["future"] = self.future(self.item(future_in), future_in != 0,
+                                                   "future", scales)
+            ce["future"] = (states, future_in, full[:, :-1])
+        if self.past is None:  # future-only: the candidates are scored as at inference
+            with torch.no_grad():
+                scores = self._score(self.predict_states(sequence)[:, -1], items)
+        self._train = (ce, levels)
+        return scores
+
+    def encoder_losses(self, ce: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                       ) -> dict[str, torch.Tensor]:
+        """Mean full-softmax cross-entropy (Eq. 13-14) of each encoder over its positions
+        whose input and target are both items."""
+        out = {}
+        for name, (states, inputs, targets) in ce.items():
+            valid = (inputs != 0) & (targets != 0)  # (B, L)
+            losses = full_softmax_ce(states[valid], targets[valid], self.item.weight[1:],
+                                     self.params.softmax_chunk)  # (M,)
+            out[name] = losses.sum() / valid.sum().clamp(min=1)
+        return out
+
+    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Eq. 14 after a training forward (the candidate scores are not part of it: the
+        target is the last past-encoder position's full-softmax prediction).
+
+        Raises:
+            RuntimeError: no training forward preceded the call.
+        """
+        state = self.__dict__.pop("_train", None)
+        if state is None:
+            raise RuntimeError("loss needs a training forward first (model.train(), grad on)")
+        ce, levels = state
+        terms = self.encoder_losses(ce)
+        if self.params.encoders != "dual":
+            return terms[self.params.encoders]
+        p = self.params
+        total = p.alpha * terms["past"] + (1 - p.alpha) * terms["future"]
+        if p.beta > 0:
+            total = total + p.beta * transfer_loss(levels["past"], levels["future"],
+                                                   p.transfer_reduction)
+        return total
+
+    def regularization(self) -> torch.Tensor:
+        """1/2 ||θ||² over every parameter: with ``train.l2`` = 1e-4 the loop's λ·this is the
+        released code's Adam weight decay 1e-4 (gradient + λθ)."""
+        return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2

@@ -1,0 +1,211 @@
+"""FMLP-Rec (Zhou et al., WWW 2022, "Filter-enhanced MLP is All You Need for Sequential
+Recommendation"): learnable frequency-domain filters instead of self-attention.
+
+Implemented (Section 3 of the paper):
+  * Embedding layer: E = Drop(LN(M[s] + P)), learned absolute positions P over the slots of
+    the left-padded window (the newest item at slot L-1).
+  * Filter layer: X = FFT(F) along the sequence, X̃ = W ⊙ X with a learnable complex filter
+    W ∈ C^{(L/2+1) x d}, F̃ = IFFT(X̃); output LN(F + Drop(F̃)) (orthonormal FFTs and
+    W ~ 0.02·N(0, 1), as the released code).
+  * Point-wise FFN: LN(F̃ + Drop(GELU(F̃W1 + b1)W2 + b2)); ``num_layers`` filter blocks.
+  * Prediction and loss: r = M_i · F_t at the last slot, binary cross-entropy of the next
+    item against one sampled negative (the paper's pairwise loss).
+
+The filter is global (a circular convolution over all L slots), so a state at slot t
+depends on every item of its input, later ones included. Training must not let a target be
+visible (PROTOCOLS §5), so this model trains as the released code does: one prefix per
+prediction, scored at its last slot. In a training forward every history position t whose
+next item is real gets the prefix sequence[:t+1], left-padded to L, scoring sequence[t+1]
+against a uniformly sampled negative (never the target), besides the full sequence scoring
+the candidate list; the loss averages over all of them. Padding rows are zeroed after every
+layer (the code lets position embeddings of padding slots into the filter); so an output
+depends on the real items and their slots only.
+
+:class:`FilterLayer` with ``causal=True`` is the causal variant the dual FMLP-Rec uses
+(trainers/models/dual_fmlp.py): a linear convolution with a causal kernel of L taps, the
+kernel being the inverse FFT of a learnable 2L-point frequency response W cut to its
+first L taps, so the state at t only sees slots <= t. It is applied as a product with the
+kernel's lower-triangular Toeplitz matrix (exactly causal; L = 50 makes that cheap).
+
+Shapes: B batch, C candidates, L sequence length, d embedding, M prefixes.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from trainers.embedding import RowSparseEmbedding
+from trainers.models.transformer import LAYER_NORM_EPS, init_weights
+from trainers.registry import Batch, DataSizes, ModelParams, register
+
+FILTER_INIT_SCALE = 0.02  # the released code's complex_weight = randn(...) * 0.02
+
+
+class FilterLayer(nn.Module):
+    """Learnable filter along the sequence with residual, dropout and LayerNorm.
+
+    Args:
+        L: sequence length; d: model size; dropout: on the filtered signal;
+        causal: False = FMLP-Rec's global filter; True = causal linear convolution.
+    """
+
+    def __init__(self, L: int, d: int, dropout: float, causal: bool):
+        super().__init__()
+        self.L, self.causal = L, causal
+        points = 2 * L if causal else L  # causal: zero-padded to 2L, so nothing wraps around
+        self.weight = nn.Parameter(torch.randn(points // 2 + 1, d, 2) * FILTER_INIT_SCALE)
+        self.dropout = nn.Dropout(dropout)
+        self.ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+
+    def filtered(self, x: torch.Tensor) -> torch.Tensor:
+        """The filter alone: x (B, L, d) -> (B, L, d)."""
+        L = x.shape[1]
+        if L != self.L:
+            raise ValueError(f"the filter is built for length {self.L}, got {L}")
+        w = torch.view_as_complex(self.weight)  # (points/2+1, d)
+        if not self.causal:  # X̃ = W ⊙ FFT(F), F̃ = IFFT(X̃)
+            spectrum = torch.fft.rfft(x, dim=1, norm="ortho") * w
+            return torch.fft.irfft(spectrum, n=L, dim=1, norm="ortho")
+        kernel = torch.fft.irfft(w, n=2 * L, dim=0, norm="ortho")[:L]  # (L, d): taps 0..L-1
+        # y_t = Σ_{k<=t} kernel_k x_{t-k} as a lower-triangular Toeplitz product: slots after t
+        # contribute exactly 0 (an FFT product is causal only up to roundoff).
+        slot = torch.arange(L, device=x.device)
+        lag = slot[:, None] - slot[None, :]  # (L, L): t - s
+        toeplitz = kernel[lag.clamp(min=0)] * (lag >= 0).unsqueeze(-1)  # (L, L, d)
+        return torch.einsum("tsd,bsd->btd", toeplitz, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln(x + self.dropout(self.filtered(x)))
+
+
+class FilterBlock(nn.Module):
+    """Filter layer, then the point-wise FFN with residual and LayerNorm."""
+
+    def __init__(self, L: int, d: int, ffn_dim: int, dropout: float, causal: bool):
+        super().__init__()
+        self.filter = FilterLayer(L, d, dropout, causal)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, d))
+        self.dropout = nn.Dropout(dropout)
+        self.ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, d), mask (B, L, 1) float -> (B, L, d), 0 on padding."""
+        x = self.filter(x) * mask
+        return self.ln(x + self.dropout(self.ffn(x))) * mask
+
+
+class FilterStack(nn.Module):
+    """Embedding layer (positions, LN, dropout) and the filter blocks.
+
+    Args:
+        L: sequence length; d: model size; num_layers; ffn_dim; dropout; causal.
+    """
+
+    def __init__(self, L: int, d: int, num_layers: int, ffn_dim: int, dropout: float,
+                 causal: bool):
+        super().__init__()
+        self.position = nn.Embedding(L, d)  # P over the window's slots
+        self.ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(FilterBlock(L, d, ffn_dim, dropout, causal)
+                                    for _ in range(num_layers))
+
+    def forward(self, e: torch.Tensor, keep: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        """Args: e (B, L, d) item embeddings; keep (B, L) bool; flip: run the filters over the
+        reversed sequence (a causal filter then sees slots >= t). Returns (B, L, d)."""
+        mask = keep.unsqueeze(-1).to(e.dtype)  # (B, L, 1)
+        x = self.dropout(self.ln(e + self.position.weight)) * mask
+        if flip:
+            x, mask = x.flip(1), mask.flip(1)
+        for block in self.blocks:
+            x = block(x, mask)
+        return x.flip(1) if flip else x
+
+
+def prefix_rows(sequence: torch.Tensor, valid: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The prefixes ending at each valid history position, left-padded to L.
+
+    Args:
+        sequence: (B, L) left-padded item ids.
+        valid: (B, L-1) bool, positions t whose prefix sequence[:, :t+1] is scored.
+    Returns:
+        prefixes (M, L): row m is sequence[b, :t+1] right-aligned, 0 before it;
+        b, t: (M,) the row and position of each prefix.
+    """
+    B, L = sequence.shape
+    b, t = valid.nonzero(as_tuple=True)  # (M,) each
+    src = torch.arange(L, device=sequence.device)[None, :] - (L - 1 - t)[:, None]  # (M, L)
+    prefixes = sequence[b[:, None], src.clamp(min=0)] * (src >= 0)
+    return prefixes, b, t
+
+
+class FMLPRecParams(ModelParams):
+    embed_dim: int = Field(gt=0)  # d (paper: 64)
+    embed_init_std: float = Field(gt=0)  # item rows start as N(0, std²) (code: 0.02)
+    num_layers: int = Field(ge=1)  # filter blocks (paper: 2)
+    ffn_dim: int = Field(gt=0)  # FFN inner size (code: 4d)
+    dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.5
+
+
+@register("fmlp")
+class FMLPRec(nn.Module):
+    Params: ClassVar[type[ModelParams]] = FMLPRecParams
+    inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
+
+    def __init__(self, params: FMLPRecParams, sizes: DataSizes):
+        super().__init__()
+        self.params = params
+        self.item = RowSparseEmbedding(sizes.num_items + 1, params.embed_dim,
+                                       params.embed_init_std)  # M: input and output
+        self.stack = FilterStack(sizes.sequence_len, params.embed_dim, params.num_layers,
+                                 params.ffn_dim, params.dropout, causal=False)
+        init_weights(self.stack, params.embed_init_std)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits.
+
+        In training (grad enabled) it also scores every history prefix's next item against
+        a sampled negative and keeps those (M, 2) scores for :meth:`loss`.
+        """
+        sequence, items = batch["sequence"], batch["items"]
+        if not (self.training and torch.is_grad_enabled()):
+            e, cand = self.item.lookup([sequence, items])
+            h = self.stack(e, sequence != 0)[:, -1]  # (B, d)
+            return (cand @ h.unsqueeze(-1)).squeeze(-1)
+        B = sequence.shape[0]
+        targets = sequence[:, 1:]  # (B, L-1): the item after position t
+        valid = (sequence[:, :-1] != 0) & (targets != 0)
+        prefixes, b, t = prefix_rows(sequence, valid)  # (M, L)
+        num_items = self.item.weight.shape[0] - 1
+        positive = targets[b, t]  # (M,)
+        negative = torch.randint(1, num_items + 1, positive.shape, device=sequence.device)
+        negative = torch.where(negative == positive, negative % num_items + 1, negative)
+        inputs = torch.cat([sequence, prefixes])  # (B + M, L)
+        e, cand, pairs = self.item.lookup([inputs, items, torch.stack([positive, negative], 1)])
+        h = self.stack(e, inputs != 0)[:, -1]  # (B + M, d): each input's last slot
+        self._prefixes = (pairs @ h[B:].unsqueeze(-1)).squeeze(-1)  # (M, 2) [next, negative]
+        return (cand @ h[:B].unsqueeze(-1)).squeeze(-1)
+
+    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Binary cross-entropy per prediction: a candidate row (scores (B, C), positive at
+        column 0) sums over its candidates, a prefix over [next item, negative]; the mean is
+        over the B rows and, after a training forward, the M prefixes alike."""
+        rows = F.binary_cross_entropy_with_logits(
+            scores, batch["label"].to(scores.dtype), reduction="none").sum(1)  # (B,)
+        prefixes = self.__dict__.pop("_prefixes", None)
+        if prefixes is None:
+            return rows.mean()
+        labels = torch.zeros_like(prefixes)
+        labels[:, 0] = 1.0
+        per_prefix = F.binary_cross_entropy_with_logits(prefixes, labels, reduction="none")
+        return torch.cat([rows, per_prefix.sum(1)]).mean()
+
+    def regularization(self) -> torch.Tensor:
+        """1/2 ||θ||² over the dense parameters (the loop multiplies by λ)."""
+        return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2
