@@ -23,6 +23,10 @@ Implemented (equation numbers of the paper):
   * THA4Rec = ``attention: tha`` with ``dual_interest: false``: the encoder feeds one tower
     MLP(s ‖ E_{t+1}) and the loss is BCE alone (Eq. 13-21 do not exist).
 
+Choices where the paper is silent: each stack is one attention exactly as Eq. 12 and 14
+write it (no residual, FFN or LayerNorm around it; "one block per stack"); dropout on E^f
+and inside the towers; the widths of Eq. 15's MLP and of the towers are settings.
+
 Each candidate is scored on its own against the whole history (no causal mask needed: every
 history item precedes the target). Shapes: B batch, C candidates, L history, D embedding.
 """
