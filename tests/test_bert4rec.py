@@ -1,0 +1,97 @@
+"""BERT4Rec (trainers/models/bert4rec.py): Cloze masking, the loss by hand, bidirectional
+attention, and [mask] appended at inference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainers.registry import DataSizes, build_model
+
+L, N = 6, 15
+SIZES = DataSizes(num_users=5, num_items=N, history_slices=1, set_size=1, sequence_len=L)
+PARAMS = dict(embed_dim=8, init_std=0.3, num_layers=2, num_heads=2, ffn_dim=16, dropout=0.0,
+              mask_prob=1.0, mask_last_prob=0.0, softmax_chunk=4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is far faster than two on a shared 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(**over):
+    torch.manual_seed(0)
+    return build_model("bert4rec", {**PARAMS, **over}, SIZES)
+
+
+def batch() -> dict[str, torch.Tensor]:
+    return {"user": torch.tensor([1, 2]),
+            "sequence": torch.tensor([[0, 0, 0, 3, 4, 5], [1, 2, 3, 4, 5, 6]]),
+            "items": torch.tensor([[7, 9], [8, 10]]), "label": torch.tensor([[1.0, 0.0]] * 2)}
+
+
+def test_cloze_masks():
+    full = torch.tensor([[0, 0, 3, 4, 5, 7], [2, 3, 4, 5, 6, 8]])
+    assert torch.equal(build().cloze(full), full != 0)  # ρ = 1: every real item
+    only_last = build(mask_last_prob=1.0).cloze(full)
+    assert only_last.int().tolist() == [[0, 0, 0, 0, 0, 1]] * 2
+    torch.manual_seed(3)
+    some = build(mask_prob=0.5).cloze(torch.randint(1, N + 1, (200, L)))
+    assert 0.4 < some.float().mean() < 0.6
+
+
+def test_loss_by_hand():
+    model, b = build().train(), batch()
+    scores = model(b)
+    full = torch.cat([b["sequence"], b["items"][:, :1]], 1)[:, 1:]  # newest L items
+    # [0 0 3 4 5 7], [2 3 4 5 6 8]: every real item is [mask] (ρ = 1) and a target
+    tokens = torch.where(full != 0, N + 1, 0)
+    states = model.encode(tokens)
+    logits = (F.gelu(model.project(states)) @ model.item.weight[1:N + 1].T
+              + model.item_bias[1:])  # (B, L, N): Eq. 7
+    nll = -logits.log_softmax(-1).gather(-1, (full - 1).clamp(min=0)[..., None]).squeeze(-1)
+    expected = nll[full != 0].mean()
+    assert torch.allclose(model.loss(scores, b), expected, atol=1e-5)
+
+
+def test_attention_is_bidirectional():
+    model = build().eval()
+    tokens = torch.tensor([[0, 3, 4, 5, 6, N + 1]])
+    e = model.item(tokens).detach().requires_grad_()
+    keep = (tokens != 0).unsqueeze(-1).float()
+    x = e + model.position.weight
+    for layer in model.layers:
+        x, _ = layer(x, ~(tokens != 0)[:, None, None, :], keep)
+    g = torch.autograd.grad(x[0, 1] @ torch.randn(8), e)[0].abs().sum(-1)  # slot 1's output
+    assert (g[0, 2:] > 0).all()  # later slots matter
+    assert g[0, 0] == 0  # padding does not
+
+
+def test_inference_appends_mask():
+    model, b = build().eval(), batch()
+    with torch.no_grad():
+        scores = model(b)
+        tokens = torch.cat([b["sequence"][:, 1:], torch.full((2, 1), N + 1)], 1)
+        assert tokens[1].tolist() == [2, 3, 4, 5, 6, N + 1]
+        h = F.gelu(model.project(model.encode(tokens)[:, -1]))
+        expected = (model.item(b["items"]) @ h[..., None]).squeeze(-1) + model.item_bias[b["items"]]
+    assert torch.allclose(scores, expected, atol=1e-6)
+
+
+def test_a_few_steps_fit():
+    model, b = build(mask_last_prob=1.0), batch()  # deterministic: the last item is masked
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = model.loss(model(b), b)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])

@@ -1,0 +1,109 @@
+"""FMLP-Rec (trainers/models/fmlp.py): the global and the causal filter, prefix training
+with no target visible to the filter, and the loss by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainers.models.fmlp import FilterLayer, prefix_rows
+from trainers.registry import DataSizes, build_model
+
+L, N = 6, 15
+SIZES = DataSizes(num_users=5, num_items=N, history_slices=1, set_size=1, sequence_len=L)
+PARAMS = dict(embed_dim=4, embed_init_std=0.3, num_layers=2, ffn_dim=8, dropout=0.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is far faster than two on a shared 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def batch() -> dict[str, torch.Tensor]:
+    return {"user": torch.tensor([1, 2]),
+            "sequence": torch.tensor([[0, 0, 0, 3, 4, 5], [1, 2, 3, 4, 5, 6]]),
+            "items": torch.tensor([[7, 9], [8, 10]]), "label": torch.tensor([[1.0, 0.0]] * 2)}
+
+
+def test_global_filter_is_fft_multiply_ifft():
+    layer = FilterLayer(L, 3, 0.0, causal=False)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight[..., 0] = 1.0  # W = 1: the identity filter
+    x = torch.randn(2, L, 3)
+    assert torch.allclose(layer.filtered(x), x, atol=1e-6)
+    torch.manual_seed(0)
+    layer = FilterLayer(L, 3, 0.0, causal=False)
+    w = torch.view_as_complex(layer.weight)
+    expected = torch.fft.ifft(torch.fft.fft(x, dim=1) * torch.cat([w, w[1:-1].flip(0).conj()]),
+                              dim=1).real  # the full spectrum of a real signal, L even
+    assert torch.allclose(layer.filtered(x), expected, atol=1e-6)
+    # global: the first slot's output depends on the last slot's input
+    x.requires_grad_()
+    g = torch.autograd.grad(layer.filtered(x)[:, 0].sum(), x)[0]
+    assert g[:, -1].abs().sum() > 0
+
+
+def test_causal_filter_is_a_linear_convolution_by_hand():
+    torch.manual_seed(0)
+    layer = FilterLayer(L, 2, 0.0, causal=True)
+    kernel = torch.fft.irfft(torch.view_as_complex(layer.weight), n=2 * L, dim=0,
+                             norm="ortho")[:L]  # (L, d)
+    x = torch.randn(3, L, 2)
+    by_hand = torch.zeros_like(x)
+    for t in range(L):
+        for k in range(t + 1):
+            by_hand[:, t] += kernel[k] * x[:, t - k]
+    assert torch.allclose(layer.filtered(x), by_hand, atol=1e-6)
+
+
+def test_prefix_rows_by_hand():
+    sequence = torch.tensor([[0, 5, 6, 7]])
+    valid = torch.tensor([[False, True, True]])  # t = 1, 2
+    prefixes, b, t = prefix_rows(sequence, valid)
+    assert prefixes.tolist() == [[0, 0, 0, 5], [0, 0, 5, 6]]
+    assert b.tolist() == [0, 0] and t.tolist() == [1, 2]
+
+
+def test_training_prefix_scores_see_no_later_item():
+    torch.manual_seed(0)
+    model = build_model("fmlp", PARAMS, SIZES).train()
+    b = batch()
+    torch.manual_seed(1)
+    model(b)
+    before = model.__dict__.pop("_prefixes")  # (M, 2), row order = valid.nonzero()
+    changed = {**b, "sequence": b["sequence"].clone()}
+    changed["sequence"][:, -1] = 11  # the newest item: only the last prefix's target
+    torch.manual_seed(1)
+    model(changed)
+    after = model.__dict__.pop("_prefixes")
+    # prefixes: row 0 at t = 3, 4; row 1 at t = 0..4; t = 4 predicts the changed item
+    last = torch.tensor([False, True, False, False, False, False, True])
+    assert torch.equal(before[~last], after[~last])
+    assert torch.equal(before[last, 1], after[last, 1])  # same negative, same state
+    assert not torch.equal(before[last, 0], after[last, 0])
+
+
+def test_loss_by_hand_and_inference():
+    torch.manual_seed(0)
+    model = build_model("fmlp", PARAMS, SIZES).train()
+    b = batch()
+    scores = model(b)
+    prefixes = model._prefixes  # (M, 2)
+    assert prefixes.shape == (7, 2)
+    bce = lambda s, y: -(y * F.logsigmoid(s) + (1 - y) * F.logsigmoid(-s)).sum(-1)
+    rows = bce(scores, b["label"])
+    per_prefix = bce(prefixes, torch.tensor([1.0, 0.0]))
+    expected = torch.cat([rows, per_prefix]).sum() / (2 + 7)
+    assert torch.allclose(model.loss(scores, b), expected, atol=1e-6)
+    model.eval()
+    with torch.no_grad():
+        h = model.stack(model.item(b["sequence"]), b["sequence"] != 0)[:, -1]
+        expected = (model.item(b["items"]) @ h[..., None]).squeeze(-1)
+        assert torch.allclose(model(b), expected, atol=1e-6)
+    assert torch.allclose(scores, expected, atol=1e-5)  # dropout 0: training scores alike
