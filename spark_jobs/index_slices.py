@@ -95,9 +95,14 @@ def build(cfg: PipelineConfig, events: DataFrame, tmp: str, inputs: Inputs) -> d
         Manifest facts: counts, timings and the slices facts listed in the module docstring.
 
     Raises:
-        ValueError: the candidate universe is too small for the configured negatives.
+        ValueError: the dataset has no slices, or the candidate universe is too small for
+            the configured negatives.
     """
     idx, d = cfg.index, cfg.dataset
+    if not d.sliced:
+        raise ValueError(f"index.protocol=slices needs dataset.slice_days and num_slices; "
+                         f"dataset {d.name!r} is unsliced: set index.protocol to "
+                         f"leave_one_out or feedback, or give it slices")
     S, T, P = idx.set_size, d.num_slices, inputs.partitions
     num_users, num_items = inputs.num_users, inputs.num_items
     salts = ns.Salts.of(idx.seed)

@@ -126,3 +126,11 @@ def test_killed_jvm_then_rerun_equals_uninterrupted_run(built, tmp_path):
     for table in TABLES:
         assert _table(f"{rerun['uri']}/{table}") == _table(f"{built['uri']}/{table}"), table
     assert rerun["manifest"]["counts"] == built["manifest"]["counts"]
+
+
+def test_slices_on_unsliced_data_is_one_clear_error(spark, tmp_path):
+    write_ingest(tmp_path / "work", TOY)
+    cfg = load_config("sample", "score", "local",
+                      [*_overrides(tmp_path), "dataset.slice_days=null", "dataset.num_slices=null"])
+    with pytest.raises(ValueError, match="index.protocol=slices needs dataset.slice_days"):
+        run_index(cfg)
