@@ -1,8 +1,11 @@
 """Compose the YAML presets under ``conf/`` into one validated :class:`PipelineConfig`.
 
-Order (later wins): ``defaults.yaml`` < ``profiles/<profile>.yaml`` < ``datasets/<dataset>.yaml``
-< ``models/<model>.yaml`` < an optional user file < command-line overrides (``key.sub=value``).
-Every leaf remembers which file set it, so a validation error names both key and file.
+Order (later wins): ``defaults.yaml`` < ``profiles/<profile>.yaml`` < the dataset layer <
+``models/<model>.yaml`` < an optional user file < command-line overrides (``key.sub=value``).
+The dataset layer is ``datasets/<dataset>.yaml`` for a preset name, the file itself when
+``dataset`` is a YAML path (a user's own dataset needs no file in the repo), and nothing when
+the user file defines ``dataset.name: <dataset>`` itself. Every leaf remembers which file set
+it, so a validation error names both key and file.
 """
 
 from __future__ import annotations
@@ -30,6 +33,32 @@ class ConfigError(ValueError):
 def available(kind: str) -> list[str]:
     """Names of the presets of one kind: ``datasets``, ``models`` or ``profiles``."""
     return sorted(p.stem for p in (CONF_DIR / kind).glob("*.yaml"))
+
+
+def _dataset_layer(dataset: str, config_file: str | os.PathLike | None
+                   ) -> tuple[str, dict[str, Any]] | None:
+    """(source, data) of the dataset layer, or None when ``config_file`` defines the dataset.
+
+    Raises:
+        ConfigError: in one line, when ``dataset`` is neither a preset, nor a YAML file, nor
+            the ``dataset.name`` of ``config_file``.
+    """
+    if dataset.endswith((".yaml", ".yml")) or os.sep in dataset:
+        path = Path(dataset).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"dataset file not found: {path}")
+        return str(path), _read_yaml(path)
+    preset = CONF_DIR / "datasets" / f"{dataset}.yaml"
+    if preset.exists():
+        return str(preset), _read_yaml(preset)
+    if config_file is not None:
+        section = _read_yaml(Path(config_file)).get("dataset")  # a user's file: any shape
+        if isinstance(section, dict) and section.get("name") == dataset:
+            return None
+    where = f" and {config_file} does not set dataset.name: {dataset}" if config_file else ""
+    raise ConfigError(
+        f"unknown dataset {dataset!r}: not a preset ({', '.join(available('datasets'))}), "
+        f"not a YAML file{where}; pass --dataset path/to/dataset.yaml or define it in --config")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -109,7 +138,8 @@ def load_config(
     """Compose and validate the config.
 
     Args:
-        dataset: dataset preset name (``conf/datasets/<name>.yaml``).
+        dataset: dataset preset name (``conf/datasets/<name>.yaml``), a YAML file's path, or
+            the ``dataset.name`` that ``config_file`` defines.
         model: model preset name (``conf/models/<name>.yaml``).
         profile: ``local`` or ``cluster`` (``conf/profiles/<name>.yaml``).
         overrides: dotted ``key=value`` strings applied last.
@@ -122,15 +152,18 @@ def load_config(
         ConfigError: unknown preset, unknown key, wrong type or bad value; the message names
             the dotted key and the file (or override) that set it.
     """
-    layers: list[tuple[str, dict]] = []
-    for kind, name in (("profiles", profile), ("datasets", dataset), ("models", model)):
+    layers: list[tuple[str, dict]] = [(str(CONF_DIR / "defaults.yaml"),
+                                       _read_yaml(CONF_DIR / "defaults.yaml"))]
+    for kind, name in (("profiles", profile), ("models", model)):
         path = CONF_DIR / kind / f"{name}.yaml"
         if not path.exists():
             raise ConfigError(
                 f"unknown {kind[:-1]} preset {name!r}; available: {', '.join(available(kind))}"
             )
         layers.append((str(path), _read_yaml(path)))
-    layers.insert(0, (str(CONF_DIR / "defaults.yaml"), _read_yaml(CONF_DIR / "defaults.yaml")))
+    dataset_layer = _dataset_layer(dataset, config_file)
+    if dataset_layer is not None:
+        layers.insert(2, dataset_layer)  # after the profile, before the model
     if config_file is not None:
         layers.append((str(config_file), _read_yaml(Path(config_file))))
 

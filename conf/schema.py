@@ -174,6 +174,7 @@ class GenerateConfig(Section):
     seed: int
     malformed_rate: float = Field(ge=0.0, le=1.0)  # share of lines deliberately broken
     chunk_rows: int = Field(gt=0)  # rows generated and written per chunk (bounds memory)
+    auto: bool  # the flow (re)generates paths.raw_dir when missing or stale (sample presets)
 
 
 class SparkConfig(Section):

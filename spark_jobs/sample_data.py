@@ -1,21 +1,22 @@
-"""Synthetic raw data in the exact public file formats (Taobao, Tmall, ratings CSV).
+"""Synthetic raw data in the exact public file formats of every preset.
 
-``generate(cfg)`` writes ``cfg.generate.rows`` lines of the preset's format
+``generate(cfg)`` writes ``cfg.generate.rows`` interactions in the preset's format
 (``cfg.dataset.format``) into ``cfg.paths.raw_dir``, so ingest reads the sample and the real
-downloads with the same reader:
+downloads with the same reader. The formats and their bytes are in
+``spark_jobs/sample_formats.py``: ``taobao`` (``UserBehavior.csv``), ``tmall``
+(``user_log_format1.csv``), ``ratings`` (CSV with header, integer ratings), ``amazon_ratings``
+(2014 ``ratings_<Cat>.csv``: no header, ``user,item,rating,timestamp``, ratings ``1.0``-``5.0``,
+UTC-midnight timestamps), ``amazon_ratings_2018`` (``item,user,rating,timestamp``),
+``amazon_reviews`` (5-core JSON lines, ``.json.gz`` when the file name says so),
+``yelp_reviews`` (JSON lines, local ``date``), ``s3rec`` (``<Name>.txt`` sequences and, with
+``dataset.negatives_file``, the aligned ``<Name>_sample.txt`` of ``index.eval_negatives``
+never-touched items per user), ``movielens_100k`` (``u.data``) and ``movielens_1m``
+(``ratings.dat``). The file name is the preset's literal ``dataset.files`` entry (else the
+format's default name), so the sample is written where the preset reads.
 
-- ``taobao`` -> ``UserBehavior.csv``, no header, ``user_id,item_id,category_id,behavior_type,
-  timestamp``; behaviours ``pv``/``cart``/``fav``/``buy`` in the public file's shares;
-  Unix seconds.
-- ``tmall`` -> ``user_log_format1.csv``, header ``user_id,item_id,cat_id,seller_id,brand_id,
-  time_stamp,action_type``; ``time_stamp`` is the local day as ``MMDD`` with the month
-  unpadded (``829``, ``1111``; year implied); ``action_type`` 0 click, 1 cart, 2 purchase,
-  3 favourite; ``brand_id`` empty for a few items, as in the public file.
-- ``ratings`` -> ``ratings.csv``, header ``user,item,rating,timestamp``; integer ratings 1-5;
-  Unix seconds.
-
-Raw ids are large, sparse integers drawn from the public files' id ranges, so ingest's id
-mapping does real work.
+Raw ids are what the public files use: large, sparse integers drawn from the files' id ranges
+(Taobao, Tmall, ratings CSV), 1..n (MovieLens, S3-Rec), Amazon reviewer ids and 10-character
+ASINs, or Yelp's 22-character ids; so ingest's id mapping does real work.
 
 Generative model (why: a sequential collaborative model such as SCoRe must have something to
 learn beyond popularity, and ingest/index must meet the quirks of real logs):
@@ -25,14 +26,15 @@ learn beyond popularity, and ingest/index must meet the quirks of real logs):
    belong to communities too (group ``j`` to community ``j mod K``) and an item's category is
    one of its community's, skewed to the first ones. Every user has a main community.
 2. Heavy tails. Within its community an item has Zipf weight ``rank^-ZIPF_ITEMS``; user
-   activity (rows per user) is log-normal (``USER_ACTIVITY_SIGMA``), every user has >= 1 row
-   when rows >= users.
+   activity (rows per user) is log-normal (``USER_ACTIVITY_SIGMA``); every user has at least
+   the format's ``min_user_rows`` rows (1; 5 for the 5-core files; 20 for MovieLens).
 3. Time. A user's rows are spread over the window (``dataset.start`` .. ``dataset.end`` in
    ``dataset.timezone``) by sorted uniforms (exponential spacings) mapped through a daily
    activity curve (``DIURNAL``). The file is grouped by user in ascending raw user id, as
    the public Taobao file is, and each user's rows are in time order. A share
    ``OUTSIDE_SHARE`` of rows falls up to ``OUTSIDE_DAYS`` days before or after the window,
-   as stray rows do in the real file.
+   as stray rows do in the real file. Amazon formats write the UTC day's midnight (their
+   ``unixReviewTime`` has day resolution); rows of one day keep their order in the file.
 4. Choice of a fresh item at slice ``t``: the community is the user's main one with
    probability ``P_MAIN``, the user's drifting second interest with ``P_DRIFT`` (a community
    that changes every 2-4 slices, per user), otherwise any community uniformly (noise). The
@@ -41,16 +43,20 @@ learn beyond popularity, and ingest/index must meet the quirks of real logs):
    ``z_t`` running from -1 (first slice) to 1 (last), so some items rise and some fade.
 5. Repeats. With the format's ``repeat_share`` a row re-uses the item of one of the user's
    earlier rows, ``1 + Geometric(REPEAT_LAG_P)`` rows back (recent items are most likely).
-6. Feedback. Taobao/Tmall behaviours are drawn in the public files' shares; ratings are
-   high (4-5 mostly) for items of the user's main or drift community and low otherwise, so
-   real negatives carry signal too.
-7. Malformed lines. Each line is broken with probability ``generate.malformed_rate``, into one
-   of the format's kinds (names match ingest's quarantine reasons): ``wrong_field_count``
-   (truncated line, extra field, two records run together), ``non_numeric_id`` (empty,
-   ``NULL``, prefixed or decimal id), ``bad_timestamp`` (ISO date text, empty, ``\\N``;
-   Tmall: month 13, day 32, ISO date, empty), ``unknown_behavior`` (Taobao: ``click``,
-   ``PV``, empty; Tmall: action 4, -1, empty) and, for ratings, ``bad_rating`` (0, 6, -1,
-   empty, ``five``).
+6. Feedback. Taobao/Tmall behaviours are drawn in the public files' shares. Ratings depend
+   on the user-item affinity: a choice from the user's main or drifting community (one the
+   user likes) is rated from ``RATINGS_LIKED`` (4-5 mostly), a noise choice from
+   ``RATINGS_NOISE`` (low), and a repeat keeps its source's affinity; so negative feedback
+   (low ratings) points at items outside the user's interests and carries signal too.
+7. Malformed lines. Each line (a row; a user's line for ``s3rec``) is broken with
+   probability ``generate.malformed_rate``, into one of the format's kinds (names match
+   ingest's quarantine reasons): ``wrong_field_count`` (truncated line, extra field, two
+   records run together), ``non_numeric_id`` (empty, ``NULL``, prefixed or decimal id;
+   S3-Rec: one item token), ``bad_timestamp`` (ISO date text, empty, ``\\N``; Tmall: month
+   13, day 32, ISO date, empty; JSON: a date string, null, a bad date), ``unknown_behavior``
+   (Taobao: ``click``, ``PV``, empty; Tmall: action 4, -1, empty), ``bad_rating`` (0, 6, -1,
+   empty, ``five``; JSON: 0.0, 6.0, a string, null), ``bad_json`` (an object cut off or
+   without its closing brace) and ``missing_field`` (a required field left out).
 
 Determinism: global facts (ids, communities, weights, rows per user) come from
 ``numpy.random.default_rng(seed)``; every per-row random number is a counter-based hash of
@@ -69,17 +75,18 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 
 from conf.loading import section_hash
 from conf.schema import PipelineConfig
 from spark_jobs.manifest import exists, filesystem, join, read_json, write_json
+from spark_jobs.sample_formats import BASE64URL, DAY, FORMATS, TMALL, Chunk, FileFormat, \
+    render, string_ids
 
 # Generative constants (see module docstring). Shares of real behaviours are facts of the public
 # files; the others set how much learnable structure the sample carries.
@@ -92,6 +99,8 @@ POPULARITY_DRIFT = 1.0  # std of an item's log-weight trend over the window
 REPEAT_LAG_P = 0.3  # geometric lag of a repeat: mostly the last few rows
 OUTSIDE_SHARE = 0.002  # rows with a timestamp outside the window (real logs have strays)
 OUTSIDE_DAYS = 7  # how far outside the window stray rows fall
+UNSLICED_PERIODS = 12  # an unsliced window drifts over this many equal periods
+NOTIONAL_START, NOTIONAL_DAYS = dt.date(2000, 1, 1), 360  # s3rec: no dates, only an order
 # Share of the day's activity per local hour 0..23: night trough, evening peak.
 DIURNAL = np.array([3, 2, 1.2, 0.8, 0.6, 0.7, 1.2, 2.2, 3.2, 4, 4.5, 4.6,
                     4.6, 4.5, 4.5, 4.6, 4.6, 4.5, 4.6, 5, 5.6, 6, 5.5, 4.2])
@@ -102,64 +111,12 @@ ITEMS_PER_BRAND = 130  # Tmall log: about 1.09M items over about 8,400 brands
 BRAND_MISSING = 0.002  # Tmall: share of items whose brand_id is empty in the public file
 
 
-@dataclass(frozen=True)
-class FileFormat:
-    """What the generator must reproduce of one public file format."""
-
-    name: str
-    file_name: str
-    header: str | None  # exact first line, or None
-    columns: tuple[str, ...]  # fields in file order
-    # Largest raw id per entity in the public file: ids are drawn below these.
-    id_space: dict[str, int]
-    behaviors: tuple[str, ...]  # codes as written in the file ((), ratings)
-    behavior_shares: tuple[float, ...]
-    repeat_share: float  # share of rows that re-use an earlier item of the same user
-    malformed_kinds: tuple[str, ...]
-
-
-TAOBAO = FileFormat(
-    name="taobao",
-    file_name="UserBehavior.csv",
-    header=None,
-    columns=("user_id", "item_id", "category_id", "behavior_type", "timestamp"),
-    id_space={"user": 1_018_011, "item": 5_163_070, "category": 5_162_429},
-    behaviors=("pv", "cart", "fav", "buy"),
-    behavior_shares=(0.89, 0.055, 0.03, 0.025),
-    repeat_share=0.35,  # page views of the same item recur a lot in the public log
-    malformed_kinds=("wrong_field_count", "non_numeric_id", "bad_timestamp",
-                     "unknown_behavior"),
-)
-TMALL = FileFormat(
-    name="tmall",
-    file_name="user_log_format1.csv",
-    header="user_id,item_id,cat_id,seller_id,brand_id,time_stamp,action_type",
-    columns=("user_id", "item_id", "cat_id", "seller_id", "brand_id", "time_stamp",
-             "action_type"),
-    id_space={"user": 424_170, "item": 1_113_166, "category": 1_671, "seller": 4_995,
-              "brand": 8_477},
-    behaviors=("0", "1", "2", "3"),  # click, cart, purchase, favourite
-    behavior_shares=(0.8839, 0.0014, 0.0599, 0.0548),  # 48.55M/0.08M/3.29M/3.01M rows
-    repeat_share=0.35,
-    malformed_kinds=("wrong_field_count", "non_numeric_id", "bad_timestamp",
-                     "unknown_behavior"),
-)
-RATINGS = FileFormat(
-    name="ratings",
-    file_name="ratings.csv",
-    header="user,item,rating,timestamp",
-    columns=("user", "item", "rating", "timestamp"),
-    id_space={"user": 5_000_000, "item": 200_000, "category": 1_000},  # categories unwritten
-    behaviors=(),
-    behavior_shares=(),
-    repeat_share=0.02,  # re-rating the same title is rare
-    malformed_kinds=("wrong_field_count", "non_numeric_id", "bad_timestamp", "bad_rating"),
-)
-FORMATS = {f.name: f for f in (TAOBAO, TMALL, RATINGS)}
-
 # Independent per-row random streams (any distinct integers).
 (S_SPACING, S_SPACING_END, S_OUTSIDE, S_OUTSIDE_DAY, S_OUTSIDE_TIME, S_COMMUNITY, S_DRIFT,
- S_ITEM, S_REPEAT, S_LAG, S_BEHAVIOR, S_RATING, S_BAD, S_BAD_KIND, S_BAD_VARIANT) = range(15)
+ S_ITEM, S_REPEAT, S_LAG, S_BEHAVIOR, S_RATING, S_BAD, S_BAD_KIND, S_BAD_VARIANT,
+ S_REVIEW_ID, S_NEGATIVE) = range(17)
+S_EXTRA = 32  # S_EXTRA + j, j < EXTRA: uniforms for review text, names and votes
+EXTRA = 6
 MASK64 = (1 << 64) - 1
 
 
@@ -185,9 +142,13 @@ class RowRandom:
             index: (n,) non-negative integer array, e.g. global row numbers.
 
         Returns:
-            (n,) float64; SplitMix64 of ``key(stream) + index * golden`` (uint64 arithmetic
-            wraps, which is the point).
+            (n,) float64 from the top 53 bits of :meth:`bits`.
         """
+        return ((self.bits(stream, index) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+
+    def bits(self, stream: int, index: np.ndarray) -> np.ndarray:
+        """(n,) uint64: SplitMix64 of ``key(stream) + index * golden`` (uint64 arithmetic
+        wraps, which is the point)."""
         key = np.uint64(_splitmix(_splitmix(self._seed) ^ (stream * 0x632BE59BD9B4E019)))
         x = index.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         x += key
@@ -196,7 +157,7 @@ class RowRandom:
         x ^= x >> np.uint64(27)
         x *= np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)
-        return ((x >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+        return x
 
 
 @dataclass(frozen=True)
@@ -206,8 +167,8 @@ class World:
     Sizes: U users, V items, C categories, K communities, T slices, D window days.
     """
 
-    user_raw: np.ndarray  # (U,) int64 raw user ids
-    item_raw: np.ndarray  # (V,) int64 raw item ids
+    user_raw: np.ndarray  # (U,) raw user ids: int64, or bytes for string-id formats
+    item_raw: np.ndarray  # (V,) raw item ids, likewise
     user_start: np.ndarray  # (U+1,) int64 first global row of each user; [-1] = rows
     user_main: np.ndarray  # (U,) int64 main community
     user_period: np.ndarray  # (U,) int64 slices between drift changes
@@ -243,6 +204,26 @@ def _group_of(community: np.ndarray, groups: int, k: int, u: np.ndarray) -> np.n
     return community + np.floor(owned * u**2).astype(np.int64) * k
 
 
+def window_span(cfg: PipelineConfig) -> tuple[dt.date, int, int]:
+    """(first day, D, T): the window's first local day, its days D and the periods T that
+    drift (interests, popularity) runs over: the dataset's slices, or ``UNSLICED_PERIODS``
+    equal periods of an unsliced window. Local day ``d`` of the window is in period
+    ``d * T // D``. A format without timestamps (s3rec) and no window is drawn over a
+    notional year (``NOTIONAL_START``), which only orders each user's items.
+
+    Raises:
+        ValueError: the window is unbounded (the generator must know when rows happen).
+    """
+    ds = cfg.dataset
+    if ds.start is None and ds.end is None and FORMATS[ds.format].layout == "sequences":
+        return NOTIONAL_START, NOTIONAL_DAYS, UNSLICED_PERIODS
+    if ds.start is None or ds.end is None:
+        raise ValueError(f"dataset {ds.name!r}: generate needs a bounded window: set "
+                         "dataset.start and dataset.last_day (or slice_days and num_slices)")
+    days = (ds.end - ds.start).days
+    return ds.start, days, ds.num_slices if ds.sliced else min(UNSLICED_PERIODS, days)
+
+
 def _local_days(cfg: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
     """UTC midnights and MMDD of the local days start-OUTSIDE_DAYS .. end+OUTSIDE_DAYS.
 
@@ -250,10 +231,9 @@ def _local_days(cfg: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
         (midnight, mmdd): (D + 2*OUTSIDE_DAYS + 1,) int64 each; entry ``i`` is local day
         ``start + i - OUTSIDE_DAYS``, the extra last day bounds the final day's length.
     """
-    ds = cfg.dataset
-    zone = ZoneInfo(ds.timezone)
-    days = ds.slice_days * ds.num_slices
-    first = ds.start - dt.timedelta(days=OUTSIDE_DAYS)
+    start, days, _ = window_span(cfg)
+    zone = ZoneInfo(cfg.dataset.timezone)
+    first = start - dt.timedelta(days=OUTSIDE_DAYS)
     dates = [first + dt.timedelta(days=i) for i in range(days + 2 * OUTSIDE_DAYS + 1)]
     midnight = np.array([int(dt.datetime.combine(d, dt.time(0), tzinfo=zone).timestamp())
                          for d in dates], dtype=np.int64)
@@ -267,20 +247,35 @@ def build_world(cfg: PipelineConfig, fmt: FileFormat) -> World:
     Raises:
         ValueError: fewer items than communities (a community would have no item).
     """
-    g, ds = cfg.generate, cfg.dataset
+    g = cfg.generate
     if g.items < g.communities:
         raise ValueError(f"generate.items ({g.items}) must be >= generate.communities "
                          f"({g.communities}): every community needs an item")
     rng = np.random.default_rng(g.seed)
-    k, n_users, n_items, n_slices = g.communities, g.users, g.items, ds.num_slices
+    k, n_users, n_items = g.communities, g.users, g.items
+    _, days, n_slices = window_span(cfg)
 
-    user_raw = np.sort(_id_sample(rng, fmt.id_space["user"], n_users))  # files go by user id
-    item_raw = _id_sample(rng, fmt.id_space["item"], n_items)
-    category_raw = _id_sample(rng, fmt.id_space["category"], g.categories)
+    if fmt.ids == "sparse":
+        user_raw = np.sort(_id_sample(rng, fmt.id_space["user"], n_users))  # files go by user
+        item_raw = _id_sample(rng, fmt.id_space["item"], n_items)
+        category_raw = _id_sample(rng, fmt.id_space["category"], g.categories)
+    elif fmt.ids == "dense":  # 1..n; item numbers carry no community (communities permuted)
+        user_raw = np.arange(1, n_users + 1, dtype=np.int64)
+        item_raw = np.arange(1, n_items + 1, dtype=np.int64)
+        category_raw = np.arange(1, g.categories + 1, dtype=np.int64)  # not written
+    else:
+        user_raw = np.sort(string_ids(rng, fmt, "user", n_users))
+        item_raw = string_ids(rng, fmt, "item", n_items)
+        category_raw = np.arange(1, g.categories + 1, dtype=np.int64)  # not written
 
     activity = rng.lognormal(0.0, USER_ACTIVITY_SIGMA, n_users)
+    least = fmt.min_user_rows
+    if least > 1 and g.rows < least * n_users:
+        raise ValueError(f"generate.rows ({g.rows}) must be >= {least} x generate.users "
+                         f"({g.users}): every user of a {fmt.name} file has >= {least} rows")
     if g.rows >= n_users:
-        rows_per_user = 1 + rng.multinomial(g.rows - n_users, activity / activity.sum())
+        rows_per_user = least + rng.multinomial(g.rows - least * n_users,
+                                                activity / activity.sum())
     else:
         rows_per_user = rng.multinomial(g.rows, activity / activity.sum())
     user_start = np.concatenate([[0], np.cumsum(rows_per_user)]).astype(np.int64)
@@ -323,7 +318,6 @@ def build_world(cfg: PipelineConfig, fmt: FileFormat) -> World:
     choice_cdf = np.concatenate(tables)
 
     midnight, mmdd = _local_days(cfg)
-    days = ds.slice_days * ds.num_slices
     day_length = np.diff(midnight[OUTSIDE_DAYS:OUTSIDE_DAYS + days + 1]).astype(np.float64)
     hour_length = np.repeat(day_length / 24.0, 24)
     hour_start = (np.repeat(midnight[OUTSIDE_DAYS:OUTSIDE_DAYS + days], 24)
@@ -340,13 +334,15 @@ def build_world(cfg: PipelineConfig, fmt: FileFormat) -> World:
 class Rows:
     """One chunk of generated rows (n rows, in file order) before rendering."""
 
+    first_row: int  # global index of the chunk's first row
     user: np.ndarray  # (n,) user index
     item: np.ndarray  # (n,) item index
     behavior: np.ndarray  # (n,) int8 index into the format's behaviours (empty for ratings)
-    rating: np.ndarray  # (n,) int8 1..5 (ratings format; empty otherwise)
+    rating: np.ndarray  # (n,) int8 1..5 (rated formats; empty otherwise)
     ts: np.ndarray  # (n,) int64 UTC seconds
     day: np.ndarray  # (n,) int64 local day offset from dataset.start (may be outside)
-    bad: np.ndarray  # (b,) local indices of rows to break, ascending
+    # Lines to break: rows, or users' lines for the sequences layout.
+    bad: np.ndarray  # (b,) local indices of lines to break, ascending
     bad_kind: np.ndarray  # (b,) index into the format's malformed kinds
     bad_variant: np.ndarray  # (b,) uniforms that pick how each line is broken
 
@@ -365,7 +361,7 @@ def generate_rows(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowR
     Returns:
         The chunk's rows in file order (users ascending, each user's rows in time order).
     """
-    ds, g = cfg.dataset, cfg.generate
+    g = cfg.generate
     k, n_items = g.communities, len(world.item_raw)
     r0, r1 = int(world.user_start[u0]), int(world.user_start[u1])
     n = r1 - r0
@@ -391,7 +387,7 @@ def generate_rows(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowR
     day = hour // 24
 
     # Stray rows: a day up to OUTSIDE_DAYS before the window or after it, any second of it.
-    n_days = ds.slice_days * ds.num_slices
+    _, n_days, n_slices = window_span(cfg)
     outside = np.flatnonzero(rand.uniform(S_OUTSIDE, row) < OUTSIDE_SHARE)
     if outside.size:
         u = rand.uniform(S_OUTSIDE_DAY, row[outside])
@@ -402,13 +398,17 @@ def generate_rows(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowR
         ts[outside] = midnight + np.floor(
             rand.uniform(S_OUTSIDE_TIME, row[outside]) * length).astype(np.int64)
         day[outside] = stray_day
-    slice_ = np.clip(day // ds.slice_days, 0, ds.num_slices - 1)
+    if fmt.day_resolution:  # the UTC day's midnight, as Amazon's unixReviewTime
+        ts -= ts % DAY
+        day = np.maximum(np.searchsorted(world.day_midnight, ts, side="right") - 1,
+                         0) - OUTSIDE_DAYS
+    slice_ = np.clip(day * n_slices // n_days, 0, n_slices - 1)
 
     # Community of each fresh choice: main, drifting second interest, or noise.
     u = rand.uniform(S_COMMUNITY, row)
     period = world.user_period[user]
     epoch = (slice_ + world.user_phase[user]) // period
-    drift = np.floor(rand.uniform(S_DRIFT, user * (ds.num_slices + 8) + epoch) * k)
+    drift = np.floor(rand.uniform(S_DRIFT, user * (n_slices + 8) + epoch) * k)
     noise = np.floor((u - P_MAIN - P_DRIFT) / (1.0 - P_MAIN - P_DRIFT) * k)
     community = np.where(u < P_MAIN, world.user_main[user],
                          np.where(u < P_MAIN + P_DRIFT, drift, np.clip(noise, 0, k - 1)))
@@ -417,7 +417,7 @@ def generate_rows(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowR
     key = table + rand.uniform(S_ITEM, row)
     # Searching keys grouped by table keeps each binary search inside one table's cache lines
     # (~8x faster on millions of items); 16-bit keys get numpy's radix sort.
-    narrow = np.int16 if ds.num_slices * k < 2**15 else np.int64
+    narrow = np.int16 if n_slices * k < 2**15 else np.int64
     order = np.argsort(table.astype(narrow), kind="stable")
     drawn = np.empty(n, dtype=np.int64)
     drawn[order] = np.searchsorted(world.choice_cdf, key[order], side="right")
@@ -440,110 +440,46 @@ def generate_rows(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowR
         shares = np.cumsum(fmt.behavior_shares)
         behavior = np.minimum(np.searchsorted(shares / shares[-1], rand.uniform(S_BEHAVIOR, row)),
                               len(shares) - 1).astype(np.int8)
-    if fmt is RATINGS:
+    if fmt.rating_text is not None:
         u = rand.uniform(S_RATING, row)
         rating = 1 + np.where(liked, np.searchsorted(np.cumsum(RATINGS_LIKED), u),
                               np.searchsorted(np.cumsum(RATINGS_NOISE), u))
         rating = np.minimum(rating, 5).astype(np.int8)
 
-    bad = np.flatnonzero(rand.uniform(S_BAD, row) < g.malformed_rate)
+    line = users[counts > 0] if fmt.layout == "sequences" else row  # what a line is keyed by
+    bad = np.flatnonzero(rand.uniform(S_BAD, line) < g.malformed_rate)
     kinds = len(fmt.malformed_kinds)
-    bad_kind = np.minimum(np.floor(rand.uniform(S_BAD_KIND, row[bad]) * kinds),
+    bad_kind = np.minimum(np.floor(rand.uniform(S_BAD_KIND, line[bad]) * kinds),
                           kinds - 1).astype(np.int64)
-    return Rows(user, item, behavior, rating, ts, day, bad, bad_kind,
-                rand.uniform(S_BAD_VARIANT, row[bad]))
+    return Rows(r0, user, item, behavior, rating, ts, day, bad, bad_kind,
+                rand.uniform(S_BAD_VARIANT, line[bad]))
 
 
-def to_table(fmt: FileFormat, world: World, rows: Rows) -> pa.Table:
-    """The chunk as an Arrow table with the format's columns, in file order."""
-    user = world.user_raw[rows.user]
-    item = world.item_raw[rows.item]
-    if fmt is TAOBAO:
-        behavior = pa.DictionaryArray.from_arrays(rows.behavior, list(fmt.behaviors))
-        columns = [user, item, world.item_category[rows.item], behavior, rows.ts]
-    elif fmt is TMALL:
-        brand = world.item_brand[rows.item]
-        columns = [user, item, world.item_category[rows.item], world.item_seller[rows.item],
-                   pa.array(brand, mask=brand < 0),
-                   world.day_mmdd[rows.day + OUTSIDE_DAYS], rows.behavior]
-    else:
-        columns = [user, item, rows.rating, rows.ts]
-    return pa.table(columns, names=list(fmt.columns))
+def _review_ids(rand: RowRandom, row: np.ndarray) -> np.ndarray:
+    """(n,) bytes: 22-character URL-safe base64 review ids, a hash of the global row."""
+    chars = []
+    for part in range(3):  # 3 x 10 characters of 6 bits from 3 independent 64-bit hashes
+        bits = rand.bits(S_REVIEW_ID + 64 * part, row)
+        chars += [(bits >> np.uint64(6 * j)) & np.uint64(63) for j in range(10)]
+    codes = BASE64URL[np.stack(chars[:22], axis=1).astype(np.int64)]
+    return np.ascontiguousarray(codes).view("S22").ravel()
 
 
-def _pick(options: tuple, u: float):
-    return options[min(int(u * len(options)), len(options) - 1)]
-
-
-def break_line(fmt: FileFormat, kind: str, line: bytes, u: float) -> bytes:
-    """A malformed version of one well-formed line, the way real files break.
-
-    Args:
-        fmt: the file format.
-        kind: one of ``fmt.malformed_kinds``.
-        line: the well-formed line, without its newline.
-        u: uniform in (0, 1) that picks the variant (deterministic by seed).
-
-    Returns:
-        The broken line, without newline; ingest must quarantine it with reason ``kind``.
-    """
-    fields = line.split(b",")
-    ts_field = fmt.columns.index("time_stamp" if fmt is TMALL else "timestamp")
-    if kind == "wrong_field_count":
-        return _pick((
-            b",".join(fields[:-1]),  # truncated: the last field lost
-            line + b",",  # a trailing empty field
-            line + line,  # a lost newline runs two records together
-        ), u)
-    if kind == "non_numeric_id":
-        column = 0 if u < 0.5 else 1
-        fields[column] = _pick((b"", b"NULL", b"u" + fields[column], fields[column] + b".0"),
-                               2 * u % 1.0)
-    elif kind == "bad_timestamp":
-        if fmt is TMALL:
-            mmdd = int(fields[ts_field])
-            month, day = divmod(mmdd, 100)
-            fields[ts_field] = _pick((b"13%02d" % day, b"%d32" % month,
-                                      b"2015-%02d-%02d" % (month, day), b""), u)
-        else:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(fields[ts_field])))
-            fields[ts_field] = _pick((stamp.encode(), b"", b"\\N"), u)
-    elif kind == "unknown_behavior":
-        position = fmt.columns.index("action_type" if fmt is TMALL else "behavior_type")
-        options = (b"4", b"-1", b"") if fmt is TMALL else (b"click", b"PV", b"")
-        fields[position] = _pick(options, u)
-    elif kind == "bad_rating":
-        fields[fmt.columns.index("rating")] = _pick((b"0", b"6", b"-1", b"", b"five"), u)
-    else:
-        raise ValueError(f"unknown malformed kind {kind!r} for format {fmt.name}")
-    return b",".join(fields)
-
-
-def render(fmt: FileFormat, world: World, rows: Rows) -> list[bytes | memoryview]:
-    """CSV bytes of one chunk (no header), malformed lines spliced in place of good ones.
-
-    Returns:
-        Pieces to write in order; together they hold exactly ``len(rows.ts)`` lines.
-    """
-    sink = pa.BufferOutputStream()
-    pacsv.write_csv(to_table(fmt, world, rows), sink,
-                    pacsv.WriteOptions(include_header=False, quoting_style="none",
-                                       batch_size=1 << 16))
-    text = memoryview(sink.getvalue())
-    if rows.bad.size == 0:
-        return [text]
-    ends = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == ord("\n"))
-    pieces: list[bytes | memoryview] = []
-    previous = 0
-    for local, kind, u in zip(rows.bad.tolist(), rows.bad_kind.tolist(),
-                              rows.bad_variant.tolist()):
-        start = int(ends[local - 1]) + 1 if local else 0
-        end = int(ends[local])
-        pieces.append(text[previous:start])
-        pieces.append(break_line(fmt, fmt.malformed_kinds[kind], bytes(text[start:end]), u))
-        previous = end  # keep the newline of the replaced line
-    pieces.append(text[previous:])
-    return pieces
+def to_chunk(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowRandom,
+             rows: Rows) -> Chunk:
+    """What the format's writer needs of ``rows`` (raw ids, per-item columns, text draws)."""
+    n = len(rows.ts)
+    row = rows.first_row + np.arange(n, dtype=np.int64)
+    per_item = {"category": world.item_category, "seller": world.item_seller,
+                "brand": world.item_brand}
+    columns = {role: per_item[role][rows.item] for role in fmt.fields if role in per_item}
+    if "mmdd" in fmt.fields:
+        columns["mmdd"] = world.day_mmdd[rows.day + OUTSIDE_DAYS]
+    extra = (np.stack([rand.uniform(S_EXTRA + j, row) for j in range(EXTRA)], axis=1)
+             if fmt.layout == "json" else np.zeros((n, 0)))
+    review_id = _review_ids(rand, row) if fmt.ids == "yelp" else np.zeros(0, dtype="S22")
+    return Chunk(world.user_raw[rows.user], world.item_raw[rows.item], rows.user, columns,
+                 rows.behavior, rows.rating, rows.ts, extra, review_id, cfg.dataset.timezone)
 
 
 def user_chunks(user_start: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
@@ -564,16 +500,58 @@ def user_chunks(user_start: np.ndarray, chunk_rows: int) -> list[tuple[int, int]
 
 
 def _check_window(cfg: PipelineConfig, fmt: FileFormat) -> None:
-    ds = cfg.dataset
-    first = ds.start - dt.timedelta(days=OUTSIDE_DAYS)
-    last = ds.end + dt.timedelta(days=OUTSIDE_DAYS)
+    start, days, _ = window_span(cfg)  # bounded, or one clear error
+    first = start - dt.timedelta(days=OUTSIDE_DAYS)
+    last = start + dt.timedelta(days=days + OUTSIDE_DAYS)
     if fmt is TMALL and first.year != last.year:
-        raise ValueError(f"dataset {ds.name!r}: Tmall time_stamp (MMDD) has no year, so the "
-                         f"window {ds.start}..{ds.end} (+-{OUTSIDE_DAYS} days) must stay "
-                         f"within one calendar year")
-    if not any(fnmatch.fnmatch(fmt.file_name, pattern) for pattern in ds.files):
-        raise ValueError(f"dataset {ds.name!r}: generated file {fmt.file_name!r} matches none "
+        raise ValueError(f"dataset {cfg.dataset.name!r}: Tmall time_stamp (MMDD) has no year, "
+                         f"so the window {start}..{cfg.dataset.end} (+-{OUTSIDE_DAYS} days) "
+                         "must stay within one calendar year")
+
+
+def file_names(cfg: PipelineConfig) -> tuple[str, str | None]:
+    """(data file, negatives file or None) that :func:`generate` writes, relative to
+    ``paths.raw_dir``: the first literal (glob-free) ``dataset.files`` entry other than
+    ``dataset.negatives_file``, else the format's default name.
+
+    Raises:
+        ValueError: the name matches none of ``dataset.files`` (ingest would not read it).
+    """
+    ds = cfg.dataset
+    literal = [f for f in ds.files if not set(f) & set("*?[") and f != ds.negatives_file]
+    name = literal[0] if literal else FORMATS[ds.format].file_name
+    if not any(fnmatch.fnmatch(name, pattern) for pattern in ds.files):
+        raise ValueError(f"dataset {ds.name!r}: generated file {name!r} matches none "
                          f"of dataset.files {ds.files}, so ingest would not read it")
+    return name, ds.negatives_file
+
+
+def negative_lines(cfg: PipelineConfig, world: World, rand: RowRandom, rows: Rows) -> bytes:
+    """The S3-Rec ``<Name>_sample.txt`` lines of the chunk's users: ``uid n1 .. nN``, N =
+    ``dataset.negatives_count`` distinct items the user never touched, drawn uniformly
+    (seeded by the user, so chunking does not matter), as FMLP-Rec saved them.
+
+    Raises:
+        ValueError: a user touched so many items that fewer than N are left.
+    """
+    count, n_items = cfg.dataset.negatives_count, len(world.item_raw)
+    starts = np.flatnonzero(np.r_[True, rows.user[1:] != rows.user[:-1]])
+    lines = []
+    for a, b in zip(starts, np.r_[starts[1:], len(rows.user)]):
+        user, seen = int(rows.user[a]), np.unique(rows.item[a:b])
+        if n_items - len(seen) < count:
+            raise ValueError(f"generate.items ({n_items}) leaves fewer than "
+                             f"dataset.negatives_count ({count}) unseen items for a user")
+        picked, drawn = np.zeros(0, dtype=np.int64), 0
+        while len(picked) < count:  # rejection: never a seen item, never twice
+            index = (user << 20) + drawn + np.arange(2 * count, dtype=np.int64)
+            drawn += 2 * count
+            draw = np.floor(rand.uniform(S_NEGATIVE, index) * n_items).astype(np.int64)
+            fresh = np.concatenate([picked, draw[~np.isin(draw, seen)]])
+            picked = fresh[np.sort(np.unique(fresh, return_index=True)[1])][:count]
+        ids = " ".join(map(str, world.item_raw[picked].tolist()))
+        lines.append(f"{world.user_raw[user]} {ids}\n")
+    return "".join(lines).encode()
 
 
 STAMP = "_generated.json"  # in raw_dir: the config the file there was generated under
@@ -586,16 +564,16 @@ def _raw_dir(cfg: PipelineConfig) -> str:
 
 def generated_hash(cfg: PipelineConfig) -> str:
     """Hash of the settings that shape the generated bytes (stamped beside the file):
-    the ``dataset`` and ``generate`` sections, less ``chunk_rows`` (bytes do not depend
-    on it)."""
+    the ``dataset`` and ``generate`` sections, less ``chunk_rows`` and ``auto`` (bytes do
+    not depend on them)."""
     shaping = cfg.model_copy(update={"generate": cfg.generate.model_copy(
-        update={"chunk_rows": 1})})
+        update={"chunk_rows": 1, "auto": False})})
     return section_hash(shaping, "dataset", "generate")
 
 
 def why_generate(cfg: PipelineConfig) -> str | None:
-    """Why the sample's raw file must be (re)generated; None when ``paths.raw_dir`` holds
-    the file :func:`generate` wrote under the same ``dataset`` and ``generate`` sections.
+    """Why the sample's raw files must be (re)generated; None when ``paths.raw_dir`` holds
+    the files :func:`generate` wrote under the same ``dataset`` and ``generate`` sections.
 
     So a changed ``generate.rows`` (or seed, or window) regenerates the sample instead of
     silently training on the old one; an unchanged config reuses it.
@@ -603,72 +581,96 @@ def why_generate(cfg: PipelineConfig) -> str | None:
     stamp = read_json(join(_raw_dir(cfg), STAMP))
     if stamp is None:
         return f"no generated sample in {cfg.paths.raw_dir}"
-    if not exists(join(_raw_dir(cfg), FORMATS[cfg.dataset.format].file_name)):
+    names = [n for n in file_names(cfg) if n is not None]
+    if not all(exists(join(_raw_dir(cfg), name)) for name in names):
         return f"generated file missing from {cfg.paths.raw_dir}"
     if stamp.get("config_hash") != generated_hash(cfg):
         return "dataset or generate config changed since the sample was generated"
     return None
 
 
-def generate(cfg: PipelineConfig) -> dict:
-    """Write ``generate.rows`` synthetic lines in ``dataset.format`` to ``paths.raw_dir``.
+def _open(fs: pafs.FileSystem, path: str, final: str):
+    """Output stream to ``path``, gzip-compressed when the final name ends in ``.gz``."""
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    return fs.open_output_stream(path, compression="gzip" if final.endswith(".gz") else None)
 
-    The file is streamed chunk by chunk (whole users, about ``generate.chunk_rows`` rows
+
+def generate(cfg: PipelineConfig) -> dict:
+    """Write ``generate.rows`` synthetic interactions in ``dataset.format`` to
+    ``paths.raw_dir`` (see :func:`file_names`; with ``dataset.negatives_file`` also the
+    S3-Rec negatives file).
+
+    Files are streamed chunk by chunk (whole users, about ``generate.chunk_rows`` rows
     each) to ``<file>.tmp-<id>`` and renamed into place when complete; then
-    ``<raw_dir>/_generated.json`` records the config hash it was written under (read by
+    ``<raw_dir>/_generated.json`` records the config hash they were written under (read by
     :func:`why_generate`).
 
     Args:
         cfg: composed pipeline config; reads ``dataset``, ``generate`` and ``paths.raw_dir``.
 
     Returns:
-        ``{"files": [path], "rows": lines written (header excluded), "malformed": {kind:
-        count}, "outside_window": well-formed rows with a timestamp outside the window,
-        "seconds": wall time, "rows_per_s": rows / seconds}``.
+        ``{"files": [paths], "rows": interactions, "lines": lines written (header
+        excluded; one per user for s3rec), "malformed": {kind: count of broken lines},
+        "outside_window": well-formed rows with a timestamp outside the window (0 for
+        s3rec, which has no timestamps), "seconds": wall time, "rows_per_s": rows /
+        seconds}``.
 
     Raises:
-        ValueError: fewer items than communities, a generated file name that
-            ``dataset.files`` would not match, or a Tmall window spanning two years.
+        ValueError: fewer items than communities, too few rows for the format's least rows
+            per user, an unbounded window, a generated file name that ``dataset.files``
+            would not match, or a Tmall window spanning two years.
     """
     started = time.perf_counter()
     fmt = FORMATS[cfg.dataset.format]
     _check_window(cfg, fmt)
+    names = [n for n in file_names(cfg) if n is not None]
     world = build_world(cfg, fmt)
     rand = RowRandom(cfg.generate.seed)
     fs, directory = filesystem(_raw_dir(cfg))
-    fs.create_dir(directory, recursive=True)
-    final = join(directory, fmt.file_name)
-    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    finals = [join(directory, name) for name in names]
+    tmps = [f"{final}.tmp-{uuid.uuid4().hex[:8]}" for final in finals]
     malformed = dict.fromkeys(fmt.malformed_kinds, 0)
-    outside = 0
-    n_days = cfg.dataset.slice_days * cfg.dataset.num_slices
+    outside = lines = 0
+    _, n_days, _ = window_span(cfg)
     try:
         # One worker draws chunk i+1 while this thread renders and writes chunk i (numpy and
         # pyarrow release the GIL); at most two chunks are in memory.
-        with fs.open_output_stream(tmp) as out, ThreadPoolExecutor(max_workers=1) as pool:
+        with ExitStack() as stack:
+            outs = [stack.enter_context(_open(fs, tmp, final))
+                    for tmp, final in zip(tmps, finals)]
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
             if fmt.header is not None:
-                out.write(fmt.header.encode() + b"\n")
+                outs[0].write(fmt.header.encode() + b"\n")
             chunks = user_chunks(world.user_start, cfg.generate.chunk_rows)
             pending = pool.submit(generate_rows, cfg, fmt, world, rand, *chunks[0])
             for following in [*chunks[1:], None]:
                 rows = pending.result()
                 if following is not None:
                     pending = pool.submit(generate_rows, cfg, fmt, world, rand, *following)
-                for piece in render(fmt, world, rows):
-                    out.write(piece)
+                chunk = to_chunk(cfg, fmt, world, rand, rows)
+                for piece in render(fmt, chunk, rows.bad, rows.bad_kind, rows.bad_variant):
+                    outs[0].write(piece)
+                if len(outs) > 1:
+                    outs[1].write(negative_lines(cfg, world, rand, rows))
                 for kind, count in zip(*np.unique(rows.bad_kind, return_counts=True)):
                     malformed[fmt.malformed_kinds[kind]] += int(count)
-                stray = (rows.day < 0) | (rows.day >= n_days)
-                stray[rows.bad] = False
-                outside += int(stray.sum())
-        fs.move(tmp, final)
+                if fmt.layout == "sequences":
+                    lines += len(np.unique(rows.user))
+                else:
+                    lines += len(rows.user)
+                    stray = (rows.day < 0) | (rows.day >= n_days)
+                    stray[rows.bad] = False
+                    outside += int(stray.sum())
+        for tmp, final in zip(tmps, finals):
+            fs.move(tmp, final)
     except BaseException:
-        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
-            fs.delete_file(tmp)
+        for tmp in tmps:
+            if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                fs.delete_file(tmp)
         raise
     seconds = time.perf_counter() - started
     rows_total = int(world.user_start[-1])
-    result = {"files": [final], "rows": rows_total, "malformed": malformed,
+    result = {"files": finals, "rows": rows_total, "lines": lines, "malformed": malformed,
               "outside_window": outside, "seconds": round(seconds, 3),
               "rows_per_s": round(rows_total / seconds) if seconds > 0 else None}
     write_json(join(_raw_dir(cfg), STAMP), result | {"config_hash": generated_hash(cfg)})

@@ -9,18 +9,87 @@ import pytest
 from conf.loading import ConfigError, available, load_config, section_hash
 
 
+SLICED = {"taobao": (1, 9), "tmall": (15, 13), "ccmr": (90, 41), "sample": (1, 9)}
+LEAVE_ONE_OUT = {"beauty": (22363, 12101, 198502), "sports": (35598, 18357, 296337),
+                 "toys": (19412, 11924, 167597), "yelp": (30431, 20033, 316354),
+                 "sample-loo": None}
+FEEDBACK = {"toys-feedback": (6919, 28695, 120322), "movielens": None, "sample-feedback": None}
+
+
 def test_every_dataset_preset_loads_with_paper_facts():
-    facts = {"taobao": (1, 9), "tmall": (15, 13), "ccmr": (90, 41), "sample": (1, 9)}
-    assert set(available("datasets")) == set(facts)
-    for name, (slice_days, num_slices) in facts.items():
+    assert set(available("datasets")) == set(SLICED) | set(LEAVE_ONE_OUT) | set(FEEDBACK)
+    for name, (slice_days, num_slices) in SLICED.items():
         cfg = load_config(dataset=name)
         assert (cfg.dataset.slice_days, cfg.dataset.num_slices) == (slice_days, num_slices)
+        assert cfg.index.protocol == "slices"
         assert cfg.paths.work_dir.endswith(f"/{name}")  # {dataset} expanded
     taobao = load_config(dataset="taobao").dataset
     assert taobao.timezone == "Asia/Shanghai" and taobao.behaviors == ["pv"]
     assert (taobao.start, taobao.end) == (dt.date(2017, 11, 25), dt.date(2017, 12, 4))
     ccmr = load_config(dataset="ccmr").dataset
     assert (ccmr.positive_min_rating, ccmr.negative_max_rating) == (4, 3)
+    # PROTOCOLS.md: 5-core, L = 50 and 99 negatives (leave-one-out); 10-core items then
+    # users, L = 20, 9 negatives and labels > 3 positive, < 2 negative (feedback).
+    for name, published in LEAVE_ONE_OUT.items():
+        cfg = load_config(dataset=name)
+        assert cfg.index.protocol == "leave_one_out" and not cfg.dataset.sliced
+        assert (cfg.index.eval_negatives, cfg.index.sequence_max_len) == (99, 50)
+        assert (cfg.dataset.kcore, cfg.dataset.kcore_mode) == (5, "iterative")
+        assert cfg.dataset.positive_min_rating == 1  # every review is an interaction
+        sizes = cfg.dataset.published
+        assert (sizes and (sizes.users, sizes.items, sizes.interactions)) == published
+    for name, published in FEEDBACK.items():
+        cfg = load_config(dataset=name)
+        assert cfg.index.protocol == "feedback" and not cfg.dataset.sliced
+        assert (cfg.index.eval_negatives, cfg.index.sequence_max_len) == (9, 20)
+        assert (cfg.dataset.kcore, cfg.dataset.kcore_mode) == (10, "items_then_users")
+        assert (cfg.dataset.positive_min_rating, cfg.dataset.negative_max_rating) == (4, 1)
+        sizes = cfg.dataset.published
+        assert (sizes and (sizes.users, sizes.items, sizes.interactions)) == published
+    assert load_config(dataset="beauty").dataset.files == ["reviews_Beauty_5.json.gz"]
+    assert load_config(dataset="toys-feedback").dataset.files == ["ratings_Toys_and_Games.csv"]
+    yelp = load_config(dataset="yelp").dataset
+    assert (yelp.start, yelp.last_day) == (dt.date(2019, 1, 1), dt.date(2019, 12, 31))
+    generated = {n for n in available("datasets") if load_config(dataset=n).generate.auto}
+    assert generated == {"sample", "sample-loo", "sample-feedback"}
+    assert load_config(dataset="sample-loo").dataset.format == "amazon_reviews"
+    assert load_config(dataset="sample-feedback").dataset.format == "amazon_ratings"
+
+
+OWN = """dataset:
+  name: shop
+  format: ratings
+  files: [log.csv]
+  timezone: UTC
+  start: null
+  slice_days: null
+  num_slices: null
+  behaviors: [rating]
+  positive_min_rating: 4
+  negative_max_rating: 2
+  rating_scale: [1, 5]
+  kcore: 0
+  drop_duplicates: true
+  published: null
+index:
+  protocol: feedback
+"""
+
+
+def test_a_users_own_dataset_needs_no_file_in_the_repo(tmp_path):
+    own = tmp_path / "shop.yaml"
+    own.write_text(OWN)
+    by_path = load_config(dataset=str(own))
+    assert by_path.dataset.name == "shop" and by_path.index.protocol == "feedback"
+    assert by_path.paths.work_dir.endswith("/shop")  # {dataset} is the file's dataset.name
+    by_name = load_config(dataset="shop", config_file=own)  # defined by the --config file
+    assert by_name == by_path
+    with pytest.raises(ConfigError, match="dataset file not found"):
+        load_config(dataset=str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError) as err:
+        load_config(dataset="shops", config_file=own)
+    assert "\n" not in str(err.value) and "unknown dataset 'shops'" in str(err.value)
+    assert f"{own} does not set dataset.name: shops" in str(err.value)
 
 
 def test_overrides_are_typed_and_applied_last():
@@ -53,7 +122,7 @@ def test_bad_values_rejected():
         load_config(overrides=["index.set_size=0"])
     with pytest.raises(ConfigError, match="negative_max_rating must be below"):
         load_config(dataset="ccmr", overrides=["dataset.negative_max_rating=4"])
-    with pytest.raises(ConfigError, match="unknown dataset preset 'nope'"):
+    with pytest.raises(ConfigError, match="unknown dataset 'nope': not a preset"):
         load_config(dataset="nope")
     with pytest.raises(ConfigError, match="must look like key.sub=value"):
         load_config(overrides=["index.set_size"])
