@@ -109,6 +109,9 @@ class DatasetConfig(Section):
             raise ValueError("last_day must not be before start")
         if self.negatives_file is not None and self.format != "s3rec":
             raise ValueError("negatives_file is read only with format 's3rec'")
+        if self.format == "s3rec" and (self.start is not None or self.last_day is not None):
+            raise ValueError("format 's3rec' has no timestamps (ts is the item's position in "
+                             "its line): start and last_day must be null")
         return self
 
     @model_validator(mode="after")

@@ -249,3 +249,62 @@ def test_config_errors_name_key_and_file(tmp_path, text, key):
     with pytest.raises(ConfigError) as err:
         load_config("sample", config_file=extra)
     assert key in str(err.value) and str(extra) in str(err.value)
+
+
+# k = 2. Items i1:3, i2:2, i3:2; user 4 has one row. items_then_users keeps every item, then
+# drops user 4 (6 rows, i3 left with one). Iterative drops u4, then i3, then u3 (4 rows).
+KCORE_LINES = ["1,1,5,{t}", "1,2,5,{t}", "2,1,5,{t}", "2,2,5,{t}", "3,1,5,{t}", "3,3,5,{t}",
+               "4,3,5,{t}"]
+
+
+@pytest.mark.parametrize("mode, kept, users, items", [("iterative", 4, 2, 2),
+                                                       ("items_then_users", 6, 3, 3)])
+def test_kcore_modes_and_published_sizes_beside_ours(spark, make_config, tmp_path, caplog,
+                                                     mode, kept, users, items):
+    import logging
+
+    t = int(dt.datetime(2010, 1, 1, tzinfo=UTC).timestamp())
+    _write(tmp_path / "raw" / "ratings.csv",
+           ["user,item,rating,timestamp"] + [line.format(t=t) for line in KCORE_LINES])
+    caplog.set_level(logging.INFO, logger="spark_jobs.ingest")
+    result = run_ingest(make_config("ccmr", overrides=[
+        "dataset.kcore=2", f"dataset.kcore_mode={mode}",
+        "dataset.published={users: 2, items: 2, interactions: 4}"]))
+    m = result["manifest"]
+    assert (m["counts"]["kept"], m["counts"]["filtered"]["kcore"]) == (kept, 7 - kept)
+    assert m["sizes"] == {"ours": {"users": users, "items": items, "interactions": kept},
+                          "published": {"users": 2, "items": 2, "interactions": 4}}
+    assert (f"ingest ccmr: {kept} interactions, {users} users, {items} items (published: 4 "
+            "interactions, 2 users, 2 items)") in caplog.text
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["dataset.num_slices=null"], "slice_days and num_slices"),
+    (["dataset.last_day=2017-12-31"], "sliced data needs start and no last_day"),
+    (["dataset.start=null"], "sliced data needs start"),
+    (["dataset.slice_days=null", "dataset.num_slices=null", "dataset.window=latest"],
+     "window: latest"),
+    (["dataset.slice_days=null", "dataset.num_slices=null", "dataset.last_day=2017-11-24"],
+     "last_day must not be before start"),
+    (["dataset.negatives_file=x_sample.txt"], "negatives_file is read only with format 's3rec'"),
+    (["dataset.format=s3rec", "dataset.slice_days=null", "dataset.num_slices=null"],
+     "format 's3rec' has no timestamps"),
+    (["dataset.format=amazon_ratings"], "needs positive_min_rating and rating_scale"),
+])
+def test_window_and_format_rules_reject_bad_combinations(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("sample", overrides=overrides)
+
+
+def test_unsliced_window_bounds_and_no_slices():
+    open_ended = load_config("sample", overrides=[
+        "dataset.slice_days=null", "dataset.num_slices=null", "dataset.start=null"]).dataset
+    assert open_ended.window_bounds() == (None, None) and open_ended.end is None
+    with pytest.raises(ValueError, match="has no slices"):
+        open_ended.slice_bounds()
+    year = load_config("sample", overrides=[
+        "dataset.slice_days=null", "dataset.num_slices=null", "dataset.start=2019-01-01",
+        "dataset.last_day=2019-12-31", "dataset.timezone=UTC"]).dataset
+    assert year.end == dt.date(2020, 1, 1)
+    assert year.window_bounds() == (int(dt.datetime(2019, 1, 1, tzinfo=UTC).timestamp()),
+                                    int(dt.datetime(2020, 1, 1, tzinfo=UTC).timestamp()))
