@@ -45,7 +45,7 @@ def random_split(num_users: int, num_items: int, n: int, C: int, target: int,
     return Samples(torch.randint(1, num_users + 1, (n,), generator=g),
                    torch.full((n,), target, dtype=torch.int64),
                    torch.randint(1, num_items + 1, (n, C), generator=g),
-                   torch.zeros(n, dtype=torch.int64))
+                   torch.zeros(n, dtype=torch.int64), torch.ones(n, dtype=torch.int64))
 
 
 def random_sets(n: int, T: int, S: int, high: tuple[int, int], g: torch.Generator
@@ -70,7 +70,7 @@ def bench(scale: str, steps: int, threads: int) -> dict[str, float]:
     t0 = time.perf_counter()
     user_sets = random_sets(num_users, T, S, (num_items, num_users), g)  # G(u), G(v|u)
     item_sets = random_sets(num_items, T, S, (num_users, num_items), g)  # G(v), G(u|v)
-    builder = BatchBuilder(frozenset({"slice_sets"}), user_sets, item_sets, T)
+    builder = BatchBuilder("slices", frozenset({"slice_sets"}), user_sets, item_sets, T)
     sizes = DataSizes(num_users, num_items, T - 1, S, cfg.index.sequence_max_len)
     torch.manual_seed(0)
     model = build_model("score", dict(cfg.model.params), sizes)
@@ -80,15 +80,16 @@ def bench(scale: str, steps: int, threads: int) -> dict[str, float]:
     train = random_split(num_users, num_items, B * steps, 1 + cfg.index.train_negatives, T - 3, g)
     rows = epoch_rows(len(train), 1, 0, 0, 1)
     # Warm-up (allocator, lazy Adam state), then the timed epoch.
-    train_epoch(model, model, optimizer, builder, train, rows[:2 * B], B, cfg.train.l2, 1, 1, 0)
+    train_epoch(model, model, optimizer, builder, train, rows[:2 * B], B, cfg.train.l2, 1, 1, 0,
+                cfg.train.grad_clip)
     _, samples_per_s = train_epoch(model, model, optimizer, builder, train, rows, B,
-                                   cfg.train.l2, 1, 1, 1)
+                                   cfg.train.l2, 1, 1, 1, cfg.train.grad_clip)
 
     E = cfg.train.eval_batch_size
     valid = random_split(num_users, num_items, E * max(4, steps // 4),
                          1 + cfg.index.eval_negatives, T - 2, g)
     start = time.perf_counter()
-    validate(model, builder, valid, E, 0, 1)
+    validate(model, builder, valid, E, 0, 1, "slices")
     lists_per_s = len(valid) / (time.perf_counter() - start)
     return {"scale": scale, "ids": num_users + num_items, "threads": threads,
             "load avg": os.getloadavg()[0],
@@ -104,7 +105,7 @@ def profile_step(model, optimizer, builder, train, rows, B, l2) -> str:
     idx = rows[:B]
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         with record_function("gather_batch"):
-            batch = builder.build(train.user[idx], train.slice[idx], train.candidates[idx])
+            batch = builder.rows(train, idx)
         with record_function("forward"):
             scores = model(batch)
             loss = model.loss(scores, batch) + l2 * model.regularization()

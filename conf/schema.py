@@ -234,7 +234,11 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(gt=0)
     lr: float = Field(gt=0)
     l2: float = Field(ge=0)  # λ of Eq. 25
-    patience: int = Field(ge=1)  # epochs without validation MRR gain before stopping
+    weight_decay: float = Field(ge=0)  # Adam's L2 on every parameter (DualRec code: 1e-4)
+    # epochs without gain of the selection metric (valid MRR; valid AUC under feedback)
+    patience: int = Field(ge=1)
+    lr_plateau_patience: int | None = Field(ge=1)  # halve lr after this many; None: off
+    grad_clip: float | None = Field(gt=0)  # max global norm of dense gradients; None: off
     seed: int
     num_workers: int = Field(ge=1)  # Ray Train workers
     use_gpu: bool

@@ -1,10 +1,12 @@
 """MLflow model registry: register each run's best model and move the ``champion`` alias
-only when it beats the current champion on validation MRR.
+only when it beats the current champion on the validation selection metric.
 
-Every registered version carries its validation MRR as the tag ``val_mrr``, so the
-comparison needs nothing but the registry (no metric-name conventions of the training run).
-The decision and both numbers are written as tags on the new version and on its MLflow run,
-and returned so the flow can log them.
+The metric is the protocol's (``trainers.metrics.SELECTION_METRIC``): validation MRR under
+``slices`` and ``leave_one_out``, validation AUC under ``feedback``; ``run_training`` names
+it (``selection_metric``). Every registered version carries its value as the tag
+``val_<metric>`` (``val_mrr``, ``val_auc``), so the comparison needs nothing but the registry
+(no metric-name conventions of the training run). The decision and both numbers are written
+as tags on the new version and on its MLflow run, and returned so the flow can log them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 CHAMPION = "champion"
-MRR_TAG = "val_mrr"
+
+
+def metric_tag(metric: str) -> str:
+    """The version tag holding a validation metric: ``val_mrr``, ``val_auc``."""
+    return f"val_{metric}"
+
+
+MRR_TAG = metric_tag("mrr")
 
 log = logging.getLogger(__name__)
 
@@ -30,48 +39,54 @@ class ChampionDecision:
     name: str  # registered model name
     version: str  # the version just registered
     promoted: bool  # True when the alias now points at ``version``
-    candidate_mrr: float  # validation MRR of the new version
-    champion_mrr: float | None  # the previous champion's validation MRR (None: there was none)
+    candidate_value: float  # validation metric of the new version
+    champion_value: float | None  # the previous champion's (None: there was none)
     champion_version: str | None  # the previous champion's version (None: there was none)
+    metric: str = "mrr"  # the selection metric compared (mrr, auc)
 
     @property
     def message(self) -> str:
+        label = f"validation {self.metric.upper()}"
         if self.champion_version is None:
             return (f"{self.name} v{self.version}: first champion "
-                    f"(validation MRR {self.candidate_mrr:.4f})")
+                    f"({label} {self.candidate_value:.4f})")
         verdict = "promoted to" if self.promoted else "kept out of"
         relation = ">" if self.promoted else "<="
-        return (f"{self.name} v{self.version} {verdict} '{CHAMPION}': validation MRR "
-                f"{self.candidate_mrr:.4f} {relation} champion v{self.champion_version}'s "
-                f"{self.champion_mrr:.4f}")
+        return (f"{self.name} v{self.version} {verdict} '{CHAMPION}': {label} "
+                f"{self.candidate_value:.4f} {relation} champion v{self.champion_version}'s "
+                f"{self.champion_value:.4f}")
 
     def as_dict(self) -> dict:
         return asdict(self) | {"message": self.message}
 
 
-def current_champion(client: MlflowClient, name: str) -> tuple[str, float] | None:
-    """The champion's version and validation MRR, or None when no version holds the alias.
+def current_champion(client: MlflowClient, name: str, metric: str = "mrr"
+                     ) -> tuple[str, float] | None:
+    """The champion's version and validation ``metric``, or None when no version holds the
+    alias.
 
     Raises:
-        ValueError: the aliased version has no ``val_mrr`` tag (alias set by hand).
+        ValueError: the aliased version has no ``val_<metric>`` tag (alias set by hand, or a
+            champion selected under another protocol's metric).
     """
+    tag = metric_tag(metric)
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
-    if MRR_TAG not in version.tags:
+    if tag not in version.tags:
         raise ValueError(
             f"registered model {name!r} version {version.version} holds the {CHAMPION!r} alias "
-            f"but has no {MRR_TAG!r} tag; set it (client.set_model_version_tag) or delete the "
+            f"but has no {tag!r} tag; set it (client.set_model_version_tag) or delete the "
             "alias so the next run can take over"
         )
-    return str(version.version), float(version.tags[MRR_TAG])
+    return str(version.version), float(version.tags[tag])
 
 
 def register_and_promote(tracking_uri: str, name: str, model_uri: str, run_id: str,
-                         val_mrr: float) -> ChampionDecision:
+                         value: float, metric: str = "mrr") -> ChampionDecision:
     """Register ``model_uri`` as a new version of ``name``; make it champion if it is better.
 
     Args:
@@ -81,16 +96,18 @@ def register_and_promote(tracking_uri: str, name: str, model_uri: str, run_id: s
         name: registered model name (e.g. the deployment name ``score-taobao``).
         model_uri: the logged model (``models:/<id>`` or ``runs:/<run>/<path>``).
         run_id: MLflow run that produced the model; gets the decision tags too.
-        val_mrr: the model's best validation MRR (the early-stopping metric).
+        value: the model's best validation ``metric`` (the early-stopping metric).
+        metric: the protocol's selection metric (``run_training``'s ``selection_metric``).
 
     Returns:
         The decision; the alias moves only on a strict improvement.
 
     Raises:
-        ValueError: ``val_mrr`` is not a finite number.
+        ValueError: ``value`` is not a finite number.
     """
-    if not math.isfinite(val_mrr):
-        raise ValueError(f"validation MRR of run {run_id} is {val_mrr}; refusing to register it")
+    label = f"validation {metric.upper()}"
+    if not math.isfinite(value):
+        raise ValueError(f"{label} of run {run_id} is {value}; refusing to register it")
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
@@ -99,26 +116,27 @@ def register_and_promote(tracking_uri: str, name: str, model_uri: str, run_id: s
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    previous = current_champion(client, name)
-    version = mlflow.register_model(model_uri, name, tags={MRR_TAG: repr(float(val_mrr))})
-    promoted = previous is None or val_mrr > previous[1]
+    previous = current_champion(client, name, metric)
+    tag = metric_tag(metric)
+    version = mlflow.register_model(model_uri, name, tags={tag: repr(float(value))})
+    promoted = previous is None or value > previous[1]
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version.version)
     decision = ChampionDecision(
         name=name, version=str(version.version), promoted=promoted,
-        candidate_mrr=float(val_mrr),
-        champion_mrr=None if previous is None else previous[1],
-        champion_version=None if previous is None else str(previous[0]),
+        candidate_value=float(value),
+        champion_value=None if previous is None else previous[1],
+        champion_version=None if previous is None else str(previous[0]), metric=metric,
     )
     tags = {
         "champion_decision": "promoted" if promoted else "kept",
-        "candidate_val_mrr": repr(decision.candidate_mrr),
-        "champion_val_mrr": "none" if previous is None else repr(previous[1]),
+        f"candidate_{tag}": repr(decision.candidate_value),
+        f"champion_{tag}": "none" if previous is None else repr(previous[1]),
         "champion_version_before": "none" if previous is None else str(previous[0]),
     }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version.version, key, value)
-        client.set_tag(run_id, f"registry.{key}", value)
+    for key, tag_value in tags.items():
+        client.set_model_version_tag(name, version.version, key, tag_value)
+        client.set_tag(run_id, f"registry.{key}", tag_value)
     client.set_tag(run_id, "registry.model", f"{name}/{version.version}")
     log.info(decision.message)
     return decision

@@ -125,7 +125,7 @@ def register_task(cfg: PipelineConfig, trained: dict) -> dict:
 
     def run() -> dict:
         decision = register_and_promote(cfg.tracking.uri, name, model_uri(trained),
-                                        trained["run_id"], validation_mrr(trained))
+                                        trained["run_id"], *validation_score(trained))
         return decision.as_dict()
 
     result = _cached_or_run(cfg, "register", key, run, f"run {trained['run_id']} already "
@@ -134,9 +134,11 @@ def register_task(cfg: PipelineConfig, trained: dict) -> dict:
     return result
 
 
-def validation_mrr(trained: dict) -> float:
-    """The best validation MRR from run_training's result (the early-stopping metric)."""
-    return float(trained["valid"]["mrr"])
+def validation_score(trained: dict) -> tuple[float, str]:
+    """(value, name) of the best validation selection metric from run_training's result (the
+    early-stopping metric: MRR, or AUC under the feedback protocol)."""
+    metric = trained["selection_metric"]
+    return float(trained["valid"][metric]), metric
 
 
 def model_uri(trained: dict) -> str:
@@ -183,7 +185,8 @@ def metrics_markdown(cfg: PipelineConfig, evaluated: dict, trained: dict,
         f"# {cfg.model.name} on {cfg.dataset.name}\n\n"
         f"| metric (test) | {cfg.model.name} | popularity |\n|---|---|---|\n{rows}\n\n"
         f"{full_line}"
-        f"Best validation MRR {validation_mrr(trained):.4f} (epoch {trained['best_epoch']}). "
+        f"Best validation {trained['selection_metric'].upper()} "
+        f"{validation_score(trained)[0]:.4f} (epoch {trained['best_epoch']}). "
         f"{registered['message']}.\n\n"
         f"MLflow run `{run_id}`: {run_link(cfg.tracking.uri, run_id)}\n"
     )

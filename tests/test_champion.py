@@ -1,4 +1,5 @@
-"""The champion alias moves only on a strict validation-MRR improvement (real sqlite registry)."""
+"""The champion alias moves only on a strict improvement of the validation selection metric
+(MRR, or AUC under the feedback protocol; real sqlite registry)."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def test_alias_moves_only_when_validation_mrr_improves(tmp_path):
             assert run_tags["registry.champion_val_mrr"] == "none"
             assert "first champion" in decision.message
         else:
-            assert decision.champion_mrr == max(m for m, _, _ in steps[:number - 1])
-            assert float(run_tags["registry.champion_val_mrr"]) == decision.champion_mrr
+            assert decision.champion_value == max(m for m, _, _ in steps[:number - 1])
+            assert float(run_tags["registry.champion_val_mrr"]) == decision.champion_value
     assert "0.4100 > champion v1's 0.3000" in decision.message
 
 
@@ -66,3 +67,21 @@ def test_refuses_nan_and_names_a_hand_set_alias_without_tag(tmp_path):
     client.set_registered_model_alias("m", CHAMPION, version.version)
     with pytest.raises(ValueError, match="no 'val_mrr' tag"):
         register_and_promote(uri, "m", model_uri, run_id, 0.2)
+
+
+def test_feedback_champion_compares_validation_auc(tmp_path):
+    uri = f"sqlite:///{tmp_path}/registry.db"
+    artifacts = str(tmp_path / "artifacts")
+    client = MlflowClient(uri, registry_uri=uri)
+    for auc, promoted in ((0.70, True), (0.69, False), (0.72, True)):
+        run_id, model_uri = _logged_model(uri, artifacts, auc)
+        decision = register_and_promote(uri, "dfar-sample", model_uri, run_id, auc, "auc")
+        assert decision.promoted is promoted and decision.metric == "auc"
+        version = client.get_model_version("dfar-sample", decision.version)
+        assert float(version.tags["val_auc"]) == auc and MRR_TAG not in version.tags
+        assert float(client.get_run(run_id).data.tags["registry.candidate_val_auc"]) == auc
+    assert "validation AUC 0.7200 > champion v1's 0.7000" in decision.message
+    assert current_champion(client, "dfar-sample", "auc") == ("3", pytest.approx(0.72))
+    # A champion chosen by AUC is not compared by MRR: one clear error, no silent promotion.
+    with pytest.raises(ValueError, match="no 'val_mrr' tag"):
+        register_and_promote(uri, "dfar-sample", model_uri, run_id, 0.5, "mrr")

@@ -19,11 +19,24 @@ import tiny_index
 from trainers import tracking
 from trainers.batches import BatchBuilder, Samples
 from trainers.evaluate import run_evaluation
-from trainers.metrics import ranking_metrics
+from trainers.metrics import FeedbackAccumulator, random_floor, ranking_metrics
 from trainers.popularity import popularity_scores
 from trainers.registry import DataSizes, build_model
 from trainers.set_arrays import load_samples, load_set_arrays
 from trainers.train import CHECKPOINT_FILE, TrainState
+
+
+def _checkpoint(cfg, model, sizes) -> None:
+    """A 'best checkpoint' of ``model`` + run.json + an MLflow run, as training leaves them."""
+    checkpoint = Path(cfg.paths.work_dir) / "train" / cfg.model.name / "checkpoint_epoch_0001"
+    checkpoint.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "sizes": asdict(sizes),
+                "state": asdict(TrainState(epoch=1, best_epoch=1))},
+               checkpoint / CHECKPOINT_FILE)
+    run_id = tracking.open_run(cfg, "hand", None)
+    (checkpoint.parent / "run.json").write_text(json.dumps(
+        {"status": "finished", "run_id": run_id, "resume_key": "x",
+         "result": {"checkpoint": str(checkpoint)}}))
 
 
 @pytest.fixture
@@ -51,7 +64,7 @@ def trained(tmp_path):
 def _test_lists(work: Path):
     arrays = load_set_arrays(str(work / "index"))
     samples = Samples.from_arrays(load_samples(str(work / "index"), "test"))
-    builder = BatchBuilder(frozenset({"slice_sets"}), torch.as_tensor(arrays.users),
+    builder = BatchBuilder("slices", frozenset({"slice_sets"}), torch.as_tensor(arrays.users),
                            torch.as_tensor(arrays.items), tiny_index.T)
     return builder, samples
 
@@ -63,24 +76,24 @@ def test_evaluation_matches_direct_metrics(trained):
 
     # Model: one big batch instead of chunks of eval_batch_size (7) lists.
     with torch.no_grad():
-        scores = model(builder.build(samples.user, samples.slice, samples.candidates))
+        scores = model(builder.rows(samples, torch.arange(len(samples))))
     expected = ranking_metrics(scores, samples.user)
     assert result["test"] == pytest.approx(expected, abs=1e-12)
 
     # Popularity: count in the slice before the target, ranked by hand (pessimistic ties).
     counts = truth["counts"]
     rr = []
-    for cand, target in zip(samples.candidates.tolist(), samples.slice.tolist()):
+    for cand, target in zip(samples.candidates.tolist(), samples.cut.tolist()):
         s = [counts[i, target - 1] for i in cand]
         rank = 1 + sum(x >= s[0] for x in s[1:])
         rr.append(1.0 / rank)
     assert result["popularity_test"]["mrr"] == pytest.approx(np.mean(rr), abs=1e-12)
-    pop = popularity_scores(torch.as_tensor(counts), samples.candidates, samples.slice)
+    pop = popularity_scores(torch.as_tensor(counts), samples.candidates, samples.cut)
     assert result["popularity_test"] == pytest.approx(ranking_metrics(pop, samples.user))
     # The validation lists get the same reference (their target slice is one earlier).
     valid = Samples.from_arrays(load_samples(str(Path(cfg.paths.work_dir) / "index"), "valid"))
-    assert int(valid.slice.max()) == int(samples.slice.min()) - 1
-    pop = popularity_scores(torch.as_tensor(counts), valid.candidates, valid.slice)
+    assert int(valid.cut.max()) == int(samples.cut.min()) - 1
+    pop = popularity_scores(torch.as_tensor(counts), valid.candidates, valid.cut)
     assert result["popularity_valid"] == pytest.approx(ranking_metrics(pop, valid.user))
 
     # Full ranking: 8 sampled users, their positive against all 40 items in one batch; the
@@ -90,9 +103,10 @@ def test_evaluation_matches_direct_metrics(trained):
     full_rr = []
     with torch.no_grad():
         for row in range(len(samples)):
-            u, t, pos = samples.user[row:row + 1], samples.slice[row:row + 1], samples.candidates[row, 0]
-            s = model(builder.build(u, t, all_items[None]))[0]
-            pos_score = model(builder.build(u, t, torch.stack([pos, pos])[None]))[0, 0]
+            u, t, pos = samples.user[row:row + 1], samples.cut[row:row + 1], samples.candidates[row, 0]
+            one = torch.ones(1, dtype=torch.int64)
+            s = model(builder.build(u, t, all_items[None], one))[0]
+            pos_score = model(builder.build(u, t, torch.stack([pos, pos])[None], one))[0, 0]
             full_rr.append(1.0 / (1 + int(((s >= pos_score) & (all_items != pos)).sum())))
     # One list per user, rows sorted by user: the seeded sample of users is a seeded
     # permutation of the rows.
@@ -122,3 +136,76 @@ def test_popularity_scores_use_previous_slice_only():
     assert got.tolist() == [[1.0, 3.0], [0.0, 5.0], [0.0, 0.0]]  # slice 0: nothing before
     with pytest.raises(ValueError, match="target slices"):
         popularity_scores(counts, cand, torch.tensor([3, 0, 0]))
+
+
+@pytest.mark.parametrize("protocol", ["leave_one_out", "feedback"])
+def test_evaluation_under_sequence_protocols(tmp_path, protocol):
+    """Metrics, popularity reference and full ranking by hand on the hand-written index."""
+    truth = tiny_index.write_sequence_index(tmp_path / "work", protocol)
+    items, labels = truth["items"], truth["labels"]
+    cfg = tiny_index.tiny_config(tmp_path, ["train.full_rank_users=6"], model="test_tiny_seq")
+    L = cfg.index.sequence_max_len
+    sizes = DataSizes(tiny_index.NUM_USERS, tiny_index.NUM_ITEMS, 0, 0, L)
+    torch.manual_seed(5)
+    model = build_model("test_tiny_seq", {"dim": 4}, sizes).eval()
+    _checkpoint(cfg, model, sizes)
+    result = run_evaluation(cfg)
+    assert result["protocol"] == protocol
+    index = Path(cfg.paths.work_dir) / "index"
+    test = Samples.from_arrays(load_samples(str(index), "test"))
+
+    def batch_of(row: int, candidates: torch.Tensor) -> dict:
+        u, cut = int(test.user[row]), int(test.cut[row])
+        history = items[u][:cut][-L:]  # events [0, cut), the last L
+        batch = {"user": torch.tensor([u]), "items": candidates[None],
+                 "sequence": torch.tensor([[0] * (L - len(history)) + history])}
+        if protocol == "feedback":
+            hist_labels = labels[u][:cut][-L:]
+            batch["sequence_label"] = torch.tensor([[0] * (L - len(history)) + hist_labels])
+        return batch
+
+    with torch.no_grad():
+        scores = torch.cat([model(batch_of(r, test.candidates[r])) for r in range(len(test))])
+    if protocol == "feedback":
+        acc = FeedbackAccumulator()
+        acc.update(scores, test.user, test.target_label)
+        expected = acc.compute()
+        assert result["random_test"] == random_floor("feedback", 1 + tiny_index.EVAL_NEGATIVES)
+    else:
+        expected = ranking_metrics(scores, test.user)
+        assert "random_test" not in result
+    assert result["test"] == pytest.approx(expected, abs=1e-6)
+
+    # Popularity: positive events before each user's valid target (the train part).
+    counts = np.zeros(tiny_index.NUM_ITEMS + 1)
+    for u in items:
+        n = len(items[u])
+        for item, label in zip(items[u][:n - 2], labels[u][:n - 2]):
+            counts[item] += label
+    pop = torch.as_tensor(counts[test.candidates.numpy()]).float()
+    if protocol == "feedback":
+        acc = FeedbackAccumulator()
+        acc.update(pop, test.user, test.target_label)
+        assert result["popularity_test"] == pytest.approx(acc.compute())
+    else:
+        assert result["popularity_test"] == pytest.approx(ranking_metrics(pop, test.user))
+
+    # Full ranking: users with a positive test target (seeded sample), their history items
+    # and padding excluded, pessimistic ties.
+    candidates = (test.target_label == 1).nonzero()[:, 0]  # one test row per user, sorted
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    picked = candidates[torch.randperm(len(candidates), generator=g)[:6]]
+    all_items = torch.arange(1, tiny_index.NUM_ITEMS + 1)
+    reciprocal = []
+    with torch.no_grad():
+        for row in picked.tolist():
+            u, target = int(test.user[row]), int(test.candidates[row, 0])
+            s = model(batch_of(row, all_items))[0]
+            target_score = s[target - 1]
+            competing = ~torch.isin(all_items, torch.tensor(items[u][:int(test.cut[row])] +
+                                                              [target]))
+            reciprocal.append(1 / (1 + int(((s >= target_score) & competing).sum())))
+    assert result["full"]["mrr"] == pytest.approx(np.mean(reciprocal), abs=1e-6)
+    client = tracking.client(cfg)
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["protocol"] == protocol

@@ -144,7 +144,8 @@ class FakeStages:
             if not skipped:
                 self.runs[cfg.train.lr] = client.create_run(experiment).info.run_id
             return {"run_id": self.runs[cfg.train.lr], "best_epoch": 1, "epochs": 1,
-                    "valid": {"mrr": 0.5}, "checkpoint": f"ckpt-{cfg.train.lr}",
+                    "valid": {"mrr": 0.5}, "selection_metric": "mrr",
+                    "checkpoint": f"ckpt-{cfg.train.lr}",
                     "skipped": skipped}
 
         stage_result = {"uri": "x", "manifest": {}, "skipped": False, "reason": "fake"}
@@ -247,7 +248,8 @@ def test_pipeline_end_to_end_then_cached_then_only_training_reruns(prefect_home,
     assert third["train"]["run_id"] != first["train"]["run_id"]
     assert third["register"]["version"] == "2"
     promoted = third["register"]["promoted"]
-    assert promoted == (third["register"]["candidate_mrr"] > first["register"]["candidate_mrr"])
+    assert promoted == (third["register"]["candidate_value"]
+                        > first["register"]["candidate_value"])
 
     client = MlflowClient(uri, registry_uri=uri)
     runs = {r.info.run_id: r for r in client.search_runs(

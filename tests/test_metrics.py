@@ -1,4 +1,5 @@
-"""Ranking metrics: hand-computed examples, pessimistic ties, chunking, full ranking."""
+"""Ranking metrics: hand-computed examples, pessimistic ties, chunking, full ranking; the
+feedback protocol's AUC / GAUC / MRR@10 / NDCG@10 / auc_pos and the random floor."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import pytest
 import torch
 
 from trainers.metrics import (
+    FeedbackAccumulator,
     RankHistogram,
     RankingAccumulator,
     items_ranked_above,
+    new_accumulator,
+    random_floor,
     rank_of_positive,
     ranking_metrics,
 )
@@ -114,3 +118,89 @@ def test_full_ranking_in_chunks_with_exclusions():
     assert hist.metrics()["hr@5"] == 1.0 and hist.metrics()["mrr"] == pytest.approx(0.25)
     shared = torch.zeros(8, dtype=torch.bool)  # (N,) mask shared by every user
     assert items_ranked_above(pos_score, item_scores, shared).tolist() == [5, 5]
+
+
+def _feedback(scores, users, labels) -> tuple[dict[str, float], FeedbackAccumulator]:
+    acc = FeedbackAccumulator()
+    acc.update(torch.tensor(scores), torch.tensor(users), torch.tensor(labels))
+    return acc.compute(), acc
+
+
+def test_feedback_metrics_by_hand():
+    # Three groups of C = 3 (target first). Candidate rows with labels:
+    #   user 1, group a: target 0.9 (label 1) vs 0.5, 0.2 -> rank 1
+    #   user 1, group b: target 0.3 (label 0: disliked) vs 0.4, 0.1 -> not ranked
+    #   user 2, group c: target 0.4 (label 1) vs 0.4 (tie), 0.6 -> rank 3 (pessimistic)
+    m, acc = _feedback([[0.9, 0.5, 0.2], [0.3, 0.4, 0.1], [0.4, 0.4, 0.6]], [1, 1, 2],
+                       [1, 0, 1])
+    negatives = [0.5, 0.2, 0.3, 0.4, 0.1, 0.4, 0.6]  # every label-0 row of every group
+    # pooled AUC: 0.9 beats all 7; 0.4 beats 0.2, 0.3, 0.1 (ties with 0.4 count 0)
+    assert m["auc"] == pytest.approx((7 + 3) / (2 * len(negatives)))
+    # per user: user 1 has 1 positive vs 5 negatives (all below) -> 1; user 2: 0.4 vs
+    # {0.4, 0.6} -> 0; weights = groups (2 and 1)
+    assert m["gauc"] == pytest.approx((2 * 1.0 + 1 * 0.0) / 3)
+    assert acc.gauc_users == 2 and acc.gauc_skipped_users == 0
+    # MRR@10 / NDCG@10 over the two positive-target groups only: ranks 1 and 3
+    assert m["mrr@10"] == pytest.approx((1 + 1 / 3) / 2)
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(4)) / 2)
+    # auc_pos: pooled over groups a and c only: 0.9 beats 4, 0.4 beats 1 (0.2) of 4
+    assert m["auc_pos"] == pytest.approx((4 + 1) / (2 * 4))
+
+
+def test_gauc_weights_users_by_rows_and_skips_one_class_users():
+    scores = [[0.9, 0.1], [0.2, 0.8], [0.6, 0.5],  # user 7: three groups
+              [0.3, 0.7],  # user 8: one group
+              [0.5, 0.1], [0.9, 0.2]]  # user 9: only negative targets -> no AUC
+    users, labels = [7, 7, 7, 8, 9, 9], [1, 0, 1, 1, 0, 0]
+    m, acc = _feedback(scores, users, labels)
+    # user 7: positives {0.9, 0.6} vs negatives {0.1, 0.2, 0.8, 0.5}: 0.9 beats 4, 0.6 beats 3
+    auc_7, auc_8 = (4 + 3) / (2 * 4), 0.0
+    assert m["gauc"] == pytest.approx((3 * auc_7 + 1 * auc_8) / 4)
+    assert acc.gauc_users == 2 and acc.gauc_skipped_users == 1
+    # The unweighted mean of the users' AUCs is another number: the weights matter.
+    assert m["gauc"] != pytest.approx((auc_7 + auc_8) / 2)
+
+
+def test_feedback_chunks_and_bad_inputs():
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 15, (120, 10), generator=gen).float()  # many ties
+    users = torch.randint(0, 12, (120,), generator=gen)
+    labels = torch.randint(0, 2, (120,), generator=gen)
+    whole = FeedbackAccumulator()
+    whole.update(scores, users, labels)
+    chunked = new_accumulator("feedback")
+    for start in range(0, 120, 35):
+        chunked.update(scores[start:start + 35], users[start:start + 35],
+                       labels[start:start + 35])
+    assert chunked.compute() == whole.compute()
+    with pytest.raises(ValueError, match="0 or 1"):
+        FeedbackAccumulator().update(scores[:2], users[:2], torch.tensor([1, 2]))
+    only_negative = FeedbackAccumulator()
+    only_negative.update(scores[:3], users[:3], torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="no group has a positive target"):
+        only_negative.compute()
+    with pytest.raises(ValueError, match="feedback protocol"):
+        new_accumulator("slices").update(scores[:2], users[:2], torch.tensor([1, 0]))
+
+
+def test_random_scores_hit_the_random_floor():
+    # 10-candidate groups (DFAR): MRR@10 = H_10 / 10 = .2929, NDCG@10 = .4544 (PROTOCOLS.md)
+    floor = random_floor("feedback", 10)
+    assert floor["mrr@10"] == pytest.approx(sum(1 / r for r in range(1, 11)) / 10)
+    assert floor["mrr@10"] == pytest.approx(0.2929, abs=1e-4)
+    assert floor["ndcg@10"] == pytest.approx(0.4544, abs=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    n = 40_000
+    acc = FeedbackAccumulator()
+    acc.update(torch.rand(n, 10, generator=gen), torch.randint(0, 500, (n,), generator=gen),
+               torch.randint(0, 2, (n,), generator=gen))
+    m = acc.compute()
+    for key in ("mrr@10", "ndcg@10", "auc", "gauc", "auc_pos"):
+        assert m[key] == pytest.approx(floor[key], abs=0.01), key
+    # the ranking protocols' floor over 100 candidates
+    ranking = random_floor("leave_one_out", 100)
+    assert ranking["hr@10"] == pytest.approx(0.1) and ranking["hr@1"] == pytest.approx(0.01)
+    scores = torch.rand(20_000, 100, generator=gen)
+    measured = ranking_metrics(scores, torch.arange(20_000))
+    for key in ("hr@10", "ndcg@10", "mrr", "auc"):
+        assert measured[key] == pytest.approx(ranking[key], abs=0.01), key

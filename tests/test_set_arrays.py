@@ -37,9 +37,10 @@ def index_dir(tmp_path):
         pq.write_table(table.slice(0, half), root / name / "part-0.parquet")
         pq.write_table(table.slice(half), root / name / "part-1.parquet")
     samples = pa.table({
-        "user": pa.array([4, 1, 1], pa.int32()), "slice": pa.array([3, 3, 3], pa.int16()),
+        "user": pa.array([4, 1, 1], pa.int32()), "cut": pa.array([3, 3, 2], pa.int32()),
         "candidates": pa.array([[5, 1, 2], [7, 3, 4], [2, 6, 5]], pa.list_(pa.int32())),
         "real_negatives": pa.array([0, 1, 0], pa.int16()),
+        "target_label": pa.array([1, 1, 0], pa.int8()),
     })
     (root / "samples" / "test").mkdir(parents=True)
     pq.write_table(samples, root / "samples" / "test" / "part-0.parquet")
@@ -79,9 +80,10 @@ def test_dense_sets_equal_the_parquet_rows(index_dir):
 def test_samples_popularity_and_sequences(index_dir):
     root, _ = index_dir
     s = set_arrays.load_samples(str(root), "test")
-    assert s["user"].tolist() == [1, 1, 4]  # sorted by (user, positive)
+    assert s["user"].tolist() == [1, 1, 4]  # sorted by (user, cut, target)
     assert s["candidates"].tolist() == [[2, 6, 5], [7, 3, 4], [5, 1, 2]]
-    assert s["real_negatives"].tolist() == [0, 1, 0] and s["slice"].tolist() == [3, 3, 3]
+    assert s["real_negatives"].tolist() == [0, 1, 0] and s["cut"].tolist() == [2, 3, 3]
+    assert s["target_label"].tolist() == [0, 1, 1]
     pop = set_arrays.load_popularity(str(root))
     assert pop.shape == (I + 1, T) and pop.sum() == 15 and pop[7, 3] == 9 and pop[1, 0] == 4
     seq = set_arrays.load_sequences(str(root))
@@ -100,3 +102,42 @@ def test_rows_that_do_not_fit_the_manifest_are_rejected(index_dir):
         set_arrays.load_set_arrays(str(root))
     with pytest.raises(FileNotFoundError, match="seqrec index"):
         set_arrays.load_set_arrays(str(root / "nowhere"))
+
+
+def test_protocol_defaults_to_slices_and_unknown_names_fail(index_dir):
+    root, _ = index_dir
+    assert set_arrays.index_protocol(str(root.parent)) == "slices"  # manifest without the key
+    for name in ("leave_one_out", "feedback"):
+        assert set_arrays.protocol_of({"protocol": name}) == name
+    with pytest.raises(ValueError, match="unknown protocol 'sessions'"):
+        set_arrays.protocol_of({"protocol": "sessions"})
+
+
+def test_samples_of_an_older_index_name_the_missing_columns(index_dir):
+    root, _ = index_dir
+    old = pa.table({"user": pa.array([1], pa.int32()), "slice": pa.array([3], pa.int16()),
+                    "candidates": pa.array([[1, 2]], pa.list_(pa.int32())),
+                    "real_negatives": pa.array([0], pa.int16())})
+    (root / "samples" / "valid").mkdir()
+    pq.write_table(old, root / "samples" / "valid" / "part-0.parquet")
+    with pytest.raises(ValueError, match=r"lack columns \['cut', 'target_label'\]"):
+        set_arrays.load_samples(str(root), "valid")
+
+
+def test_unsliced_sequences_and_train_part_popularity(tmp_path):
+    root = tmp_path / "index"
+    (root / "sequences").mkdir(parents=True)
+    pq.write_table(pa.table({
+        "user": pa.array([2, 1], pa.int32()),
+        "items": pa.array([[3, 4, 3, 5], [1, 3, 2]], pa.list_(pa.int32())),
+        "ts": pa.array([[1, 2, 3, 4], [5, 6, 7]], pa.list_(pa.int64())),
+        "label": pa.array([[1, 0, 1, 1], [1, 1, 1]], pa.list_(pa.int8())),
+    }), root / "sequences" / "part-0.parquet")
+    write_json(str(root / "manifest.json"), {"protocol": "feedback", "num_users": 3,
+                                             "num_items": 5})
+    seq = set_arrays.load_sequences(str(root))
+    assert seq.slice is None and seq.items.tolist() == [1, 3, 2, 3, 4, 3, 5]
+    # user 1: valid row at position 1, test at 2 -> train part [1]; user 2: test at 3 ->
+    # train part [3, 4 (negative, not counted), 3]; user 3 has no events.
+    counts = set_arrays.train_popularity(seq, np.array([1, 1, 2]), np.array([2, 1, 3]), 5)
+    assert counts.tolist() == [0, 1, 0, 2, 0, 0]

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import tiny_index
-from trainers.batches import (BatchBuilder, NegativeSampler, PositiveSequences, Samples,
-                              epoch_rows, shard_rows)
+from trainers.batches import (BatchBuilder, EventSequences, NegativeSampler,
+                              PositiveSequences, Samples, epoch_rows, shard_rows, target_keys)
+from trainers.train import TrainState
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -37,11 +38,11 @@ def _coded_sets(n: int, T: int, S: int) -> torch.Tensor:
 def test_batch_shapes_and_history_window():
     T, S = 6, 3
     users, items = _coded_sets(5, T, S), _coded_sets(8, T, S)
-    builder = BatchBuilder(frozenset({"slice_sets"}), users, items, T)
+    builder = BatchBuilder("slices", frozenset({"slice_sets"}), users, items, T)
     user = torch.tensor([1, 2, 4])
     target = torch.tensor([1, 3, 5])  # earliest, middle, last slice
     cand = torch.tensor([[3, 5], [1, 2], [7, 6]])
-    batch = builder.build(user, target, cand)
+    batch = builder.build(user, target, cand, torch.ones(3, dtype=torch.int64))
     H = T - 1
     assert set(batch) == {"user", "items", "label", "user_sets", "item_sets"}
     assert batch["user_sets"].shape == (3, H, 2, S)
@@ -70,16 +71,83 @@ def test_builder_builds_only_declared_fields_and_rejects_unknown():
         offsets=np.array([0, 0, 3, 4]), items=np.array([5, 6, 7, 8]),
         slices=np.array([0, 2, 3, 1], dtype=np.int16), labels=np.array([1, 1, 1, 1], np.int8),
         num_slices=T)
-    builder = BatchBuilder(frozenset({"sequence"}), None, None, T, seq, sequence_len=3)
+    builder = BatchBuilder("slices", frozenset({"sequence"}), None, None, T, seq, sequence_len=3)
     batch = builder.build(torch.tensor([1, 1, 2]), torch.tensor([3, 1, 3]),
-                          torch.tensor([[9, 4], [9, 4], [9, 4]]))
+                          torch.tensor([[9, 4], [9, 4], [9, 4]]), torch.ones(3, dtype=torch.int64))
     assert set(batch) == {"user", "items", "label", "sequence"}
     # user 1: items 5 (slice 0), 6 (slice 2), 7 (slice 3). Before slice 3: [5, 6], left-padded.
     assert batch["sequence"].tolist() == [[0, 5, 6], [0, 0, 5], [0, 0, 8]]
     with pytest.raises(ValueError, match="unknown model inputs"):
-        BatchBuilder(frozenset({"pictures"}), None, None, T)
+        BatchBuilder("slices", frozenset({"pictures"}), None, None, T)
     with pytest.raises(ValueError, match="slice_sets"):
-        BatchBuilder(frozenset({"slice_sets"}), None, None, T)
+        BatchBuilder("slices", frozenset({"slice_sets"}), None, None, T)
+    with pytest.raises(ValueError, match="'slices' protocol cannot feed .*sequence_label"):
+        BatchBuilder("slices", frozenset({"sequence", "sequence_label"}), None, None, T, seq, 3)
+
+
+def _events() -> EventSequences:
+    # user 1: items 5 6 7 8 with labels 1 0 1 1; user 2: 9 3; user 3: none
+    return EventSequences.from_csr(np.array([0, 0, 4, 6, 6]), np.array([5, 6, 7, 8, 9, 3]),
+                                   np.array([1, 0, 1, 1, 1, 0]))
+
+
+def test_position_histories_and_feedback_labels():
+    events = _events()
+    builder = BatchBuilder("feedback", frozenset({"sequence", "sequence_label"}), None, None, 0,
+                           events, sequence_len=3)
+    user, cut = torch.tensor([1, 1, 1, 2]), torch.tensor([0, 2, 3, 1])
+    cand = torch.tensor([[5, 1], [7, 1], [8, 2], [3, 4]])
+    batch = builder.build(user, cut, cand, torch.tensor([1, 1, 1, 0]))
+    assert set(batch) == {"user", "items", "label", "sequence", "sequence_label"}
+    # History = events [cut - L, cut): never the target (position cut) or later.
+    assert batch["sequence"].tolist() == [[0, 0, 0], [0, 5, 6], [5, 6, 7], [0, 0, 9]]
+    assert batch["sequence_label"].tolist() == [[0, 0, 0], [0, 1, 0], [1, 0, 1], [0, 0, 1]]
+    assert batch["label"].tolist() == [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]
+    loo = BatchBuilder("leave_one_out", frozenset({"sequence"}), None, None, 0, events, 2)
+    assert set(loo.build(user, cut, cand, torch.ones(4, dtype=torch.int64))) == {
+        "user", "items", "label", "sequence"}
+    with pytest.raises(ValueError, match="'leave_one_out' protocol cannot feed .*slice_sets"):
+        BatchBuilder("leave_one_out", frozenset({"slice_sets"}), None, None, 0)
+    with pytest.raises(ValueError, match="cannot feed .*sequence_label"):
+        BatchBuilder("leave_one_out", frozenset({"sequence_label"}), None, None, 0, events, 2)
+    bad = Samples(torch.tensor([2]), torch.tensor([2]), torch.tensor([[3, 4]]),
+                  torch.tensor([0]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="cut 2 outside the user's 2 events"):
+        events.check_cuts(bad, "test")
+
+
+def test_resampled_negatives_never_touch_any_item_of_the_user():
+    events = _events()
+    num_items = 12
+    # user 1's train rows predict items 6 and 7 (positions 1, 2); user 2's predicts 3.
+    train = Samples(torch.tensor([1, 1, 2]), torch.tensor([1, 2, 1]),
+                    torch.tensor([[6, 11, 1, 2], [7, 4, 1, 2], [3, 1, 2, 4]]),
+                    torch.tensor([1, 0, 0]), torch.tensor([0, 1, 0]))
+    sampler = NegativeSampler(events.touched_keys(num_items), num_items, None)
+    touched = {1: {5, 6, 7, 8}, 2: {9, 3}}
+    for epoch in range(1, 30):
+        new = sampler.resample(train, epoch, seed=3).candidates
+        assert new[0, :2].tolist() == [6, 11]  # target and real negative kept
+        for row, u in enumerate((1, 1, 2)):
+            start = 1 + int(train.real_negatives[row])
+            # never an item the user touched: not the row's target only, but also later
+            # events (8) and negative feedback (6 for user 1, 3 for user 2)
+            assert not set(new[row, start:].tolist()) & touched[u]
+            assert len(set(new[row].tolist())) == 4
+
+
+def test_plateau_halves_lr_and_patience_stops():
+    state = TrainState(lr=0.01)
+    scores = [0.5, 0.4, 0.4, 0.6, 0.6, 0.6, 0.6]  # best at epochs 1 and 4
+    best = [state.after_validation(e, s, patience=4, lr_plateau_patience=2)
+            for e, s in enumerate(scores, start=1)]
+    assert best == [True, False, False, True, False, False, False]
+    # 2 epochs without gain halve once (epoch 3); after the new best, again at epoch 6
+    assert state.lr == pytest.approx(0.01 / 4)
+    assert state.best_score == 0.6 and state.best_epoch == 4 and state.stale_epochs == 3
+    assert not state.stopped_early
+    state.after_validation(8, 0.1, patience=4, lr_plateau_patience=None)
+    assert state.stopped_early and state.lr == pytest.approx(0.01 / 4)
 
 
 def test_epoch_rows_shard_disjoint_and_cover():
@@ -103,9 +171,9 @@ def test_resampled_negatives_avoid_target_slice_items(weighted):
     cand = torch.stack([torch.randperm(num_items, generator=gen)[:K + 1] + 1 for _ in range(15)])
     pos = cand[:, 0]
     real = torch.tensor([2, 0, 1] * 5)
-    train = Samples(user, torch.full((15,), 6), cand, real)
+    train = Samples(user, torch.full((15,), 6), cand, real, torch.ones(15, dtype=torch.int64))
     weights = torch.arange(num_items + 1).double() if weighted else None
-    sampler = NegativeSampler(train, num_items, weights)
+    sampler = NegativeSampler(target_keys(train, num_items), num_items, weights)
     interacted = {u: set(pos[user == u].tolist()) for u in range(1, 6)}
     draws = []
     for epoch in (1, 2, 3):
@@ -125,9 +193,9 @@ def test_resampled_negatives_avoid_target_slice_items(weighted):
 
 def test_resampling_fails_clearly_when_no_item_is_left():
     train = Samples(torch.tensor([1, 1]), torch.tensor([3, 3]), torch.tensor([[1, 2], [2, 1]]),
-                    torch.tensor([0, 0]))
+                    torch.tensor([0, 0]), torch.tensor([1, 1]))
     with pytest.raises(RuntimeError, match="no valid negative"):
-        NegativeSampler(train, 2, None).resample(train, 1, seed=0)
+        NegativeSampler(target_keys(train, 2), 2, None).resample(train, 1, seed=0)
 
 
 # ------------------------------------------------------------------------ Ray Train
@@ -182,6 +250,7 @@ def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path
     assert run.data.params["train.batch_size"] == "16"
     assert run.data.params["model.name"] == "test_tiny"
     assert run.data.tags["dataset"] == "sample" and run.data.tags["model"] == "test_tiny"
+    assert run.data.tags["protocol"] == "slices" and second["selection_metric"] == "mrr"
     assert len(run.data.tags["index_manifest_hash"]) == 16
     # Epoch 1 was trained once (not redone on resume), then epochs 2 and 3.
     history = client.get_metric_history(first["run_id"], "train_loss")
@@ -208,3 +277,41 @@ def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path
     checkpoints = sorted(p.name for p in run_file.parent.glob("checkpoint_epoch_*"))
     assert "checkpoint_epoch_0003" in checkpoints and len(checkpoints) <= 3
     assert Path(second["checkpoint"]).name in checkpoints
+
+
+@pytest.mark.parametrize("protocol", ["leave_one_out", "feedback"])
+def test_training_under_sequence_protocols(ray_local, tmp_path, protocol):
+    """A short real run of the sequence test model: valid metrics, selection metric, early
+    stopping and best checkpoint follow the protocol; the new optimiser settings run."""
+    from mlflow import MlflowClient
+
+    from trainers.train import run_training
+
+    tiny_index.write_sequence_index(tmp_path / "work", protocol)
+    cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=3", "train.weight_decay=0.0001",
+                                            "train.grad_clip=5.0", "train.lr_plateau_patience=1",
+                                            "train.full_rank_users=0"], model="test_tiny_seq")
+    result = run_training(cfg)
+    metric = {"leave_one_out": "mrr", "feedback": "auc"}[protocol]
+    assert result["protocol"] == protocol and result["selection_metric"] == metric
+    expected = ({"hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr"} if protocol != "feedback"
+                else {"auc", "gauc", "mrr@10", "ndcg@10", "auc_pos"})
+    assert set(result["valid"]) == expected
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["protocol"] == protocol
+    # The best checkpoint is the epoch with the best valid selection metric.
+    history = {m.step: m.value for m in client.get_metric_history(result["run_id"],
+                                                                 f"valid_{metric}")}
+    assert result["best_epoch"] == max(history, key=lambda e: (history[e], -e))
+    assert result["valid"][metric] == pytest.approx(history[result["best_epoch"]])
+    best = client.get_metric_history(result["run_id"], f"best_valid_{metric}")
+    assert max(m.value for m in best) == pytest.approx(result["valid"][metric])
+    # lr halves after every epoch without gain (plateau patience 1)
+    lrs = {m.step: m.value for m in client.get_metric_history(result["run_id"], "lr")}
+    assert lrs[1] == pytest.approx(cfg.train.lr)
+    best_so_far = -1.0
+    for e in (1, 2):
+        gained = history[e] > best_so_far
+        best_so_far = max(best_so_far, history[e])
+        assert lrs[e + 1] == pytest.approx(lrs[e] if gained else lrs[e] / 2)

@@ -1,9 +1,11 @@
-"""Test helpers for the training and evaluation tests: a hand-written index folder in the
-documented Parquet contract (docs/architecture.md) and a tiny registered model.
+"""Test helpers for the training and evaluation tests: hand-written index folders in the
+documented Parquet contract (docs/architecture.md, "Evaluation protocols") for each protocol,
+and two tiny registered models.
 
-The model is registered under the test-only name ``test_tiny``; Ray workers import this
-module by name (the trainer passes the model's module), so tests put this folder on the
-workers' PYTHONPATH.
+The models are registered under the test-only names ``test_tiny`` (slice sets) and
+``test_tiny_seq`` (sequence, plus feedback labels where fed); Ray workers import this module
+by name (the trainer passes the model's module), so tests put this folder on the workers'
+PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -63,10 +65,47 @@ class TinyModel(nn.Module):
         return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2
 
 
-def tiny_config(root: Path, overrides: list[str] | None = None) -> PipelineConfig:
+class TinySeqParams(ModelParams):
+    dim: int
+
+
+@register("test_tiny_seq")
+class TinySequenceModel(nn.Module):
+    """Score = <W (u + mean of history item (+ label) embeddings), v>: a sequence model that
+    reads ``sequence_label`` when the protocol feeds it."""
+
+    Params: ClassVar[type[ModelParams]] = TinySeqParams
+    inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
+    optional_inputs: ClassVar[frozenset[str]] = frozenset({"sequence_label"})
+
+    def __init__(self, params: TinySeqParams, sizes: DataSizes) -> None:
+        super().__init__()
+        self.sizes = sizes
+        self.embedding = nn.Embedding(1 + sizes.num_users + sizes.num_items, params.dim)
+        self.label = nn.Embedding(2, params.dim)
+        self.proj = nn.Linear(params.dim, params.dim)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        U = self.sizes.num_users
+        sequence = batch["sequence"]  # (B, L)
+        real = (sequence > 0).float()[..., None]  # (B, L, 1)
+        history = self.embedding(sequence + U * (sequence > 0))  # (B, L, d)
+        if "sequence_label" in batch:
+            history = history + self.label(batch["sequence_label"])
+        hist = (history * real).sum(1) / real.sum(1).clamp(min=1)  # (B, d)
+        u = self.embedding(batch["user"])  # (B, d)
+        v = self.embedding(batch["items"] + U)  # (B, C, d)
+        return (self.proj(u + hist)[:, None, :] * v).sum(-1)  # (B, C)
+
+    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(scores, batch["label"])
+
+
+def tiny_config(root: Path, overrides: list[str] | None = None,
+                model: str = "test_tiny") -> PipelineConfig:
     """A config with every path under ``root`` that fits the hand-written index
-    (the ``work/index`` folder under ``root``) and runs the tiny model; the model section is replaced whole
-    (the score preset's params would otherwise merge into it)."""
+    (the ``work/index`` folder under ``root``) and runs a tiny model; the model section is
+    replaced whole (the score preset's params would otherwise merge into it)."""
     cfg = load_config("sample", "score", "local", [
         f"paths.raw_dir={root}/raw", f"paths.work_dir={root}/work",
         f"tracking.uri=sqlite:///{root}/mlflow.db",
@@ -77,7 +116,7 @@ def tiny_config(root: Path, overrides: list[str] | None = None) -> PipelineConfi
         "train.patience=5", "train.lr=0.05",
         *(overrides or []),
     ])
-    return cfg.model_copy(update={"model": ModelConfig(name="test_tiny", params={"dim": 4})})
+    return cfg.model_copy(update={"model": ModelConfig(name=model, params={"dim": 4})})
 
 
 def _list_table(columns: dict[str, tuple[list, pa.DataType]]) -> pa.Table:
@@ -134,9 +173,10 @@ def write_index(work_dir: Path, seed: int = 0) -> dict[str, np.ndarray]:
             cands.append([pos, *neg])
             real.append(1 if split == "train" and u % 2 == 0 else 0)
         (index / "samples" / split).mkdir(parents=True)
-        pq.write_table(_list_table({"user": (users, pa.int32()), "slice": (slices, pa.int16()),
+        pq.write_table(_list_table({"user": (users, pa.int32()), "cut": (slices, pa.int32()),
                                     "candidates": (cands, pa.list_(pa.int32())),
-                                    "real_negatives": (real, pa.int16())}),
+                                    "real_negatives": (real, pa.int16()),
+                                    "target_label": ([1] * len(users), pa.int8())}),
                        index / "samples" / split / "part-0.parquet")
 
     counts = np.zeros((NUM_ITEMS + 1, T), dtype=np.int64)
@@ -159,7 +199,74 @@ def write_index(work_dir: Path, seed: int = 0) -> dict[str, np.ndarray]:
     }), index / "sequences" / "part-0.parquet")
 
     manifest = {"stage": "index", "schema_version": 1, "input_hash": f"hand-{seed}",
-                "config_hash": "hand", "num_users": NUM_USERS, "num_items": NUM_ITEMS,
-                "num_slices": T, "set_size": S, "target_slices": TARGETS}
+                "config_hash": "hand", "protocol": "slices", "num_users": NUM_USERS,
+                "num_items": NUM_ITEMS, "num_slices": T, "set_size": S,
+                "target_slices": TARGETS}
     (index / "manifest.json").write_text(json.dumps(manifest))
     return {"positives": positives, "counts": counts}
+
+
+def _samples(path: Path, rows: list[tuple[int, int, list[int], int, int]]) -> None:
+    """Write (user, cut, candidates, real_negatives, target_label) rows as one split."""
+    path.mkdir(parents=True)
+    user, cut, cand, real, label = (list(col) for col in zip(*rows))
+    pq.write_table(_list_table({"user": (user, pa.int32()), "cut": (cut, pa.int32()),
+                                "candidates": (cand, pa.list_(pa.int32())),
+                                "real_negatives": (real, pa.int16()),
+                                "target_label": (label, pa.int8())}), path / "part-0.parquet")
+
+
+def write_sequence_index(work_dir: Path, protocol: str, seed: int = 0) -> dict:
+    """Write ``<work_dir>/index`` for ``leave_one_out`` or ``feedback`` (no slices).
+
+    Every user has 5..8 events (items drawn with a popularity slope, no repeats); under
+    ``feedback`` an event is positive when ``(user + item) % 3 != 0`` (learnable), else
+    negative; under ``leave_one_out`` every event is label 1. Rows (``cut`` = the target's
+    position): leave_one_out, train n-3, valid n-2, test n-1 (one row per user each);
+    feedback, train every position 1..n-3, valid n-2, test n-1 (per-user leave-one-out, the
+    released code's split). Train rows carry 2 sampled negatives, valid/test EVAL_NEGATIVES
+    (leave_one_out: the same fixed ones for valid and test), all never touched by the user.
+
+    Returns:
+        {"items": {user: [items]}, "labels": {user: [labels]}}.
+    """
+    if protocol not in ("leave_one_out", "feedback"):
+        raise ValueError(protocol)
+    rng = np.random.default_rng(seed)
+    index = work_dir / "index"
+    weights = np.linspace(2.0, 0.2, NUM_ITEMS)
+    weights /= weights.sum()
+    items, labels = {}, {}
+    for u in range(1, NUM_USERS + 1):
+        n = int(rng.integers(5, 9))
+        items[u] = rng.choice(np.arange(1, NUM_ITEMS + 1), size=n, replace=False,
+                              p=weights).tolist()
+        labels[u] = ([1] * n if protocol == "leave_one_out"
+                     else [int((u + i) % 3 != 0) for i in items[u]])
+    splits = {"train": [], "valid": [], "test": []}
+    for u in range(1, NUM_USERS + 1):
+        n, unseen = len(items[u]), [i for i in range(1, NUM_ITEMS + 1) if i not in items[u]]
+        fixed = rng.choice(unseen, size=EVAL_NEGATIVES, replace=False).tolist()
+        train_cuts = [n - 3] if protocol == "leave_one_out" else list(range(1, n - 2))
+        for cut in train_cuts:
+            neg = rng.choice(unseen, size=2, replace=False).tolist()
+            splits["train"].append((u, cut, [items[u][cut], *neg], 0, labels[u][cut]))
+        for split, cut in (("valid", n - 2), ("test", n - 1)):
+            neg = fixed if protocol == "leave_one_out" else \
+                rng.choice(unseen, size=EVAL_NEGATIVES, replace=False).tolist()
+            splits[split].append((u, cut, [items[u][cut], *neg], 0, labels[u][cut]))
+    for split, rows in splits.items():
+        _samples(index / "samples" / split, rows)
+    users = list(range(1, NUM_USERS + 1))
+    (index / "sequences").mkdir()
+    pq.write_table(_list_table({
+        "user": (users, pa.int32()),
+        "items": ([items[u] for u in users], pa.list_(pa.int32())),
+        "ts": ([[1000 * k for k in range(len(items[u]))] for u in users], pa.list_(pa.int64())),
+        "label": ([labels[u] for u in users], pa.list_(pa.int8())),
+    }), index / "sequences" / "part-0.parquet")
+    manifest = {"stage": "index", "schema_version": 1, "input_hash": f"hand-{protocol}-{seed}",
+                "config_hash": "hand", "protocol": protocol, "num_users": NUM_USERS,
+                "num_items": NUM_ITEMS}
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    return {"items": items, "labels": labels}

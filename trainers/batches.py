@@ -5,13 +5,18 @@ The index stage's sets are loaded once per worker as dense int32 tensors
 is a handful of advanced-indexing gathers over them, never a per-sample Python loop, so it
 runs on whichever device holds the tensors.
 
-History window (trainers/registry.py): a sample predicting slice ``t`` sees the H = T - 1
-slices ``t - H .. t - 1``; positions before slice 0 are all-empty (zeros). Every split
-(train predicts T-3, valid T-2, test T-1; 0-based) thus feeds the model the same H, and the
-target slice itself never leaks into the window.
+A sample's ``cut`` says where its history ends (docs/architecture.md, "Evaluation
+protocols"):
+  * ``slices``: ``cut`` is the target slice ``t``. The set window holds the H = T - 1 slices
+    ``t - H .. t - 1`` (positions before slice 0 all-empty), so every split (train predicts
+    T-3, valid T-2, test T-1; 0-based) feeds the model the same H and the target slice never
+    leaks; ``sequence`` is the user's last L positive items before slice ``t``.
+  * ``leave_one_out``: ``cut`` is the target's position in the user's sequence; ``sequence``
+    is the user's events ``[cut - L, cut)``.
+  * ``feedback``: as leave_one_out, plus ``sequence_label``, each history event's feedback.
 
 Legend: B batch, C candidates, H history slices, S set size, N samples in a split,
-K sampled negatives per row, U users, I items, T slices.
+K sampled negatives per row, U users, I items, T slices, E events, L sequence length.
 """
 
 from __future__ import annotations
@@ -26,6 +31,25 @@ from trainers.registry import Batch
 
 _MAX_REJECTION_ROUNDS = 64  # a row still rejected after this many redraws has no valid item
 
+# What each protocol's index can feed (docs/architecture.md, "Evaluation protocols").
+PROTOCOL_INPUTS: dict[str, frozenset[str]] = {
+    "slices": frozenset({"slice_sets", "sequence"}),
+    "leave_one_out": frozenset({"sequence"}),
+    "feedback": frozenset({"sequence", "sequence_label"}),
+}
+
+
+def unfed_inputs(protocol: str, inputs: frozenset[str]) -> frozenset[str]:
+    """The required ``inputs`` that ``protocol`` cannot feed (empty: the model runs).
+
+    Raises:
+        ValueError: an unknown protocol.
+    """
+    if protocol not in PROTOCOL_INPUTS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of "
+                         f"{', '.join(PROTOCOL_INPUTS)}")
+    return frozenset(inputs) - PROTOCOL_INPUTS[protocol]
+
 
 @dataclass(frozen=True)
 class Samples:
@@ -33,16 +57,22 @@ class Samples:
 
     Attributes:
         user: (N,) int64 user_idx.
-        slice: (N,) int64 target slice.
-        candidates: (N, C) int64 item_idx, the positive at column 0.
+        cut: (N,) int64 where the history ends: the target slice (``slices``) or the
+            target's position in the user's sequence (``leave_one_out``, ``feedback``).
+        candidates: (N, C) int64 item_idx, the target at column 0.
         real_negatives: (N,) int64, how many of columns 1.. are real negative feedback
             (they come first and are never resampled).
+        target_label: (N,) int64, the target's label (its feedback under ``feedback``,
+            1 elsewhere); the other columns are label 0.
     """
 
     user: torch.Tensor
-    slice: torch.Tensor
+    cut: torch.Tensor
     candidates: torch.Tensor
     real_negatives: torch.Tensor
+    target_label: torch.Tensor
+
+    FIELDS = ("user", "cut", "candidates", "real_negatives", "target_label")
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], device: torch.device | str = "cpu"
@@ -50,30 +80,41 @@ class Samples:
         """Wrap the numpy dict of ``load_samples`` as int64 tensors on ``device``.
 
         Raises:
-            ValueError: a field is missing or the lengths disagree.
+            ValueError: a field is missing, the lengths disagree, or a label is not 0/1.
         """
-        missing = {"user", "slice", "candidates", "real_negatives"} - set(arrays)
+        missing = set(cls.FIELDS) - set(arrays)
         if missing:
             raise ValueError(f"samples lack fields {sorted(missing)}")
         n = len(arrays["user"])
-        for key in ("slice", "candidates", "real_negatives"):
+        for key in cls.FIELDS[1:]:
             if len(arrays[key]) != n:
                 raise ValueError(f"samples field {key!r} has {len(arrays[key])} rows, user has {n}")
         if arrays["candidates"].ndim != 2:
             raise ValueError(f"samples candidates must be (N, C), got {arrays['candidates'].shape}")
+        if not np.isin(np.asarray(arrays["target_label"]), (0, 1)).all():
+            raise ValueError("samples target_label must be 0 or 1")
         return cls(*(torch.as_tensor(np.asarray(arrays[k]), dtype=torch.int64, device=device)
-                     for k in ("user", "slice", "candidates", "real_negatives")))
+                     for k in cls.FIELDS))
 
     def __len__(self) -> int:
         return int(self.user.shape[0])
 
     def with_candidates(self, candidates: torch.Tensor) -> Samples:
-        return Samples(self.user, self.slice, candidates, self.real_negatives)
+        return Samples(self.user, self.cut, candidates, self.real_negatives, self.target_label)
+
+    def take(self, rows: torch.Tensor) -> Samples:
+        """The rows ``rows`` (indices) of every field."""
+        return Samples(*(getattr(self, k)[rows] for k in self.FIELDS))
+
+
+def _csr_user(offsets: np.ndarray) -> np.ndarray:
+    """(E,) the user of each event of a CSR layout with (U+2,) ``offsets``."""
+    return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
 
 
 @dataclass(frozen=True)
 class PositiveSequences:
-    """Every user's positive items in time order, CSR over users.
+    """Every user's positive items in time order, CSR over users (``slices`` protocol).
 
     Attributes:
         offsets: (U+2,) int64; user u's items are ``items[offsets[u]:offsets[u+1]]``.
@@ -94,7 +135,7 @@ class PositiveSequences:
                  ) -> PositiveSequences:
         """Keep the positive events (label 1) of ``set_arrays.Sequences``' CSR arrays."""
         counts = np.diff(offsets)  # (U+1,) events per user
-        user = np.repeat(np.arange(len(counts), dtype=np.int64), counts)  # (E,)
+        user = _csr_user(offsets)  # (E,)
         keep = labels == 1
         kept = np.bincount(user[keep], minlength=len(counts))
         new_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
@@ -108,96 +149,195 @@ class PositiveSequences:
 
         return cls(tensor(new_offsets), tensor(items[keep]), tensor(keys), num_slices)
 
-    def before(self, user: torch.Tensor, target: torch.Tensor, length: int) -> torch.Tensor:
+    def before(self, user: torch.Tensor, cut: torch.Tensor, length: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """The last ``length`` positive items of each user before its target slice.
 
         Args:
-            user: (B,) user_idx; target: (B,) target slice.
+            user: (B,) user_idx; cut: (B,) target slice.
 
         Returns:
-            (B, L) int64, left-padded with 0.
+            ((B, L) int64 items left-padded with 0, (B, L) int64 labels: 1 on items, 0 on
+            padding).
         """
-        end = torch.searchsorted(self.keys, user * self.num_slices + target)  # (B,) exclusive
+        end = torch.searchsorted(self.keys, user * self.num_slices + cut)  # (B,) exclusive
         idx = end[:, None] - length + torch.arange(length, device=user.device)  # (B, L)
         valid = idx >= self.offsets[user][:, None]
-        return torch.where(valid, self.items[idx.clamp(min=0)], 0)
+        items = torch.where(valid, self.items[idx.clamp(min=0)], 0)
+        return items, valid.long()
+
+
+@dataclass(frozen=True)
+class EventSequences:
+    """Every user's events (positive and negative) in time order, CSR over users
+    (``leave_one_out`` and ``feedback``, where ``cut`` is a position in this sequence).
+
+    Attributes:
+        offsets: (U+2,) int64; user u's events are ``[offsets[u], offsets[u+1])``.
+        items: (E,) int64 item_idx.
+        labels: (E,) int64 feedback label (1 positive, 0 negative).
+    """
+
+    offsets: torch.Tensor
+    items: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def from_csr(cls, offsets: np.ndarray, items: np.ndarray, labels: np.ndarray,
+                 device: torch.device | str = "cpu") -> EventSequences:
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(a).astype(np.int64), device=device)
+
+        return cls(tensor(offsets), tensor(items), tensor(labels))
+
+    def lengths(self, user: torch.Tensor) -> torch.Tensor:
+        """(B,) number of events of each user."""
+        return self.offsets[user + 1] - self.offsets[user]
+
+    def check_cuts(self, samples: Samples, split: str) -> None:
+        """Every row's history ``[0, cut)`` and target lie inside its user's sequence.
+
+        Raises:
+            ValueError: naming the first bad row.
+        """
+        bad = (samples.cut < 0) | (samples.cut >= self.lengths(samples.user))
+        if bad.any():
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"split {split!r}: row of user {int(samples.user[row])} has cut "
+                f"{int(samples.cut[row])} outside the user's {int(self.lengths(samples.user)[row])}"
+                " events: samples and sequences come from different index runs")
+
+    def before(self, user: torch.Tensor, cut: torch.Tensor, length: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The events ``[cut - length, cut)`` of each user (its last L before the target).
+
+        Args:
+            user: (B,) user_idx; cut: (B,) the target's position in the user's sequence.
+
+        Returns:
+            ((B, L) int64 items left-padded with 0, (B, L) int64 labels, 0 on padding).
+        """
+        start = self.offsets[user]  # (B,)
+        idx = (start + cut)[:, None] - length + torch.arange(length, device=user.device)  # (B, L)
+        valid = idx >= start[:, None]
+        safe = idx.clamp(min=0)
+        return (torch.where(valid, self.items[safe], 0),
+                torch.where(valid, self.labels[safe], 0))
+
+    def touched_keys(self, num_items: int) -> torch.Tensor:
+        """Sorted unique ``user * (I + 1) + item`` of every event: the items each user ever
+        touched (the rejection set of :class:`NegativeSampler` under these protocols)."""
+        user = torch.repeat_interleave(
+            torch.arange(len(self.offsets) - 1, device=self.items.device),
+            self.offsets.diff())
+        return torch.unique(user * (num_items + 1) + self.items)
+
+
+def target_keys(train: Samples, num_items: int) -> torch.Tensor:
+    """Sorted unique ``user * (I + 1) + target`` of the train rows: under ``slices`` the
+    items each user interacted with in the target slice (the index stage's rejection rule)."""
+    return torch.unique(train.user * (num_items + 1) + train.candidates[:, 0])
 
 
 class BatchBuilder:
     """Builds batch dicts holding only the fields a model declares in ``inputs``.
 
     Args:
-        inputs: the model's ``inputs`` (``"slice_sets"``, ``"sequence"``).
-        user_sets: (U+1, T, 2, S) int tensor, ``[u, t, 0]`` = G_t(u), ``[u, t, 1]`` = G_t(v|u).
+        protocol: the index's protocol (``slices``, ``leave_one_out``, ``feedback``).
+        inputs: the fields to build (a model's ``inputs``, plus those of its
+            ``optional_inputs`` the protocol feeds).
+        user_sets: (U+1, T, 2, S) int tensor, ``[u, t, 0]`` = G_t(u), ``[u, t, 1]`` = G_t(v|u)
+            (``slice_sets`` only).
         item_sets: (I+1, T, 2, S) int tensor, ``[v, t, 0]`` = G_t(v), ``[v, t, 1]`` = G_t(u|v).
-        num_slices: T; the history window has H = T - 1 slices.
-        sequences: the users' positive items in CSR form (needed only for ``"sequence"``).
-        sequence_len: L, the last L items before the target slice go into ``sequence``.
+        num_slices: T (``slices``; the history window has H = T - 1 slices), else 0.
+        sequences: the users' history source for ``sequence``: :class:`PositiveSequences`
+            under ``slices``, :class:`EventSequences` otherwise.
+        sequence_len: L, the last L items before the cut go into ``sequence``.
 
     Raises:
-        ValueError: an unknown input name, or an input whose arrays were not given.
+        ValueError: an unknown input name, an input the protocol cannot feed (naming both),
+            or an input whose arrays were not given.
     """
 
-    KNOWN_INPUTS = frozenset({"slice_sets", "sequence"})
+    KNOWN_INPUTS = frozenset().union(*PROTOCOL_INPUTS.values())
 
-    def __init__(self, inputs: frozenset[str], user_sets: torch.Tensor | None,
+    def __init__(self, protocol: str, inputs: frozenset[str], user_sets: torch.Tensor | None,
                  item_sets: torch.Tensor | None, num_slices: int,
-                 sequences: PositiveSequences | None = None,
+                 sequences: PositiveSequences | EventSequences | None = None,
                  sequence_len: int = 0) -> None:
         unknown = set(inputs) - self.KNOWN_INPUTS
         if unknown:
             raise ValueError(f"unknown model inputs {sorted(unknown)}; known: "
                              f"{sorted(self.KNOWN_INPUTS)}")
+        unfed = unfed_inputs(protocol, inputs)
+        if unfed:
+            raise ValueError(f"the {protocol!r} protocol cannot feed inputs {sorted(unfed)}; "
+                             f"it feeds {sorted(PROTOCOL_INPUTS[protocol])}")
         if "slice_sets" in inputs:
             if user_sets is None or item_sets is None:
                 raise ValueError("model needs 'slice_sets' but no user/item set arrays were given")
             if user_sets.shape[1:] != item_sets.shape[1:] or user_sets.shape[1] != num_slices:
                 raise ValueError(f"user sets {tuple(user_sets.shape)} and item sets "
                                  f"{tuple(item_sets.shape)} must both be (n, {num_slices}, 2, S)")
-        if "sequence" in inputs and (sequences is None or sequence_len < 1):
-            raise ValueError("model needs 'sequence' but no sequence arrays / length were given")
+        if {"sequence", "sequence_label"} & set(inputs):
+            expected = PositiveSequences if protocol == "slices" else EventSequences
+            if not isinstance(sequences, expected) or sequence_len < 1:
+                raise ValueError(f"model needs 'sequence' but no {expected.__name__} / length "
+                                 "were given")
+        self.protocol = protocol
         self.inputs = frozenset(inputs)
         self.user_sets = user_sets
         self.item_sets = item_sets
-        self.history_slices = num_slices - 1  # H = T - 1 for every split
+        self.history_slices = max(num_slices - 1, 0)  # H = T - 1 for every split
         self.sequences = sequences
         self.sequence_len = sequence_len
 
-    def build(self, user: torch.Tensor, target: torch.Tensor, candidates: torch.Tensor) -> Batch:
+    def build(self, user: torch.Tensor, cut: torch.Tensor, candidates: torch.Tensor,
+              target_label: torch.Tensor) -> Batch:
         """One batch.
 
         Args:
             user: (B,) int64 user_idx.
-            target: (B,) int64 target slice of each row.
-            candidates: (B, C) int64 item_idx, positive at column 0.
+            cut: (B,) int64 where each row's history ends (target slice or position).
+            candidates: (B, C) int64 item_idx, the target at column 0.
+            target_label: (B,) the target's label (column 0 of ``label``).
 
         Returns:
             dict with ``user`` (B,), ``items`` (B, C), ``label`` (B, C) float and, as declared,
-            ``user_sets`` (B, H, 2, S), ``item_sets`` (B, C, H, 2, S), ``sequence`` (B, L);
-            all ids int64.
+            ``user_sets`` (B, H, 2, S), ``item_sets`` (B, C, H, 2, S), ``sequence`` (B, L),
+            ``sequence_label`` (B, L); all ids int64.
         """
         B, C = candidates.shape
         label = torch.zeros(B, C, dtype=torch.float32, device=candidates.device)
-        label[:, 0] = 1.0
+        label[:, 0] = target_label.float()
         batch: Batch = {"user": user, "items": candidates, "label": label}
         if "slice_sets" in self.inputs:
             H = self.history_slices
-            window = target[:, None] - H + torch.arange(H, device=target.device)  # (B, H)
+            window = cut[:, None] - H + torch.arange(H, device=cut.device)  # (B, H)
             valid = window >= 0
             t = window.clamp(min=0)
             user_sets = self.user_sets[user[:, None], t]  # (B, H, 2, S)
             item_sets = self.item_sets[candidates[:, :, None], t[:, None, :]]  # (B, C, H, 2, S)
             batch["user_sets"] = (user_sets * valid[:, :, None, None]).long()
             batch["item_sets"] = (item_sets * valid[:, None, :, None, None]).long()
-        if "sequence" in self.inputs:
-            batch["sequence"] = self.sequences.before(user, target, self.sequence_len)
+        if {"sequence", "sequence_label"} & self.inputs:
+            items, labels = self.sequences.before(user, cut, self.sequence_len)  # (B, L) x2
+            if "sequence" in self.inputs:
+                batch["sequence"] = items
+            if "sequence_label" in self.inputs:
+                batch["sequence_label"] = labels
         return batch
+
+    def rows(self, samples: Samples, idx: torch.Tensor) -> Batch:
+        """The batch of rows ``idx`` (indices into ``samples``)."""
+        return self.build(samples.user[idx], samples.cut[idx], samples.candidates[idx],
+                          samples.target_label[idx])
 
     def batches(self, samples: Samples, rows: torch.Tensor, batch_size: int) -> Iterator[Batch]:
         """Batches over ``rows`` (indices into ``samples``) in the given order."""
         for start in range(0, len(rows), batch_size):
-            idx = rows[start:start + batch_size]
-            yield self.build(samples.user[idx], samples.slice[idx], samples.candidates[idx])
+            yield self.rows(samples, rows[start:start + batch_size])
 
 
 def epoch_rows(n: int, epoch: int, seed: int, rank: int, world_size: int,
@@ -233,15 +373,17 @@ class NegativeSampler:
     """Fresh training negatives each epoch (``index.resample_train_negatives``).
 
     Same rules as the index stage's sampler (spark_jobs/negatives.py): a drawn item is
-    rejected and redrawn when it is any item the user interacted with in the target slice
-    (every positive of the user in the train split, i.e. column 0 of the user's train rows,
-    the row's own positive included), or already in the row (a real negative or an earlier
-    draw). Membership is tested on sorted ``user * (I + 1) + item`` keys with
+    rejected and redrawn when ``user * (I + 1) + item`` is in ``forbidden``, or when it is
+    already in the row (a real negative or an earlier draw). ``forbidden`` is, by protocol,
+    :func:`target_keys` (``slices``: every target-slice item of the user, the row's own
+    target included) or :meth:`EventSequences.touched_keys` (``leave_one_out``,
+    ``feedback``: every item the user ever touched, so a negative is never an item the user
+    saw, whatever its feedback). Membership is tested on the sorted keys with
     ``searchsorted``, so rejection is vectorised over rows; only the K columns are a loop.
-    Real negative feedback columns (the first ``real_negatives`` after the positive) are kept.
+    Real negative feedback columns (the first ``real_negatives`` after the target) are kept.
 
     Args:
-        train: the train split.
+        forbidden: sorted unique int64 keys ``user * (I + 1) + item``.
         num_items: I (item_idx in 1..I).
         weights: (I+1,) non-negative sampling weights for ``popularity`` sampling, or None
             for uniform over 1..I. Index 0 (padding) is never drawn.
@@ -250,11 +392,10 @@ class NegativeSampler:
         ValueError: weights of the wrong length, negative, or all zero.
     """
 
-    def __init__(self, train: Samples, num_items: int, weights: torch.Tensor | None) -> None:
+    def __init__(self, forbidden: torch.Tensor, num_items: int,
+                 weights: torch.Tensor | None) -> None:
         self.num_items = num_items
-        device = train.candidates.device
-        keys = train.user * (num_items + 1) + train.candidates[:, 0]
-        self.forbidden = torch.unique(keys)  # sorted
+        self.forbidden = forbidden
         self.cdf = None
         if weights is not None:
             if weights.shape != (num_items + 1,):
@@ -264,7 +405,7 @@ class NegativeSampler:
             w[0] = 0.0
             if (w < 0).any() or w.sum() <= 0:
                 raise ValueError("popularity weights must be non-negative with a positive sum")
-            self.cdf = (w.cumsum(0) / w.sum()).to(device)
+            self.cdf = (w.cumsum(0) / w.sum()).to(forbidden.device)
 
     def _draw(self, n: int, g: torch.Generator, device) -> torch.Tensor:
         if self.cdf is None:

@@ -1,5 +1,5 @@
-"""Model comparison (SCoRe paper, Table 3): train and evaluate several models on one dataset
-and put their test metrics side by side.
+"""Model comparison (SCoRe Table 3, DualRec Table 2, DFAR Table 2): train and evaluate
+several models on one dataset and put their test metrics side by side.
 
 ``run_comparison(cfg, models)`` runs the ordinary train and evaluate stages
 (``trainers.train.run_training``, ``trainers.evaluate.run_evaluation``) once per model, with
@@ -8,31 +8,56 @@ and put their test metrics side by side.
 A model already trained with the same config is skipped by the training stage as usual, so a
 rerun only evaluates.
 
-MLflow: one parent run (``<dataset>-compare``) per call; each model's training run becomes
-its child (tag ``mlflow.parentRunId``, so the UI nests it; a later comparison re-parents a
-reused run). The parent gets ``<model>_test_<metric>`` metrics and three artifacts:
-``comparison.md``, ``comparison.csv`` and ``comparison.png`` (bar chart of test MRR,
-NDCG@10 and HR@10 per model, with the popularity reference as a dashed line).
+The index's protocol decides which models run and which columns the table has: a model
+whose required ``inputs`` the protocol cannot feed (``batches.PROTOCOL_INPUTS``; e.g.
+SCoRe's slice sets under ``leave_one_out``) is skipped with its reason, in the returned
+dict, under the table and in the log. Columns: the ranking protocols' MRR, HR@1/5/10,
+NDCG@5/10, AUC, GAUC; ``feedback``'s AUC, GAUC, MRR@10, NDCG@10, auc_pos, plus a
+``random`` row (a random scorer's expected metrics on the same groups,
+``metrics.random_floor``: MRR@10 = .293 for 10-candidate groups).
+
+MLflow: one parent run (``<dataset>-compare``, tagged with dataset and protocol) per call;
+each model's training run becomes its child (tag ``mlflow.parentRunId``, so the UI nests it;
+a later comparison re-parents a reused run). The parent gets ``<model>_test_<metric>``
+metrics and three artifacts: ``comparison.md``, ``comparison.csv`` and ``comparison.png``
+(bar chart of the protocol's chart metrics per model, with the popularity reference of the
+selection metric as a dashed line).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from conf.loading import load_config
 from conf.schema import PipelineConfig
-from trainers import tracking
+from trainers import set_arrays, tracking
+from trainers.batches import PROTOCOL_INPUTS, unfed_inputs
+from trainers.metrics import SELECTION_METRIC
 from trainers.registry import model_class
+from trainers.split_data import declared_inputs
 
-# Table columns after ``model``: the paper's metrics (Section 4.1.2) first.
-TEST_METRICS = ("mrr", "hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "auc", "gauc")
-CHART_METRICS = ("mrr", "ndcg@10", "hr@10")
-COLUMNS = ("model", *(f"test_{m}" for m in TEST_METRICS), "valid_mrr", "popularity_valid_mrr",
-           "popularity_test_mrr", "best_epoch", "run_id")
+log = logging.getLogger(__name__)
+
+# Table columns after ``model``, per protocol: the papers' metrics first.
+RANKING_METRICS = ("mrr", "hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "auc", "gauc")
+TEST_METRICS = {"slices": RANKING_METRICS, "leave_one_out": RANKING_METRICS,
+                "feedback": ("auc", "gauc", "mrr@10", "ndcg@10", "auc_pos")}
+CHART_METRICS = {"slices": ("mrr", "ndcg@10", "hr@10"),
+                 "leave_one_out": ("mrr", "ndcg@10", "hr@10"),
+                 "feedback": ("auc", "gauc", "mrr@10", "ndcg@10")}
+RANDOM_ROW = "random"  # the feedback table's floor row
+
+
+def columns(protocol: str) -> tuple[str, ...]:
+    """The table's columns under ``protocol`` (selection metric = valid MRR or valid AUC)."""
+    chosen = SELECTION_METRIC[protocol]
+    return ("model", *(f"test_{m}" for m in TEST_METRICS[protocol]), f"valid_{chosen}",
+            f"popularity_valid_{chosen}", f"popularity_test_{chosen}", "best_epoch", "run_id")
 
 
 def model_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
@@ -63,25 +88,48 @@ def model_configs(cfg: PipelineConfig, models: list[str]) -> list[PipelineConfig
     return [model_config(cfg, name) for name in models]
 
 
+def skipped_models(protocol: str, configs: list[PipelineConfig]) -> dict[str, str]:
+    """Model name -> why ``protocol`` cannot run it (models it can run are absent)."""
+    skipped = {}
+    for model_cfg in configs:
+        required, _ = declared_inputs(model_class(model_cfg.model.name))
+        unfed = unfed_inputs(protocol, required)
+        if unfed:
+            skipped[model_cfg.model.name] = (
+                f"needs {', '.join(sorted(unfed))}, which the {protocol} protocol does not "
+                f"feed (it feeds {', '.join(sorted(PROTOCOL_INPUTS[protocol]))})")
+    return skipped
+
+
 def run_comparison(cfg: PipelineConfig, models: list[str]) -> dict[str, Any]:
-    """Train and evaluate every model in ``models`` on ``cfg``'s dataset.
+    """Train and evaluate every model in ``models`` that the index's protocol can feed.
 
     Args:
         cfg: the composed config (dataset, paths, training, tracking).
         models: registered model names, each with a preset; order is the table's order.
 
     Returns:
-        dict: ``run_id`` (parent MLflow run), ``rows`` (one dict per model: model, child
-        ``run_id``, ``best_epoch``, ``valid_mrr``, ``popularity_valid_mrr``,
-        ``popularity_test_mrr`` and
-        ``test_<metric>``), ``table`` (markdown) and ``csv`` (text).
+        dict: ``run_id`` (parent MLflow run), ``protocol``, ``rows`` (one dict per model run:
+        model, child ``run_id``, ``best_epoch``, the valid selection metric, its popularity
+        references and ``test_<metric>``; under ``feedback`` then the ``random`` row),
+        ``skipped`` (model -> reason), ``table`` (markdown) and ``csv`` (text).
 
     Raises:
-        ValueError: no models, or a model listed twice.
+        ValueError: no models, a model listed twice, or no listed model can run under the
+            protocol (each reason named).
         KeyError, ConfigError: an unknown model or one without a preset (before any training).
+        FileNotFoundError: no index (run ``seqrec index`` first).
         Any error of a train or evaluate stage; the parent run is then marked FAILED.
     """
     configs = model_configs(cfg, models)  # all checked before anything is trained
+    protocol = set_arrays.index_protocol(cfg.paths.work_dir)
+    skipped = skipped_models(protocol, configs)
+    for name, reason in skipped.items():
+        log.warning("compare: skipping %s: %s", name, reason)
+    runnable = [c for c in configs if c.model.name not in skipped]
+    if not runnable:
+        raise ValueError(f"no listed model runs under the {protocol} protocol: " + "; ".join(
+            f"{name} {reason}" for name, reason in skipped.items()))
 
     from trainers.evaluate import run_evaluation
     from trainers.train import run_training
@@ -89,54 +137,73 @@ def run_comparison(cfg: PipelineConfig, models: list[str]) -> dict[str, Any]:
     client = tracking.client(cfg)
     parent = client.create_run(
         tracking.experiment_id(cfg),
-        tags={"dataset": cfg.dataset.name, "profile": cfg.profile, "models": ",".join(models),
+        tags={"dataset": cfg.dataset.name, "protocol": protocol, "profile": cfg.profile,
+              "models": ",".join(models),
+              "skipped_models": ",".join(skipped) or "none",
               "mlflow.runName": f"{cfg.dataset.name}-compare"},
     ).info.run_id
     rows = []
     try:
-        for model_cfg in configs:
+        for model_cfg in runnable:
             trained = run_training(model_cfg)
             evaluated = run_evaluation(model_cfg)
             client.set_tag(trained["run_id"], "mlflow.parentRunId", parent)
-            rows.append(comparison_row(model_cfg.model.name, trained, evaluated))
+            rows.append(comparison_row(model_cfg.model.name, trained, evaluated, protocol))
+        if protocol == "feedback":
+            rows.append(random_row(evaluated["random_test"], protocol))
     except BaseException:
         client.set_terminated(parent, status="FAILED")
         raise
-    table, table_csv = markdown_table(rows), csv_table(rows)
+    table = markdown_table(rows, protocol, skipped)
+    table_csv = csv_table(rows, protocol)
     tracking.log_metrics(cfg, parent, {f"{row['model']}_test_{m}": row[f"test_{m}"]
-                                       for row in rows for m in TEST_METRICS})
-    _log_artifacts(cfg, parent, rows, table, table_csv)
+                                       for row in rows for m in TEST_METRICS[protocol]})
+    _log_artifacts(cfg, parent, rows, table, table_csv, protocol)
     tracking.finish_run(cfg, parent)
-    return {"run_id": parent, "rows": rows, "table": table, "csv": table_csv}
+    return {"run_id": parent, "protocol": protocol, "rows": rows, "skipped": skipped,
+            "table": table, "csv": table_csv}
 
 
-def comparison_row(name: str, trained: dict[str, Any], evaluated: dict[str, Any]
-                   ) -> dict[str, Any]:
+def comparison_row(name: str, trained: dict[str, Any], evaluated: dict[str, Any],
+                   protocol: str) -> dict[str, Any]:
     """One model's line from the train and evaluate stage results."""
+    chosen = SELECTION_METRIC[protocol]
     return {"model": name, "run_id": trained["run_id"], "best_epoch": trained["best_epoch"],
-            "valid_mrr": trained["valid"]["mrr"],
-            **{f"test_{m}": evaluated["test"][m] for m in TEST_METRICS},
-            "popularity_valid_mrr": evaluated["popularity_valid"]["mrr"],
-            "popularity_test_mrr": evaluated["popularity_test"]["mrr"]}
+            f"valid_{chosen}": trained["valid"][chosen],
+            **{f"test_{m}": evaluated["test"][m] for m in TEST_METRICS[protocol]},
+            f"popularity_valid_{chosen}": evaluated["popularity_valid"][chosen],
+            f"popularity_test_{chosen}": evaluated["popularity_test"][chosen]}
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Models as rows, metrics as columns (4 decimals); the best test MRR in bold."""
-    columns = COLUMNS
-    best = max(row["test_mrr"] for row in rows)
-    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+def random_row(floor: dict[str, float], protocol: str) -> dict[str, Any]:
+    """The random scorer's expected test metrics as a table row (no run, no validation)."""
+    row = {c: "" for c in columns(protocol)}
+    row.update({"model": RANDOM_ROW, **{f"test_{m}": floor[m] for m in TEST_METRICS[protocol]}})
+    return row
+
+
+def markdown_table(rows: list[dict[str, Any]], protocol: str,
+                   skipped: dict[str, str]) -> str:
+    """Models as rows, metrics as columns (4 decimals); the best model's first test metric
+    in bold; the skipped models and their reasons below the table."""
+    cols = columns(protocol)
+    first = cols[1]
+    best = max(row[first] for row in rows if row["model"] != RANDOM_ROW)
+    lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for row in rows:
-        cells = [f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
-        if row["test_mrr"] == best:
+        cells = [f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in cols]
+        if row["model"] != RANDOM_ROW and row[first] == best:
             cells[1] = f"**{cells[1]}**"
         lines.append("| " + " | ".join(cells) + " |")
+    for name, reason in skipped.items():
+        lines.append(f"\nskipped {name}: {reason}")
     return "\n".join(lines) + "\n"
 
 
-def csv_table(rows: list[dict[str, Any]]) -> str:
+def csv_table(rows: list[dict[str, Any]], protocol: str) -> str:
     """The same table as CSV, full precision."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore",
+    writer = csv.DictWriter(out, fieldnames=columns(protocol), extrasaction="ignore",
                             lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
@@ -144,27 +211,29 @@ def csv_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _log_artifacts(cfg: PipelineConfig, run_id: str, rows: list[dict[str, Any]], table: str,
-                   table_csv: str) -> None:
+                   table_csv: str, protocol: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
 
     client = tracking.client(cfg)
+    chart, chosen = CHART_METRICS[protocol], SELECTION_METRIC[protocol]
+    models = [row for row in rows if row["model"] != RANDOM_ROW]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "comparison.md").write_text(table)
         (folder / "comparison.csv").write_text(table_csv)
-        width = 0.8 / len(CHART_METRICS)
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows) + 2), 4))
-        for k, metric in enumerate(CHART_METRICS):
-            ax.bar([i + (k - (len(CHART_METRICS) - 1) / 2) * width for i in range(len(rows))],
-                   [row[f"test_{metric}"] for row in rows], width, label=f"test {metric}")
-        # Popularity MRR is the same for every model (same lists): one reference line.
-        ax.axhline(rows[0]["popularity_test_mrr"], color="grey", linestyle="--",
-                   label="popularity mrr")
-        ax.set_xticks(range(len(rows)), [row["model"] for row in rows])
-        ax.set(ylabel="metric", title=f"{cfg.dataset.name}: test metrics by model")
+        width = 0.8 / len(chart)
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(models) + 2), 4))
+        for k, metric in enumerate(chart):
+            ax.bar([i + (k - (len(chart) - 1) / 2) * width for i in range(len(models))],
+                   [row[f"test_{metric}"] for row in models], width, label=f"test {metric}")
+        # Popularity is the same for every model (same lists): one reference line.
+        ax.axhline(models[0][f"popularity_test_{chosen}"], color="grey", linestyle="--",
+                   label=f"popularity {chosen}")
+        ax.set_xticks(range(len(models)), [row["model"] for row in models])
+        ax.set(ylabel="metric", title=f"{cfg.dataset.name} ({protocol}): test metrics by model")
         ax.legend()
         fig.tight_layout()
         fig.savefig(folder / "comparison.png", dpi=100)

@@ -215,6 +215,14 @@ class ModelOptimizer:
             if opt is not None:
                 opt.step()
 
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of both parts (lr halving on plateau, trainers/train.py)."""
+        if self.dense is not None:
+            for group in self.dense.param_groups:
+                group["lr"] = lr
+        if self.rows is not None:
+            self.rows.lr = lr
+
     def state_dict(self) -> dict:
         return {
             "dense": self.dense.state_dict() if self.dense is not None else None,
@@ -229,17 +237,21 @@ class ModelOptimizer:
                 opt.load_state_dict(state_dict[name])
 
 
-def build_optimizer(model: nn.Module, lr: float, l2: float) -> ModelOptimizer:
+def build_optimizer(model: nn.Module, lr: float, l2: float,
+                    weight_decay: float = 0.0) -> ModelOptimizer:
     """The optimizer for any registered model.
 
-    Dense parameters get plain Adam without weight decay: their L2 term of Eq. 25 is the
-    model's ``regularization()``, which the training loop adds to the loss scaled by λ.
-    Row-sparse tables get :class:`RowAdam` with weight decay λ on the touched rows.
+    Dense parameters get Adam with ``weight_decay`` (coupled L2, ``torch.optim.Adam``'s
+    ``weight_decay``, as the DualRec / FMLP-Rec code trains; 0 for SCoRe, whose L2 term of
+    Eq. 25 is the model's ``regularization()``, which the training loop adds to the loss
+    scaled by λ). Row-sparse tables get :class:`RowAdam` with weight decay λ +
+    ``weight_decay`` on the touched rows.
 
     Args:
         model: the model (may be wrapped, e.g. by DDP; submodules are searched).
         lr: learning rate (``train.lr``).
         l2: λ (``train.l2``).
+        weight_decay: Adam's L2 on every parameter (``train.weight_decay``).
     Returns:
         an object with ``zero_grad()``, ``step()``, ``state_dict()``, ``load_state_dict()``.
     Raises:
@@ -250,6 +262,6 @@ def build_optimizer(model: nn.Module, lr: float, l2: float) -> ModelOptimizer:
     if not tables and not dense:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     return ModelOptimizer(
-        torch.optim.Adam(dense, lr=lr) if dense else None,
-        RowAdam(tables, lr=lr, weight_decay=l2) if tables else None,
+        torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay) if dense else None,
+        RowAdam(tables, lr=lr, weight_decay=l2 + weight_decay) if tables else None,
     )

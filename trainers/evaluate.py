@@ -1,15 +1,25 @@
 """Evaluation stage: the best checkpoint on the test lists, next to the popularity reference,
-plus full ranking for a seeded sample of users.
+plus full ranking for a seeded sample of users. The index's protocol picks the metrics
+(trainers/metrics.py) and the references.
 
-* Candidate lists (paper Section 4.1.2): each test list is the positive and
-  ``index.eval_negatives`` negatives, scored in chunks of ``train.eval_batch_size`` lists;
-  HR@1/5/10, NDCG@5/10, MRR, AUC, GAUC with pessimistic ties (trainers/metrics.py).
+* Candidate lists: each test list is the target and its negatives, scored in chunks of
+  ``train.eval_batch_size`` lists, pessimistic ties. ``slices`` (paper Section 4.1.2) and
+  ``leave_one_out``: HR@1/5/10, NDCG@5/10, MRR, AUC, GAUC. ``feedback`` (DFAR Section
+  4.1.3): AUC, GAUC, MRR@10, NDCG@10, auc_pos (:class:`~trainers.metrics.FeedbackAccumulator`);
+  the log says how many users GAUC skipped (one class only), and ``random_test`` holds a
+  random scorer's expected metrics on these groups (``metrics.random_floor``) beside them.
 * Popularity reference (trainers/popularity.py): the same lists scored by the item's count in
-  the slice before the target; logged as ``popularity_test_*``, and on the validation lists
-  as ``popularity_valid_*`` (the reference for the validation MRR that picks the checkpoint).
-* Full ranking: for ``train.full_rank_users`` users (seeded) one test positive is ranked
-  against every item (chunked over items, so millions of items fit); the user's other
-  target-slice positives and the padding id do not compete. Logged as ``full_*``.
+  the slice before the target (``slices``) or in the users' train parts (other protocols);
+  logged as ``popularity_test_*``, and on the validation lists as ``popularity_valid_*`` (the
+  reference for the validation metric that picks the checkpoint).
+* Full ranking: for ``train.full_rank_users`` users (seeded) one test target is ranked
+  against every item (chunked over items, so millions of items fit); padding never
+  competes. Items that do not compete, by protocol: ``slices``, the user's other
+  target-slice positives (right answers too); ``leave_one_out`` and ``feedback``, every item
+  of the user's history before the target (items the user already met, liked or not, are
+  not recommendations; FMLP-Rec's full ranking masks them alike). Under ``feedback`` only
+  users with a positive test target are sampled, and their first such row is ranked.
+  HR/NDCG/MRR as the ranking protocols; logged as ``full_*``.
 
 Everything is logged to the training run in MLflow (``run.json`` names it) together with a
 markdown table artifact.
@@ -18,28 +28,33 @@ markdown table artifact.
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from conf.schema import PipelineConfig
-from trainers import set_arrays, tracking
-from trainers.batches import BatchBuilder, Samples
-from trainers.metrics import RankHistogram, RankingAccumulator, items_ranked_above
-from trainers.popularity import popularity_scores
+from trainers import tracking
+from trainers.batches import BatchBuilder, EventSequences, Samples
+from trainers.metrics import (FeedbackAccumulator, RankHistogram, items_ranked_above,
+                              new_accumulator, random_floor)
+from trainers.popularity import popularity_scores, train_popularity_scores
 from trainers.registry import DataSizes, build_model, model_class
-from trainers.split_data import load_split_data
+from trainers.split_data import declared_inputs, load_split_data
 from trainers.train import CHECKPOINT_FILE, read_run, run_dir
+
+log = logging.getLogger(__name__)
 
 
 def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
-    """Evaluate the best checkpoint of ``<work_dir>/train/<model>``.
+    """Evaluate the best checkpoint of ``<work_dir>/train/<run>``.
 
     Returns:
-        dict: ``run_id``, ``test`` / ``popularity_test`` / ``popularity_valid`` / ``full``
-        metric dicts, ``table``
-        (markdown) and ``logged`` (the flat metrics written to MLflow).
+        dict: ``run_id``, ``protocol``, ``test`` / ``popularity_test`` / ``popularity_valid``
+        / ``full`` (when ``train.full_rank_users`` > 0) / ``random_test`` (``feedback``)
+        metric dicts, ``table`` (markdown) and ``logged`` (the flat metrics written to
+        MLflow).
 
     Raises:
         FileNotFoundError: no finished training run for this model.
@@ -50,31 +65,39 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
                                 "with the same dataset and model first")
     device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
     model = load_best_model(cfg, record["result"]["checkpoint"], device)
-    data = load_split_data(cfg, model.inputs, ("valid", "test"), device)
-    test = data.splits["test"]
-    counts = torch.as_tensor(set_arrays.load_popularity(data.index_uri), device=device)
+    required, optional = declared_inputs(type(model))
+    data = load_split_data(cfg, required, ("valid", "test"), device, optional)
+    protocol, test = data.protocol, data.splits["test"]
+    counts = data.popularity()  # (I+1, T) under slices, else (I+1,)
 
-    def popularity(split: str) -> dict[str, float]:
-        return score_lists(lambda b, s, i: popularity_scores(counts, b["items"], s),
-                           data.builder, data.splits[split], cfg.train.eval_batch_size)
+    def popularity(batch, cut, candidates):
+        if protocol == "slices":
+            return popularity_scores(counts, candidates, cut)
+        return train_popularity_scores(counts, candidates)
+
+    def evaluate(scorer, split: str) -> dict[str, float]:
+        return score_lists(scorer, data.builder, data.splits[split], cfg.train.eval_batch_size,
+                           protocol, f"{split} lists")
 
     results = {
-        "test": score_lists(lambda b, s, i: model(b), data.builder, test,
-                            cfg.train.eval_batch_size),
-        "popularity_test": popularity("test"),
-        # the reference for the validation MRR that early stopping and the champion use
-        "popularity_valid": popularity("valid"),
+        "test": evaluate(lambda b, c, i: model(b), "test"),
+        "popularity_test": evaluate(popularity, "test"),
+        # the reference for the validation metric that early stopping and the champion use
+        "popularity_valid": evaluate(popularity, "valid"),
     }
+    if protocol == "feedback":
+        results["random_test"] = random_floor(protocol, test.candidates.shape[1])
     if cfg.train.full_rank_users > 0:
         results["full"] = full_ranking(model, data.builder, test, data.sizes.num_items,
                                        cfg.train.full_rank_users, cfg.train.seed,
-                                       cfg.train.eval_batch_size * test.candidates.shape[1])
+                                       cfg.train.eval_batch_size * test.candidates.shape[1],
+                                       data.events)
     logged = {f"{prefix}_{k}": v for prefix, values in results.items() for k, v in values.items()}
     table = markdown_table(results)
     run_id = record["run_id"]
     tracking.log_metrics(cfg, run_id, logged)
     tracking.log_text(cfg, run_id, table, "evaluation.md")
-    return {"run_id": run_id, **results, "table": table, "logged": logged}
+    return {"run_id": run_id, "protocol": protocol, **results, "table": table, "logged": logged}
 
 
 def load_best_model(cfg: PipelineConfig, checkpoint: str, device: torch.device):
@@ -91,65 +114,99 @@ def load_best_model(cfg: PipelineConfig, checkpoint: str, device: torch.device):
 
 
 @torch.no_grad()
-def score_lists(scorer, builder: BatchBuilder, samples: Samples, batch_size: int
-                ) -> dict[str, float]:
+def score_lists(scorer, builder: BatchBuilder, samples: Samples, batch_size: int,
+                protocol: str, what: str = "lists") -> dict[str, float]:
     """Metrics of a scorer over all candidate lists, chunk by chunk.
 
     Args:
-        scorer: ``(batch, target (B,), candidates (B, C)) -> (B, C)`` scores.
+        scorer: ``(batch, cut (B,), candidates (B, C)) -> (B, C)`` scores.
         builder: batch builder of the model's inputs.
         samples: the split's lists.
         batch_size: lists per chunk.
+        protocol: the index's protocol (which metrics, ``metrics.new_accumulator``).
+        what: names the lists in the log line on GAUC's skipped users (``feedback``).
 
     Returns:
-        hr@1/5/10, ndcg@5/10, mrr, auc, gauc.
+        the protocol's metric dict.
     """
-    accumulator = RankingAccumulator()
+    accumulator = new_accumulator(protocol)
     for start in range(0, len(samples), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(samples)),
                            device=samples.user.device)
-        user, target, cand = samples.user[idx], samples.slice[idx], samples.candidates[idx]
-        batch = builder.build(user, target, cand)
-        accumulator.update(scorer(batch, target, cand), user)
-    return accumulator.compute()
+        batch = builder.rows(samples, idx)
+        scores = scorer(batch, samples.cut[idx], samples.candidates[idx])
+        accumulator.update(scores, samples.user[idx], samples.target_label[idx])
+    metrics = accumulator.compute()
+    if isinstance(accumulator, FeedbackAccumulator) and accumulator.gauc_skipped_users:
+        log.info("%s: GAUC over %d users; %d users with one class only (every target "
+                 "negative) have no AUC and are skipped", what, accumulator.gauc_users,
+                 accumulator.gauc_skipped_users)
+    return metrics
+
+
+def _history_keys(events: EventSequences, user: torch.Tensor, cut: torch.Tensor,
+                  num_items: int) -> torch.Tensor:
+    """``user * (I + 1) + item`` of every event ``[0, cut)`` of each row: (sum(cut),)."""
+    row = torch.repeat_interleave(torch.arange(len(user), device=user.device), cut)  # (E',)
+    first = torch.cumsum(cut, 0) - cut  # (B,) where each row's events start in the flat list
+    position = torch.arange(len(row), device=user.device) - first[row]  # (E',) 0..cut-1
+    return user[row] * (num_items + 1) + events.items[events.offsets[user[row]] + position]
 
 
 @torch.no_grad()
 def full_ranking(model, builder: BatchBuilder, samples: Samples, num_items: int,
-                 num_users: int, seed: int, item_chunk: int) -> dict[str, float]:
-    """Rank one positive per sampled user against all items 1..I.
+                 num_users: int, seed: int, item_chunk: int,
+                 events: EventSequences | None) -> dict[str, float]:
+    """Rank one target per sampled user against all items 1..I.
 
     Args:
         model: scorer of batches.
-        samples: the test lists; a user's first list gives the positive.
+        samples: the test lists; a user's first list (with a positive target) gives the
+            target.
         num_items: I.
         num_users: how many users to sample (all if fewer).
         seed: sampling seed.
         item_chunk: items scored per forward (bounds memory like one evaluation batch).
+        events: the users' event sequences (``leave_one_out``, ``feedback``: their history
+            items do not compete), or None (``slices``: the user's other target-slice
+            positives do not compete).
 
     Returns:
         hr@1/5/10, ndcg@5/10, mrr over the sampled users (pessimistic ties).
+
+    Raises:
+        ValueError: no test row has a positive target.
     """
     device = samples.user.device
-    users, first = _first_row_per_user(samples.user)
+    positive = (samples.target_label == 1).nonzero(as_tuple=True)[0]  # rows with a real target
+    if len(positive) == 0:
+        raise ValueError("full ranking needs a test row with a positive target")
+    users, first = _first_row_per_user(samples.user[positive])
+    first = positive[first]
     g = torch.Generator().manual_seed(seed)
     pick = first[torch.randperm(len(users), generator=g)[:num_users].to(device)]  # (U',)
-    user, target, positive = samples.user[pick], samples.slice[pick], samples.candidates[pick, 0]
-    # The user's other positives of the target slice are right answers too: they must not
-    # push the positive down.
-    known = torch.unique(samples.user * (num_items + 1) + samples.candidates[:, 0])
+    rows = samples.take(pick)
+    user, cut, target = rows.user, rows.cut, rows.candidates[:, 0]
+    # Items that must not push the target down: see the module docstring.
+    if events is None:
+        known = samples.user * (num_items + 1) + samples.candidates[:, 0]
+    else:
+        known = torch.cat([_history_keys(events, user, cut, num_items),
+                           user * (num_items + 1) + target])
+    known = torch.unique(known)  # sorted
     histogram = RankHistogram()
     # Few users per forward: a forward holds (users x item_chunk) candidate sets.
     per_forward = max(1, min(len(pick), item_chunk // 1024))
     chunk = max(1, item_chunk // per_forward)
     for start in range(0, len(pick), per_forward):
-        u, t, p = (x[start:start + per_forward] for x in (user, target, positive))
-        pos_score = model(builder.build(u, t, torch.stack([p, p], 1)))[:, 0]  # (B,)
+        u, c, p, lab = (x[start:start + per_forward]
+                        for x in (user, cut, target, rows.target_label))
+        pos_score = model(builder.build(u, c, torch.stack([p, p], 1), lab))[:, 0]  # (B,)
         above = torch.zeros(len(u), dtype=torch.int64)
         for lo in range(1, num_items + 1, chunk):
             items = torch.arange(lo, min(lo + chunk, num_items + 1), device=device)  # (N,)
             cand = items[None, :].expand(len(u), -1)  # (B, N)
-            scores = model(builder.build(u, t, cand))  # (B, N)
+            scores = model(builder.build(u, c, cand, lab))  # (B, N)
             keys = u[:, None] * (num_items + 1) + cand
             hit = torch.searchsorted(known, keys).clamp(max=len(known) - 1)
             above += items_ranked_above(pos_score, scores, known[hit] == keys)

@@ -1,4 +1,5 @@
-"""Ranking metrics shared by every model (SCoRe paper, Section 4.1.2, Eq. 26-28).
+"""Ranking metrics shared by every model (SCoRe paper, Section 4.1.2, Eq. 26-28; DFAR
+paper, Section 4.1.3, for the ``feedback`` protocol).
 
 Every metric is a function of the positive's rank, so ties decide results; here ties are
 PESSIMISTIC everywhere: a negative that scores the same as the positive ranks above it. A
@@ -11,6 +12,13 @@ Two evaluation modes:
   * full ranking: the positive against every item, scored chunk by chunk over the items;
     sum :func:`items_ranked_above` over the chunks, rank = 1 + that sum, and feed the ranks
     to :class:`RankHistogram`.
+
+Per protocol (docs/architecture.md, "Evaluation protocols"): ``slices`` and
+``leave_one_out`` use :class:`RankingAccumulator` (HR@1/5/10, NDCG@5/10, MRR, AUC, GAUC over
+the lists); ``feedback`` uses :class:`FeedbackAccumulator` (AUC and GAUC over every candidate
+row with its label, MRR@10 and NDCG@10 within the groups whose real target is positive, and
+``auc_pos``). :data:`SELECTION_METRIC` names the validation metric that picks checkpoints
+and champions; :func:`random_floor` gives a uniformly random scorer's expected metrics.
 
 Accumulators keep integer histograms (of ranks, of negatives below the positive) rather
 than running float sums, so a chunked evaluation returns bit-for-bit the numbers of one big
@@ -25,6 +33,10 @@ import torch
 
 HR_AT = (1, 5, 10)
 NDCG_AT = (5, 10)
+FEEDBACK_AT = 10  # MRR@10, NDCG@10 (DFAR, Section 4.1.3)
+# Early stopping, best checkpoint and champion: valid MRR for the ranking protocols, valid
+# AUC under feedback (PROTOCOLS.md §5, as the DFAR code).
+SELECTION_METRIC = {"slices": "mrr", "leave_one_out": "mrr", "feedback": "auc"}
 
 
 def _as_tensor(values, name: str) -> torch.Tensor:
@@ -140,15 +152,20 @@ class RankingAccumulator:
         self.users: list[torch.Tensor] = []
         self.scores: list[torch.Tensor] = []
 
-    def update(self, scores, users) -> None:
+    def update(self, scores, users, target_label=None) -> None:
         """Add one chunk.
 
         Args:
             scores: (B, C) scores, positive at column 0; C fixed across chunks.
             users: (B,) user ids of the lists.
+            target_label: (B,) labels of column 0, all 1 under the ranking protocols (the
+                argument lets every protocol's accumulator be fed alike); None = all 1.
         Raises:
-            ValueError: bad shapes, NaN, or C differs from earlier chunks.
+            ValueError: bad shapes, NaN, C differs from earlier chunks, or a target label 0.
         """
+        if target_label is not None and (_as_tensor(target_label, "target_label") != 1).any():
+            raise ValueError("a ranking protocol's lists need a positive target (label 1) in "
+                             "column 0; negative targets belong to the feedback protocol")
         ranks = rank_of_positive(scores)
         scores = _as_tensor(scores, "scores").float()
         users = _as_tensor(users, "users").long().reshape(-1)
@@ -205,6 +222,177 @@ def _pooled_gauc(users: torch.Tensor, scores: torch.Tensor) -> float:
     below_u = torch.zeros(num_users, dtype=torch.float64).index_add_(0, user, below.double())
     auc_u = below_u / (lists * lists * num_neg)  # pairs: n_u positives x n_u*(C-1) negatives
     return float((lists * auc_u).sum() / lists.sum())
+
+
+def _pessimistic_auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    """P(positive scores strictly above negative) over all pairs; a tie counts 0.
+
+    Raises:
+        ValueError: no positive or no negative.
+    """
+    if pos.numel() == 0 or neg.numel() == 0:
+        raise ValueError(f"AUC needs both classes: {pos.numel()} positive and {neg.numel()} "
+                         "negative rows")
+    below = torch.searchsorted(neg.double().sort().values, pos.double())  # negatives < pos
+    return float(below.double().sum() / (pos.numel() * neg.numel()))
+
+
+class FeedbackAccumulator:
+    """Chunked evaluation of ``feedback`` groups (DFAR, Section 4.1.3; PROTOCOLS.md §5).
+
+    A group is one row: its real next interaction at column 0 with the feedback label
+    ``target_label`` and C-1 sampled unseen items (label 0). Pessimistic ties everywhere.
+
+    * ``auc``: pooled over every candidate row of every group: the share of (label-1 row,
+      label-0 row) pairs whose positive scores strictly higher.
+    * ``gauc``: per user the same AUC over the user's candidate rows, averaged with weights
+      = the user's groups (rows of the split; every group has C candidates, so weighting by
+      candidate rows is the same). Users whose rows hold one class only (every target
+      negative) have no AUC and are skipped; :attr:`gauc_skipped_users` says how many.
+    * ``mrr@10``, ``ndcg@10``: rank of the target within its group (as
+      :func:`rank_of_positive`), over the groups whose target is positive; 0 beyond 10.
+    * ``auc_pos``: pooled AUC over the positive-target groups only (what the released DFAR
+      code's Table 2 measures).
+
+    Keeps the (B, C) score chunks until ``compute``: memory O(groups x C).
+    """
+
+    def __init__(self) -> None:
+        self.users: list[torch.Tensor] = []
+        self.scores: list[torch.Tensor] = []
+        self.target_label: list[torch.Tensor] = []
+        self.gauc_users = 0  # users with an AUC (set by compute)
+        self.gauc_skipped_users = 0  # users with one class only (set by compute)
+
+    def update(self, scores, users, target_label) -> None:
+        """Add one chunk.
+
+        Args:
+            scores: (B, C) scores, the real target at column 0; C fixed across chunks.
+            users: (B,) user ids; target_label: (B,) 0/1 label of column 0.
+        Raises:
+            ValueError: bad shapes, NaN, labels not 0/1, or C differs from earlier chunks.
+        """
+        scores = _as_tensor(scores, "scores").float()
+        users = _as_tensor(users, "users").long().reshape(-1)
+        label = _as_tensor(target_label, "target_label").long().reshape(-1)
+        if scores.dim() != 2 or scores.shape[1] < 2:
+            raise ValueError(f"scores must be (B, C) with C >= 2, got shape {tuple(scores.shape)}")
+        if not users.shape[0] == label.shape[0] == scores.shape[0]:
+            raise ValueError(f"users ({users.shape[0]}), target_label ({label.shape[0]}) and "
+                             f"scores ({scores.shape[0]}) must have the same rows")
+        if ((label != 0) & (label != 1)).any():
+            raise ValueError("target_label must be 0 or 1")
+        if self.scores and self.scores[0].shape[1] != scores.shape[1]:
+            raise ValueError(f"every chunk needs the same candidates per list: got "
+                             f"{scores.shape[1]}, earlier {self.scores[0].shape[1]}")
+        self.scores.append(scores)
+        self.users.append(users)
+        self.target_label.append(label)
+
+    def compute(self) -> dict[str, float]:
+        """Returns auc, gauc, mrr@10, ndcg@10, auc_pos.
+
+        Raises:
+            ValueError: nothing was added, or no group has a positive target.
+        """
+        if not self.scores:
+            raise ValueError("no groups were added: cannot average over zero lists")
+        scores, users = torch.cat(self.scores), torch.cat(self.users)  # (N, C), (N,)
+        target = torch.cat(self.target_label)  # (N,)
+        labels = torch.zeros_like(scores, dtype=torch.int64)
+        labels[:, 0] = target  # (N, C): sampled candidates are label 0
+        positive_groups = target == 1
+        if not positive_groups.any():
+            raise ValueError("no group has a positive target: MRR@10 / NDCG@10 are undefined")
+        out = {"auc": _pessimistic_auc(scores[labels == 1], scores[labels == 0])}
+        out["gauc"] = self._gauc(users, scores, labels)
+        hist = RankHistogram()
+        hist.add(rank_of_positive(scores[positive_groups]))
+        n, counts = hist.total, hist.counts.double()
+        r = torch.arange(1, min(counts.numel() - 1, FEEDBACK_AT) + 1, dtype=torch.float64)
+        top = counts[1:r.numel() + 1]
+        out[f"mrr@{FEEDBACK_AT}"] = float((top / r).sum() / n)
+        out[f"ndcg@{FEEDBACK_AT}"] = float((top / torch.log2(r + 1.0)).sum() / n)
+        pos_scores, pos_labels = scores[positive_groups], labels[positive_groups]
+        out["auc_pos"] = _pessimistic_auc(pos_scores[pos_labels == 1],
+                                          pos_scores[pos_labels == 0])
+        return out
+
+    def _gauc(self, users: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> float:
+        """sum_u n_u AUC_u / sum_u n_u over users with both classes (n_u: the user's groups)."""
+        N, C = scores.shape
+        _, user = torch.unique(users, return_inverse=True)  # (N,) dense user index
+        num_users = int(user.max()) + 1
+        user_c = user[:, None].expand(N, C).reshape(-1)  # (N*C,)
+        flat_labels = labels.reshape(-1)
+        # Dense score ranks pack (user, score) exactly into one sortable int64 key.
+        levels, score_rank = torch.unique(scores.reshape(-1), return_inverse=True)
+        key = user_c * levels.numel() + score_rank  # (N*C,)
+        is_pos = flat_labels == 1
+        neg_key = key[~is_pos].sort().values
+        # Negatives of the same user strictly below each positive: keys in [u*span, key).
+        start = user_c[is_pos] * levels.numel()
+        below = torch.searchsorted(neg_key, key[is_pos]) - torch.searchsorted(neg_key, start)
+        below_u = torch.zeros(num_users, dtype=torch.float64).index_add_(
+            0, user_c[is_pos], below.double())
+        pos_u = torch.bincount(user_c[is_pos], minlength=num_users).double()
+        neg_u = torch.bincount(user_c[~is_pos], minlength=num_users).double()
+        groups_u = torch.bincount(user, minlength=num_users).double()
+        both = (pos_u > 0) & (neg_u > 0)
+        self.gauc_users = int(both.sum())
+        self.gauc_skipped_users = num_users - self.gauc_users
+        if not both.any():
+            raise ValueError("GAUC needs a user with both positive and negative rows")
+        auc_u = below_u[both] / (pos_u[both] * neg_u[both])
+        return float((groups_u[both] * auc_u).sum() / groups_u[both].sum())
+
+
+def new_accumulator(protocol: str) -> RankingAccumulator | FeedbackAccumulator:
+    """The accumulator of ``protocol``'s metrics; both take ``update(scores, users,
+    target_label)`` chunks and ``compute()`` a metric dict.
+
+    Raises:
+        ValueError: an unknown protocol.
+    """
+    if protocol not in SELECTION_METRIC:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of "
+                         f"{', '.join(SELECTION_METRIC)}")
+    return FeedbackAccumulator() if protocol == "feedback" else RankingAccumulator()
+
+
+def random_floor(protocol: str, candidates: int) -> dict[str, float]:
+    """Expected metrics of a scorer drawing i.i.d. continuous random scores (no ties):
+    the target's rank is uniform on 1..C and every AUC is 1/2.
+
+    Under ``feedback`` with C = 10: MRR@10 = H_10 / 10 = .2929, NDCG@10 = .4544 (the floor
+    PROTOCOLS.md §1 quotes); GAUC is 1/2 for every user with both classes.
+
+    Args:
+        protocol: the index's protocol (names the metrics).
+        candidates: C, candidates per list / group.
+
+    Returns:
+        the protocol's metric dict (same keys as its accumulator's ``compute``).
+    """
+    if candidates < 2:
+        raise ValueError(f"a list needs at least 2 candidates, got {candidates}")
+    r = torch.arange(1, candidates + 1, dtype=torch.float64)  # equally likely ranks
+
+    def mean_up_to(k: int, gain: torch.Tensor) -> float:
+        return float(gain[:k].sum() / candidates)
+
+    recip, dcg = 1.0 / r, 1.0 / torch.log2(r + 1.0)
+    if protocol == "feedback":
+        return {"auc": 0.5, "gauc": 0.5, f"mrr@{FEEDBACK_AT}": mean_up_to(FEEDBACK_AT, recip),
+                f"ndcg@{FEEDBACK_AT}": mean_up_to(FEEDBACK_AT, dcg), "auc_pos": 0.5}
+    if protocol not in SELECTION_METRIC:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    out = {f"hr@{k}": min(k, candidates) / candidates for k in HR_AT}
+    out.update({f"ndcg@{k}": mean_up_to(k, dcg) for k in NDCG_AT})
+    out["mrr"] = mean_up_to(candidates, recip)
+    out["auc"] = out["gauc"] = 0.5
+    return out
 
 
 def ranking_metrics(scores, users) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """Popularity reference scorer: how often an item was a positive in the slice before the
-target slice.
+target slice (``slices``), or in the users' train parts (``leave_one_out``, ``feedback``,
+which have no slices: ``set_arrays.train_popularity``).
 
 A plain scorer with no parameters, evaluated with the same candidate lists and metrics
 (pessimistic ties, trainers/metrics.py) as the models, so a model's numbers can be read
@@ -35,3 +36,16 @@ def popularity_scores(counts: torch.Tensor, candidates: torch.Tensor,
     previous = target - 1  # (B,)
     scores = counts[candidates, previous.clamp(min=0)[:, None]]  # (B, C)
     return (scores * (previous >= 0)[:, None]).float()
+
+
+def train_popularity_scores(counts: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Scores of candidate lists by train-part popularity (protocols without slices).
+
+    Args:
+        counts: (I+1,) positive events per item in the train part.
+        candidates: (B, C) item_idx.
+
+    Returns:
+        (B, C) float32 ``counts[item]``.
+    """
+    return counts[candidates].float()

@@ -8,8 +8,13 @@ Zeros where a set is empty (the shared "empty slice" id 0); row 0 is padding. Ta
 ~1M x 9 x 2 x 10 int32 = 0.7 GB for users and 4.2M items = 3 GB.
 
 Sequences come back in CSR form (``Sequences``): user u's interactions, in time order, are
-positions ``offsets[u]:offsets[u+1]`` of the flat ``items``/``ts``/``slice``/``label`` arrays;
-a dense (U+1, L) array would waste memory on the long tail and fix L at load time.
+positions ``offsets[u]:offsets[u+1]`` of the flat ``items``/``ts``/``label`` arrays (and
+``slice`` under the ``slices`` protocol); a dense (U+1, L) array would waste memory on the
+long tail and fix L at load time.
+
+The index manifest's ``protocol`` (docs/architecture.md, "Evaluation protocols") says how the
+samples' ``cut`` reads: a target slice (``slices``; a manifest without the key is a slices
+index) or the target's position in the user's sequence (``leave_one_out``, ``feedback``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import pyarrow.dataset as pads
 from spark_jobs.manifest import filesystem, join, read_manifest
 
 SPLITS = ("train", "valid", "test")
+PROTOCOLS = ("slices", "leave_one_out", "feedback")
+SAMPLE_COLUMNS = ("user", "cut", "candidates", "real_negatives", "target_label")
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ class Sequences:
     offsets: np.ndarray  # (U+2,) int64; user u's events are [offsets[u], offsets[u+1])
     items: np.ndarray  # (E,) int32
     ts: np.ndarray  # (E,) int64, UTC seconds
-    slice: np.ndarray  # (E,) int16
+    slice: np.ndarray | None  # (E,) int16 under the slices protocol, else None
     label: np.ndarray  # (E,) int8
 
 
@@ -50,6 +57,24 @@ def index_manifest(index_uri: str) -> dict:
     if manifest is None:
         raise FileNotFoundError(f"no index manifest in {index_uri}: run `seqrec index` first")
     return manifest
+
+
+def protocol_of(manifest: dict) -> str:
+    """The index's evaluation protocol (``slices`` when the manifest predates the key).
+
+    Raises:
+        ValueError: an unknown protocol name.
+    """
+    name = manifest.get("protocol", "slices")
+    if name not in PROTOCOLS:
+        raise ValueError(f"index manifest names unknown protocol {name!r}; "
+                         f"expected one of {', '.join(PROTOCOLS)}")
+    return name
+
+
+def index_protocol(work_dir: str) -> str:
+    """:func:`protocol_of` the index manifest under ``<work_dir>/index``."""
+    return protocol_of(index_manifest(join(work_dir, "index")))
 
 
 def _dataset(uri: str) -> pads.Dataset:
@@ -105,28 +130,37 @@ def load_samples(index_uri: str, split: str) -> dict[str, np.ndarray]:
     """One split's candidate lists.
 
     Returns:
-        {"user": (n,) int32, "slice": (n,) int16, "candidates": (n, C) int32 with the positive
-        in column 0, "real_negatives": (n,) int16}, rows sorted by (user, positive).
+        {"user": (n,) int32, "cut": (n,) int32 (target slice, or the target's position in
+        the user's sequence), "candidates": (n, C) int32 with the target in column 0,
+        "real_negatives": (n,) int16, "target_label": (n,) int8}, rows sorted by
+        (user, cut, target).
 
     Raises:
-        ValueError: unknown split, or lists of unequal length.
+        ValueError: unknown split, missing columns, or lists of unequal length.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    table = _dataset(join(index_uri, "samples", split)).to_table()
+    uri = join(index_uri, "samples", split)
+    table = _dataset(uri).to_table()
+    missing = sorted(set(SAMPLE_COLUMNS) - set(table.column_names))
+    if missing:
+        raise ValueError(f"{uri}: samples lack columns {missing} (contract: "
+                         f"{', '.join(SAMPLE_COLUMNS)}); rebuild the index with `seqrec index`")
     cand_col = table.column("candidates").combine_chunks()
     lengths = pc.list_value_length(cand_col).to_numpy(zero_copy_only=False)
     if table.num_rows and (lengths != lengths[0]).any():
-        raise ValueError(f"{index_uri}/samples/{split}: candidate lists of unequal length")
+        raise ValueError(f"{uri}: candidate lists of unequal length")
     width = int(lengths[0]) if table.num_rows else 0
     cand = pc.list_flatten(cand_col).to_numpy().reshape(table.num_rows, width)
     user = table.column("user").to_numpy()
-    order = np.lexsort((cand[:, 0], user)) if table.num_rows else np.arange(0)
+    cut = table.column("cut").to_numpy()
+    order = np.lexsort((cand[:, 0], cut, user)) if table.num_rows else np.arange(0)
     return {
         "user": user[order],
-        "slice": table.column("slice").to_numpy()[order],
+        "cut": cut[order],
         "candidates": cand[order],
         "real_negatives": table.column("real_negatives").to_numpy()[order],
+        "target_label": table.column("target_label").to_numpy()[order],
     }
 
 
@@ -140,13 +174,39 @@ def dense_popularity(uri: str, num_items: int, num_slices: int) -> np.ndarray:
 
 
 def load_popularity(index_uri: str) -> np.ndarray:
-    """Positive interactions per item and slice: (num_items+1, T) int64."""
+    """Positive interactions per item and slice: (num_items+1, T) int64 (``slices`` only)."""
     m = index_manifest(index_uri)
     return dense_popularity(join(index_uri, "item_popularity"), m["num_items"], m["num_slices"])
 
 
+def train_popularity(sequences: Sequences, eval_user: np.ndarray, eval_cut: np.ndarray,
+                     num_items: int) -> np.ndarray:
+    """Positive events per item in the train part of every user's sequence (the
+    ``leave_one_out`` and ``feedback`` popularity, which has no slices).
+
+    A user's train part is the events before the earliest cut of their validation and test
+    rows (all events for a user without such rows), so no evaluation target is counted.
+
+    Args:
+        sequences: the users' events (``load_sequences``).
+        eval_user: (n,) users of the validation and test rows; eval_cut: (n,) their cuts.
+        num_items: I.
+
+    Returns:
+        (num_items+1,) int64 counts; index 0 (padding) is 0.
+    """
+    counts = np.diff(sequences.offsets)  # (U+1,) events per user
+    end = counts.copy()  # exclusive train end per user
+    np.minimum.at(end, eval_user.astype(np.int64), eval_cut.astype(np.int64))
+    user = np.repeat(np.arange(len(counts)), counts)  # (E,)
+    position = np.arange(len(user)) - sequences.offsets[user]  # (E,) position in the user
+    keep = (position < end[user]) & (sequences.label == 1)
+    return np.bincount(sequences.items[keep], minlength=num_items + 1).astype(np.int64)
+
+
 def load_sequences(index_uri: str) -> Sequences:
-    """Every user's interactions in time order, in CSR form (see module docstring)."""
+    """Every user's interactions in time order, in CSR form (see module docstring); the
+    ``slice`` lists are read where the table has them (``slices`` protocol)."""
     m = index_manifest(index_uri)
     table = _dataset(join(index_uri, "sequences")).to_table()
     user = table.column("user").to_numpy()
@@ -162,5 +222,7 @@ def load_sequences(index_uri: str) -> Sequences:
     def flat(name: str, dtype) -> np.ndarray:
         return pc.list_flatten(table.column(name)).to_numpy().astype(dtype, copy=False)
 
+    has_slice = "slice" in table.column_names
     return Sequences(offsets=offsets, items=flat("items", np.int32), ts=flat("ts", np.int64),
-                     slice=flat("slice", np.int16), label=flat("label", np.int8))
+                     slice=flat("slice", np.int16) if has_slice else None,
+                     label=flat("label", np.int8))

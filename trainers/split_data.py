@@ -2,19 +2,22 @@
 
 Each Ray worker (and evaluation) loads the index with ``trainers/set_arrays.py`` into dense
 tensors on its device, then wraps them in a :class:`~trainers.batches.BatchBuilder` that
-builds only the fields the model declares.
+builds only the fields the model declares. The index manifest's ``protocol`` decides how a
+sample's history is read (trainers/batches.py) and which inputs can be fed at all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from conf.schema import PipelineConfig
 from spark_jobs.manifest import join
 from trainers import set_arrays
-from trainers.batches import BatchBuilder, NegativeSampler, PositiveSequences, Samples
+from trainers.batches import (PROTOCOL_INPUTS, BatchBuilder, EventSequences, NegativeSampler,
+                              PositiveSequences, Samples, target_keys, unfed_inputs)
 from trainers.registry import DataSizes
 
 
@@ -26,7 +29,13 @@ class SplitData:
         builder: batch builder over the (co-)interaction sets / sequences.
         splits: split name -> Samples.
         sizes: the sizes a model is built for.
-        num_slices: T.
+        num_slices: T (0 for protocols without slices).
+        index_uri: the index folder.
+        protocol: the index's protocol.
+        events: every user's events (``leave_one_out``, ``feedback``; None under ``slices``).
+        train_counts: (I+1,) positive events per item in the users' train parts
+            (``set_arrays.train_popularity``; None under ``slices``, whose popularity is per
+            slice in the index).
     """
 
     builder: BatchBuilder
@@ -34,63 +43,124 @@ class SplitData:
     sizes: DataSizes
     num_slices: int
     index_uri: str
+    protocol: str
+    events: EventSequences | None
+    train_counts: torch.Tensor | None
+    device: torch.device | str
+
+    def popularity(self) -> torch.Tensor:
+        """Item popularity: (I+1, T) positives per slice (``slices``) or (I+1,) positives in
+        the train part (other protocols), on the data's device."""
+        if self.protocol == "slices":
+            return torch.as_tensor(set_arrays.load_popularity(self.index_uri), device=self.device)
+        return self.train_counts
 
     def negative_sampler(self, cfg: PipelineConfig) -> NegativeSampler | None:
         """The per-epoch resampler of training negatives, or None when they stay fixed.
 
+        Rejection set by protocol (:class:`NegativeSampler`): the user's target-slice items
+        (``slices``), every item the user ever touched (``leave_one_out``, ``feedback``).
         Popularity weights follow the index stage (spark_jobs/negatives.py): 1 + positive
-        interactions of the item in slices 0..target of the train split (add-one keeps every
-        item possible).
+        interactions of the item in slices 0..target of the train split (``slices``) or in
+        the train part (other protocols); add-one keeps every item possible.
         """
         if not cfg.index.resample_train_negatives:
             return None
         train = self.splits["train"]
+        num_items = self.sizes.num_items
+        if self.protocol == "slices":
+            forbidden = target_keys(train, num_items)
+        else:
+            forbidden = self.events.touched_keys(num_items)
         weights = None
         if cfg.index.negative_sampling == "popularity":
-            target = int(train.slice.max())
-            counts = torch.as_tensor(set_arrays.load_popularity(self.index_uri))  # (I+1, T)
-            weights = 1.0 + counts[:, :target + 1].sum(1).double()
-        return NegativeSampler(train, self.sizes.num_items, weights)
+            counts = self.popularity()
+            if self.protocol == "slices":
+                counts = counts[:, :int(train.cut.max()) + 1].sum(1)
+            weights = 1.0 + counts.double()
+        return NegativeSampler(forbidden, num_items, weights)
+
+
+def declared_inputs(model_cls: type) -> tuple[frozenset[str], frozenset[str]]:
+    """A model class's (required ``inputs``, ``optional_inputs``); a model that declares no
+    ``optional_inputs`` (trainers/registry.py) has none."""
+    return frozenset(model_cls.inputs), frozenset(getattr(model_cls, "optional_inputs", ()))
+
+
+def fed_inputs(protocol: str, inputs: frozenset[str], optional: frozenset[str]
+               ) -> frozenset[str]:
+    """The fields to build: the model's required ``inputs`` plus the ``optional`` ones the
+    protocol feeds.
+
+    Raises:
+        ValueError: the protocol cannot feed a required input (naming it and the protocol).
+    """
+    unfed = unfed_inputs(protocol, inputs)
+    if unfed:
+        raise ValueError(f"the {protocol!r} index cannot feed inputs {sorted(unfed)} (it feeds "
+                         f"{sorted(PROTOCOL_INPUTS[protocol])}): pick a model that reads "
+                         "what this protocol provides")
+    return frozenset(inputs) | (frozenset(optional) & PROTOCOL_INPUTS[protocol])
 
 
 def load_split_data(cfg: PipelineConfig, inputs: frozenset[str], splits: tuple[str, ...],
-                    device: torch.device | str) -> SplitData:
-    """Load the index arrays the model's ``inputs`` need, and the named splits.
+                    device: torch.device | str, optional: frozenset[str] = frozenset()
+                    ) -> SplitData:
+    """Load the index arrays the model's inputs need, and the named splits.
 
     Args:
         cfg: composed config (paths.work_dir, index.sequence_max_len).
-        inputs: the model's declared inputs.
+        inputs: the model's declared (required) inputs.
         splits: e.g. ("train", "valid").
         device: where the tensors live (the worker's device).
+        optional: the model's ``optional_inputs``; built where the protocol feeds them.
 
     Returns:
         SplitData with tensors on ``device``.
 
     Raises:
         FileNotFoundError: no index output (run ``seqrec index`` first).
-        ValueError: a split is empty.
+        ValueError: the protocol cannot feed ``inputs``, a split is empty, or a row's cut
+            lies outside its user's sequence.
     """
     index_uri = join(cfg.paths.work_dir, "index")
     manifest = set_arrays.index_manifest(index_uri)
-    num_slices = manifest["num_slices"]
-    user_sets = item_sets = sequences = None
-    if "slice_sets" in inputs:  # (U+1, T, 2, S), (I+1, T, 2, S): GBs at full scale
+    protocol = set_arrays.protocol_of(manifest)
+    build = fed_inputs(protocol, inputs, optional)
+    num_slices = manifest["num_slices"] if protocol == "slices" else 0
+    user_sets = item_sets = history = events = train_counts = None
+    if "slice_sets" in build:  # (U+1, T, 2, S), (I+1, T, 2, S): GBs at full scale
         arrays = set_arrays.load_set_arrays(index_uri)
         user_sets = torch.as_tensor(arrays.users, device=device)
         item_sets = torch.as_tensor(arrays.items, device=device)
-    if "sequence" in inputs:
+    if protocol == "slices":
+        if "sequence" in build:
+            seq = set_arrays.load_sequences(index_uri)
+            if seq.slice is None:
+                raise ValueError(f"{index_uri}/sequences has no slice lists, which a slices "
+                                 "index needs: rebuild it with `seqrec index`")
+            history = PositiveSequences.from_csr(seq.offsets, seq.items, seq.slice, seq.label,
+                                                 num_slices, device)
+    else:  # histories, rejection sets and popularity all come from the event sequences
         seq = set_arrays.load_sequences(index_uri)
-        sequences = PositiveSequences.from_csr(seq.offsets, seq.items, seq.slice, seq.label,
-                                               num_slices, device)
-    builder = BatchBuilder(inputs, user_sets, item_sets, num_slices, sequences,
+        history = events = EventSequences.from_csr(seq.offsets, seq.items, seq.label, device)
+        cuts = [set_arrays.load_samples(index_uri, s) for s in ("valid", "test")]
+        train_counts = torch.as_tensor(set_arrays.train_popularity(
+            seq, np.concatenate([c["user"] for c in cuts]),
+            np.concatenate([c["cut"] for c in cuts]), manifest["num_items"]), device=device)
+    builder = BatchBuilder(protocol, build, user_sets, item_sets, num_slices, history,
                            cfg.index.sequence_max_len)
     loaded = {}
     for split in splits:
         samples = Samples.from_arrays(set_arrays.load_samples(index_uri, split), device)
         if len(samples) == 0:
             raise ValueError(f"split {split!r} of {index_uri} has no rows")
+        if events is not None:
+            events.check_cuts(samples, split)
         loaded[split] = samples
     sizes = DataSizes(num_users=manifest["num_users"], num_items=manifest["num_items"],
-                      history_slices=num_slices - 1, set_size=manifest["set_size"],
+                      history_slices=max(num_slices - 1, 0),
+                      set_size=manifest["set_size"] if protocol == "slices" else 0,
                       sequence_len=cfg.index.sequence_max_len)
-    return SplitData(builder, loaded, sizes, num_slices, index_uri)
+    return SplitData(builder, loaded, sizes, num_slices, index_uri, protocol, events,
+                     train_counts, device)

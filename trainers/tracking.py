@@ -21,6 +21,7 @@ import torch
 
 from conf.loading import to_yaml
 from conf.schema import PipelineConfig
+from trainers.set_arrays import index_protocol
 
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 
@@ -71,7 +72,7 @@ def open_run(cfg: PipelineConfig, index_hash: str, run_id: str | None) -> str:
         mlflow_client.update_run(run_id, status="RUNNING")
         return run_id
     tags = {"dataset": cfg.dataset.name, "model": cfg.model.name, "profile": cfg.profile,
-            "index_manifest_hash": index_hash,
+            "index_manifest_hash": index_hash, "protocol": index_protocol(cfg.paths.work_dir),
             "mlflow.runName": f"{cfg.dataset.name}-{cfg.model.name}"}
     run = mlflow_client.create_run(experiment_id(cfg), tags=tags)
     from mlflow.entities import Param
@@ -185,7 +186,7 @@ def log_artifacts(cfg: PipelineConfig, run_id: str, history: list[dict[str, floa
             fig, (ax_loss, ax_rank) = plt.subplots(1, 2, figsize=(10, 4))
             ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
             ax_loss.set(xlabel="epoch", ylabel="train loss", title="training loss")
-            for key in ("valid_mrr", "valid_ndcg@10", "valid_hr@10"):
+            for key in [k for k in history[0] if k.startswith("valid_")]:
                 ax_rank.plot(epochs, [h[key] for h in history], marker="o", label=key)
             ax_rank.set(xlabel="epoch", ylabel="metric", title="validation")
             ax_rank.legend()

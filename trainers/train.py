@@ -3,8 +3,11 @@
 ``run_training(cfg)`` runs ``ray.train.torch.TorchTrainer`` with ``train.num_workers``
 workers. Each worker loads the index arrays itself (local disk or shared storage), builds the
 model from the registry, and trains with Adam (``trainers.embedding.build_optimizer``) on its
-shard of the shuffled training rows; validation MRR decides early stopping
-(``train.patience``) and the best checkpoint.
+shard of the shuffled training rows. The index's protocol names the selection metric
+(``metrics.SELECTION_METRIC``: valid MRR under ``slices`` and ``leave_one_out``, valid AUC
+under ``feedback``), which decides early stopping (``train.patience``), the optional lr
+halving on plateau (``train.lr_plateau_patience``) and the best checkpoint; Ray Train keeps
+checkpoints by the reported ``valid_score`` (that metric's value).
 
 Several workers (data parallel):
   * dense parameters: DDP via ``ray.train.torch.prepare_model`` all-reduces (averages) their
@@ -15,15 +18,16 @@ Several workers (data parallel):
     identical without all-reducing millions of rows;
   * every worker runs the same number of steps (the epoch's rows are padded to a multiple of
     the worker count), so the collectives never wait on a finished worker;
-  * validation is sharded; the rank histograms are summed with one all-reduce.
+  * validation is sharded; the rank histograms are summed with one all-reduce (feedback
+    groups: every shard's scores are gathered, since pooled AUC needs all of them).
 
 Checkpoints (rank 0, every epoch) hold model and optimizer state, the epoch, the best
-validation result so far, the early-stopping counter and the seeds. Ray keeps the two best by
-``valid_mrr`` plus the latest. Rerunning the same config on the same run directory
-``<work_dir>/train/<model>/`` resumes from the latest checkpoint (Ray Train restores its
-checkpoint manager from that folder) and continues the epoch count; a finished run whose
-epochs are done (or that stopped early) is skipped; a run directory left by a different
-model, data or optimisation config is replaced.
+validation result so far, the early-stopping counter, the current learning rate, the seeds
+and the protocol. Ray keeps the two best by ``valid_score`` plus the latest. Rerunning the
+same config on the same run directory ``<work_dir>/train/<model>/`` resumes from the latest
+checkpoint (Ray Train restores its checkpoint manager from that folder) and continues the
+epoch count; a finished run whose epochs are done (or that stopped early) is skipped; a run
+directory left by a different model, data or optimisation config is replaced.
 """
 
 from __future__ import annotations
@@ -51,9 +55,9 @@ from spark_jobs.manifest import exists, filesystem, join, manifest_hash, write_j
 from trainers import tracking
 from trainers.batches import BatchBuilder, Samples, epoch_rows, shard_rows
 from trainers.embedding import build_optimizer
-from trainers.metrics import RankHistogram, rank_of_positive
+from trainers.metrics import SELECTION_METRIC, RankHistogram, new_accumulator, rank_of_positive
 from trainers.registry import DataSizes, build_model, model_class
-from trainers.split_data import load_split_data
+from trainers.split_data import declared_inputs, load_split_data
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,11 @@ CHECKPOINT_FILE = "state.pt"
 _RUNTIME_FIELDS = ("epochs", "patience", "num_workers", "use_gpu", "cpus_per_worker",
                    "ray_address", "eval_batch_size", "full_rank_users", "run_name")
 _PROGRESS_LINES_PER_EPOCH = 10
+# Validation curves in curves.png, by protocol (the selection metric first).
+CURVE_METRICS = {"slices": ("mrr", "ndcg@10", "hr@10"),
+                 "leave_one_out": ("mrr", "ndcg@10", "hr@10"),
+                 "feedback": ("auc", "gauc", "mrr@10", "ndcg@10")}
+SCORE = "valid_score"  # reported every epoch: the protocol's selection metric (Ray keeps by it)
 
 
 @dataclass
@@ -71,10 +80,29 @@ class TrainState:
     """Where a run stands; saved in every checkpoint."""
 
     epoch: int = 0  # last finished epoch (1-based)
-    best_mrr: float = -1.0
+    best_score: float = -1.0  # best valid selection metric (MRR, or AUC under feedback)
     best_epoch: int = 0
-    stale_epochs: int = 0  # epochs since the best validation MRR
+    stale_epochs: int = 0  # epochs since the best validation score
     stopped_early: bool = False
+    lr: float = 0.0  # current learning rate: train.lr at the start, halved on plateau
+
+    def after_validation(self, epoch: int, score: float, patience: int,
+                         lr_plateau_patience: int | None) -> bool:
+        """Record epoch ``epoch``'s validation score; returns True when it is the best.
+
+        No gain for ``patience`` epochs stops the run; with ``lr_plateau_patience``, every
+        that many epochs without gain halve the learning rate (as ``ReduceLROnPlateau``
+        with factor 1/2, whose bad-epoch counter restarts after a reduction).
+        """
+        self.epoch = epoch
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.stale_epochs = score, epoch, 0
+            return True
+        self.stale_epochs += 1
+        self.stopped_early = self.stale_epochs >= patience
+        if lr_plateau_patience is not None and self.stale_epochs % lr_plateau_patience == 0:
+            self.lr /= 2
+        return False
 
 
 def run_dir(cfg: PipelineConfig) -> str:
@@ -112,7 +140,9 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
 
     Returns:
         dict: ``run_id`` (MLflow), ``best_epoch``, ``epochs`` (finished), ``stopped_early``,
-        ``valid`` (best epoch's validation metrics), ``checkpoint`` (best checkpoint path),
+        ``valid`` (best epoch's validation metrics), ``protocol`` (the index's),
+        ``selection_metric`` (the ``valid`` key that chose the best epoch: ``mrr`` or
+        ``auc``), ``checkpoint`` (best checkpoint path),
         ``run_dir``, ``skipped`` (True when a finished run already covered this config).
 
     Raises:
@@ -147,7 +177,7 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
             import ray
 
             ray.shutdown()
-    best = result.get_best_checkpoint(metric="valid_mrr", mode="max")
+    best = result.get_best_checkpoint(metric=SCORE, mode="max")
     # The kept checkpoints (best two + latest, restored ones included) carry their metrics;
     # the latest tells where the run stands even when a resumed run had no epoch left.
     last = max((metrics for _, metrics in result.best_checkpoints), key=lambda m: m["epoch"])
@@ -159,6 +189,8 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
         "epochs": int(last["epoch"]),
         "stopped_early": bool(last["stopped_early"]),
         "valid": payload["best_valid"],
+        "protocol": payload["protocol"],
+        "selection_metric": SELECTION_METRIC[payload["protocol"]],
         "checkpoint": best.path,
         "run_dir": run_dir(cfg),
     }
@@ -198,7 +230,7 @@ def _fit(cfg: PipelineConfig, run_id: str, model_module: str):
             name=run_name(cfg),
             storage_path=join(cfg.paths.work_dir, "train"),
             checkpoint_config=CheckpointConfig(num_to_keep=2,
-                                               checkpoint_score_attribute="valid_mrr",
+                                               checkpoint_score_attribute=SCORE,
                                                checkpoint_score_order="max"),
         ),
     )
@@ -210,7 +242,7 @@ def _log_final(cfg: PipelineConfig, run_id: str, payload: dict, model_module: st
     importlib.import_module(model_module)
     model = build_model(cfg.model.name, dict(cfg.model.params), DataSizes(**payload["sizes"]))
     model.load_state_dict(payload["model"])
-    keys = ("train_loss", "valid_mrr", "valid_ndcg@10", "valid_hr@10")
+    keys = ("train_loss", *(f"valid_{k}" for k in CURVE_METRICS[payload["protocol"]]))
     history: dict[int, dict[str, float]] = {}
     for key in keys:
         for step, value in tracking.metric_history(cfg, run_id, key):
@@ -263,11 +295,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     tc = cfg.train
 
-    data = load_split_data(cfg, model_class(cfg.model.name).inputs, ("train", "valid"), device)
+    required, optional = declared_inputs(model_class(cfg.model.name))
+    data = load_split_data(cfg, required, ("train", "valid"), device, optional)
+    metric = SELECTION_METRIC[data.protocol]
     seed_everything(tc.seed)  # same initial weights on every worker
     model = build_model(cfg.model.name, dict(cfg.model.params), data.sizes).to(device)
-    optimizer = build_optimizer(model, tc.lr, tc.l2)
-    state = TrainState()
+    optimizer = build_optimizer(model, tc.lr, tc.l2, tc.weight_decay)
+    state = TrainState(lr=tc.lr)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -276,13 +310,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         state = TrainState(**payload["state"])
+        optimizer.set_lr(state.lr)
         best_valid = payload["best_valid"]
     else:
         best_valid = {}
     net = ray.train.torch.prepare_model(model) if world > 1 else model
     sampler = data.negative_sampler(cfg)
-    example = data.builder.build(data.splits["valid"].user[:2], data.splits["valid"].slice[:2],
-                                 data.splits["valid"].candidates[:2])
+    valid_split = data.splits["valid"]
+    example = data.builder.rows(valid_split, torch.arange(min(2, len(valid_split)),
+                                                          device=valid_split.user.device))
 
     for epoch in range(state.epoch + 1, tc.epochs + 1):
         if state.stopped_early:
@@ -293,19 +329,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             train = sampler.resample(train, epoch, tc.seed)
         rows = epoch_rows(len(train), epoch, tc.seed, rank, world, device)
         loss, samples_per_s = train_epoch(net, model, optimizer, data.builder, train, rows,
-                                           tc.batch_size, tc.l2, world, rank, epoch)
-        valid = validate(model, data.builder, data.splits["valid"], tc.eval_batch_size,
-                         rank, world)
-        state.epoch = epoch
-        if valid["mrr"] > state.best_mrr:
-            state.best_mrr, state.best_epoch, state.stale_epochs = valid["mrr"], epoch, 0
+                                           tc.batch_size, tc.l2, world, rank, epoch,
+                                           tc.grad_clip)
+        valid = validate(model, data.builder, valid_split, tc.eval_batch_size, rank, world,
+                         data.protocol)
+        lr = state.lr
+        if state.after_validation(epoch, valid[metric], tc.patience, tc.lr_plateau_patience):
             best_valid = valid
-        else:
-            state.stale_epochs += 1
-            state.stopped_early = state.stale_epochs >= tc.patience
+        if state.lr != lr:
+            optimizer.set_lr(state.lr)
+            if rank == 0:
+                log.info("epoch %d: no valid %s gain for %d epochs, lr halved to %g", epoch,
+                         metric, state.stale_epochs, state.lr)
         metrics = {"epoch": epoch, "train_loss": loss, "samples_per_s": samples_per_s,
                    **{f"valid_{k}": v for k, v in valid.items()},
-                   "best_valid_mrr": state.best_mrr, "stopped_early": state.stopped_early}
+                   f"best_valid_{metric}": state.best_score, "lr": lr,
+                   "stopped_early": state.stopped_early}
         if rank == 0:
             tracking.log_epoch(cfg, config["run_id"],
                                {k: float(v) for k, v in metrics.items() if k != "epoch"}, epoch)
@@ -313,18 +352,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "state": asdict(state), "best_valid": best_valid,
                             "sizes": asdict(data.sizes), "seeds": {"train.seed": tc.seed},
+                            "protocol": data.protocol,
                             "example": {k: v.cpu() for k, v in example.items()}},
                            Path(folder) / CHECKPOINT_FILE)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder),
+                ray.train.report({**metrics, SCORE: valid[metric]},
+                                 checkpoint=Checkpoint.from_directory(folder),
                                  checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
         else:
-            ray.train.report(metrics)
+            ray.train.report({**metrics, SCORE: valid[metric]})
 
 
 def train_epoch(net, model, optimizer, builder: BatchBuilder, train: Samples,
                  rows: torch.Tensor, batch_size: int, l2: float, world: int, rank: int,
-                 epoch: int) -> tuple[float, float]:
+                 epoch: int, grad_clip: float | None) -> tuple[float, float]:
     """One pass over this worker's rows.
+
+    ``grad_clip`` (``train.grad_clip``, None = off) clips the global norm of the dense
+    gradients after backward (DDP has averaged them by then); row-sparse tables
+    (``RowSparseEmbedding``) keep their own gradients and are not clipped.
 
     Returns:
         (mean training loss over all workers, training samples per second over all workers).
@@ -342,6 +387,9 @@ def train_epoch(net, model, optimizer, builder: BatchBuilder, train: Samples,
         if regularization is not None and l2 > 0:
             loss = loss + l2 * regularization()  # λ·||Φ||² of Eq. 25 (dense parameters)
         loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], grad_clip)
         optimizer.step()
         B = batch["user"].shape[0]
         total += torch.tensor([float(loss.detach()) * B, B], dtype=torch.float64)
@@ -358,18 +406,37 @@ def train_epoch(net, model, optimizer, builder: BatchBuilder, train: Samples,
 
 @torch.no_grad()
 def validate(model, builder: BatchBuilder, samples: Samples, batch_size: int, rank: int,
-             world: int) -> dict[str, float]:
+             world: int, protocol: str) -> dict[str, float]:
     """Validation metrics over all workers' shards (pessimistic ties, trainers/metrics.py).
 
+    Ranking protocols sum rank histograms over the workers (one all-reduce); ``feedback``
+    gathers every shard's scores to every worker, since pooled AUC and GAUC need them all.
+
     Returns:
-        hr@1/5/10, ndcg@5/10, mrr over every validation list.
+        hr@1/5/10, ndcg@5/10, mrr over every validation list (``slices``,
+        ``leave_one_out``); auc, gauc, mrr@10, ndcg@10, auc_pos (``feedback``).
     """
     model.eval()
     device = samples.user.device
+    shard = shard_rows(len(samples), rank, world, device)
     C = samples.candidates.shape[1]
+    if protocol == "feedback":
+        parts = []
+        for start in range(0, len(shard), batch_size):
+            idx = shard[start:start + batch_size]
+            parts.append((model(builder.rows(samples, idx)).cpu(), samples.user[idx].cpu(),
+                          samples.target_label[idx].cpu()))
+        model.train()
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, parts)
+            parts = [part for worker in gathered for part in worker]
+        accumulator = new_accumulator(protocol)
+        for scores, users, labels in parts:
+            accumulator.update(scores, users, labels)
+        return accumulator.compute()
     counts = torch.zeros(C + 1, dtype=torch.int64)  # counts[r] = lists whose positive ranks r
-    for batch in builder.batches(samples, shard_rows(len(samples), rank, world, device),
-                                 batch_size):
+    for batch in builder.batches(samples, shard, batch_size):
         counts += torch.bincount(rank_of_positive(model(batch)), minlength=C + 1)
     model.train()
     if world > 1:
