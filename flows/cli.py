@@ -21,7 +21,9 @@ app = typer.Typer(help="Sequential recommendation pipeline: Spark indices, Ray t
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset preset in conf/datasets")]
+DatasetOpt = Annotated[str, typer.Option(
+    "--dataset", "-d", help="dataset preset in conf/datasets, a dataset YAML file, or the "
+                            "dataset.name that the --config file defines")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model preset in conf/models")]
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="local or cluster")]
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="extra YAML file")]
@@ -33,8 +35,13 @@ def _config(dataset: str, model: str, profile: str, config: str | None,
     try:
         return load_config(dataset, model, profile, overrides or [], config)
     except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
+        _error(str(exc))
         raise typer.Exit(2) from None
+
+
+def _error(text: str) -> None:
+    """``text`` in red, as given: no wrapping (one line stays one line), no markup."""
+    console.print(text, style="red", soft_wrap=True, markup=False, highlight=False)
 
 
 def _show(result: object) -> None:
@@ -51,7 +58,7 @@ def _run(stage, cfg: PipelineConfig) -> None:
     except (ValueError, FileNotFoundError, JavaNotFoundError) as exc:
         if os.environ.get("SEQREC_DEBUG"):
             raise
-        console.print(f"[red]{type(exc).__name__}: {exc}[/red]")
+        _error(f"{type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
     _show(result)
 
@@ -116,11 +123,11 @@ def pipeline(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
              profile: ProfileOpt = "local", config: ConfigOpt = None,
              set_: SetOpt = None) -> None:
     """Run the whole Prefect flow in-process (local mode, no server needed)."""
+    _config(dataset, model, profile, config, set_)  # fail fast, before Prefect starts
     _prefect_defaults()
     from flows.pipeline import pipeline_flow
 
-    cfg = _config(dataset, model, profile, config, set_)  # fail fast on a bad config
-    _show(pipeline_flow(dataset=cfg.dataset.name, model=model, profile=profile,
+    _show(pipeline_flow(dataset=dataset, model=model, profile=profile,
                         overrides=set_ or [], config_file=config))
 
 
@@ -141,12 +148,12 @@ def compare(dataset: DatasetOpt = "sample",
     try:
         model_configs(cfg, names)  # unknown, repeated or preset-less models: fail up front
     except (ConfigError, KeyError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
+        _error(str(exc))
         raise typer.Exit(2) from None
     _prefect_defaults()
     from flows.pipeline import pipeline_flow
 
-    result = pipeline_flow(dataset=cfg.dataset.name, model=names[0], profile=profile,
+    result = pipeline_flow(dataset=dataset, model=names[0], profile=profile,
                            overrides=set_ or [], config_file=config, models=names)
     console.print(result["compare"]["table"])
     result["compare"] = {k: v for k, v in result["compare"].items() if k not in ("table", "csv")}
@@ -165,28 +172,35 @@ def _prefect_defaults() -> None:
 
 
 @app.command()
-def deploy(model: ModelOpt = "score", profile: ProfileOpt = "local", config: ConfigOpt = None,
+def deploy(models: Annotated[str | None, typer.Option(
+               "--models", help="comma-separated: deploy only these models' deployments "
+                                "(default: all)")] = None,
+           profile: ProfileOpt = "local", config: ConfigOpt = None,
            set_: SetOpt = None,
            schedule: Annotated[bool, typer.Option(
                "--schedule/--no-schedule",
                help="activate each deployment's retraining cron (flow.schedule_cron)")] = False,
            ) -> None:
-    """Create or update the deployments score-sample, score-taobao, score-tmall, score-ccmr
-    on the work pool flow.work_pool (needs PREFECT_API_URL)."""
+    """Create or update the deployments <model>-<dataset> of the flow seqrec (score-sample,
+    score-taobao, score-tmall, score-ccmr, dualrec-beauty, dualrec-sports, dualrec-toys,
+    dualrec-yelp, dualrec-sample, dfar-toys-feedback, dfar-movielens, dfar-sample) on the work
+    pool flow.work_pool (needs PREFECT_API_URL)."""
     _prefect_defaults()
     from flows.deployments import deploy_all
 
     overrides = list(set_ or []) + (["flow.schedule_active=true"] if schedule else [])
+    chosen = [m.strip() for m in models.split(",") if m.strip()] if models else None
     try:
-        _show(deploy_all(model, profile, overrides=overrides, config_file=config))
+        _show(deploy_all(profile, chosen, overrides=overrides, config_file=config))
     except (ConfigError, RuntimeError) as exc:
-        console.print(f"[red]{exc}[/red]")
+        _error(str(exc))
         raise typer.Exit(2) from None
 
 
 @app.command("run-deployment")
 def run_deployment(
-    name: Annotated[str, typer.Argument(help="deployment, e.g. score-taobao or score/score-taobao")],
+    name: Annotated[str, typer.Argument(
+        help="deployment, e.g. score-taobao, dualrec-beauty or seqrec/dfar-sample")],
     set_: SetOpt = None,
     models: Annotated[str | None, typer.Option(
         "--models", help="comma-separated model presets: compare them instead of training "
@@ -204,7 +218,7 @@ def run_deployment(
     try:
         result = run_by_name(name, parameters or None, timeout)
     except RuntimeError as exc:
-        console.print(f"[red]{exc}[/red]")
+        _error(str(exc))
         raise typer.Exit(2) from None
     _show(result)
     if result["state"] not in ("COMPLETED", "SCHEDULED", "PENDING", "RUNNING"):

@@ -1,5 +1,9 @@
-"""One Prefect deployment per dataset preset: ``score/score-sample``, ``score/score-taobao``,
-``score/score-tmall``, ``score/score-ccmr``.
+"""The deployments of the one flow ``seqrec`` (flows/pipeline.py), named ``<model>-<dataset>``:
+a paper's model on each of its datasets (:data:`DEPLOYMENTS`). SCoRe: ``score-sample``,
+``score-taobao``, ``score-tmall``, ``score-ccmr``; DualRec (leave-one-out): ``dualrec-beauty``,
+``dualrec-sports``, ``dualrec-toys``, ``dualrec-yelp``, ``dualrec-sample`` (the generated
+``sample-loo``); DFAR (feedback): ``dfar-toys-feedback``, ``dfar-movielens``, ``dfar-sample``
+(the generated ``sample-feedback``).
 
 ``seqrec deploy`` registers them with the Prefect API in ``PREFECT_API_URL`` on the process
 work pool ``flow.work_pool`` (created when missing). The code source is this repository's
@@ -8,7 +12,7 @@ seqrec-process``) runs the flow from it. Each deployment carries its preset's re
 schedule (``flow.schedule_cron`` in the dataset's timezone), registered inactive unless
 ``flow.schedule_active`` is true (``seqrec deploy --schedule``).
 
-Run one with ``prefect deployment run 'score/score-taobao'`` or ``seqrec run-deployment
+Run one with ``prefect deployment run 'seqrec/score-taobao'`` or ``seqrec run-deployment
 score-taobao``.
 """
 
@@ -18,23 +22,33 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from conf.loading import load_config
+from conf.loading import ConfigError, load_config
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 ENTRYPOINT = "flows/pipeline.py:pipeline_flow"
-FLOW_NAME = "score"  # @flow(name=...) in flows/pipeline.py
-DATASETS = ("sample", "taobao", "tmall", "ccmr")
+FLOW_NAME = "seqrec"  # @flow(name=...) in flows/pipeline.py
+# deployment name -> (model preset, dataset preset). The generated samples' deployments are
+# named after the model's paper sample, not the preset (dualrec-sample, not dualrec-sample-loo).
+DEPLOYMENTS: dict[str, tuple[str, str]] = {
+    "score-sample": ("score", "sample"),
+    "score-taobao": ("score", "taobao"),
+    "score-tmall": ("score", "tmall"),
+    "score-ccmr": ("score", "ccmr"),
+    "dualrec-beauty": ("dualrec", "beauty"),
+    "dualrec-sports": ("dualrec", "sports"),
+    "dualrec-toys": ("dualrec", "toys"),
+    "dualrec-yelp": ("dualrec", "yelp"),
+    "dualrec-sample": ("dualrec", "sample-loo"),
+    "dfar-toys-feedback": ("dfar", "toys-feedback"),
+    "dfar-movielens": ("dfar", "movielens"),
+    "dfar-sample": ("dfar", "sample-feedback"),
+}
 
 log = logging.getLogger(__name__)
 
 
-def deployment_name(model: str, dataset: str) -> str:
-    """``<model>-<dataset>``, e.g. ``score-taobao`` (also the registered model's name)."""
-    return f"{model}-{dataset}"
-
-
 def full_name(name: str) -> str:
-    """``score/<name>`` as ``prefect deployment run`` wants it; a full name passes through."""
+    """``seqrec/<name>`` as ``prefect deployment run`` wants it; a full name passes through."""
     return name if "/" in name else f"{FLOW_NAME}/{name}"
 
 
@@ -70,15 +84,14 @@ def ensure_work_pool(name: str) -> None:
             log.info("process work pool %s already exists", name)
 
 
-def deploy_all(model: str = "score", profile: str = "local", datasets: tuple[str, ...] = DATASETS,
+def deploy_all(profile: str = "local", models: list[str] | None = None,
                overrides: list[str] | None = None,
                config_file: str | None = None) -> dict[str, str]:
-    """Create or update one deployment per dataset preset.
+    """Create or update the deployments of :data:`DEPLOYMENTS`.
 
     Args:
-        model: model preset every deployment trains.
         profile: ``local`` or ``cluster``: the profile the runs use.
-        datasets: dataset presets to deploy.
+        models: deploy only these models' deployments; None: all of them.
         overrides: ``key=value`` strings; they set the schedule (``flow.*``) here and travel
             with each deployment as its ``overrides`` parameter.
         config_file: an extra YAML file, read here and passed to the runs by path.
@@ -88,7 +101,8 @@ def deploy_all(model: str = "score", profile: str = "local", datasets: tuple[str
 
     Raises:
         RuntimeError: no Prefect API configured.
-        ConfigError: a preset does not compose with the overrides.
+        ConfigError: a model outside the table, or a preset that does not compose with the
+            overrides (checked for every deployment before any is created).
     """
     from prefect.schedules import Cron
 
@@ -96,12 +110,20 @@ def deploy_all(model: str = "score", profile: str = "local", datasets: tuple[str
 
     require_api()
     overrides = list(overrides or [])
-    configs = {d: load_config(d, model, profile, overrides, config_file) for d in datasets}
+    known = sorted({model for model, _ in DEPLOYMENTS.values()})
+    unknown = sorted(set(models or []) - set(known))
+    if unknown:
+        raise ConfigError(f"no deployments for model(s) {', '.join(unknown)}; "
+                          f"deployed models: {', '.join(known)}")
+    chosen = {name: pair for name, pair in DEPLOYMENTS.items()
+              if models is None or pair[0] in models}
+    configs = {name: load_config(dataset, model, profile, overrides, config_file)
+               for name, (model, dataset) in chosen.items()}
     source = pipeline_flow.from_source(source=str(REPO_DIR), entrypoint=ENTRYPOINT)
     created: dict[str, str] = {}
-    for dataset, cfg in configs.items():
+    for name, (model, dataset) in chosen.items():
+        cfg = configs[name]
         ensure_work_pool(cfg.flow.work_pool)
-        name = deployment_name(model, dataset)
         schedules = []
         if cfg.flow.schedule_cron:
             schedules.append(Cron(cfg.flow.schedule_cron, timezone=cfg.dataset.timezone,
@@ -111,8 +133,9 @@ def deploy_all(model: str = "score", profile: str = "local", datasets: tuple[str
         deployment_id = source.deploy(
             name=name, work_pool_name=cfg.flow.work_pool, parameters=parameters,
             schedules=schedules, build=False, push=False, print_next_steps=False,
-            tags=[model, dataset, profile],
-            description=f"{model} on the {dataset} preset ({profile} profile)",
+            tags=[model, dataset, cfg.index.protocol, profile],
+            description=f"{model} on the {dataset} preset ({cfg.index.protocol} protocol, "
+                        f"{profile} profile)",
         )
         created[full_name(name)] = str(deployment_id)
         log.info("deployed %s (schedule %s, %s)", full_name(name), cfg.flow.schedule_cron,
@@ -125,7 +148,7 @@ def run_by_name(name: str, parameters: dict[str, Any] | None = None,
     """Start a deployment's flow run and wait for it (a worker must be polling its pool).
 
     Args:
-        name: ``score-taobao`` or ``score/score-taobao``.
+        name: ``score-taobao`` or ``seqrec/score-taobao``.
         parameters: parameter values that replace the deployment's defaults.
         timeout: seconds to wait; None waits until the run ends, 0 returns at once.
 

@@ -1,7 +1,12 @@
-"""The Prefect flow: (generate) -> ingest -> index -> train -> evaluate -> register, or, with
-the ``models`` parameter, (generate) -> ingest -> index -> compare (train and evaluate each
-model, one comparison table; trainers/compare.py).
+"""The Prefect flow ``seqrec``, one for every paper and protocol: (generate) -> ingest ->
+index -> train -> evaluate -> register, or, with the ``models`` parameter, (generate) ->
+ingest -> index -> compare (train and evaluate each model, one comparison table;
+trainers/compare.py). The dataset preset picks the protocol (``index.protocol``) and the
+model preset the model, so SCoRe on Taobao, DualRec on Beauty and DFAR on Amazon Toys are
+the same flow with other parameters (their deployments: flows/deployments.py).
 
+Generated presets (``generate.auto``: ``sample``, ``sample-loo``, ``sample-feedback``) are
+(re)written first when their raw files are missing or were generated under another config.
 Each task is a thin wrapper over the stage function the CLI calls (no second
 implementation). Unchanged steps are skipped: ingest and index through their manifests
 (spark_jobs/manifest.py), train, evaluate and register through the flow state
@@ -205,7 +210,7 @@ def run_link(tracking_uri: str, run_id: str) -> str:
             f"http://127.0.0.1:5000/{page}")
 
 
-@flow(name="score", flow_run_name="{model}-{dataset}", log_prints=True)
+@flow(name="seqrec", flow_run_name="{model}-{dataset}", log_prints=True)
 def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = "local",
                   overrides: list[str] | None = None,
                   config_file: str | None = None,
@@ -213,7 +218,8 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
     """Run every stage for one dataset and model; skip what is unchanged.
 
     Args:
-        dataset: dataset preset (conf/datasets).
+        dataset: dataset preset (conf/datasets), a dataset YAML file, or the
+            ``dataset.name`` that ``config_file`` defines (conf/loading.py).
         model: model preset (conf/models).
         profile: ``local`` or ``cluster`` (conf/profiles).
         overrides: ``key.sub=value`` strings, as ``--set`` on the CLI.
@@ -246,7 +252,7 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
              "retry_condition_fn": _retry_condition}
     results: dict[str, Any] = {}
 
-    if cfg.dataset.name == "sample":
+    if cfg.generate.auto:
         from spark_jobs.sample_data import why_generate
 
         why = why_generate(cfg)

@@ -40,12 +40,12 @@ def test_sample_deployment_on_a_cluster_of_one(tmp_path):
         overrides = [f"paths.raw_dir={tmp_path}/raw", f"paths.work_dir={tmp_path}/work",
                      f"tracking.artifact_location={tmp_path}/mlartifacts", *TINY]
         deploy = subprocess.run(
-            [str(cluster.BIN / "seqrec"), "deploy", "--profile", "cluster",
+            [str(cluster.BIN / "seqrec"), "deploy", "--models", "score", "--profile", "cluster",
              *sum((["--set", o] for o in overrides), [])],
             env=env, capture_output=True, text=True, timeout=300)
         assert deploy.returncode == 0, deploy.stderr[-3000:]
         run = subprocess.run(
-            [str(cluster.BIN / "prefect"), "deployment", "run", "score/score-sample", "--watch",
+            [str(cluster.BIN / "prefect"), "deployment", "run", "seqrec/score-sample", "--watch",
              "--watch-timeout", "900"], env=env, capture_output=True, text=True, timeout=960)
         worker_log = running.services[-1].tail(80)
         assert run.returncode == 0 and "Completed" in run.stdout, (

@@ -1,6 +1,7 @@
 """Deployments on a real Prefect server (127.0.0.1, free port, state under tmp_path): `seqrec
-deploy` creates the four presets with their schedules, a process worker runs `score-sample`
-by name, and the MLflow run and registered model exist afterwards."""
+deploy` creates every `<model>-<dataset>` deployment of the one flow `seqrec` with its
+schedule, a process worker runs `score-sample` by name, and the MLflow run and registered
+model exist afterwards."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows import cluster
-from flows.deployments import DATASETS
+from conf.loading import load_config
+from flows.deployments import DEPLOYMENTS
 
 SEQREC = str(Path(sys.executable).with_name("seqrec"))
 TINY = ["generate.rows=20000", "generate.users=300", "generate.items=600",
@@ -36,6 +38,19 @@ def seqrec(args: list[str], env: dict[str, str], timeout: float) -> subprocess.C
     return result
 
 
+def test_one_deployment_per_paper_dataset_each_composing():
+    assert list(DEPLOYMENTS) == [
+        "score-sample", "score-taobao", "score-tmall", "score-ccmr", "dualrec-beauty",
+        "dualrec-sports", "dualrec-toys", "dualrec-yelp", "dualrec-sample",
+        "dfar-toys-feedback", "dfar-movielens", "dfar-sample"]
+    protocols = {"score": "slices", "dualrec": "leave_one_out", "dfar": "feedback"}
+    for name, (model, dataset) in DEPLOYMENTS.items():
+        cfg = load_config(dataset, model)
+        assert cfg.index.protocol == protocols[model], name
+    generated = {name for name, (m, d) in DEPLOYMENTS.items() if load_config(d, m).generate.auto}
+    assert generated == {"score-sample", "dualrec-sample", "dfar-sample"}
+
+
 def deployments(env: dict[str, str]) -> dict[str, dict]:
     """{name: deployment} as the server lists them (through the Prefect CLI's JSON output)."""
     result = subprocess.run([str(cluster.BIN / "prefect"), "deployment", "ls", "--output", "json"],
@@ -53,9 +68,11 @@ def test_deploy_and_run_score_sample_by_name(tmp_path):
         env = cluster.prefect_env(state, api)
         overrides = data_overrides(tmp_path)
         out = seqrec(["deploy", *sum((["--set", o] for o in overrides), [])], env, 300)
-        assert "score/score-taobao" in out.stdout
+        assert "seqrec/score-taobao" in out.stdout and "seqrec/dfar-sample" in out.stdout
         listed = deployments(env)
-        assert set(listed) >= {f"score-{d}" for d in DATASETS}
+        assert set(listed) == set(DEPLOYMENTS)
+        assert listed["dualrec-sample"]["parameters"]["dataset"] == "sample-loo"
+        assert listed["dfar-sample"]["parameters"]["model"] == "dfar"
         sample = listed["score-sample"]
         assert sample["parameters"]["dataset"] == "sample"
         assert sample["parameters"]["overrides"] == overrides

@@ -132,12 +132,14 @@ class FakeStages:
             from pathlib import Path
 
             from spark_jobs.manifest import write_json
-            from spark_jobs.sample_data import STAMP, generated_hash
+            from spark_jobs.sample_data import STAMP, file_names, generated_hash
 
             Path(cfg.paths.raw_dir).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.paths.raw_dir) / "UserBehavior.csv").write_text("1,2,3,pv,1511800000\n")
+            names = [name for name in file_names(cfg) if name is not None]
+            for name in names:  # the preset's own file names; the content is never read
+                (Path(cfg.paths.raw_dir) / name).write_text("1,2,3,pv,1511800000\n")
             write_json(f"{cfg.paths.raw_dir}/{STAMP}", {"config_hash": generated_hash(cfg)})
-            return {"files": ["UserBehavior.csv"]}
+            return {"files": names}
 
         def train(cfg):
             skipped = cfg.train.lr in self.runs
@@ -201,6 +203,24 @@ def test_flow_skips_unchanged_steps_retries_transient_and_fails_with_step_messag
     with pytest.raises(ValueError, match="no positive interaction in slice 3"):
         run("train.lr=0.01", "generate.rows=30000")
     assert fake.ran() == ["ingest", "index"]  # a bad-input error is not retried
+
+
+def test_one_flow_generates_every_generated_preset_and_no_download(
+        prefect_home, make_config, monkeypatch, tmp_path):
+    from flows.pipeline import pipeline_flow
+
+    assert pipeline_flow.name == "seqrec"  # the project's flow, whatever the paper
+    base = make_config().tracking.uri
+    fake = FakeStages(monkeypatch, base)
+    for dataset, model in (("sample-loo", "dualrec"), ("sample-feedback", "dfar"),
+                           ("taobao", "score")):
+        overrides = [f"paths.raw_dir={tmp_path}/{dataset}/raw",
+                     f"paths.work_dir={tmp_path}/{dataset}/work", f"tracking.uri={base}"]
+        pipeline_flow(dataset, model, "local", overrides)
+        ran = fake.ran()
+        assert ran[0] == ("generate" if dataset != "taobao" else "ingest"), (dataset, ran)
+        pipeline_flow(dataset, model, "local", overrides)
+        assert fake.ran()[0] == "ingest"  # the sample is current: not generated again
 
 
 def test_flow_compares_a_model_list_after_the_data_stages(prefect_home, make_config,
