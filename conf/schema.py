@@ -244,6 +244,7 @@ class TrainConfig(Section):
     use_gpu: bool
     cpus_per_worker: float = Field(gt=0)  # fractional on small boxes (STACK.md, Ray trap)
     ray_address: str | None  # None: start a local Ray; "auto" or ray://host:port: a cluster
+    max_failures: int = Field(ge=-1)  # restarts from the latest checkpoint (-1: unlimited)
     full_rank_users: int = Field(ge=0)  # users scored against all items (0 disables)
     run_name: str | None  # run directory <work>/train/<run_name>; None: the model's name
 

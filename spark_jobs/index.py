@@ -66,10 +66,11 @@ def run_index(cfg: PipelineConfig) -> StageResult:
         return StageResult.of(out, read_manifest(out), True, "ingest output and config unchanged")
     reason = "no previous output" if read_manifest(out) is None else "ingest output or config changed"
 
+    from spark_jobs.progress import progress
     from spark_jobs.session import spark_session
 
     spark = spark_session(cfg.spark)
-    with staged_output(out) as tmp:
+    with staged_output(out) as tmp, progress(spark, STAGE):
         facts = _build(spark, cfg, src, tmp)
         manifest = {"stage": STAGE, "schema_version": SCHEMA_VERSION,
                     "input_hash": input_hash, "config_hash": config_hash, **facts}

@@ -109,21 +109,36 @@ def metric_history(cfg: PipelineConfig, run_id: str, key: str) -> list[tuple[int
     return sorted((m.step, m.value) for m in history)
 
 
-class BatchScorer:
-    """pyfunc wrapper: a dict of numpy batch fields -> (B, C) scores.
+WEIGHTS_FILE = "weights.pt"  # the logged model's one artifact
 
-    The pytorch flavour's pyfunc only takes one array; SCoRe takes a batch dict. Built lazily
-    as an ``mlflow.pyfunc.PythonModel`` subclass so importing this module does not import
-    MLflow.
+
+class BatchScorer:
+    """pyfunc model: a dict of numpy batch fields -> (B, C) scores.
+
+    The pytorch flavour's pyfunc only takes one array; SCoRe takes a batch dict. The pickled
+    python model holds no weights: ``load_context`` rebuilds the registered model from the
+    ``weights`` artifact (state dict, model name and module, params, data sizes), so the
+    logged model carries one copy of the weights. Built lazily as an
+    ``mlflow.pyfunc.PythonModel`` subclass so importing this module does not import MLflow.
     """
 
     @staticmethod
-    def make(model: torch.nn.Module):
+    def make():
         import mlflow.pyfunc
 
         class _Scorer(mlflow.pyfunc.PythonModel):
-            def __init__(self, net: torch.nn.Module) -> None:
-                self.net = net.eval()
+            def load_context(self, context) -> None:
+                import importlib
+
+                from trainers.registry import DataSizes, build_model
+
+                saved = torch.load(context.artifacts["weights"], map_location="cpu",
+                                   weights_only=True)
+                importlib.import_module(saved["module"])  # registers the model's name
+                self.net = build_model(saved["name"], saved["params"],
+                                       DataSizes(**saved["sizes"]))
+                self.net.load_state_dict(saved["state_dict"])
+                self.net.eval()
 
             def predict(self, context, model_input, params=None):  # dict of (B, ...) arrays
                 batch = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}
@@ -131,20 +146,23 @@ class BatchScorer:
                 with torch.no_grad():
                     return self.net(batch).numpy()
 
-        return _Scorer(model)
+        return _Scorer()
 
 
-def log_model(cfg: PipelineConfig, run_id: str, model: torch.nn.Module,
+def log_model(cfg: PipelineConfig, run_id: str, model: torch.nn.Module, sizes: dict[str, int],
               example: dict[str, torch.Tensor]) -> None:
-    """The best model: pytorch flavour (``name="model"``) with a signature, and a pyfunc
-    scorer (``name="scorer"``) that serves batch dicts, with the example batch attached.
+    """The best model, logged once: a pyfunc model (``name="model"``) that serves batch dicts,
+    with a signature and the example batch attached; its one artifact ``weights.pt`` holds
+    the state dict (a second flavour would store the weights a second time: ~330 MB each
+    for SCoRe on Taobao).
 
     Args:
-        model: the trained module (CPU, eval mode).
+        model: the trained module (CPU, eval mode), an instance of ``cfg.model.name``.
+        sizes: the ``DataSizes`` fields the model was built with.
         example: a small batch dict (2 lists) used for the signature and input example.
     """
     import mlflow
-    import mlflow.pytorch
+    import mlflow.pyfunc
     from mlflow.models import infer_signature
 
     model = model.cpu().eval()
@@ -155,14 +173,14 @@ def log_model(cfg: PipelineConfig, run_id: str, model: torch.nn.Module,
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                     f"numpy=={np.__version__}"]
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    with mlflow.start_run(run_id=run_id):
-        # pickle: the default pt2 export traces forward with one array, not a batch dict.
-        mlflow.pytorch.log_model(model, name="model", signature=signature,
-                                 serialization_format="pickle",
-                                 pip_requirements=requirements)
-        mlflow.pyfunc.log_model(name="scorer", python_model=BatchScorer.make(model),
-                                signature=signature, input_example=inputs,
-                                pip_requirements=requirements)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        weights = Path(tmp) / WEIGHTS_FILE
+        torch.save({"state_dict": model.state_dict(), "name": cfg.model.name,
+                    "module": type(model).__module__, "params": dict(cfg.model.params),
+                    "sizes": dict(sizes)}, weights)
+        mlflow.pyfunc.log_model(name="model", python_model=BatchScorer.make(),
+                                artifacts={"weights": str(weights)}, signature=signature,
+                                input_example=inputs, pip_requirements=requirements)
 
 
 def log_artifacts(cfg: PipelineConfig, run_id: str, history: list[dict[str, float]]) -> None:

@@ -66,7 +66,8 @@ CHECKPOINT_FILE = "state.pt"
 # Fields that change how a run executes or how long it goes on, not what it learns: a
 # rerun that changes only these resumes the same run.
 _RUNTIME_FIELDS = ("epochs", "patience", "num_workers", "use_gpu", "cpus_per_worker",
-                   "ray_address", "eval_batch_size", "full_rank_users", "run_name")
+                   "ray_address", "eval_batch_size", "full_rank_users", "run_name",
+                   "max_failures")
 _PROGRESS_LINES_PER_EPOCH = 10
 # Validation curves in curves.png, by protocol (the selection metric first).
 CURVE_METRICS = {"slices": ("mrr", "ndcg@10", "hr@10"),
@@ -148,8 +149,9 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
     Raises:
         FileNotFoundError: the index stage has not been run.
         KeyError: unknown model name.
-        ray.train.TrainingFailedError: a worker failed (its traceback is in the message); the
-            run stays ``running`` in run.json, so a rerun resumes it.
+        ray.train.TrainingFailedError: workers failed more than ``train.max_failures`` times
+            (each failure restarts them from the latest checkpoint; the last traceback is in
+            the message); the run stays ``running`` in run.json, so a rerun resumes it.
     """
     index_uri = join(cfg.paths.work_dir, "index")
     index_hash = manifest_hash(index_uri)
@@ -201,22 +203,33 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def _start_ray(cfg: PipelineConfig) -> bool:
-    """Connect to ``train.ray_address`` or start a local Ray; True if this call started it."""
+    """Connect to ``train.ray_address`` or start a local Ray; True if this call started it.
+
+    Every worker process of the job runs ``ray_logging.quiet_worker_logs`` first (Ray's
+    ``worker_process_setup_hook``), which silences the placement-group cleaner's once-a-second
+    State API warning at its logger.
+    """
     import ray
+
+    from trainers.ray_logging import quiet_worker_logs
 
     if ray.is_initialized():
         return False
+    runtime_env = {"worker_process_setup_hook": quiet_worker_logs}
     if cfg.train.ray_address is not None:
         ray.init(address=cfg.train.ray_address, logging_level=logging.WARNING,
-                 log_to_driver=True)
+                 log_to_driver=True, runtime_env=runtime_env)
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=True)
+                 logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env)
     return True
 
 
 def _fit(cfg: PipelineConfig, run_id: str, model_module: str):
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    """``TorchTrainer.fit``: a failed or killed worker restarts the worker group from the
+    latest checkpoint, at most ``train.max_failures`` times (Ray Train's ``FailureConfig``);
+    the per-epoch seeds make the restarted epochs those of an uninterrupted run."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
@@ -232,6 +245,7 @@ def _fit(cfg: PipelineConfig, run_id: str, model_module: str):
             checkpoint_config=CheckpointConfig(num_to_keep=2,
                                                checkpoint_score_attribute=SCORE,
                                                checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )
     return trainer.fit()
@@ -248,7 +262,7 @@ def _log_final(cfg: PipelineConfig, run_id: str, payload: dict, model_module: st
         for step, value in tracking.metric_history(cfg, run_id, key):
             history.setdefault(step, {"epoch": step})[key] = value
     rows = [history[e] for e in sorted(history) if len(history[e]) == len(keys) + 1]
-    tracking.log_model(cfg, run_id, model, _example_batch(payload["example"]))
+    tracking.log_model(cfg, run_id, model, payload["sizes"], _example_batch(payload["example"]))
     tracking.log_artifacts(cfg, run_id, rows)
     tracking.finish_run(cfg, run_id)
 
