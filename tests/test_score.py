@@ -125,6 +125,134 @@ def test_each_ablation_changes_the_scores(ablation):
     assert not torch.allclose(ablated, full, atol=1e-4)
 
 
+def capture(module: torch.nn.Module) -> dict:
+    """Record the inputs and output of ``module``'s next forward calls (a list per call)."""
+    seen = {"inputs": [], "output": []}
+
+    def hook(_, inputs, output):
+        seen["inputs"].append(inputs)
+        seen["output"].append(output)
+
+    module.register_forward_hook(hook)
+    return seen
+
+
+def perturb_(module: torch.nn.Module, seed: int = 9) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("side", ["user_only", "item_only"])
+def test_one_side_ablation_reads_only_that_sides_representation(side):
+    """user_only feeds r_u (and [u, v]) to the head, item_only r_v: with β held fixed
+    (R's last layer zeroed, so β is uniform over slices), changing the other side's GRU
+    changes the full model's scores but not the ablated one's."""
+    batch = make_batch()
+    other = "item_gru" if side == "user_only" else "user_gru"
+    own = "user_gru" if side == "user_only" else "item_gru"
+    for ablation, must_change in ((side, False), ("none", True)):
+        model = make_model(seed=0, ablation=ablation).eval()
+        with torch.no_grad():
+            model.relation.rest[-1].weight.zero_()  # β = 1/H whatever the slices hold
+            before = model(batch)
+            perturb_(getattr(model, other))
+            after = model(batch)
+        assert (not torch.allclose(after, before, atol=1e-5)) == must_change, ablation
+    model = make_model(seed=0, ablation=side).eval()
+    with torch.no_grad():
+        model.relation.rest[-1].weight.zero_()
+        before = model(batch)
+        perturb_(getattr(model, own))
+        assert not torch.allclose(model(batch), before, atol=1e-5)  # its own side counts
+
+
+def test_ria_scores_the_last_gru_states_and_skips_interactive_attention():
+    """RIA: r_u, r_v are h_u, h_v at the last slice (the newest), R plays no part."""
+    batch = make_batch()
+    model = make_model(seed=0, ablation="RIA").eval()
+    user_states, item_states, head = (capture(model.user_gru), capture(model.item_gru),
+                                      capture(model.head))
+    with torch.no_grad():
+        scores = model(batch)
+        h_u, h_v = user_states["output"][0][0], item_states["output"][0][0]  # (P, H, h)
+        head_in = head["inputs"][0][0]  # (P, 2h + 2d)
+        hidden = model.params.hidden_dim
+        torch.testing.assert_close(head_in[:, :hidden], h_u[:, -1], rtol=0, atol=0)
+        torch.testing.assert_close(head_in[:, hidden:2 * hidden], h_v[:, -1], rtol=0, atol=0)
+        M = SIZES.num_users
+        u = model.embedding.weight[batch["user"]].unsqueeze(1).expand(B, C, -1)
+        v = model.embedding.weight[batch["items"] + M]
+        torch.testing.assert_close(head_in[:, 2 * hidden:],
+                                   torch.cat([u, v], dim=-1).view(B * C, -1), rtol=0, atol=0)
+        perturb_(model.relation)
+        torch.testing.assert_close(model(batch), scores, rtol=0, atol=0)
+
+
+def test_interactive_attention_weights_the_gru_states_and_reads_the_gammas():
+    """Eq. 21-23: R's slice input is [h_u, h_v, γ_u1, γ_v2, γ_u2, γ_v1] (the co-attention
+    outputs, Eq. 13-16), and r = Σ_t β_t h_t."""
+    batch = make_batch()
+    model = make_model(seed=0).eval()
+    item_coatt, user_coatt = capture(model.item_coatt), capture(model.user_coatt)
+    user_states, item_states = capture(model.user_gru), capture(model.item_gru)
+    relation, head = capture(model.relation), capture(model.head)
+    with torch.no_grad():
+        model(batch)
+    g_u1, g_v2 = item_coatt["output"][0]
+    g_v1, g_u2 = user_coatt["output"][0]
+    H, S, hidden = SIZES.history_slices, SIZES.set_size, model.params.hidden_dim
+    slices = relation["inputs"][0][0]  # (P, H, 2h + 4S)
+    gammas = torch.cat([g_u1, g_v2, g_u2, g_v1], dim=-1).view(B * C, H, 4 * S)
+    assert gammas.abs().sum() > 0
+    torch.testing.assert_close(slices[..., 2 * hidden:], gammas, rtol=0, atol=0)
+    h_u, h_v = user_states["output"][0][0], item_states["output"][0][0]
+    torch.testing.assert_close(slices[..., :2 * hidden], torch.cat([h_u, h_v], dim=-1))
+    beta = relation["output"][0]  # (P, H, 1)
+    head_in = head["inputs"][0][0]
+    torch.testing.assert_close(head_in[:, :hidden], (beta * h_u).sum(1))
+    torch.testing.assert_close(head_in[:, hidden:2 * hidden], (beta * h_v).sum(1))
+    assert (beta.std(dim=1) > 1e-4).all()  # β is not uniform: γ and h move it
+    # γ reaches R: the same states with other γ's give other β.
+    other = slices.clone()
+    other[..., 2 * hidden:] = other[..., 2 * hidden:].flip(-1)
+    targets = relation["inputs"][0][1]
+    with torch.no_grad():
+        assert not torch.allclose(model.relation(other, targets), beta, atol=1e-6)
+
+
+def test_rca_sums_each_set_and_feeds_the_valid_mask_as_gamma():
+    """RCA: u_t = [Σ G_t(u) items, Σ G_t(v|u) users], v_t likewise (γ = 1 on valid slots,
+    the "empty" slot of an all-empty set included), co-attention plays no part."""
+    batch = make_batch()
+    model = make_model(seed=0, ablation="RCA").eval()
+    user_in, item_in, relation = (capture(model.user_gru), capture(model.item_gru),
+                                  capture(model.relation))
+    with torch.no_grad():
+        scores = model(batch)
+    M, H, S, d = SIZES.num_users, SIZES.history_slices, SIZES.set_size, PARAMS["embed_dim"]
+    E = model.embedding.weight
+    shift = torch.tensor([[M], [0]])
+
+    def summed(rows: torch.Tensor) -> torch.Tensor:  # (..., 2, S) -> (..., 2d), γ = 1 valid
+        valid = rows != 0
+        valid[..., 0] |= ~valid.any(-1)
+        return (E[rows] * valid.unsqueeze(-1)).sum(-2).flatten(-2)
+
+    user_rows = batch["user_sets"] + (batch["user_sets"] > 0) * shift
+    item_rows = batch["item_sets"] + (batch["item_sets"] > 0) * shift.flip(0)
+    u_t = summed(user_rows).unsqueeze(1).expand(B, C, H, 2 * d).reshape(B * C, H, 2 * d)
+    v_t = summed(item_rows).reshape(B * C, H, 2 * d)
+    torch.testing.assert_close(user_in["inputs"][0][0], u_t)
+    torch.testing.assert_close(item_in["inputs"][0][0], v_t)
+    gammas = relation["inputs"][0][0][..., 2 * model.params.hidden_dim:]
+    assert set(gammas.unique().tolist()) == {0.0, 1.0}  # the valid masks, not attention
+    with torch.no_grad():
+        perturb_(model.item_coatt), perturb_(model.user_coatt)
+        torch.testing.assert_close(model(batch), scores, rtol=0, atol=0)
+
+
 def test_one_step_lowers_the_loss_and_regularization_is_dense_l2():
     model = make_model(embed_init_std=0.1).train()
     batch = make_batch()
