@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainers.models.dual import symmetric_kl, transfer_loss, window_sizes
+from trainers.models.dual import crop_padding, symmetric_kl, transfer_loss, window_sizes
 from trainers.models.softmax import full_softmax_ce
 from trainers.models.transformer import direction_mask
 from trainers.registry import DataSizes, build_model
@@ -41,10 +41,14 @@ def build(name: str, seed: int = 0, **over):
     return build_model(name, {**COMMON, **BACKBONES[name], **over}, SIZES)
 
 
-def toy_batch() -> dict[str, torch.Tensor]:
+def toy_batch(short: bool = False) -> dict[str, torch.Tensor]:
+    """Three rows, one without padding; ``short``: the full row drops its 5 oldest items, so
+    every row starts with padding (the models crop slots that are padding in every row)."""
     sequence = torch.tensor([[0, 0, 0, 0, 0, 0, 3, 4],
                              [1, 2, 3, 4, 5, 6, 7, 8],
                              [0, 0, 0, 9, 2, 2, 11, 12]])
+    if short:
+        sequence[1, :5] = 0
     items = torch.tensor([[5, 19], [9, 1], [13, 20]])
     return {"user": torch.tensor([1, 2, 3]), "sequence": sequence, "items": items,
             "label": torch.tensor([[1.0, 0.0]] * 3)}
@@ -70,6 +74,12 @@ def test_direction_masks_with_windows_by_hand():
     assert future[0].int().tolist() == [[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [0, 0, 0, 1]]
     plain = ~direction_mask(4, "past", None, torch.device("cpu"))
     assert plain.shape == (1, 4, 4) and plain[0].int().tolist() == torch.ones(4, 4).tril().int().tolist()
+
+
+def test_crop_padding_drops_slots_that_are_padding_in_every_row():
+    assert crop_padding(torch.tensor([[0, 0, 0, 1], [0, 0, 2, 3]])).tolist() == [[0, 1], [2, 3]]
+    assert crop_padding(torch.tensor([[4, 5], [0, 6]])).tolist() == [[4, 5], [0, 6]]
+    assert crop_padding(torch.zeros(2, 3, dtype=torch.int64)).shape == (2, 1)
 
 
 # --------------------------------------------------------------------------- Eq. 10-11
@@ -212,14 +222,16 @@ def _head_features(model, batch) -> dict[str, list[torch.Tensor]]:
     features = {}
     for name, inputs in (("past", full[:, :-1]), ("future", full[:, 1:])):
         real = (inputs != 0).float()[:, None, :, None]  # (B, 1, L, 1)
-        features[name] = [(heads * real).sum(2) / real.sum(2) for heads in captured[name]]
+        real = [real[:, :, L - heads.shape[2]:] for heads in captured[name]]  # cropped slots
+        features[name] = [(heads * r).sum(2) / r.sum(2) for heads, r in zip(captured[name], real)]
     return features
 
 
+@pytest.mark.parametrize("short", [False, True])
 @pytest.mark.parametrize("name", ["dualrec", "dual_gru4rec", "dual_fmlp"])
-def test_loss_is_eq14_by_hand(name):
+def test_loss_is_eq14_by_hand(name, short):
     model = build(name).train()
-    batch = toy_batch()
+    batch = toy_batch(short)
     full = torch.cat([batch["sequence"], batch["items"][:, :1]], 1)
     table = model.item.weight
     past = model.past(model.item(full[:, :-1]), full[:, :-1] != 0, "past", True)
@@ -270,9 +282,10 @@ def _eval_scores(model, batch) -> torch.Tensor:
         return model(batch)
 
 
+@pytest.mark.parametrize("short", [False, True])
 @pytest.mark.parametrize("name", ["dualrec", "dual_gru4rec", "dual_fmlp"])
-def test_inference_uses_the_past_encoder_only(name):
-    model, batch = build(name), toy_batch()
+def test_inference_uses_the_past_encoder_only(name, short):
+    model, batch = build(name), toy_batch(short)
     before = _eval_scores(model, batch)
     with torch.no_grad():
         for p in model.future.parameters():

@@ -135,6 +135,25 @@ def window_end_states(states: torch.Tensor, lengths: torch.Tensor,
     return states.gather(1, at.unsqueeze(-1).expand(B, len(windows), k))
 
 
+def crop_padding(sequence: torch.Tensor) -> torch.Tensor:
+    """Drop the leading slots that are padding in every row: (B, L) -> (B, L'), L' >= 1.
+
+    Every backbone here masks padding keys, zeroes padding rows and uses relative positions,
+    newest-aligned absolute positions or causal filters, so the states of the kept slots do
+    not change; a batch of short histories then costs O(L'^2), not O(L^2), in attention.
+    """
+    used = (sequence != 0).any(0)  # (L,)
+    first = int(used.int().argmax()) if bool(used.any()) else sequence.shape[1] - 1
+    return sequence[:, first:]
+
+
+def _crop_pair(inputs: torch.Tensor, targets: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`crop_padding` of an encoder's inputs (B, L), and its targets at the same slots."""
+    inputs = crop_padding(inputs)
+    return inputs, targets[:, targets.shape[1] - inputs.shape[1]:]
+
+
 class DualParams(ModelParams):
     """Settings every dual backbone shares (Section 3.3-3.5)."""
 
@@ -195,8 +214,8 @@ class DualNetwork(nn.Module):
             encoder's parameters read in the past direction.
         """
         encoder = self.past if self.past is not None else self.future
-        keep = sequence != 0
-        return encoder(self.item(sequence), keep, "past", False)[0]
+        sequence = crop_padding(sequence)  # (B, L')
+        return encoder(self.item(sequence), sequence != 0, "past", False)[0]
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits.
@@ -211,15 +230,15 @@ class DualNetwork(nn.Module):
         scales = self.params.beta > 0
         ce, levels = {}, {}
         if self.past is not None:
-            past_in = full[:, :-1]  # (B, L) predicts full[:, 1:]
+            past_in, target = _crop_pair(full[:, :-1], full[:, 1:])  # slot t predicts t+1
             states, levels["past"] = self.past(self.item(past_in), past_in != 0, "past", scales)
-            ce["past"] = (states, past_in, full[:, 1:])
+            ce["past"] = (states, past_in, target)
             scores = self._score(states[:, -1], items)
         if self.future is not None:
-            future_in = full[:, 1:]  # (B, L) predicts full[:, :-1]
+            future_in, target = _crop_pair(full[:, 1:], full[:, :-1])  # slot t predicts t-1
             states, levels["future"] = self.future(self.item(future_in), future_in != 0,
                                                    "future", scales)
-            ce["future"] = (states, future_in, full[:, :-1])
+            ce["future"] = (states, future_in, target)
         if self.past is None:  # future-only: the candidates are scored as at inference
             with torch.no_grad():
                 scores = self._score(self.predict_states(sequence)[:, -1], items)

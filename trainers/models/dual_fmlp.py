@@ -16,7 +16,7 @@ our design:
     at every position, like DualRec (a causal filter trains every position in one pass).
   * Multi-scale inputs, as in dual GRU4Rec (trainers/models/dual_gru4rec.py): scale w of the
     past encoder is its last-slot state over the input truncated to its w newest items
-    (left-padded to L); scale w of the future encoder is its state at slot L - w, which has
+    (run over those w slots alone, which is exact for a causal stack); scale w of the future encoder is its state at slot L - w, which has
     seen exactly its w newest items. Windows are Eq. 8's with h = ``num_scales``, n = L;
     the transfer is the symmetric KL between the softmax over the d features of matching
     scales. Scales feed the transfer only.
@@ -69,18 +69,17 @@ class CausalFilterEncoder(nn.Module):
         Returns:
             (B, L, d) states (0 on padding), and [scale states] or None.
         """
-        B, L, d = e.shape
+        L = e.shape[1]
         states = self.stack(e, keep, flip=direction == "future")
         if not scales:
             return states, None
         if direction == "future":
             return states, [window_end_states(states, keep.sum(1), self.windows)]
-        S = len(self.windows)
-        slot = torch.arange(L, device=e.device)
-        inside = torch.stack([slot >= L - min(w, L) for w in self.windows])  # (S, L)
-        window_keep = keep[None] & inside[:, None]  # (S, B, L): the w newest slots only
-        out = self.stack(e.repeat(S, 1, 1), window_keep.reshape(S * B, L))  # (S*B, L, d)
-        return states, [out[:, -1].view(S, B, d).transpose(0, 1)]  # (B, S, d)
+        # A causal stack over the w newest slots alone is the stack over the input truncated
+        # to them (older slots zero): sum(w) slots of work instead of S x L.
+        per_scale = [self.stack(e[:, L - min(w, L):], keep[:, L - min(w, L):])[:, -1]
+                     for w in self.windows]  # S x (B, d)
+        return states, [torch.stack(per_scale, dim=1)]  # (B, S, d)
 
 
 @register("dual_fmlp")

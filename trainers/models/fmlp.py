@@ -63,15 +63,19 @@ class FilterLayer(nn.Module):
         self.ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
 
     def filtered(self, x: torch.Tensor) -> torch.Tensor:
-        """The filter alone: x (B, L, d) -> (B, L, d)."""
+        """The filter alone: x (B, L', d) -> (B, L', d).
+
+        The global filter needs L' = L. The causal one also takes the newest L' < L slots
+        alone: with the older slots zero, they are exactly what it computes there.
+        """
         L = x.shape[1]
-        if L != self.L:
+        if L != self.L and not (self.causal and L < self.L):
             raise ValueError(f"the filter is built for length {self.L}, got {L}")
         w = torch.view_as_complex(self.weight)  # (points/2+1, d)
         if not self.causal:  # X̃ = W ⊙ FFT(F), F̃ = IFFT(X̃)
             spectrum = torch.fft.rfft(x, dim=1, norm="ortho") * w
             return torch.fft.irfft(spectrum, n=L, dim=1, norm="ortho")
-        kernel = torch.fft.irfft(w, n=2 * L, dim=0, norm="ortho")[:L]  # (L, d): taps 0..L-1
+        kernel = torch.fft.irfft(w, n=2 * self.L, dim=0, norm="ortho")[:L]  # (L', d): taps
         # y_t = Σ_{k<=t} kernel_k x_{t-k} as a lower-triangular Toeplitz product: slots after t
         # contribute exactly 0 (an FFT product is causal only up to roundoff).
         slot = torch.arange(L, device=x.device)
@@ -116,10 +120,11 @@ class FilterStack(nn.Module):
                                     for _ in range(num_layers))
 
     def forward(self, e: torch.Tensor, keep: torch.Tensor, flip: bool = False) -> torch.Tensor:
-        """Args: e (B, L, d) item embeddings; keep (B, L) bool; flip: run the filters over the
-        reversed sequence (a causal filter then sees slots >= t). Returns (B, L, d)."""
-        mask = keep.unsqueeze(-1).to(e.dtype)  # (B, L, 1)
-        x = self.dropout(self.ln(e + self.position.weight)) * mask
+        """Args: e (B, L', d) item embeddings of the newest L' slots (L' = L for the global
+        filter); keep (B, L') bool; flip: run the filters over the reversed sequence (a
+        causal filter then sees slots >= t). Returns (B, L', d)."""
+        mask = keep.unsqueeze(-1).to(e.dtype)  # (B, L', 1)
+        x = self.dropout(self.ln(e + self.position.weight[-e.shape[1]:])) * mask
         if flip:
             x, mask = x.flip(1), mask.flip(1)
         for block in self.blocks:
