@@ -27,7 +27,10 @@ learn beyond popularity, and ingest/index must meet the quirks of real logs):
    one of its community's, skewed to the first ones. Every user has a main community.
 2. Heavy tails. Within its community an item has Zipf weight ``rank^-ZIPF_ITEMS``; user
    activity (rows per user) is log-normal (``USER_ACTIVITY_SIGMA``); every user has at least
-   the format's ``min_user_rows`` rows (1; 5 for the 5-core files; 20 for MovieLens).
+   the format's ``min_user_rows`` rows (1; 5 for the 5-core files; 20 for MovieLens). The
+   5-core formats (Amazon 5-core reviews, S3-Rec) then write only the rows of the drawn
+   rows' iterative 5-core (``core``), as the public files were cut, so ingest's own 5-core
+   keeps them all and S3-Rec's negatives name only items of the file.
 3. Time. A user's rows are spread over the window (``dataset.start`` .. ``dataset.end`` in
    ``dataset.timezone``) by sorted uniforms (exponential spacings) mapped through a daily
    activity curve (``DIURNAL``). The file is grouped by user in ascending raw user id, as
@@ -334,7 +337,7 @@ def build_world(cfg: PipelineConfig, fmt: FileFormat) -> World:
 class Rows:
     """One chunk of generated rows (n rows, in file order) before rendering."""
 
-    first_row: int  # global index of the chunk's first row
+    row: np.ndarray  # (n,) global row index (keys the per-row random streams)
     user: np.ndarray  # (n,) user index
     item: np.ndarray  # (n,) item index
     behavior: np.ndarray  # (n,) int8 index into the format's behaviours (empty for ratings)
@@ -451,7 +454,7 @@ def generate_rows(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowR
     kinds = len(fmt.malformed_kinds)
     bad_kind = np.minimum(np.floor(rand.uniform(S_BAD_KIND, line[bad]) * kinds),
                           kinds - 1).astype(np.int64)
-    return Rows(r0, user, item, behavior, rating, ts, day, bad, bad_kind,
+    return Rows(row, user, item, behavior, rating, ts, day, bad, bad_kind,
                 rand.uniform(S_BAD_VARIANT, line[bad]))
 
 
@@ -468,8 +471,7 @@ def _review_ids(rand: RowRandom, row: np.ndarray) -> np.ndarray:
 def to_chunk(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowRandom,
              rows: Rows) -> Chunk:
     """What the format's writer needs of ``rows`` (raw ids, per-item columns, text draws)."""
-    n = len(rows.ts)
-    row = rows.first_row + np.arange(n, dtype=np.int64)
+    n, row = len(rows.ts), rows.row
     per_item = {"category": world.item_category, "seller": world.item_seller,
                 "brand": world.item_brand}
     columns = {role: per_item[role][rows.item] for role in fmt.fields if role in per_item}
@@ -480,6 +482,53 @@ def to_chunk(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowRandom
     review_id = _review_ids(rand, row) if fmt.ids == "yelp" else np.zeros(0, dtype="S22")
     return Chunk(world.user_raw[rows.user], world.item_raw[rows.item], rows.user, columns,
                  rows.behavior, rows.rating, rows.ts, extra, review_id, cfg.dataset.timezone)
+
+
+def core(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowRandom,
+         chunks: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The users and items of the iterative ``fmt.kcore``-core of all drawn rows (every
+    user and item keeps >= k rows), as the public 5-core files are cut.
+
+    Draws every chunk's rows once more than the write pass (users and items only stay).
+
+    Returns:
+        (user_keep, item_keep): (U,) and (V,) bool.
+    """
+    pairs = [generate_rows(cfg, fmt, world, rand, u0, u1) for u0, u1 in chunks]
+    user = np.concatenate([r.user for r in pairs])
+    item = np.concatenate([r.item for r in pairs])
+    alive = np.ones(len(user), dtype=bool)
+    while True:  # drop rows of users or items under k until none is left
+        users = np.bincount(user[alive], minlength=len(world.user_raw))
+        items = np.bincount(item[alive], minlength=len(world.item_raw))
+        drop = alive & ((users[user] < fmt.kcore) | (items[item] < fmt.kcore))
+        if not drop.any():
+            return users >= fmt.kcore, items >= fmt.kcore
+        alive &= ~drop
+
+
+def restrict(fmt: FileFormat, rows: Rows, user_keep: np.ndarray, item_keep: np.ndarray) -> Rows:
+    """``rows`` less those of users or items outside the core; broken lines renumbered."""
+    keep = user_keep[rows.user] & item_keep[rows.item]
+    if fmt.layout == "sequences":  # lines are users: a line goes with its user's last row
+        starts = np.flatnonzero(np.r_[True, rows.user[1:] != rows.user[:-1]])
+        line_kept = user_keep[rows.user[starts]]
+    else:
+        line_kept = keep
+    renumber = np.cumsum(line_kept) - 1
+    bad = rows.bad[line_kept[rows.bad]]
+    kept_bad = line_kept[rows.bad]
+    return Rows(rows.row[keep], rows.user[keep], rows.item[keep],
+                rows.behavior[keep] if rows.behavior.size else rows.behavior,
+                rows.rating[keep] if rows.rating.size else rows.rating, rows.ts[keep],
+                rows.day[keep], renumber[bad], rows.bad_kind[kept_bad],
+                rows.bad_variant[kept_bad])
+
+
+def _draw(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowRandom, u0: int,
+          u1: int, kept: tuple[np.ndarray, np.ndarray] | None) -> Rows:
+    rows = generate_rows(cfg, fmt, world, rand, u0, u1)
+    return rows if kept is None else restrict(fmt, rows, *kept)
 
 
 def user_chunks(user_start: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
@@ -526,27 +575,32 @@ def file_names(cfg: PipelineConfig) -> tuple[str, str | None]:
     return name, ds.negatives_file
 
 
-def negative_lines(cfg: PipelineConfig, world: World, rand: RowRandom, rows: Rows) -> bytes:
+def negative_lines(cfg: PipelineConfig, world: World, rand: RowRandom, rows: Rows,
+                   candidates: np.ndarray) -> bytes:
     """The S3-Rec ``<Name>_sample.txt`` lines of the chunk's users: ``uid n1 .. nN``, N =
-    ``dataset.negatives_count`` distinct items the user never touched, drawn uniformly
-    (seeded by the user, so chunking does not matter), as FMLP-Rec saved them.
+    ``dataset.negatives_count`` distinct items of ``candidates`` (the file's items) the
+    user never touched, drawn uniformly (seeded by the user, so chunking does not matter),
+    as FMLP-Rec saved them.
 
     Raises:
         ValueError: a user touched so many items that fewer than N are left.
     """
-    count, n_items = cfg.dataset.negatives_count, len(world.item_raw)
+    count = cfg.dataset.negatives_count
+    if rows.user.size == 0:
+        return b""
     starts = np.flatnonzero(np.r_[True, rows.user[1:] != rows.user[:-1]])
     lines = []
     for a, b in zip(starts, np.r_[starts[1:], len(rows.user)]):
         user, seen = int(rows.user[a]), np.unique(rows.item[a:b])
-        if n_items - len(seen) < count:
-            raise ValueError(f"generate.items ({n_items}) leaves fewer than "
+        if len(candidates) - len(seen) < count:
+            raise ValueError(f"the file's {len(candidates)} items leave fewer than "
                              f"dataset.negatives_count ({count}) unseen items for a user")
         picked, drawn = np.zeros(0, dtype=np.int64), 0
         while len(picked) < count:  # rejection: never a seen item, never twice
             index = (user << 20) + drawn + np.arange(2 * count, dtype=np.int64)
             drawn += 2 * count
-            draw = np.floor(rand.uniform(S_NEGATIVE, index) * n_items).astype(np.int64)
+            draw = candidates[np.floor(rand.uniform(S_NEGATIVE, index)
+                                       * len(candidates)).astype(np.int64)]
             fresh = np.concatenate([picked, draw[~np.isin(draw, seen)]])
             picked = fresh[np.sort(np.unique(fresh, return_index=True)[1])][:count]
         ids = " ".join(map(str, world.item_raw[picked].tolist()))
@@ -609,7 +663,8 @@ def generate(cfg: PipelineConfig) -> dict:
         cfg: composed pipeline config; reads ``dataset``, ``generate`` and ``paths.raw_dir``.
 
     Returns:
-        ``{"files": [paths], "rows": interactions, "lines": lines written (header
+        ``{"files": [paths], "rows": interactions written (the 5-core formats: those of
+        the drawn rows' 5-core, so fewer than generate.rows), "lines": lines written (header
         excluded; one per user for s3rec), "malformed": {kind: count of broken lines},
         "outside_window": well-formed rows with a timestamp outside the window (0 for
         s3rec, which has no timestamps), "seconds": wall time, "rows_per_s": rows /
@@ -630,7 +685,7 @@ def generate(cfg: PipelineConfig) -> dict:
     finals = [join(directory, name) for name in names]
     tmps = [f"{final}.tmp-{uuid.uuid4().hex[:8]}" for final in finals]
     malformed = dict.fromkeys(fmt.malformed_kinds, 0)
-    outside = lines = 0
+    outside = lines = rows_total = 0
     _, n_days, _ = window_span(cfg)
     try:
         # One worker draws chunk i+1 while this thread renders and writes chunk i (numpy and
@@ -642,16 +697,19 @@ def generate(cfg: PipelineConfig) -> dict:
             if fmt.header is not None:
                 outs[0].write(fmt.header.encode() + b"\n")
             chunks = user_chunks(world.user_start, cfg.generate.chunk_rows)
-            pending = pool.submit(generate_rows, cfg, fmt, world, rand, *chunks[0])
+            kept = core(cfg, fmt, world, rand, chunks) if fmt.kcore else None
+            candidates = np.flatnonzero(kept[1]) if kept else np.arange(len(world.item_raw))
+            pending = pool.submit(_draw, cfg, fmt, world, rand, *chunks[0], kept)
             for following in [*chunks[1:], None]:
                 rows = pending.result()
                 if following is not None:
-                    pending = pool.submit(generate_rows, cfg, fmt, world, rand, *following)
+                    pending = pool.submit(_draw, cfg, fmt, world, rand, *following, kept)
                 chunk = to_chunk(cfg, fmt, world, rand, rows)
                 for piece in render(fmt, chunk, rows.bad, rows.bad_kind, rows.bad_variant):
                     outs[0].write(piece)
                 if len(outs) > 1:
-                    outs[1].write(negative_lines(cfg, world, rand, rows))
+                    outs[1].write(negative_lines(cfg, world, rand, rows, candidates))
+                rows_total += len(rows.user)
                 for kind, count in zip(*np.unique(rows.bad_kind, return_counts=True)):
                     malformed[fmt.malformed_kinds[kind]] += int(count)
                 if fmt.layout == "sequences":
@@ -669,7 +727,6 @@ def generate(cfg: PipelineConfig) -> dict:
                 fs.delete_file(tmp)
         raise
     seconds = time.perf_counter() - started
-    rows_total = int(world.user_start[-1])
     result = {"files": finals, "rows": rows_total, "lines": lines, "malformed": malformed,
               "outside_window": outside, "seconds": round(seconds, 3),
               "rows_per_s": round(rows_total / seconds) if seconds > 0 else None}

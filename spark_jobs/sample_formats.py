@@ -50,6 +50,9 @@ class FileFormat:
     day_resolution: bool  # timestamps are UTC midnights (Amazon's unixReviewTime)
     repeat_share: float  # share of rows that re-use an earlier item of the same user
     min_user_rows: int  # 5 for 5-core files, 20 for MovieLens (every user rated >= 20)
+    # The public file is a k-core (5-core reviews, S3-Rec): only rows of the drawn rows'
+    # iterative k-core are written, so ingest's k-core keeps them all; 0: no k-core.
+    kcore: int
     malformed_kinds: tuple[str, ...]
 
 
@@ -64,7 +67,7 @@ TAOBAO = FileFormat(
     behaviors=("pv", "cart", "fav", "buy"), behavior_shares=(0.89, 0.055, 0.03, 0.025),
     rating_text=None, day_resolution=False,
     repeat_share=0.35,  # page views of the same item recur a lot in the public log
-    min_user_rows=1,
+    kcore=0, min_user_rows=1,
     malformed_kinds=("wrong_field_count", "non_numeric_id", "bad_timestamp",
                      "unknown_behavior"),
 )
@@ -77,7 +80,7 @@ TMALL = FileFormat(
               "brand": 8_477},
     behaviors=("0", "1", "2", "3"),  # click, cart, purchase, favourite
     behavior_shares=(0.8839, 0.0014, 0.0599, 0.0548),  # 48.55M/0.08M/3.29M/3.01M rows
-    rating_text=None, day_resolution=False, repeat_share=0.35, min_user_rows=1,
+    rating_text=None, day_resolution=False, repeat_share=0.35, kcore=0, min_user_rows=1,
     malformed_kinds=("wrong_field_count", "non_numeric_id", "bad_timestamp",
                      "unknown_behavior"),
 )
@@ -87,20 +90,20 @@ RATINGS = FileFormat(
     id_space={"user": 5_000_000, "item": 200_000, "category": 1_000},  # categories unwritten
     behaviors=(), behavior_shares=(), rating_text=INT_RATINGS, day_resolution=False,
     repeat_share=0.02,  # re-rating the same title is rare
-    min_user_rows=1, malformed_kinds=NUMERIC_KINDS,
+    kcore=0, min_user_rows=1, malformed_kinds=NUMERIC_KINDS,
 )
 AMAZON_RATINGS = FileFormat(
     name="amazon_ratings", file_name="ratings_Sample.csv", layout="csv", header=None,
     fields=("user", "item", "rating", "ts"), delimiter=b",", ids="amazon", id_space={},
     behaviors=(), behavior_shares=(), rating_text=FLOAT_RATINGS, day_resolution=True,
-    repeat_share=0.01, min_user_rows=1,
+    repeat_share=0.01, kcore=0, min_user_rows=1,
     malformed_kinds=STRING_ID_KINDS,
 )
 AMAZON_RATINGS_2018 = FileFormat(
     name="amazon_ratings_2018", file_name="Sample.csv", layout="csv", header=None,
     fields=("item", "user", "rating", "ts"), delimiter=b",", ids="amazon", id_space={},
     behaviors=(), behavior_shares=(), rating_text=FLOAT_RATINGS, day_resolution=True,
-    repeat_share=0.01, min_user_rows=1,
+    repeat_share=0.01, kcore=0, min_user_rows=1,
     malformed_kinds=STRING_ID_KINDS,
 )
 JSON_KINDS = ("bad_json", "missing_field", "wrong_type", "empty_id", "bad_timestamp",
@@ -109,19 +112,20 @@ AMAZON_REVIEWS = FileFormat(
     name="amazon_reviews", file_name="reviews_Sample_5.json.gz", layout="json", header=None,
     fields=("reviewerID", "asin", "overall", "unixReviewTime"), delimiter=b"", ids="amazon",
     id_space={}, behaviors=(), behavior_shares=(), rating_text=FLOAT_RATINGS,
-    day_resolution=True, repeat_share=0.01, min_user_rows=5, malformed_kinds=JSON_KINDS,
+    day_resolution=True, repeat_share=0.01, kcore=5, min_user_rows=5,
+    malformed_kinds=JSON_KINDS,
 )
 YELP_REVIEWS = FileFormat(
     name="yelp_reviews", file_name="yelp_academic_dataset_review.json", layout="json",
     header=None, fields=("user_id", "business_id", "stars", "date"), delimiter=b"",
     ids="yelp", id_space={}, behaviors=(), behavior_shares=(), rating_text=FLOAT_RATINGS,
     day_resolution=False, repeat_share=0.03,  # some users review a place again
-    min_user_rows=1, malformed_kinds=JSON_KINDS,
+    kcore=0, min_user_rows=1, malformed_kinds=JSON_KINDS,
 )
 S3REC = FileFormat(
     name="s3rec", file_name="Sample.txt", layout="sequences", header=None, fields=(),
     delimiter=b" ", ids="dense", id_space={}, behaviors=(), behavior_shares=(),
-    rating_text=None, day_resolution=False, repeat_share=0.01, min_user_rows=5,
+    rating_text=None, day_resolution=False, repeat_share=0.01, kcore=5, min_user_rows=5,
     malformed_kinds=("wrong_field_count", "non_numeric_id"),
 )
 MOVIELENS_100K = FileFormat(
@@ -129,13 +133,13 @@ MOVIELENS_100K = FileFormat(
     fields=("user", "item", "rating", "ts"), delimiter=b"\t", ids="dense", id_space={},
     behaviors=(), behavior_shares=(), rating_text=INT_RATINGS, day_resolution=False,
     repeat_share=0.0,  # a MovieLens user rates a film once
-    min_user_rows=20, malformed_kinds=NUMERIC_KINDS,
+    kcore=0, min_user_rows=20, malformed_kinds=NUMERIC_KINDS,
 )
 MOVIELENS_1M = FileFormat(
     name="movielens_1m", file_name="ratings.dat", layout="csv", header=None,
     fields=("user", "item", "rating", "ts"), delimiter=b"::", ids="dense", id_space={},
     behaviors=(), behavior_shares=(), rating_text=INT_RATINGS, day_resolution=False,
-    repeat_share=0.0, min_user_rows=20, malformed_kinds=NUMERIC_KINDS,
+    repeat_share=0.0, kcore=0, min_user_rows=20, malformed_kinds=NUMERIC_KINDS,
 )
 FORMATS = {f.name: f for f in (TAOBAO, TMALL, RATINGS, AMAZON_RATINGS, AMAZON_RATINGS_2018,
                                AMAZON_REVIEWS, YELP_REVIEWS, S3REC, MOVIELENS_100K,
@@ -290,6 +294,8 @@ def _yelp_lines(fmt: FileFormat, chunk: Chunk) -> pa.Array:
 
 def _sequence_lines(chunk: Chunk) -> pa.Array:
     """One ``uid i1 ... iK`` line per user of the chunk, items in row (time) order."""
+    if chunk.user.size == 0:
+        return pa.array([], pa.string())
     starts = np.flatnonzero(np.r_[True, chunk.user[1:] != chunk.user[:-1]])
     n, users = len(chunk.user), len(starts)
     tokens = np.empty(n + users, dtype=np.int64)
