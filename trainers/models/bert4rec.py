@@ -137,5 +137,6 @@ class BERT4Rec(nn.Module):
         return losses.sum() / max(1, targets.numel())
 
     def regularization(self) -> torch.Tensor:
-        """1/2 ||θ||² over every parameter (the loop multiplies by ``train.l2``)."""
+        """1/2 ||θ||² over every parameter, which the loop adds times ``train.l2`` (0 in the
+        preset: the paper's decay is ``train.weight_decay``)."""
         return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2

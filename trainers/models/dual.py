@@ -279,6 +279,6 @@ class DualNetwork(nn.Module):
         return total
 
     def regularization(self) -> torch.Tensor:
-        """1/2 ||θ||² over every parameter: with ``train.l2`` = 1e-4 the loop's λ·this is the
-        released code's Adam weight decay 1e-4 (gradient + λθ)."""
+        """1/2 ||θ||² over every parameter, which the loop adds times ``train.l2`` (0 in the
+        presets: the released code's decay is ``train.weight_decay``, Adam's coupled L2)."""
         return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2
