@@ -128,11 +128,14 @@ def load_split_data(cfg: PipelineConfig, inputs: frozenset[str], splits: tuple[s
     protocol = set_arrays.protocol_of(manifest)
     build = fed_inputs(protocol, inputs, optional)
     num_slices = manifest["num_slices"] if protocol == "slices" else 0
+    # valid and test cuts bound the train parts of the protocols without slices
+    needed = set(splits) | ({"valid", "test"} if protocol != "slices" else set())
+    arrays = {split: set_arrays.load_samples(index_uri, split) for split in sorted(needed)}
     user_sets = item_sets = history = events = train_counts = None
     if "slice_sets" in build:  # (U+1, T, 2, S), (I+1, T, 2, S): GBs at full scale
-        arrays = set_arrays.load_set_arrays(index_uri)
-        user_sets = torch.as_tensor(arrays.users, device=device)
-        item_sets = torch.as_tensor(arrays.items, device=device)
+        sets = set_arrays.load_set_arrays(index_uri)
+        user_sets = torch.as_tensor(sets.users, device=device)
+        item_sets = torch.as_tensor(sets.items, device=device)
     if protocol == "slices":
         if "sequence" in build:
             seq = set_arrays.load_sequences(index_uri)
@@ -144,15 +147,15 @@ def load_split_data(cfg: PipelineConfig, inputs: frozenset[str], splits: tuple[s
     else:  # histories, rejection sets and popularity all come from the event sequences
         seq = set_arrays.load_sequences(index_uri)
         history = events = EventSequences.from_csr(seq.offsets, seq.items, seq.label, device)
-        cuts = [set_arrays.load_samples(index_uri, s) for s in ("valid", "test")]
         train_counts = torch.as_tensor(set_arrays.train_popularity(
-            seq, np.concatenate([c["user"] for c in cuts]),
-            np.concatenate([c["cut"] for c in cuts]), manifest["num_items"]), device=device)
+            seq, np.concatenate([arrays[s]["user"] for s in ("valid", "test")]),
+            np.concatenate([arrays[s]["cut"] for s in ("valid", "test")]),
+            manifest["num_items"]), device=device)
     builder = BatchBuilder(protocol, build, user_sets, item_sets, num_slices, history,
                            cfg.index.sequence_max_len)
     loaded = {}
     for split in splits:
-        samples = Samples.from_arrays(set_arrays.load_samples(index_uri, split), device)
+        samples = Samples.from_arrays(arrays[split], device)
         if len(samples) == 0:
             raise ValueError(f"split {split!r} of {index_uri} has no rows")
         if events is not None:
