@@ -136,6 +136,19 @@ def test_resampled_negatives_never_touch_any_item_of_the_user():
             assert len(set(new[row].tolist())) == 4
 
 
+def test_weight_decay_reaches_every_parameter_and_lr_can_be_set():
+    from torch import nn
+
+    from trainers.embedding import RowSparseEmbedding, build_optimizer
+
+    model = nn.ModuleDict({"dense": nn.Linear(3, 2), "table": RowSparseEmbedding(5, 2, 0.1)})
+    opt = build_optimizer(model, lr=0.1, l2=0.01, weight_decay=0.001)
+    assert opt.dense.param_groups[0]["weight_decay"] == 0.001  # Adam's coupled L2
+    assert opt.rows.weight_decay == pytest.approx(0.011)  # λ + weight_decay on touched rows
+    opt.set_lr(0.025)
+    assert opt.dense.param_groups[0]["lr"] == 0.025 and opt.rows.lr == 0.025
+
+
 def test_plateau_halves_lr_and_patience_stops():
     state = TrainState(lr=0.01)
     scores = [0.5, 0.4, 0.4, 0.6, 0.6, 0.6, 0.6]  # best at epochs 1 and 4
