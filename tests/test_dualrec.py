@@ -5,15 +5,20 @@ and the chunked full softmax (trainers/models/softmax.py)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+import yaml
 
+from trainers.batches import BatchBuilder, EventSequences, Samples
+from trainers.embedding import build_optimizer
 from trainers.models.dual import crop_padding, symmetric_kl, transfer_loss, window_sizes
 from trainers.models.softmax import full_softmax_ce
 from trainers.models.transformer import direction_mask
 from trainers.registry import DataSizes, build_model
+from trainers.train import train_epoch, validate
 
 L, N = 8, 20
 SIZES = DataSizes(num_users=5, num_items=N, history_slices=1, set_size=1, sequence_len=L)
@@ -73,7 +78,8 @@ def test_direction_masks_with_windows_by_hand():
     assert past[1].int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1]]
     assert future[0].int().tolist() == [[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [0, 0, 0, 1]]
     plain = ~direction_mask(4, "past", None, torch.device("cpu"))
-    assert plain.shape == (1, 4, 4) and plain[0].int().tolist() == torch.ones(4, 4).tril().int().tolist()
+    assert plain.shape == (1, 4, 4)
+    assert plain[0].int().tolist() == torch.ones(4, 4).tril().int().tolist()
 
 
 def test_crop_padding_drops_slots_that_are_padding_in_every_row():
@@ -373,3 +379,39 @@ def test_a_few_steps_fit_a_toy_sequence(name):
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]
     assert float(model.item.weight[0].detach().abs().sum()) == 0.0  # the padding row stays zero
+
+
+# --------------------------------------------------------------------------- the real loop
+
+
+@pytest.mark.parametrize("name", ["dualrec", "dual_gru4rec", "dual_fmlp", "fmlp", "bert4rec"])
+def test_presets_train_and_validate_through_the_loop(name):
+    """Each preset's params and train recipe, leave_one_out batches from trainers/batches.py,
+    one trainers.train.train_epoch and validate: the batch contract and the loop's settings
+    (weight decay, grad clip) hold for every model of this family."""
+    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "models"
+                             / f"{name}.yaml").read_text())
+    params, recipe = preset["model"]["params"], preset["train"]
+    g = np.random.default_rng(0)
+    lengths = g.integers(5, 12, size=12)  # users 1..12
+    offsets = np.concatenate([[0, 0], np.cumsum(lengths)])  # user 0 is padding
+    events = g.integers(1, N + 1, size=int(lengths.sum()))
+    sequences = EventSequences.from_csr(offsets, events, np.ones_like(events))
+    users = np.arange(1, 13)
+
+    def split(back: int, negatives: int) -> Samples:  # leave-one-out: cut = n - back
+        cut = lengths - back
+        target = events[offsets[users] + cut]
+        cand = np.concatenate([target[:, None], g.integers(1, N + 1, (12, negatives))], 1)
+        return Samples.from_arrays({"user": users, "cut": cut, "candidates": cand,
+                                    "real_negatives": np.zeros(12), "target_label": np.ones(12)})
+
+    torch.manual_seed(0)
+    model = build_model(name, params, SIZES)
+    builder = BatchBuilder("leave_one_out", model.inputs, None, None, 0, sequences, L)
+    optimizer = build_optimizer(model, recipe["lr"], recipe["l2"], recipe["weight_decay"])
+    loss, rate = train_epoch(model, model, optimizer, builder, split(3, 1), torch.arange(12),
+                             5, recipe["l2"], 1, 0, 1, recipe["grad_clip"])
+    assert math.isfinite(loss) and rate > 0
+    metrics = validate(model, builder, split(2, 9), 5, 0, 1, "leave_one_out")
+    assert 0.0 < metrics["mrr"] <= 1.0 and 0.0 <= metrics["hr@1"] <= metrics["hr@10"] == 1.0

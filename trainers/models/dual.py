@@ -78,7 +78,8 @@ def window_sizes(h: int, n: int) -> list[int]:
     if h % 2:
         raise ValueError(f"Eq. 8 needs an even number of scales, got {h}")
     half = h // 2
-    return [i + 1 if i <= half else half + math.ceil(math.exp(i - half) / math.exp(half) * (n - half))
+    return [i + 1 if i <= half
+            else half + math.ceil(math.exp(i - half) / math.exp(half) * (n - half))
             for i in range(1, h + 1)]
 
 

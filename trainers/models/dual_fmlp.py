@@ -16,10 +16,11 @@ our design:
     at every position, like DualRec (a causal filter trains every position in one pass).
   * Multi-scale inputs, as in dual GRU4Rec (trainers/models/dual_gru4rec.py): scale w of the
     past encoder is its last-slot state over the input truncated to its w newest items
-    (run over those w slots alone, which is exact for a causal stack); scale w of the future encoder is its state at slot L - w, which has
-    seen exactly its w newest items. Windows are Eq. 8's with h = ``num_scales``, n = L;
-    the transfer is the symmetric KL between the softmax over the d features of matching
-    scales. Scales feed the transfer only.
+    (run over those w slots alone, which is exact for a causal stack); scale w of the
+    future encoder is its state at slot L - w, which has seen exactly its w newest items.
+    Windows are Eq. 8's with h = ``num_scales``, n = L; the transfer is the symmetric KL
+    between the softmax over the d features of matching scales. Scales feed the transfer
+    only.
 
 Shapes: B batch, L sequence length, d embedding, S scales.
 """
