@@ -29,9 +29,12 @@ def build(**over):
     return build_model("bert4rec", {**PARAMS, **over}, SIZES)
 
 
-def batch() -> dict[str, torch.Tensor]:
+def batch(short: bool = False) -> dict[str, torch.Tensor]:
+    """``short``: the second row drops its 3 oldest items, so both rows start with padding
+    (the model crops slots that are padding in every row)."""
+    second = [0, 0, 0, 4, 5, 6] if short else [1, 2, 3, 4, 5, 6]
     return {"user": torch.tensor([1, 2]),
-            "sequence": torch.tensor([[0, 0, 0, 3, 4, 5], [1, 2, 3, 4, 5, 6]]),
+            "sequence": torch.tensor([[0, 0, 0, 3, 4, 5], second]),
             "items": torch.tensor([[7, 9], [8, 10]]), "label": torch.tensor([[1.0, 0.0]] * 2)}
 
 
@@ -45,8 +48,9 @@ def test_cloze_masks():
     assert 0.4 < some.float().mean() < 0.6
 
 
-def test_loss_by_hand():
-    model, b = build().train(), batch()
+@pytest.mark.parametrize("short", [False, True])
+def test_loss_by_hand(short):
+    model, b = build().train(), batch(short)
     scores = model(b)
     full = torch.cat([b["sequence"], b["items"][:, :1]], 1)[:, 1:]  # newest L items
     # [0 0 3 4 5 7], [2 3 4 5 6 8]: every real item is [mask] (ρ = 1) and a target
@@ -72,12 +76,13 @@ def test_attention_is_bidirectional():
     assert g[0, 0] == 0  # padding does not
 
 
-def test_inference_appends_mask():
-    model, b = build().eval(), batch()
+@pytest.mark.parametrize("short", [False, True])
+def test_inference_appends_mask(short):
+    model, b = build().eval(), batch(short)
     with torch.no_grad():
         scores = model(b)
         tokens = torch.cat([b["sequence"][:, 1:], torch.full((2, 1), N + 1)], 1)
-        assert tokens[1].tolist() == [2, 3, 4, 5, 6, N + 1]
+        assert tokens[1].tolist() == [0, 0, 4, 5, 6, N + 1] if short else [2, 3, 4, 5, 6, N + 1]
         h = F.gelu(model.project(model.encode(tokens)[:, -1]))
         expected = (model.item(b["items"]) @ h[..., None]).squeeze(-1) + model.item_bias[b["items"]]
     assert torch.allclose(scores, expected, atol=1e-6)

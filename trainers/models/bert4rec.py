@@ -17,6 +17,8 @@ Implemented (equation numbers of the paper):
     extra samples "that only mask the last item" to match the next-item task.
   * Inference, Section 3.6: [mask] is appended to the history (the oldest slot drops out)
     and its output scores the candidates.
+  * Slots that are padding in every row are cropped first (exact: positions are aligned to
+    the newest slot, padding keys are blocked).
 
 The item table is a dense ``nn.Embedding``: the full softmax touches every row each step.
 
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from trainers.models.dual import crop_padding
 from trainers.models.softmax import full_softmax_ce
 from trainers.models.transformer import TransformerLayer, init_weights
 from trainers.registry import Batch, DataSizes, ModelParams, register
@@ -111,13 +114,13 @@ class BERT4Rec(nn.Module):
         """
         sequence, items = batch["sequence"], batch["items"]
         if self.training and torch.is_grad_enabled():
-            full = torch.cat([sequence, items[:, :1]], dim=1)[:, 1:]  # (B, L): newest L items
+            full = crop_padding(torch.cat([sequence, items[:, :1]], dim=1)[:, 1:])  # newest L
             masked = self.cloze(full)
             states = self.encode(torch.where(masked, self.mask_id, full))
             self._train = (states[masked], full[masked])  # (M, d), (M,)
         else:
             append = torch.full_like(sequence[:, :1], self.mask_id)
-            states = self.encode(torch.cat([sequence[:, 1:], append], dim=1))
+            states = self.encode(crop_padding(torch.cat([sequence[:, 1:], append], dim=1)))
         h = self.output(states[:, -1])  # (B, d)
         return (self.item(items) @ h.unsqueeze(-1)).squeeze(-1) + self.item_bias[items]
 

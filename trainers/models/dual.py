@@ -24,6 +24,9 @@ Implemented (equation numbers of the paper):
   * Eq. 8, window sizes per scale (:func:`window_sizes`).
   * Section 3.5.2: inference uses the past encoder only; its state at the last position
     scores the candidates.
+  * Slots that are padding in every row of a batch are cropped before the encoders
+    (:func:`crop_padding`; exact, tests check it): Beauty's histories average ~9 items, so
+    most of a batch's L = 50 slots would be padding.
 
 Ablations (Tables 3-5), as settings:
   * ``encoders: past`` — the past-only model: only the past encoder exists; L = L_past.
@@ -211,8 +214,9 @@ class DualNetwork(nn.Module):
         Args:
             sequence: (B, L) left-padded item ids.
         Returns:
-            (B, L, d): the past encoder's states, or, for the future-only model, the future
-            encoder's parameters read in the past direction.
+            (B, L', d) over the newest L' slots (:func:`crop_padding`): the past encoder's
+            states, or, for the future-only model, the future encoder's parameters read in
+            the past direction.
         """
         encoder = self.past if self.past is not None else self.future
         sequence = crop_padding(sequence)  # (B, L')
