@@ -23,7 +23,7 @@ from trainers.train import train_epoch, validate
 L, N = 8, 20
 SIZES = DataSizes(num_users=5, num_items=N, history_slices=1, set_size=1, sequence_len=L)
 COMMON = dict(embed_dim=8, init_std=0.3, dropout=0.0, encoders="dual", alpha=0.3, beta=0.1,
-              transfer_reduction="mean", softmax_chunk=3)
+              transfer_reduction="mean", softmax_max_logits=60)  # 3 rows a block
 BACKBONES = {
     "dualrec": dict(num_layers=2, num_heads=4, ffn_dim=8, relative_position="learned",
                     multi_scale=True, windows_at_inference=False),
@@ -122,8 +122,8 @@ def test_chunked_softmax_equals_unchunked_loss_and_gradient():
               torch.randn(N, requires_grad=True)]
     targets = torch.randint(1, N + 1, (M,))
     results = []
-    for chunk in (4, 100):  # 4 blocks (checkpointed) vs one block
-        losses = full_softmax_ce(inputs[0], targets, inputs[1], chunk, inputs[2])
+    for max_logits in (4 * N, 100 * N):  # 4 blocks of 4 rows (checkpointed) vs one block
+        losses = full_softmax_ce(inputs[0], targets, inputs[1], max_logits, inputs[2])
         grads = torch.autograd.grad((losses * torch.arange(1.0, M + 1)).sum(), inputs)
         results.append((losses.detach(), grads))
     (l4, g4), (l1, g1) = results
@@ -134,7 +134,7 @@ def test_chunked_softmax_equals_unchunked_loss_and_gradient():
     by_hand = -logits.log_softmax(-1).gather(1, (targets - 1)[:, None]).squeeze(1)
     assert torch.allclose(l1, by_hand.detach(), atol=1e-6)
     with pytest.raises(ValueError, match="1..20"):
-        full_softmax_ce(inputs[0], torch.zeros(M, dtype=torch.int64), inputs[1], 4)
+        full_softmax_ce(inputs[0], torch.zeros(M, dtype=torch.int64), inputs[1], 4 * N)
 
 
 # --------------------------------------------------------------------------- masks

@@ -49,7 +49,7 @@ class BERT4RecParams(ModelParams):
     dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.1
     mask_prob: float = Field(gt=0.0, le=1.0)  # ρ (paper: 0.6 Beauty, 0.4 Steam, 0.2 ML)
     mask_last_prob: float = Field(ge=0.0, le=1.0)  # rows masking only their last item
-    softmax_chunk: int = Field(gt=0)  # positions per full-softmax block (memory: chunk x N)
+    softmax_max_logits: int = Field(gt=0)  # most logits a full-softmax block holds (x4 B)
 
 
 @register("bert4rec")
@@ -136,7 +136,7 @@ class BERT4Rec(nn.Module):
         states, targets = state
         losses = full_softmax_ce(self.output(states), targets,
                                  self.item.weight[1:self.num_items + 1],
-                                 self.params.softmax_chunk, self.item_bias[1:])
+                                 self.params.softmax_max_logits, self.item_bias[1:])
         return losses.sum() / max(1, targets.numel())
 
     def regularization(self) -> torch.Tensor:

@@ -168,7 +168,7 @@ class DualParams(ModelParams):
     alpha: float = Field(ge=0.0, le=1.0)  # α of Eq. 14 (paper: 0.5)
     beta: float = Field(ge=0.0)  # β of Eq. 14 (released configs: 0.1; 0 = no transfer)
     transfer_reduction: Literal["mean", "sum"]  # mean: released code; sum: Eq. 10
-    softmax_chunk: int = Field(gt=0)  # positions per full-softmax block (memory: chunk x N)
+    softmax_max_logits: int = Field(gt=0)  # most logits a full-softmax block holds (x4 B)
 
     @model_validator(mode="after")
     def _transfer_needs_both(self) -> DualParams:
@@ -258,7 +258,7 @@ class DualNetwork(nn.Module):
         for name, (states, inputs, targets) in ce.items():
             valid = (inputs != 0) & (targets != 0)  # (B, L)
             losses = full_softmax_ce(states[valid], targets[valid], self.item.weight[1:],
-                                     self.params.softmax_chunk)  # (M,)
+                                     self.params.softmax_max_logits)  # (M,)
             out[name] = losses.sum() / valid.sum().clamp(min=1)
         return out
 

@@ -3,11 +3,12 @@
 DualRec (Eq. 13-14) and BERT4Rec (Eq. 7 and its Cloze loss) score a position against all
 items 1..N. Held at once, a batch's logits are (positions x N): 256 sequences x 50 positions
 x 10^5 items is 5 GB of float32, twice over with its gradient. Here the positions are cut
-into blocks of ``chunk`` rows; each block's logits are computed, reduced to one loss per
-position and dropped, and recomputed in the backward (``torch.utils.checkpoint``), so at most
-one (chunk x N) block lives at a time. The result and its gradients are the same as the
-unchunked computation (tests check it); the price is one more (chunk x d) @ (d x N) product
-per block in the backward. A batch with at most ``chunk`` positions is one ordinary block.
+into blocks of at most ``max_logits`` logits (max_logits // N rows, at least one); each
+block's logits are computed, reduced to one loss per position and dropped, and recomputed
+in the backward (``torch.utils.checkpoint``), so at most one block lives at a time. The
+result and its gradients are the same as the unchunked computation (tests check it); the
+price is one more (rows x d) @ (d x N) product per block in the backward. A batch whose
+logits fit in one block is one ordinary block, kept for the backward as usual.
 
 Shapes: M positions, d state size, N items.
 """
@@ -29,7 +30,7 @@ def _block_loss(states: torch.Tensor, targets: torch.Tensor, items: torch.Tensor
 
 
 def full_softmax_ce(states: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
-                    chunk: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+                    max_logits: int, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of each position's target among all items.
 
     Args:
@@ -37,7 +38,8 @@ def full_softmax_ce(states: torch.Tensor, targets: torch.Tensor, items: torch.Te
         targets: (M,) item ids in 1..N.
         items: (N, d) output rows of items 1..N (row k-1 is item k; the padding row is not a
             class).
-        chunk: positions per block (the most logits held: chunk x N).
+        max_logits: the most logits one block holds (4 bytes each, as many again for their
+            gradient).
         bias: (N,) per-item output bias, or None.
     Returns:
         (M,) loss per position.
@@ -47,6 +49,7 @@ def full_softmax_ce(states: torch.Tensor, targets: torch.Tensor, items: torch.Te
     if targets.numel() and (int(targets.min()) < 1 or int(targets.max()) > items.shape[0]):
         raise ValueError(f"targets must be item ids in 1..{items.shape[0]}")
     classes = targets - 1  # item k is class k-1
+    chunk = max(1, max_logits // items.shape[0])  # positions per block
     if states.shape[0] <= chunk:
         return _block_loss(states, classes, items, bias)
     return torch.cat([
