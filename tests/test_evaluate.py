@@ -103,7 +103,8 @@ def test_evaluation_matches_direct_metrics(trained):
     full_rr = []
     with torch.no_grad():
         for row in range(len(samples)):
-            u, t, pos = samples.user[row:row + 1], samples.cut[row:row + 1], samples.candidates[row, 0]
+            u, t = samples.user[row:row + 1], samples.cut[row:row + 1]
+            pos = samples.candidates[row, 0]
             one = torch.ones(1, dtype=torch.int64)
             s = model(builder.build(u, t, all_items[None], one))[0]
             pos_score = model(builder.build(u, t, torch.stack([pos, pos])[None], one))[0, 0]

@@ -136,6 +136,63 @@ def test_resampled_negatives_never_touch_any_item_of_the_user():
             assert len(set(new[row].tolist())) == 4
 
 
+class _FixedScores(torch.nn.Module):
+    """Scores = a fixed function of (user, item, history): no parameters, same everywhere."""
+
+    def forward(self, batch):
+        history = batch["sequence"].sum(1, keepdim=True)  # (B, 1)
+        return torch.sin(batch["items"] * 1.7 + batch["user"][:, None] * 0.3 + history * 0.1)
+
+
+def _validation_samples() -> tuple[BatchBuilder, Samples]:
+    gen = torch.Generator().manual_seed(4)
+    n = 23  # not a multiple of the worker count
+    offsets = np.arange(0, 6 * (n + 2), 6)  # (n+2,): users 0..n with 6 events each
+    E = int(offsets[-1])
+    events = EventSequences.from_csr(offsets, np.arange(E) % 17 + 1, np.arange(E) % 2)
+    builder = BatchBuilder("feedback", frozenset({"sequence", "sequence_label"}), None, None, 0,
+                           events, sequence_len=3)
+    samples = Samples(torch.arange(1, n + 1), torch.randint(1, 6, (n,), generator=gen),
+                      torch.randint(1, 18, (n, 10), generator=gen),
+                      torch.zeros(n, dtype=torch.int64), torch.randint(0, 2, (n,), generator=gen))
+    return builder, samples
+
+
+def _validate_worker(rank: int, world: int, init: str, out: str, protocol: str) -> None:
+    import torch.distributed as dist
+
+    from trainers.train import validate
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    builder, samples = _validation_samples()
+    if protocol != "feedback":
+        samples = Samples(samples.user, samples.cut, samples.candidates, samples.real_negatives,
+                          torch.ones_like(samples.target_label))
+    metrics = validate(_FixedScores(), builder, samples, 4, rank, world, protocol)
+    if rank == 0:
+        Path(out).write_text(json.dumps(metrics))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("protocol", ["feedback", "leave_one_out"])
+def test_sharded_validation_equals_one_process(tmp_path, protocol):
+    """Two gloo processes (shards gathered or histograms all-reduced) report the metrics of
+    one process over all rows."""
+    import torch.multiprocessing as mp
+
+    from trainers.train import validate
+
+    out = tmp_path / "metrics.json"
+    mp.spawn(_validate_worker, args=(2, f"file://{tmp_path}/init", str(out), protocol),
+             nprocs=2)
+    builder, samples = _validation_samples()
+    if protocol != "feedback":
+        samples = Samples(samples.user, samples.cut, samples.candidates, samples.real_negatives,
+                          torch.ones_like(samples.target_label))
+    single = validate(_FixedScores(), builder, samples, 5, 0, 1, protocol)
+    assert json.loads(out.read_text()) == pytest.approx(single)
+
+
 def test_weight_decay_reaches_every_parameter_and_lr_can_be_set():
     from torch import nn
 
