@@ -74,6 +74,7 @@ def test_forward_shapes_and_finite_loss(name):
 def test_declares_only_known_inputs(name):
     model = make_model(name)
     assert model.inputs and model.inputs <= {"slice_sets", "sequence"}
+    assert getattr(model, "optional_inputs", frozenset()) <= {"sequence_label"}
     batch = make_batch()
     drop = {"sequence"} if "sequence" not in model.inputs else {"user_sets", "item_sets"}
     slim = {k: v for k, v in batch.items() if k not in drop}
@@ -176,24 +177,100 @@ def test_bad_params_are_named():
         build_model("caser", {**preset_params("caser"), "windw": 3}, SIZES)
 
 
-def test_history_pairs_targets_negatives_and_mask():
+def test_history_pairs_targets_labels_negatives_and_mask():
     from trainers.models.next_item import combined_mean, history_pairs
 
     torch.manual_seed(0)
     sequence = torch.tensor([[0, 0, 3, 1, 2], [0, 0, 0, 0, 4], [5, 1, 1, 2, 3]])
-    targets, negatives, valid = history_pairs(sequence, num_items=3)  # tiny: many collisions
+    feedback = torch.tensor([[0, 0, 1, 0, 1], [0, 0, 0, 0, 0], [1, 1, 0, 1, 1]])
+    targets, labels, negatives, valid = history_pairs(sequence, num_items=3)
     assert torch.equal(targets, sequence[:, 1:])
-    assert torch.equal(valid, torch.tensor([[False, False, True, True],
-                                            [False, False, False, False],
+    assert torch.equal(labels, torch.ones(3, 4))  # no labels: every next item is positive
+    # real positions, and the padding slot right before the first item (the empty history)
+    assert torch.equal(valid, torch.tensor([[False, True, True, True],
+                                            [False, False, False, True],
                                             [True, True, True, True]]))
+    _, labels, _, valid_fb = history_pairs(sequence, 3, feedback)
+    assert torch.equal(labels, feedback[:, 1:].float()) and torch.equal(valid_fb, valid)
     for _ in range(50):  # with 3 items a draw often hits the target: it must move
-        _, negatives, _ = history_pairs(sequence, num_items=3)
+        _, _, negatives, _ = history_pairs(sequence, num_items=3)
         assert not (negatives == targets).any()
         assert negatives.min() >= 1 and negatives.max() <= 3
     history = torch.arange(12.0).view(3, 4)
-    # (candidates 1 + 2) + valid history (2 + 3 + 8 + 9 + 10 + 11), over 2 rows + 6 positions
-    expected = (1.0 + 2.0 + 2 + 3 + 8 + 9 + 10 + 11) / 8
+    # (candidates 1 + 2) + valid history (1 + 2 + 3 + 7 + 8 + 9 + 10 + 11), over 2 + 8
+    expected = (1.0 + 2.0 + 1 + 2 + 3 + 7 + 8 + 9 + 10 + 11) / 10
     assert float(combined_mean(torch.tensor([1.0, 2.0]), history, valid)) == pytest.approx(expected)
+
+
+def test_history_bce_treats_negative_feedback_as_a_negative_target():
+    """bce_with_history: a next item with label 0 costs -log(1 - σ(r)), not -log σ(r)."""
+    from trainers.models.next_item import bce_with_history
+
+    scores, labels = torch.tensor([[0.5, -1.0]]), torch.tensor([[1.0, 0.0]])
+    pairs = torch.tensor([[[2.0, 0.3], [-0.7, 1.1]]])  # [next item, sampled] at 2 positions
+    next_label = torch.tensor([[1.0, 0.0]])
+    valid = torch.tensor([[True, True]])
+    ls = torch.nn.functional.logsigmoid
+    t = torch.tensor
+    candidates = -ls(t(0.5)) - ls(t(1.0))
+    liked = -ls(t(2.0)) - ls(t(-0.3))  # -log σ(next) - log(1 - σ(sampled))
+    disliked = -ls(t(0.7)) - ls(t(-1.1))  # -log(1 - σ(next)) - log(1 - σ(sampled))
+    expected = (candidates + liked + disliked) / 3
+    got = bce_with_history(scores, labels, (pairs, next_label, valid))
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("name", SEQUENTIAL)
+def test_sequence_models_read_feedback_labels_causally(name):
+    """With ``sequence_label`` a label embedding is added to each history item: flipping the
+    label of position j changes the states from j on and none before it."""
+    model = make_model(name).eval()
+    assert model.optional_inputs == {"sequence_label"}
+    batch = make_batch(B=6, seed=3)
+    seq = batch["sequence"]
+    seq[:, -5:] = torch.randint(1, SIZES.num_items + 1, (6, 5))
+    feedback = (torch.rand(seq.shape, generator=torch.Generator().manual_seed(4)) < 0.5).long()
+    feedback = feedback * (seq != 0)
+    with torch.no_grad():
+        base = model.position_states(seq, feedback)
+        assert not torch.allclose(base[:, -1], model.position_states(seq)[:, -1])
+        for j in range(seq.shape[1] - 5, seq.shape[1]):
+            flipped = feedback.clone()
+            flipped[:, j] = 1 - flipped[:, j]
+            out = model.position_states(seq, flipped)
+            torch.testing.assert_close(out[:, :j], base[:, :j], rtol=0, atol=0)
+            assert not torch.allclose(out[:, j], base[:, j]), f"{name}: label {j} unread"
+        scores = model({**batch, "sequence_label": feedback})
+        assert not torch.allclose(scores, model(batch))
+
+
+def test_gru4rec_ranks_disliked_items_below_the_sampled_ones():
+    """GRU4Rec's ranking terms put index 0 first after a positive (next event or target)
+    and last after a negative one: liked > unobserved > disliked."""
+    model = make_model("gru4rec", loss="bpr")
+    scores = torch.tensor([[2.0, 0.5, -1.0], [2.0, 0.5, -1.0]])
+    liked = torch.tensor([True, False])
+    bpr = model._ranking(scores, liked)
+    ls = torch.nn.functional.logsigmoid
+    torch.testing.assert_close(bpr[0], -ls(torch.tensor([1.5, 3.0])))
+    torch.testing.assert_close(bpr[1], -ls(torch.tensor([-1.5, -3.0])))
+    top1 = make_model("gru4rec", loss="top1")._ranking(scores, liked)
+    sg = torch.sigmoid
+    torch.testing.assert_close(top1[1], sg(torch.tensor([1.5, 3.0])) + sg(torch.tensor(4.0)))
+    # In training the history keeps each next event's label for the loss.
+    batch = make_batch(B=6, seed=3)
+    feedback = (torch.rand(batch["sequence"].shape, generator=torch.Generator().manual_seed(4))
+                < 0.5).long() * (batch["sequence"] != 0)
+    model.train()
+    model({**batch, "sequence_label": feedback})
+    _, labels, valid = model.__dict__.pop("_history")
+    torch.testing.assert_close(labels, feedback[:, 1:].float())
+    disliked_target = {**batch, "label": torch.zeros_like(batch["label"])}
+    model.eval()
+    with torch.no_grad():
+        s = model(batch)
+        torch.testing.assert_close(model.loss(s, disliked_target),
+                                   -ls(s[:, 1:] - s[:, :1]).mean())
 
 
 @pytest.mark.parametrize("name", ["gru4rec", "sasrec", "caser"])

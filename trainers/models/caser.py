@@ -20,6 +20,13 @@ Implemented (equation numbers of the paper):
     scores the next history item against one sampled negative (trainers/models/next_item.py),
     and the loss averages over all those predictions.
 
+Beyond the paper (trainers/models/next_item.py says why):
+  * Feedback labels: with ``sequence_label`` in the batch (an optional input) each row of E
+    is item + label embedding, the same (item, label) history DFAR reads (issue 14); the
+    history loss treats a negative-feedback next item as a negative target (issue 15).
+  * Empty history: the all-padding window before the first item predicts that item, so the
+    state of a user without history is trained.
+
 Simplifications, and why:
   * One next item per window (T = 1) instead of the paper's T next items ("skip"
     targets): the items after a window are themselves the next windows' targets.
@@ -55,6 +62,7 @@ class CaserParams(ModelParams):
 class Caser(nn.Module):
     Params: ClassVar[type[ModelParams]] = CaserParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
+    optional_inputs: ClassVar[frozenset[str]] = frozenset({"sequence_label"})
 
     def __init__(self, params: CaserParams, sizes: DataSizes):
         super().__init__()
@@ -62,6 +70,7 @@ class Caser(nn.Module):
         d, W = params.embed_dim, params.window
         std = params.embed_init_std
         self.item = RowSparseEmbedding(sizes.num_items + 1, d, std)  # input E (Eq. 1)
+        self.label = nn.Embedding(2, d)  # added to E's rows: 0 negative, 1 positive feedback
         self.user = RowSparseEmbedding(sizes.num_users + 1, d, std)  # P_u (Eq. 7)
         self.item_out = RowSparseEmbedding(sizes.num_items + 1, 2 * d, std)  # W' (Eq. 7)
         self.item_bias = RowSparseEmbedding(sizes.num_items + 1, 1, std)  # b' (Eq. 7)
@@ -71,7 +80,8 @@ class Caser(nn.Module):
         self.fc = nn.Linear(W * params.horizontal_filters + params.vertical_filters * d, d)
         self.dropout = nn.Dropout(params.dropout)
 
-    def position_states(self, sequence: torch.Tensor) -> torch.Tensor:
+    def position_states(self, sequence: torch.Tensor,
+                        sequence_label: torch.Tensor | None = None) -> torch.Tensor:
         """z of Eq. 6 for the window of the last L' items ending at each position.
 
         Every window at once: a horizontal filter of height h is convolved over the whole
@@ -81,14 +91,18 @@ class Caser(nn.Module):
 
         Args:
             sequence: (B, L) item ids, left-padded with 0.
+            sequence_label: (B, L) int64 feedback labels, or None (no label embedding).
         Returns:
             (B, L, d): position t sees items t-L'+1..t only (causal by construction).
         """
         B, L = sequence.shape
         W = self.params.window
         padded = F.pad(sequence, (W - 1, 0))  # (B, L+W-1): windows before the first item
+        E = self.item(padded)  # (B, L+W-1, d)
+        if sequence_label is not None:
+            E = E + self.label(F.pad(sequence_label, (W - 1, 0)))
         # Padding slots are zero rows, as the paper's zero-padding.
-        E = (self.item(padded) * (padded != 0).unsqueeze(-1)).unsqueeze(1)  # (B, 1, L+W-1, d)
+        E = (E * (padded != 0).unsqueeze(-1)).unsqueeze(1)  # (B, 1, L+W-1, d)
         o = []
         for h, conv in enumerate(self.horizontal, start=1):
             c = F.relu(conv(E)).squeeze(3)  # (B, n_h, L+W-h): Eq. 2 at every offset
@@ -98,20 +112,22 @@ class Caser(nn.Module):
         return F.relu(self.fc(self.dropout(torch.cat([o_h, o_v], dim=-1))))  # (B, L, d)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Args: batch with ``sequence`` (B, L), ``user`` (B,), ``items`` (B, C).
-        Returns: (B, C) logits y_i of Eq. 7.
+        """Args: batch with ``sequence`` (B, L), ``user`` (B,), ``items`` (B, C) and
+        optionally ``sequence_label`` (B, L). Returns: (B, C) logits y_i of Eq. 7.
 
         In training (grad enabled) every earlier window of the sequence is also scored
         against its next item and a sampled negative, kept for :meth:`loss`.
         """
         sequence, items = batch["sequence"], batch["items"]
+        sequence_label = batch.get("sequence_label")
         P_u = self.user(batch["user"])  # (B, d)
-        states = self.position_states(sequence)  # (B, L, d)
+        states = self.position_states(sequence, sequence_label)  # (B, L, d)
         if self.training and torch.is_grad_enabled():
-            targets, negatives, valid = history_pairs(sequence, self.item.weight.shape[0] - 1)
+            targets, labels, negatives, valid = history_pairs(
+                sequence, self.item.weight.shape[0] - 1, sequence_label)
             zp = torch.cat([states[:, :-1], P_u.unsqueeze(1).expand_as(states[:, :-1])], dim=-1)
             history = self._predict(zp, torch.stack([targets, negatives], dim=-1))
-            self._history = (history, valid)  # (B, L-1, 2)
+            self._history = (history, labels, valid)  # (B, L-1, 2)
         return self._predict(torch.cat([states[:, -1], P_u], dim=1), items)  # (B, C)
 
     def _predict(self, zp: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

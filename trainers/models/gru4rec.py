@@ -15,6 +15,16 @@ Implemented:
     TOP1 L =  1/N_S Σ_j σ(r̂_j - r̂_i) + σ(r̂_j²)
     The paper reports both, far ahead of pointwise cross-entropy; ``params.loss`` picks one.
 
+Beyond the paper (trainers/models/next_item.py says why):
+  * Feedback labels: with ``sequence_label`` in the batch (an optional input) the GRU reads
+    item + label embeddings, so it sees the same (item, label) history as DFAR (issue 14).
+    A history position whose next event is negative feedback ranks that disliked item
+    below the sampled one (the pair's roles swap), and so does a candidate list whose
+    target has label 0: liked > unobserved > disliked, the order the candidate lists' real
+    negatives are judged by (issue 15).
+  * Empty history: the padding slot before the first item predicts it from h_0 = 0 (the
+    scores are then the biases b_i), so a user without history is scored by trained biases.
+
 Simplifications, and why:
   * No session-parallel mini-batches (Section 3.1.1). Here a sample is one user's whole
     sequence before the target slice, so each sequence is read from the start in one call
@@ -71,6 +81,7 @@ class GRU4RecParams(ModelParams):
 class GRU4Rec(nn.Module):
     Params: ClassVar[type[ModelParams]] = GRU4RecParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
+    optional_inputs: ClassVar[frozenset[str]] = frozenset({"sequence_label"})
 
     def __init__(self, params: GRU4RecParams, sizes: DataSizes):
         super().__init__()
@@ -79,14 +90,17 @@ class GRU4Rec(nn.Module):
         self.item_in = RowSparseEmbedding(rows, params.embed_dim, std)
         self.item_out = RowSparseEmbedding(rows, params.hidden_dim, std)  # W of 3.1.2
         self.item_bias = RowSparseEmbedding(rows, 1, std)  # b of 3.1.2
+        self.label = nn.Embedding(2, params.embed_dim)  # 0 negative, 1 positive feedback
         self.dropout = nn.Dropout(params.dropout)
         self.gru = nn.GRU(params.embed_dim, params.hidden_dim, params.num_layers, batch_first=True)
 
-    def position_states(self, sequence: torch.Tensor) -> torch.Tensor:
+    def position_states(self, sequence: torch.Tensor,
+                        sequence_label: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden state after each position of a left-padded sequence.
 
         Args:
             sequence: (B, L) item ids, left-padded with 0.
+            sequence_label: (B, L) int64 feedback labels, or None (no label embedding).
         Returns:
             (B, L, k): row b, position p holds h after reading items up to p; 0 on padding.
         """
@@ -96,26 +110,32 @@ class GRU4Rec(nn.Module):
         # items to the front instead puts the padding after them, where it can only touch
         # states that are thrown away: exact, and cheaper than packed sequences on CPU.
         to_front, to_back = align_left_padded(lengths, L)  # (B, L) gather indices each
-        x = self.dropout(self.item_in(sequence.gather(1, to_front)))  # (B, L, d)
+        x = self.item_in(sequence.gather(1, to_front))  # (B, L, d)
+        if sequence_label is not None:
+            x = x + self.label(sequence_label.gather(1, to_front))
+        x = self.dropout(x)
         out, _ = self.gru(x)  # (B, L, k): real items first
         out = out.gather(1, to_back.unsqueeze(-1).expand_as(out))  # back to the input's slots
         return out * (sequence != 0).unsqueeze(-1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits.
+        """Args: batch with ``sequence`` (B, L), ``items`` (B, C) and optionally
+        ``sequence_label`` (B, L). Returns (B, C) logits.
 
         In training (grad enabled) it also scores each history position's next item and
         keeps those scores for :meth:`loss`.
         """
         sequence, items = batch["sequence"], batch["items"]
-        states = self.position_states(sequence)  # (B, L, k)
+        sequence_label = batch.get("sequence_label")
+        states = self.position_states(sequence, sequence_label)  # (B, L, k)
         h = states[:, -1]  # (B, k): newest item is last
         if not (self.training and torch.is_grad_enabled()):
             return self._score(h.unsqueeze(1), items).squeeze(1)
-        targets, negatives, valid = history_pairs(sequence, self.item_out.weight.shape[0] - 1)
+        targets, labels, negatives, valid = history_pairs(
+            sequence, self.item_out.weight.shape[0] - 1, sequence_label)
         history = self._score(states[:, :-1].unsqueeze(2),
                               torch.stack([targets, negatives], dim=-1))  # (B, L-1, 2)
-        self._history = (history, valid)
+        self._history = (history, labels, valid)
         return self._score(h.unsqueeze(1), items).squeeze(1)
 
     def _score(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -124,19 +144,27 @@ class GRU4Rec(nn.Module):
         return (w @ h.transpose(-1, -2)).squeeze(-1) + b.squeeze(-1)
 
     def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Ranking loss of Section 3.1.3 over the candidates (positive at column 0) and, after
-        a training forward, over every history position. Args: scores (B, C)."""
-        candidates = self._ranking(scores).mean(dim=1)  # (B,)
+        """Ranking loss of Section 3.1.3 over the candidates (target at column 0) and, after
+        a training forward, over every history position. Args: scores (B, C).
+
+        Column 0 is ranked above the others when its label is 1; a negative-feedback
+        target (label 0, ``feedback`` protocol) or next item is ranked below them instead.
+        """
+        liked = batch["label"][:, 0] > 0  # (B,)
+        candidates = self._ranking(scores, liked).mean(dim=1)  # (B,)
         history = self.__dict__.pop("_history", None)
         if history is None:
             return candidates.mean()
-        scores_h, valid = history
-        return combined_mean(candidates, self._ranking(scores_h).squeeze(-1), valid)
+        scores_h, labels, valid = history  # (B, L-1, 2), (B, L-1), (B, L-1)
+        return combined_mean(candidates, self._ranking(scores_h, labels > 0).squeeze(-1), valid)
 
-    def _ranking(self, scores: torch.Tensor) -> torch.Tensor:
-        """BPR or TOP1 of the positive (last axis, index 0) against each negative:
-        (..., 1 + n) -> (..., n)."""
-        pos, neg = scores[..., :1], scores[..., 1:]
+    def _ranking(self, scores: torch.Tensor, liked: torch.Tensor) -> torch.Tensor:
+        """BPR or TOP1 of index 0 of the last axis against each other index, (..., 1 + n)
+        -> (..., n): index 0 is the pair's preferred item where ``liked`` (...,) is True,
+        the other items are where it is False."""
+        first, rest = scores[..., :1], scores[..., 1:]
+        liked = liked.unsqueeze(-1)
+        pos, neg = torch.where(liked, first, rest), torch.where(liked, rest, first)
         if self.params.loss == "bpr":
             return -F.logsigmoid(pos - neg)
         return torch.sigmoid(neg - pos) + torch.sigmoid(neg**2)

@@ -4,10 +4,28 @@ GRU4Rec (Hidasi et al. 2016, Section 3.1.1: every event of a session is the targ
 events before it) and SASRec (Kang & McAuley 2018, Eq. 7: the loss sums over every position
 t of the sequence, target o_t = the next item, one sampled negative j ∉ S^u per position)
 learn from each position of a sequence, not only from its last one. In this project a
-training row is (user, target slice, candidates): the last state scores the candidates; the
-states before it score the next item of the history (all before the target slice, so
-nothing of the target slice or later leaks in). With ~2 positives per user in the target
-slice and ~50 history items, this is most of what a sequence model learns from.
+training row is (user, history cut, candidates): the last state scores the candidates; the
+states before it score the next event of the history (all before the cut, so nothing of
+the target or later leaks in). With ~2 positives per user in a target slice and ~50 history
+events, this is most of what a sequence model learns from.
+
+Two additions beyond the papers, both from running on a real ratings log (issue 15: SASRec
+AUC 0.21, below random):
+
+* Feedback labels. With ``sequence_label`` (1 positive, 0 negative feedback) the history
+  holds every event, and a negative-feedback next item is a *real negative* target (label
+  0), not a positive one. Without it, a model trained on next items against uniform
+  negatives learns "will interact" and ranks the items a user interacts with but dislikes
+  (the candidate lists' real negatives) above the item they like; with it, every disliked
+  event of every history is a negative, ~50 per row instead of the one real negative of the
+  candidate row.
+* The empty history is a state too. A user with no earlier event still gets a list to rank
+  (the slices protocol does not filter users). A state that is all zeros there scores every
+  candidate 0 (SASRec has no item bias); with pessimistic ties the positive then ranks last,
+  AUC 0 for every such list. So the padding slot right before a sequence's first event also
+  predicts that event: the state of an empty history is trained (towards what users start
+  with), never left at its initial value. A window holding L events has no such slot (its
+  first event is not the user's first).
 """
 
 from __future__ import annotations
@@ -16,25 +34,34 @@ import torch
 import torch.nn.functional as F
 
 
-def history_pairs(sequence: torch.Tensor, num_items: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Next-item targets and one sampled negative for every history position.
+def history_pairs(sequence: torch.Tensor, num_items: int,
+                  sequence_label: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next-item targets, their labels and one sampled negative for every history position.
 
     Args:
         sequence: (B, L) item ids, left-padded with 0, oldest first.
         num_items: items are 1..num_items.
+        sequence_label: (B, L) int64, 1 positive / 0 negative feedback per event, or None
+            (every event is a positive).
 
     Returns:
         targets: (B, L-1) the item after position p (p = 0..L-2);
+        labels: (B, L-1) float, 1.0 where that next event is positive feedback, 0.0 where it
+            is negative feedback (a real negative of the state at p);
         negatives: (B, L-1) uniform items, never equal to the target at that position;
-        valid: (B, L-1) bool, True where position p and its next item are real items.
+        valid: (B, L-1) bool, True where the next item is a real event and position p is a
+            real event or the padding slot just before the first event (the empty history).
     """
     targets = sequence[:, 1:]
-    valid = (sequence[:, :-1] != 0) & (targets != 0)
+    first = (sequence[:, :-1] == 0) & (targets != 0)  # the empty history's only target
+    valid = (targets != 0) & ((sequence[:, :-1] != 0) | first)
+    labels = (torch.ones_like(targets, dtype=torch.float32) if sequence_label is None
+              else sequence_label[:, 1:].to(torch.float32))
     negatives = torch.randint(1, num_items + 1, targets.shape, device=sequence.device)
-    # A draw equal to the target moves to the next id (wrapping): never the positive.
+    # A draw equal to the target moves to the next id (wrapping): never the target itself.
     negatives = torch.where(negatives == targets, negatives % num_items + 1, negatives)
-    return targets, negatives, valid
+    return targets, labels, negatives, valid
 
 
 def combined_mean(candidate_losses: torch.Tensor, history_losses: torch.Tensor,
@@ -55,25 +82,27 @@ def combined_mean(candidate_losses: torch.Tensor, history_losses: torch.Tensor,
 
 
 def bce_with_history(scores: torch.Tensor, labels: torch.Tensor,
-                     history: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+                     history: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+                     ) -> torch.Tensor:
     """Binary cross-entropy over the candidates and the history (SASRec Eq. 7, Caser Eq. 11).
 
     Args:
         scores: (B, C) candidate logits; labels: (B, C) 1.0 positive, 0.0 negatives.
-        history: None (candidates only), or ((B, L-1, 2) logits of [next item, negative]
-            per history position, (B, L-1) valid mask).
+        history: None (candidates only), or ((B, L-1, 2) logits of [next item, sampled
+            negative] per history position, (B, L-1) label of the next item, (B, L-1) valid
+            mask), as :func:`history_pairs` gives them.
 
     Returns:
-        scalar: per prediction, -log σ(positive) - Σ log(1 - σ(negative)); averaged over
-        the candidate rows and the valid history positions alike.
+        scalar: per prediction, the next item's BCE against its label (-log σ(r) for a
+        positive, -log(1 - σ(r)) for a negative-feedback item) - log(1 - σ(sampled));
+        averaged over the candidate rows and the valid history positions alike.
     """
     candidates = F.binary_cross_entropy_with_logits(
         scores, labels.to(scores.dtype), reduction="none").sum(dim=1)  # (B,)
     if history is None:
         return candidates.mean()
-    pairs, valid = history
-    pair_labels = torch.zeros_like(pairs)
-    pair_labels[..., 0] = 1.0
-    per_position = F.binary_cross_entropy_with_logits(pairs, pair_labels,
+    pairs, next_label, valid = history
+    pair_labels = torch.stack([next_label, torch.zeros_like(next_label)], dim=-1)  # (B, L-1, 2)
+    per_position = F.binary_cross_entropy_with_logits(pairs, pair_labels.to(pairs.dtype),
                                                       reduction="none").sum(dim=-1)
     return combined_mean(candidates, per_position, valid)

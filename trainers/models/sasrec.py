@@ -11,9 +11,19 @@ Implemented (equation numbers of the paper):
   * Prediction layer, Section III-E: r_{i,t} = F_t · M_i with the item embedding M shared
     between input and output (Eq. 6 with the shared-embedding choice the paper recommends).
   * Loss, Section III-F: binary cross-entropy over every position (Eq. 7). The last
-    position scores the target slice's candidates (positive + sampled negatives); in
+    position scores the target's candidates (positive + real and sampled negatives); in
     training every earlier position t scores the next history item o_t against one sampled
     negative (trainers/models/next_item.py), and the loss averages over all those predictions.
+
+Beyond the paper (trainers/models/next_item.py says why):
+  * Feedback labels: with ``sequence_label`` in the batch (an optional input), a label
+    embedding is added to each input item, Ê_t = M_{s_t} + P_t + Y_{y_t}, so the encoder
+    reads the same (item, label) history as DFAR (issue 14); the history loss then treats a
+    negative-feedback next item as a negative target (real negatives, issue 15).
+  * Empty history: the final LayerNorm is applied without re-masking, as the authors' code
+    does, so a user with no history gets its learned shift (a trained "no history" state)
+    instead of a zero state that scores every candidate 0 and, with pessimistic ties,
+    ranks the positive last; the padding slot before the first item predicts that item.
 
 Simplifications, and why:
   * Padding keys are masked and padding rows are zeroed after every block (the paper's code
@@ -72,6 +82,7 @@ class _Block(nn.Module):
 class SASRec(nn.Module):
     Params: ClassVar[type[ModelParams]] = SASRecParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
+    optional_inputs: ClassVar[frozenset[str]] = frozenset({"sequence_label"})
 
     def __init__(self, params: SASRecParams, sizes: DataSizes):
         super().__init__()
@@ -80,18 +91,22 @@ class SASRec(nn.Module):
         # M: input and output (Eq. 6)
         self.item = RowSparseEmbedding(sizes.num_items + 1, d, params.embed_init_std)
         self.position = nn.Embedding(sizes.sequence_len, d)  # P (Eq. 1)
+        self.label = nn.Embedding(2, d)  # Y: 0 negative, 1 positive feedback
         self.dropout = nn.Dropout(params.dropout)
         self.blocks = nn.ModuleList(
             _Block(d, params.num_heads, params.dropout) for _ in range(params.num_blocks))
         self.ln_out = nn.LayerNorm(d)
 
-    def position_states(self, sequence: torch.Tensor) -> torch.Tensor:
+    def position_states(self, sequence: torch.Tensor,
+                        sequence_label: torch.Tensor | None = None) -> torch.Tensor:
         """F_t for every position of a left-padded sequence.
 
         Args:
             sequence: (B, L) item ids, left-padded with 0; L <= sizes.sequence_len.
+            sequence_label: (B, L) int64 feedback labels, or None (no label embedding).
         Returns:
-            (B, L, d); position t depends on items at positions <= t only; 0 on padding.
+            (B, L, d); position t depends on events at positions <= t only; on padding,
+            the empty history's state (the final LayerNorm's shift).
         """
         B, L = sequence.shape
         if L > self.position.num_embeddings:
@@ -101,28 +116,34 @@ class SASRec(nn.Module):
         slots = torch.arange(self.position.num_embeddings - L, self.position.num_embeddings,
                              device=sequence.device)
         keep = (sequence != 0).unsqueeze(-1)  # (B, L, 1)
-        x = self.dropout(self.item(sequence) + self.position(slots)) * keep  # (B, L, d)
+        x = self.item(sequence) + self.position(slots)  # (B, L, d)
+        if sequence_label is not None:
+            x = x + self.label(sequence_label)
+        x = self.dropout(x) * keep
         causal = torch.ones(L, L, dtype=torch.bool, device=sequence.device).triu(1)  # j > t
         blocked = causal | (sequence == 0).unsqueeze(1)  # (B, L, L): future or padding keys
         blocked = blocked & ~torch.eye(L, dtype=torch.bool, device=sequence.device)
         blocked = blocked.repeat_interleave(self.params.num_heads, dim=0)  # (B*heads, L, L)
         for block in self.blocks:
             x = block(x, blocked) * keep
-        return self.ln_out(x) * keep
+        return self.ln_out(x)  # padding rows are 0 here: LayerNorm(0) = its learned shift
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits.
+        """Args: batch with ``sequence`` (B, L), ``items`` (B, C) and optionally
+        ``sequence_label`` (B, L). Returns (B, C) logits.
 
         In training (grad enabled) it also scores each history position's next item and a
         sampled negative (Eq. 7) and keeps those scores for :meth:`loss`.
         """
         sequence, items = batch["sequence"], batch["items"]
-        states = self.position_states(sequence)  # (B, L, d): F_t
+        sequence_label = batch.get("sequence_label")
+        states = self.position_states(sequence, sequence_label)  # (B, L, d): F_t
         if self.training and torch.is_grad_enabled():
-            targets, negatives, valid = history_pairs(sequence, self.item.weight.shape[0] - 1)
+            targets, labels, negatives, valid = history_pairs(
+                sequence, self.item.weight.shape[0] - 1, sequence_label)
             pairs = torch.stack([targets, negatives], dim=-1)  # (B, L-1, 2)
             history = (self.item(pairs) @ states[:, :-1].unsqueeze(-1)).squeeze(-1)
-            self._history = (history, valid)  # (B, L-1, 2) r_{o_t,t}, r_{j,t}
+            self._history = (history, labels, valid)  # (B, L-1, 2) r_{o_t,t}, r_{j,t}
         return (self.item(items) @ states[:, -1].unsqueeze(-1)).squeeze(-1)  # Eq. 6
 
     def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:

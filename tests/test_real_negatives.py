@@ -1,0 +1,179 @@
+"""Sequence models learn "will like", not "will interact", from real negative feedback.
+
+Issue 15: on a real ratings log (ratings 4-5 positive, 1-3 real negatives in the candidate
+lists) SASRec scored AUC 0.21 and every model lost to popularity. This file generates a
+ratings log where *which* items a user rates follows popularity only and *how* they rate
+them follows a user-item affinity (genres the user likes), so popularity cannot tell a
+positive from a real negative, and trains each sequence model through its own ``forward``
+and ``loss`` on batches in the registry's contract (trainers/registry.py):
+
+* ``feedback`` histories: every event with its label (``sequence_label``); the models must
+  rank the positive above the real negatives of its list (AUC over those pairs > 0.5) and
+  beat popularity on the same pairs;
+* an evaluation user without any history gets scores from a trained state: not all equal
+  (an all-zero state ties every candidate, and pessimistic ties rank the positive last:
+  the AUC 0 of every such list is what pulled SASRec's 0.21 below random).
+
+Each (user, split) has a target window of the user's last events: train predicts window
+T-2 from the events before it, test window T-1 (the slices protocol's shape on a small log).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from conf.loading import load_config
+from trainers.embedding import build_optimizer
+from trainers.registry import Batch, DataSizes, build_model
+
+USERS, ITEMS, GENRES = 80, 60, 2
+EVENTS, WINDOW, L = 26, 6, 20  # events per user; events per target window; history length
+EPOCHS = 20
+TEST_NEGATIVES = 19  # 1 + 19 candidates per test list: real negatives first, then sampled
+SIZES = DataSizes(num_users=USERS, num_items=ITEMS, history_slices=3, set_size=4,
+                  sequence_len=L)
+
+
+@dataclass(frozen=True)
+class Lists:
+    """One split's candidate lists and their histories (all int64 tensors).
+
+    user (N,), candidates (N, C) positive at column 0, real (N,) real negatives after it,
+    sequence / sequence_label (N, L) every earlier event, left-padded.
+    """
+
+    user: torch.Tensor
+    candidates: torch.Tensor
+    real: torch.Tensor
+    sequence: torch.Tensor
+    sequence_label: torch.Tensor
+
+    def batch(self, rows: torch.Tensor) -> Batch:
+        label = torch.zeros(len(rows), self.candidates.shape[1])
+        label[:, 0] = 1.0
+        return {"user": self.user[rows], "items": self.candidates[rows], "label": label,
+                "sequence": self.sequence[rows], "sequence_label": self.sequence_label[rows]}
+
+
+def ratings_log(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per user, EVENTS distinct items in time order and their labels.
+
+    Items are drawn by a Zipf-like popularity, whoever the user; a rating is positive when
+    the item's genre is one the user likes (half the genres; 10% of labels flipped).
+
+    Returns:
+        items (U+1, EVENTS), labels (U+1, EVENTS) (row 0 unused), genre (I+1,).
+    """
+    rng = np.random.default_rng(seed)
+    genre = np.concatenate([[0], rng.integers(0, GENRES, ITEMS)])
+    popularity = 1.0 / (np.arange(ITEMS) + 8.0)
+    popularity /= popularity.sum()
+    items = np.zeros((USERS + 1, EVENTS), dtype=np.int64)
+    labels = np.zeros((USERS + 1, EVENTS), dtype=np.int64)
+    for u in range(1, USERS + 1):
+        liked = rng.choice(GENRES, GENRES // 2, replace=False)
+        items[u] = 1 + rng.choice(ITEMS, EVENTS, replace=False, p=popularity)
+        labels[u] = np.isin(genre[items[u]], liked) ^ (rng.random(EVENTS) < 0.1)
+    return items, labels, genre
+
+
+def split_lists(items: np.ndarray, labels: np.ndarray, end: int, negatives: int,
+                rng: np.random.Generator) -> Lists:
+    """One list per positive of window ``[end - WINDOW, end)`` of every user.
+
+    Candidates: the positive, the window's negative-feedback items (real negatives, at most
+    ``negatives``), then uniform items outside the user's window positives and the list.
+    History: the user's events before the window (the last L, left-padded).
+    """
+    start = end - WINDOW
+    rows = {"user": [], "candidates": [], "real": [], "sequence": [], "sequence_label": []}
+    for u in range(1, USERS + 1):
+        window, window_label = items[u, start:end], labels[u, start:end]
+        real = window[window_label == 0][:negatives].tolist()
+        history = items[u, max(0, start - L):start]
+        history_label = labels[u, max(0, start - L):start]
+        pad = L - len(history)
+        for pos in window[window_label == 1]:
+            taken = set(window[window_label == 1]) | set(real)
+            pool = [i for i in range(1, ITEMS + 1) if i not in taken]
+            sampled = rng.choice(pool, negatives - len(real), replace=False).tolist()
+            rows["user"].append(u)
+            rows["candidates"].append([int(pos), *real, *sampled])
+            rows["real"].append(len(real))
+            rows["sequence"].append([0] * pad + history.tolist())
+            rows["sequence_label"].append([0] * pad + history_label.tolist())
+    return Lists(**{k: torch.tensor(v, dtype=torch.int64) for k, v in rows.items()})
+
+
+def train(name: str, data: Lists, epochs: int, seed: int = 0) -> torch.nn.Module:
+    """The training loop's steps (trainers/train.py) on one split: forward, loss, L2, step."""
+    torch.manual_seed(seed)
+    params = dict(load_config("sample", name, "local", []).model.params)
+    model = build_model(name, params, SIZES)
+    optimizer = build_optimizer(model, lr=0.01, l2=1e-5)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for rows in torch.randperm(len(data.user), generator=g).split(32):
+            batch = data.batch(rows)
+            optimizer.zero_grad()
+            loss = model.loss(model(batch), batch) + 1e-5 * model.regularization()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+def real_negative_auc(scores: torch.Tensor, real: torch.Tensor) -> float:
+    """AUC of the positive against the real negatives of its list (a tie counts 0),
+    averaged over the lists that have any. Args: scores (N, C), real (N,)."""
+    column = torch.arange(1, scores.shape[1])
+    is_real = column[None, :] <= real[:, None]  # (N, C-1)
+    below = ((scores[:, 1:] < scores[:, :1]) & is_real).sum(1).double()
+    has = real > 0
+    return float((below[has] / real[has]).mean())
+
+
+def splits(seed: int = 0) -> tuple[Lists, Lists, np.ndarray]:
+    items, labels, _ = ratings_log(seed)
+    rng = np.random.default_rng(seed + 1)
+    train_lists = split_lists(items, labels, EVENTS - WINDOW, 1, rng)
+    test_lists = split_lists(items, labels, EVENTS, TEST_NEGATIVES, rng)
+    # Popularity reference: positive events per item before the test window.
+    counts = np.bincount(items[1:, :EVENTS - WINDOW][labels[1:, :EVENTS - WINDOW] == 1],
+                         minlength=ITEMS + 1)
+    return train_lists, test_lists, counts
+
+
+def list_auc(scores: torch.Tensor) -> float:
+    """AUC of the positive against its whole list (a tie counts 0, as trainers/metrics.py)."""
+    return float((scores[:, 1:] < scores[:, :1]).double().mean())
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "caser"])
+def test_sequence_models_learn_will_like_from_real_negatives(name):
+    train_lists, test_lists, counts = splits()
+    popularity = torch.as_tensor(counts, dtype=torch.float32)[test_lists.candidates]
+    pop_auc = real_negative_auc(popularity, test_lists.real)
+    model = train(name, train_lists, epochs=EPOCHS)
+    every = torch.arange(len(test_lists.user))
+    with torch.no_grad():
+        test_auc = real_negative_auc(model(test_lists.batch(every)), test_lists.real)
+        train_auc = real_negative_auc(
+            model(train_lists.batch(torch.arange(len(train_lists.user)))), train_lists.real)
+        empty = test_lists.batch(every)
+        empty["sequence"] = torch.zeros_like(empty["sequence"])
+        empty["sequence_label"] = torch.zeros_like(empty["sequence_label"])
+        new_user = model(empty)
+    # The train/test gap shows how much of the training lists is memorised (issue 15).
+    print(f"{name}: real-negative AUC train {train_auc:.3f} test {test_auc:.3f} "
+          f"(popularity {pop_auc:.3f}); no-history list AUC {list_auc(new_user):.3f}")
+    # Random is 0.5; ignoring the labels in the history loss (every next event a positive
+    # target) gives 0.52-0.56 here, respecting them 0.71-0.81.
+    assert test_auc > 0.62 and test_auc > pop_auc + 0.1
+    # A user without history is scored by a trained state, not a constant that ties every
+    # candidate (pessimistic ties would rank each such positive last: AUC 0).
+    assert not (new_user[:, 1:] == new_user[:, :1]).any()
