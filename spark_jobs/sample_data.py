@@ -494,9 +494,12 @@ def core(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowRandom,
     Returns:
         (user_keep, item_keep): (U,) and (V,) bool.
     """
-    pairs = [generate_rows(cfg, fmt, world, rand, u0, u1) for u0, u1 in chunks]
-    user = np.concatenate([r.user for r in pairs])
-    item = np.concatenate([r.item for r in pairs])
+    users, items = [], []
+    for u0, u1 in chunks:  # only who and what is kept: 8 bytes a row
+        rows = generate_rows(cfg, fmt, world, rand, u0, u1)
+        users.append(rows.user.astype(np.int32))
+        items.append(rows.item.astype(np.int32))
+    user, item = np.concatenate(users), np.concatenate(items)
     alive = np.ones(len(user), dtype=bool)
     while True:  # drop rows of users or items under k until none is left
         users = np.bincount(user[alive], minlength=len(world.user_raw))
