@@ -168,9 +168,9 @@ class SCoRe(nn.Module):
 
         # One lookup for every id of the batch (deduped once across all the tensors).
         # Item ids move past the users (padding 0 stays row 0): G_t(u) and G_t(u|v) hold items.
-        # Each set is its own part: slicing one (B, C, H, 2, S, d) lookup instead would make
-        # the backward zero-fill and copy that whole tensor once per slice (measured: ~10% of
-        # a training step on CPU).
+        # Each set is its own part: slicing one (B, C, H, 2, S, d) lookup instead makes the
+        # backward zero-fill and copy that whole tensor once per slice (benchmarks/score.py,
+        # B=1024: 2-7% of a one-thread step; within noise on two threads).
         M = self.sizes.num_users
         shift = torch.tensor([[M], [0]], device=items.device)  # (2, 1): [items, users] sets
         user_rows = user_sets + (user_sets > 0) * shift  # (B, H, 2, S)
