@@ -162,8 +162,8 @@ def splits(seed: int = 0) -> tuple[Lists, Lists, np.ndarray]:
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Tiny tensors: one intra-op thread trains these models ~10x faster on a shared 2-core
-    box than two threads contending with each other (measured: 1-3 s a model against 20-100 s with two threads on a loaded box)."""
+    """Tiny tensors: one intra-op thread trains these models far faster on a shared 2-core
+    box than two contending threads (measured: 1-3 s a model against 20-100 s)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
