@@ -10,7 +10,7 @@ value are required.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -268,6 +268,17 @@ class FlowConfig(Section):
     work_pool: str
 
 
+class SweepConfig(Section):
+    """Ray Tune sweeps of any settings (trainers/sweep.py, ``seqrec tune``)."""
+
+    # dotted config key -> values to try, e.g. {"model.params.lambda_bpr": [1e-4, 1e-3]};
+    # model presets set their paper's grid (DFAR: Appendix A.4)
+    space: dict[str, list[Any]]
+    mode: Literal["one_at_a_time", "grid"]  # one key at a time (others fixed), or the product
+    metric: str  # reported trial metric that picks the best trial and is plotted (valid_*)
+    max_concurrent: int = Field(ge=1)  # trials at once; each takes its Ray Train workers' CPUs
+
+
 class PipelineConfig(Section):
     """The one composed config that travels through every stage."""
 
@@ -281,3 +292,4 @@ class PipelineConfig(Section):
     train: TrainConfig
     tracking: TrackingConfig
     flow: FlowConfig
+    sweep: SweepConfig

@@ -160,6 +160,41 @@ def compare(dataset: DatasetOpt = "sample",
     _show(result)
 
 
+@app.command()
+def tune(dataset: DatasetOpt = "sample-feedback", model: ModelOpt = "dfar",
+         profile: ProfileOpt = "local", config: ConfigOpt = None,
+         set_: SetOpt = None) -> None:
+    """Ray Tune sweep of ``sweep.space`` (the model preset's grid; DFAR: Appendix A.4's loss
+    weights, one at a time): (generate,) ingest and index when stale, then one train +
+    evaluate run per trial; one parent MLflow run with nested trials, a table and a plot of
+    ``sweep.metric`` against each swept setting."""
+    cfg = _config(dataset, model, profile, config, set_)
+    from trainers.sweep import run_sweep, trials, trial_config
+
+    try:  # an empty or bad space fails before any stage runs
+        for overrides in trials(cfg.sweep.space, cfg.sweep.mode):
+            trial_config(cfg, overrides)
+    except (ConfigError, ValueError) as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+
+    def stages(cfg: PipelineConfig) -> dict:
+        from spark_jobs.index import run_index
+        from spark_jobs.ingest import run_ingest
+        from spark_jobs.sample_data import generate as run_generate
+        from spark_jobs.sample_data import why_generate
+
+        if cfg.generate.auto and why_generate(cfg) is not None:
+            run_generate(cfg)
+        run_ingest(cfg)
+        run_index(cfg)
+        result = run_sweep(cfg)
+        console.print(result["table"])
+        return {k: v for k, v in result.items() if k not in ("table", "csv")}
+
+    _run(stages, cfg)
+
+
 def _prefect_defaults() -> None:
     """Before Prefect is imported (it reads its settings then): no telemetry from the
     ephemeral server, and the stages' own log lines in the flow run's log. Runs keep

@@ -21,6 +21,7 @@ deployment (flows/deployments.py).
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -264,8 +265,7 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
     if moved:
         cfg = load_config(dataset, model, profile, overrides + moved, config_file)
     results["window"] = {"mode": cfg.dataset.window, "overrides": moved,
-                         "start": cfg.dataset.start.isoformat(),
-                         "end": cfg.dataset.end.isoformat()}
+                         "start": _iso(cfg.dataset.start), "end": _iso(cfg.dataset.end)}
 
     results["ingest"] = ingest_task.with_options(**retry)(cfg)
     results["index"] = index_task.with_options(**retry)(cfg)
@@ -287,3 +287,8 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
         description=f"test metrics of {cfg.model.name} on {cfg.dataset.name}",
     )
     return results
+
+
+def _iso(day: dt.date | None) -> str | None:
+    """A window bound as ISO text; None for an unbounded side (Amazon data has no window)."""
+    return None if day is None else day.isoformat()

@@ -57,8 +57,10 @@ def test_real_sweep_logs_nested_trials_table_and_plot(tmp_path, monkeypatch):
     # Ray workers import the test model's module by name: put tests/ on their path.
     monkeypatch.setenv("PYTHONPATH", f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     tiny_index.write_index(tmp_path / "work")
-    cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=2", "train.full_rank_users=0"])
-    result = sweep.run_sweep(cfg, {"train.lr": [0.01, 0.1]}, metric="valid_mrr")
+    cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=2", "train.full_rank_users=0",
+                                            'sweep.space={"train.lr": [0.01, 0.1]}'])
+    assert cfg.sweep.metric == "valid_mrr" and cfg.sweep.mode == "one_at_a_time"
+    result = sweep.run_sweep(cfg)
     assert [row["train.lr"] for row in result["rows"]] == [0.01, 0.1]
     assert result["best"]["valid_mrr"] == max(r["valid_mrr"] for r in result["rows"])
     for row in result["rows"]:

@@ -2,7 +2,7 @@
 
 Ray Train's ``PlacementGroupCleaner`` (a detached actor that removes the run's placement
 group should the controller die) asks Ray's State API once a second whether the controller
-is alive. The State API is served by the dashboard, which the local Ray of ``_start_ray``
+is alive. The State API is served by the dashboard, which the local Ray of ``start_ray``
 does not start (``include_dashboard=False``: one process less on a small box), so every
 question fails with a warning: one line a second for the whole run (221 lines on a first
 run of the sample), burying the stage and per-epoch lines. A failed question changes

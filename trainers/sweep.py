@@ -1,18 +1,19 @@
 """Hyper-parameter sweeps with Ray Tune: any setting of any model, swept the same way.
 
-``run_sweep(cfg, space, mode)`` turns ``space`` (dotted config keys -> candidate values, e.g.
-``{"model.params.lambda_bpr": [1e-4, 1e-3, 1e-2, 1e-1]}``) into trials and runs each trial
+``run_sweep(cfg)`` turns ``sweep.space`` (dotted config keys -> candidate values, e.g.
+``{"model.params.lambda_bpr": [1e-4, 1e-3, 1e-2, 1e-1]}``; model presets set their paper's
+grid, DFAR's is Appendix A.4's) into trials and runs each trial
 as the ordinary train and evaluate stages (``trainers.train.run_training``,
 ``trainers.evaluate.run_evaluation``) inside a Ray Tune function trainable, so a trial is the
 same Ray Train run a single ``seqrec train`` would be, with its own run directory
 (``train.run_name = <model>-sweep-<key hash>``), checkpoints and resumption.
 
-Modes:
+Modes (``sweep.mode``):
   * ``one_at_a_time``: each key varies alone while the others keep ``cfg``'s value (DFAR
     Appendix A.4: "we vary one weight with the other fixed", 4 values per weight -> 8 trials);
   * ``grid``: the Cartesian product.
 
-Trials run one after another by default (``max_concurrent``): each trial's Ray Train workers
+Trials run one after another by default (``sweep.max_concurrent``): each trial's Ray Train workers
 take the CPUs, and the Tune driver of a trial reserves none.
 
 MLflow: one parent run ``<dataset>-<model>-sweep``; each trial's training run is its child
@@ -51,7 +52,8 @@ def trials(space: dict[str, list[Any]], mode: Mode) -> list[dict[str, Any]]:
         ValueError: an empty space, a key without values, or a repeated value.
     """
     if not space:
-        raise ValueError("a sweep needs at least one key with values")
+        raise ValueError("sweep.space is empty: nothing to sweep (set it in the model preset, "
+                         "a --config file, or --set 'sweep.space={\"train.lr\": [0.01, 0.1]}')")
     for key, values in space.items():
         if not values:
             raise ValueError(f"sweep key {key!r} has no values")
@@ -109,17 +111,14 @@ def _trial(config: dict[str, Any]) -> None:
                      **{f"test_{k}": v for k, v in evaluated["test"].items()}})
 
 
-def run_sweep(cfg: PipelineConfig, space: dict[str, list[Any]], mode: Mode = "one_at_a_time",
-              metric: str = "test_auc", max_concurrent: int = 1) -> dict[str, Any]:
-    """Run every trial of ``space`` with Ray Tune and log the sweep to MLflow.
+def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run every trial of ``sweep.space`` with Ray Tune and log the sweep to MLflow.
 
     Args:
-        cfg: the composed config; trials differ from it only by their overrides.
-        space: dotted key -> values (``model.params.*``, ``train.*``, ...).
-        mode: ``one_at_a_time`` or ``grid``.
-        metric: the reported metric the plot shows and ``best`` maximises (e.g. ``test_auc``,
-            ``valid_mrr``).
-        max_concurrent: trials run at once.
+        cfg: the composed config; trials differ from it only by their overrides. Reads
+            ``sweep``: ``space`` (dotted key -> values: ``model.params.*``, ``train.*``, ...),
+            ``mode``, ``metric`` (the reported metric the plot shows and ``best`` maximises,
+            e.g. ``valid_auc``) and ``max_concurrent``.
 
     Returns:
         dict: ``run_id`` (parent), ``rows`` (overrides + metrics per trial), ``best`` (the row
@@ -130,6 +129,7 @@ def run_sweep(cfg: PipelineConfig, space: dict[str, list[Any]], mode: Mode = "on
         ConfigError: an override that gives an invalid config (before anything runs).
         RuntimeError: a trial failed (its error is in the message).
     """
+    space, mode, metric = cfg.sweep.space, cfg.sweep.mode, cfg.sweep.metric
     overrides = trials(space, mode)
     configs = [trial_config(cfg, o) for o in overrides]  # all validated before any trial
 
@@ -154,7 +154,7 @@ def run_sweep(cfg: PipelineConfig, space: dict[str, list[Any]], mode: Mode = "on
         tuner = tune.Tuner(
             tune.with_resources(_trial, {"cpu": 0}),
             param_space={"trial": tune.grid_search(grid)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
+            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.sweep.max_concurrent),
             run_config=tune.RunConfig(name=f"{cfg.model.name}-sweep",
                                       storage_path=join(cfg.paths.work_dir, "tune")),
         )

@@ -171,7 +171,7 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
     run_id = tracking.open_run(cfg, index_hash, previous["run_id"] if previous else None)
     write_json(join(run_dir(cfg), RUN_FILE),
                {"status": "running", "run_id": run_id, "resume_key": key})
-    started_ray = _start_ray(cfg)
+    started_ray = start_ray(cfg)
     try:
         result = _fit(cfg, run_id, model_module)
     finally:
@@ -202,7 +202,7 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
     return {**summary, "skipped": False}
 
 
-def _start_ray(cfg: PipelineConfig) -> bool:
+def start_ray(cfg: PipelineConfig) -> bool:
     """Connect to ``train.ray_address`` or start a local Ray; True if this call started it.
 
     Every worker process of the job runs ``ray_logging.quiet_worker_logs`` first (Ray's
