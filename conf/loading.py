@@ -35,6 +35,19 @@ def available(kind: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / kind).glob("*.yaml"))
 
 
+def preset_keys(kind: str, name: str, section: str) -> list[str]:
+    """The keys that preset ``conf/<kind>/<name>.yaml`` itself sets in ``section``.
+
+    Raises:
+        ConfigError: no such preset, or it is not valid YAML.
+    """
+    path = CONF_DIR / kind / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown {kind[:-1]} preset {name!r}; available: "
+                          f"{', '.join(available(kind))}")
+    return sorted((_read_yaml(path).get(section) or {}).keys())
+
+
 def _dataset_layer(dataset: str, config_file: str | os.PathLike | None
                    ) -> tuple[str, dict[str, Any]] | None:
     """(source, data) of the dataset layer, or None when ``config_file`` defines the dataset.

@@ -120,3 +120,15 @@ def test_feedback_table_has_its_columns_a_random_floor_and_the_skipped_models():
     assert lines[2].startswith("| m | **0.6100** |")
     assert lines[3].startswith(f"| {RANDOM_ROW} | 0.5000 | 0.5000 | 0.2929 | 0.4544 |")
     assert lines[-1] == "skipped score: needs slice_sets"
+
+
+def test_each_model_trains_with_its_presets_train_recipe(tmp_path):
+    cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=3", "train.patience=2"])
+    tiny, dfar, dualrec, svdpp = model_configs(cfg, ["test_tiny", "dfar", "dualrec", "svdpp"])
+    assert tiny is cfg
+    assert (dfar.train.lr, dfar.train.batch_size) == (0.0001, 200)  # DFAR Section 4.1.3
+    assert (dualrec.train.weight_decay, dualrec.train.lr_plateau_patience,
+            dualrec.train.grad_clip) == (0.0001, 5, 5.0)  # PROTOCOLS.md §3
+    assert svdpp.train == cfg.train  # a preset without train keys keeps the comparison's
+    for model_cfg in (dfar, dualrec, svdpp):  # runtime keys stay the comparison's
+        assert (model_cfg.train.epochs, model_cfg.train.patience) == (3, 2)

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from conf.loading import load_config
+from conf.loading import load_config, preset_keys
 from conf.schema import PipelineConfig
 from trainers import set_arrays, tracking
 from trainers.batches import PROTOCOL_INPUTS, unfed_inputs
@@ -61,7 +61,11 @@ def columns(protocol: str) -> tuple[str, ...]:
 
 
 def model_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
-    """``cfg`` with the model section of ``name``'s preset (``cfg``'s own if it names it).
+    """``cfg`` with the model section of ``name``'s preset (``cfg``'s own if it names it)
+    and the ``train`` keys that preset sets: each model trains with its paper's recipe
+    (DFAR's lr 1e-4 and batch 200, DualRec's weight decay, plateau halving and clipping),
+    as a single ``seqrec train --model <name>`` would; every other train key (epochs,
+    patience, workers, ...) stays the comparison's.
 
     Raises:
         KeyError: ``name`` is not a registered model.
@@ -70,7 +74,10 @@ def model_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
     model_class(name)  # unknown names fail here, listing the registered ones
     if name == cfg.model.name:
         return cfg
-    return cfg.model_copy(update={"model": load_config(model=name).model})
+    preset = load_config(model=name)
+    recipe = {key: getattr(preset.train, key) for key in preset_keys("models", name, "train")}
+    return cfg.model_copy(update={"model": preset.model,
+                                  "train": cfg.train.model_copy(update=recipe)})
 
 
 def model_configs(cfg: PipelineConfig, models: list[str]) -> list[PipelineConfig]:
