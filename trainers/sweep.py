@@ -14,7 +14,7 @@ Modes (``sweep.mode``):
   * ``grid``: the Cartesian product.
 
 Trials run one after another by default (``sweep.max_concurrent``): each trial's Ray Train workers
-take the CPUs, and the Tune driver of a trial reserves none.
+take the CPUs, and the Tune driver of a trial reserves no CPU.
 
 MLflow: one parent run ``<dataset>-<model>-sweep``; each trial's training run is its child
 (tag ``mlflow.parentRunId``) and carries the tag ``sweep.trial`` with its overrides. The
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import io
 import itertools
 import json
@@ -100,6 +101,10 @@ def _trial(config: dict[str, Any]) -> None:
     from trainers.evaluate import run_evaluation
     from trainers.train import run_training
 
+    config = config["trial"]  # param_space {"trial": grid_search([...])}: one entry
+    # The module that registers the model (plugins registered outside registry._load_all
+    # too), as the Ray Train workers import it.
+    importlib.import_module(config["model_module"])
     cfg = PipelineConfig.model_validate(config["cfg"])
     trained = run_training(cfg)
     evaluated = run_evaluation(cfg)
@@ -149,10 +154,14 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
 
         start_ray(cfg)
     try:
-        grid = [{"cfg": c.model_dump(mode="json"), "overrides": o, "parent": parent}
-                for c, o in zip(configs, overrides)]
+        module = model_class(cfg.model.name).__module__
+        grid = [{"cfg": c.model_dump(mode="json"), "overrides": o, "parent": parent,
+                 "model_module": module} for c, o in zip(configs, overrides)]
         tuner = tune.Tuner(
-            tune.with_resources(_trial, {"cpu": 0}),
+            # The trial only drives its Ray Train run, whose workers take every CPU they
+            # ask for (the local profile: one worker with both cores); Tune refuses an empty
+            # request, so the driver reserves 1 MiB of memory and no CPU.
+            tune.with_resources(_trial, tune.PlacementGroupFactory([{"memory": 1 << 20}])),
             param_space={"trial": tune.grid_search(grid)},
             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.sweep.max_concurrent),
             run_config=tune.RunConfig(name=f"{cfg.model.name}-sweep",

@@ -1,0 +1,156 @@
+"""Our SASRec against RecBole 1.2.1's SASRec on the same Beauty-sized leave-one-out data.
+
+One run, one table (issue 13's benchmark; PROTOCOLS.md §5 says how to compare them):
+
+1. ``seqrec generate`` writes a Beauty-sized S3-Rec ``Bench.txt`` (22k users, 12k items,
+   ~200k interactions after its 5-core cut, no malformed lines), then our Spark ingest and
+   the ``leave_one_out`` index run on it exactly as ``seqrec pipeline`` would.
+2. Ours: SASRec trained in this process through the real loop code
+   (``trainers.split_data.load_split_data``, ``trainers.train.train_epoch``, ``validate``:
+   batch gathering, forward, loss, backward, row-sparse Adam), one training row per user
+   (the index's cut n-3) with every history position as a target, valid HR@10 / MRR on the
+   fixed 99 negatives after each epoch.
+3. RecBole: benchmarks/recbole_runner.py in RecBole's own venv (``.venv-recbole``; the
+   runner's docstring has the install line) on the same ``Bench.txt``: one training sample
+   per prefix, BPR with one uniform negative, uni99 validation resampled each epoch.
+
+Both use d = 64, 2 blocks, 1 head, dropout 0.5, L = 50, lr 1e-3, batch 256 and the same torch
+thread count. Per-epoch seconds are a side figure (the two define an epoch differently); the
+headline is the wall time each needs to reach the same valid HR@10 (the lower of the two
+best values), and the HR@10 each has after the same number of epochs.
+
+Run: .venv/bin/python benchmarks/recbole_sasrec.py [--epochs 5] [--threads 2]
+     [--work data/bench/recbole]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from conf.loading import load_config  # noqa: E402
+from trainers.embedding import build_optimizer  # noqa: E402
+from trainers.registry import build_model, model_class  # noqa: E402
+from trainers.split_data import load_split_data  # noqa: E402
+from trainers.batches import epoch_rows  # noqa: E402
+from trainers.train import seed_everything, train_epoch, validate  # noqa: E402
+
+RECBOLE_PYTHON = ROOT / ".venv-recbole" / "bin" / "python"
+SASREC = {"embed_dim": 64, "num_blocks": 2, "num_heads": 1, "dropout": 0.5}
+
+
+def config(work: Path):
+    return load_config("sample-loo", "sasrec", "local", [
+        f"paths.raw_dir={work}/raw", f"paths.work_dir={work}/work",
+        f"tracking.uri=sqlite:///{work}/mlflow.db", f"tracking.artifact_location={work}/mla",
+        "dataset.name=bench", "dataset.format=s3rec", "dataset.files=[Bench.txt]",
+        "dataset.behaviors=[interaction]", "dataset.start=null", "dataset.last_day=null",
+        "dataset.rating_scale=null", "dataset.positive_min_rating=null",
+        "generate.rows=240000", "generate.users=22363", "generate.items=12101",
+        "generate.malformed_rate=0", "train.batch_size=256", "train.lr=0.001",
+        "train.eval_batch_size=1024",
+        *(f"model.params.{k}={v}" for k, v in SASREC.items()),
+    ])
+
+
+def ours(cfg, epochs: int) -> list[dict]:
+    model_inputs = model_class("sasrec").inputs
+    data = load_split_data(cfg, model_inputs, ("train", "valid"), "cpu")
+    seed_everything(cfg.train.seed)
+    model = build_model("sasrec", dict(cfg.model.params), data.sizes)
+    optimizer = build_optimizer(model, cfg.train.lr, cfg.train.l2)
+    sampler = data.negative_sampler(cfg)
+    out = []
+    for epoch in range(1, epochs + 1):
+        train = data.splits["train"]
+        start = time.perf_counter()
+        if sampler is not None:
+            train = sampler.resample(train, epoch, cfg.train.seed)
+        rows = epoch_rows(len(train), epoch, cfg.train.seed, 0, 1)
+        loss, _ = train_epoch(model, model, optimizer, data.builder, train, rows,
+                              cfg.train.batch_size, cfg.train.l2, 1, 0, epoch, None)
+        trained = time.perf_counter()
+        valid = validate(model, data.builder, data.splits["valid"], cfg.train.eval_batch_size,
+                         0, 1, "leave_one_out")
+        out.append({"epoch": epoch, "train_seconds": trained - start,
+                    "valid_seconds": time.perf_counter() - trained, "train_loss": loss,
+                    "hit@10": valid["hr@10"], "mrr": valid["mrr"],
+                    "train_rows": len(train)})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def seconds_to(epochs: list[dict], target: float) -> float | None:
+    """Cumulative training seconds until valid HR@10 first reaches ``target``."""
+    total = 0.0
+    for e in epochs:
+        total += e["train_seconds"]
+        if e["hit@10"] >= target:
+            return total
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench" / "recbole")
+    args = parser.parse_args()
+    if not RECBOLE_PYTHON.exists():
+        sys.exit(f"RecBole's venv is missing: see benchmarks/recbole_runner.py for the "
+                 f"install line ({RECBOLE_PYTHON})")
+    torch.set_num_threads(args.threads)
+    cfg = config(args.work.resolve())
+
+    from spark_jobs.index import run_index
+    from spark_jobs.ingest import run_ingest
+    from spark_jobs.sample_data import generate, why_generate
+
+    if why_generate(cfg) is not None:
+        generate(cfg)
+    run_ingest(cfg)
+    index = run_index(cfg)
+    counts = index.manifest["counts"]
+    print(f"data: {index.manifest['num_users']} users, {index.manifest['num_items']} items, "
+          f"index counts {counts}", flush=True)
+
+    mine = ours(cfg, args.epochs)
+    recbole_out = args.work / "recbole.json"
+    subprocess.run([str(RECBOLE_PYTHON), str(ROOT / "benchmarks" / "recbole_runner.py"),
+                    "--sequences", str(Path(cfg.paths.raw_dir) / "Bench.txt"),
+                    "--epochs", str(args.epochs), "--out", str(recbole_out),
+                    "--threads", str(args.threads), "--embed-dim", "64", "--blocks", "2",
+                    "--heads", "1", "--dropout", "0.5", "--max-len", "50", "--lr", "0.001",
+                    "--batch-size", "256"],
+                   check=True, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
+                   cwd=args.work)
+    theirs = json.loads(recbole_out.read_text())["epochs"]
+
+    print(f"\n| epoch | ours train s | ours valid s | ours HR@10 | RecBole train s | "
+          f"RecBole valid s | RecBole HR@10 | speed-up per epoch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for a, b in zip(mine, theirs):
+        print(f"| {a['epoch']} | {a['train_seconds']:.1f} | {a['valid_seconds']:.1f} | "
+              f"{a['hit@10']:.4f} | {b['train_seconds']:.1f} | {b['valid_seconds']:.1f} | "
+              f"{b['hit@10']:.4f} | {b['train_seconds'] / a['train_seconds']:.1f}x |")
+    target = min(max(e["hit@10"] for e in mine), max(e["hit@10"] for e in theirs))
+    a, b = seconds_to(mine, target), seconds_to(theirs, target)
+    print(f"\nvalid HR@10 target {target:.4f} (the lower best): ours {a:.1f} s, "
+          f"RecBole {b:.1f} s of training -> {b / a:.1f}x; after {args.epochs} epochs: "
+          f"ours {mine[-1]['hit@10']:.4f}, RecBole {theirs[-1]['hit@10']:.4f} "
+          f"(difference {mine[-1]['hit@10'] - theirs[-1]['hit@10']:+.4f}); "
+          f"{args.threads} torch threads")
+
+
+if __name__ == "__main__":
+    main()
