@@ -120,9 +120,9 @@ def main() -> None:
         generate(cfg)
     run_ingest(cfg)
     index = run_index(cfg)
-    counts = index.manifest["counts"]
-    print(f"data: {index.manifest['num_users']} users, {index.manifest['num_items']} items, "
-          f"index counts {counts}", flush=True)
+    manifest = index["manifest"]
+    print(f"data: {manifest['num_users']} users, {manifest['num_items']} items, "
+          f"index counts {manifest['counts']}", flush=True)
 
     mine = ours(cfg, args.epochs)
     recbole_out = args.work / "recbole.json"
