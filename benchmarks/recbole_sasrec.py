@@ -72,10 +72,8 @@ def ours(cfg, epochs: int) -> list[dict]:
     sampler = data.negative_sampler(cfg)
     out = []
     for epoch in range(1, epochs + 1):
-        train = data.splits["train"]
         start = time.perf_counter()
-        if sampler is not None:
-            train = sampler.resample(train, epoch, cfg.train.seed)
+        train = data.train_epoch_samples(cfg, epoch, sampler)
         rows = epoch_rows(len(train), epoch, cfg.train.seed, 0, 1)
         loss, _ = train_epoch(model, model, optimizer, data.builder, train, rows,
                               cfg.train.batch_size, cfg.train.l2, 1, 0, epoch, None)

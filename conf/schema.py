@@ -246,6 +246,10 @@ class TrainConfig(Section):
     ray_address: str | None  # None: start a local Ray; "auto" or ray://host:port: a cluster
     max_failures: int = Field(ge=-1)  # restarts from the latest checkpoint (-1: unlimited)
     full_rank_users: int = Field(ge=0)  # users scored against all items (0 disables)
+    # leave_one_out training rows: the L events before the index's train target (last), or
+    # each epoch a random contiguous window of L events + its target ending at or before
+    # it (random: DualRec's released code, so events before a long history's last L train too)
+    window: Literal["last", "random"]
     run_name: str | None  # run directory <work>/train/<run_name>; None: the model's name
 
 

@@ -16,7 +16,8 @@ import torch
 
 import tiny_index
 from trainers.batches import (BatchBuilder, EventSequences, NegativeSampler,
-                              PositiveSequences, Samples, epoch_rows, shard_rows, target_keys)
+                              PositiveSequences, Samples, epoch_rows, random_windows,
+                              shard_rows, target_keys)
 from trainers.train import TrainState
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -134,6 +135,35 @@ def test_resampled_negatives_never_touch_any_item_of_the_user():
             # events (8) and negative feedback (6 for user 1, 3 for user 2)
             assert not set(new[row, start:].tolist()) & touched[u]
             assert len(set(new[row].tolist())) == 4
+
+
+def test_random_windows_cover_every_window_before_the_cut_and_never_later():
+    # user 1: 10 events (items 101..110), train target at position 7; user 2: 4 events,
+    # target at 2 (shorter than L: keeps its own window)
+    events = EventSequences.from_csr(np.array([0, 0, 10, 14]),
+                                     np.r_[np.arange(101, 111), [201, 202, 203, 204]],
+                                     np.ones(14, dtype=np.int64))
+    L = 3
+    train = Samples(torch.tensor([1, 2]), torch.tensor([7, 2]),
+                    torch.tensor([[108, 55, 56], [203, 57, 58]]), torch.tensor([0, 0]),
+                    torch.tensor([1, 1]))
+    builder = BatchBuilder("leave_one_out", frozenset({"sequence"}), None, None, 0, events, L)
+    seen = {}
+    for epoch in range(1, 200):
+        moved = random_windows(train, events, L, epoch, seed=5)
+        assert moved.cut[1] == 2 and moved.candidates[1].tolist() == [203, 57, 58]
+        cut = int(moved.cut[0])
+        # the window is L history events + its target, contiguous, ending at or before 7
+        assert L <= cut <= 7
+        assert moved.candidates[0].tolist() == [101 + cut, 55, 56]  # negatives kept
+        history = builder.rows(moved, torch.tensor([0]))["sequence"][0].tolist()
+        assert history == [101 + cut - 3, 101 + cut - 2, 101 + cut - 1]
+        seen[cut] = seen.get(cut, 0) + 1
+    assert sorted(seen) == [3, 4, 5, 6, 7]  # all cut - L + 1 windows, roughly uniform
+    assert min(seen.values()) > 199 / 5 / 2
+    # seeded by (seed, epoch): every worker and a resumed run draw the same windows
+    assert torch.equal(random_windows(train, events, L, 4, 5).cut,
+                       random_windows(train, events, L, 4, 5).cut)
 
 
 class _FixedScores(torch.nn.Module):
@@ -358,9 +388,17 @@ def test_training_under_sequence_protocols(ray_local, tmp_path, protocol):
     from trainers.train import run_training
 
     tiny_index.write_sequence_index(tmp_path / "work", protocol)
+    window = {"leave_one_out": "random", "feedback": "last"}[protocol]
     cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=3", "train.weight_decay=0.0001",
                                             "train.grad_clip=5.0", "train.lr_plateau_patience=1",
-                                            "train.full_rank_users=0"], model="test_tiny_seq")
+                                            "train.full_rank_users=0",
+                                            f"train.window={window}"], model="test_tiny_seq")
+    if protocol == "feedback":  # its rows are every target already: a random window is refused
+        from trainers.split_data import load_split_data
+
+        moved = cfg.model_copy(update={"train": cfg.train.model_copy(update={"window": "random"})})
+        with pytest.raises(ValueError, match="train.window: random moves leave_one_out"):
+            load_split_data(moved, frozenset({"sequence"}), ("train",), "cpu")
     result = run_training(cfg)
     metric = {"leave_one_out": "mrr", "feedback": "auc"}[protocol]
     assert result["protocol"] == protocol and result["selection_metric"] == metric

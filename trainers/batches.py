@@ -234,6 +234,39 @@ class EventSequences:
         return torch.unique(user * (num_items + 1) + self.items)
 
 
+def random_windows(samples: Samples, events: EventSequences, length: int, epoch: int,
+                   seed: int) -> Samples:
+    """Leave-one-out training rows moved to a random window for one epoch
+    (``train.window: random``, DualRec's released code).
+
+    A row's index target sits at position ``cut`` of its user's sequence and its history is
+    the L events before it, so under ``last`` the events before a long history's last L are
+    never trained. Here each row takes, uniformly, one of the ``cut - L + 1`` contiguous
+    windows of L + 1 events (history + target) that end at or before ``cut`` (a row with
+    ``cut <= L`` keeps its own): the new target is the event at the window's end. The draw
+    is seeded by seed and epoch, so every worker and a resumed run see the same windows.
+    Sampled negatives stay valid (never an item the user touched); leave_one_out has no real
+    negatives and every target label is 1.
+
+    Args:
+        samples: the train split, (N,) cuts and (N, C) candidates.
+        events: every user's events (the rows' cuts are positions in them).
+        length: L, the history length.
+
+    Returns:
+        Samples with new ``cut`` (N,) in [min(cut, L), cut] and column 0 the event there.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 104_729)
+    device = samples.cut.device
+    spare = (samples.cut - length).clamp(min=0)  # (N,) windows that end before the cut
+    u = torch.rand(len(samples), generator=g, dtype=torch.float64).to(device)
+    shift = torch.minimum((u * (spare + 1)).long(), spare)  # uniform over 0..spare
+    cut = samples.cut - shift  # (N,)
+    candidates = samples.candidates.clone()
+    candidates[:, 0] = events.items[events.offsets[samples.user] + cut]
+    return Samples(samples.user, cut, candidates, samples.real_negatives, samples.target_label)
+
+
 def target_keys(train: Samples, num_items: int) -> torch.Tensor:
     """Sorted unique ``user * (I + 1) + target`` of the train rows: under ``slices`` the
     items each user interacted with in the target slice (the index stage's rejection rule)."""

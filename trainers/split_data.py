@@ -17,7 +17,8 @@ from conf.schema import PipelineConfig
 from spark_jobs.manifest import join
 from trainers import set_arrays
 from trainers.batches import (PROTOCOL_INPUTS, BatchBuilder, EventSequences, NegativeSampler,
-                              PositiveSequences, Samples, target_keys, unfed_inputs)
+                              PositiveSequences, Samples, random_windows, target_keys,
+                              unfed_inputs)
 from trainers.registry import DataSizes
 
 
@@ -54,6 +55,20 @@ class SplitData:
         if self.protocol == "slices":
             return torch.as_tensor(set_arrays.load_popularity(self.index_uri), device=self.device)
         return self.train_counts
+
+    def train_epoch_samples(self, cfg: PipelineConfig, epoch: int,
+                            sampler: NegativeSampler | None) -> Samples:
+        """The train split as epoch ``epoch`` sees it: each row's window moved at random
+        (``train.window: random``, leave_one_out), then its sampled negatives redrawn
+        (``sampler``, see :meth:`negative_sampler`); both seeded by ``train.seed`` and the
+        epoch, so every worker and a resumed run draw the same."""
+        train = self.splits["train"]
+        if cfg.train.window == "random":
+            train = random_windows(train, self.events, self.sizes.sequence_len, epoch,
+                                   cfg.train.seed)
+        if sampler is not None:
+            train = sampler.resample(train, epoch, cfg.train.seed)
+        return train
 
     def negative_sampler(self, cfg: PipelineConfig) -> NegativeSampler | None:
         """The per-epoch resampler of training negatives, or None when they stay fixed.
@@ -120,12 +135,17 @@ def load_split_data(cfg: PipelineConfig, inputs: frozenset[str], splits: tuple[s
 
     Raises:
         FileNotFoundError: no index output (run ``seqrec index`` first).
-        ValueError: the protocol cannot feed ``inputs``, a split is empty, or a row's cut
-            lies outside its user's sequence.
+        ValueError: the protocol cannot feed ``inputs``, a split is empty, a row's cut
+            lies outside its user's sequence, or ``train.window: random`` on an index that
+            is not leave_one_out.
     """
     index_uri = join(cfg.paths.work_dir, "index")
     manifest = set_arrays.index_manifest(index_uri)
     protocol = set_arrays.protocol_of(manifest)
+    if cfg.train.window == "random" and protocol != "leave_one_out":
+        raise ValueError(f"train.window: random moves leave_one_out training windows, but "
+                         f"{index_uri} was built with protocol {protocol!r} (its train rows "
+                         "are already every target it has): set train.window: last")
     build = fed_inputs(protocol, inputs, optional)
     num_slices = manifest["num_slices"] if protocol == "slices" else 0
     # valid and test cuts bound the train parts of the protocols without slices

@@ -338,9 +338,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if state.stopped_early:
             break
         seed_everything(tc.seed + 1_000 * epoch + rank)  # resumable without saved RNG streams
-        train = data.splits["train"]
-        if sampler is not None:
-            train = sampler.resample(train, epoch, tc.seed)
+        train = data.train_epoch_samples(cfg, epoch, sampler)
         rows = epoch_rows(len(train), epoch, tc.seed, rank, world, device)
         loss, samples_per_s = train_epoch(net, model, optimizer, data.builder, train, rows,
                                            tc.batch_size, tc.l2, world, rank, epoch,
