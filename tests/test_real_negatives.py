@@ -10,7 +10,9 @@ and ``loss`` on batches in the registry's contract (trainers/registry.py):
 * ``feedback`` histories: every event with its label (``sequence_label``); the models must
   rank the positive above the real negatives of its list (AUC over those pairs > 0.5) and
   beat popularity on the same pairs;
-* ``slices`` histories (positive events only, no labels): still above popularity;
+* the ``slices`` protocol feeds the same labelled histories to a model that reads
+  ``sequence_label``; one that does not gets the positive events only, no labels: still
+  above popularity;
 * an evaluation user without any history gets scores from a trained state: not all equal
   (an all-zero state ties every candidate, and pessimistic ties rank the positive last:
   the AUC 0 of every such list is what pulled SASRec's 0.21 below random).
@@ -63,7 +65,7 @@ class Lists:
         return batch
 
     def positives_only(self) -> Lists:
-        """The ``slices`` protocol's history: the positive events only, no labels."""
+        """The history a model without labels gets: the positive events only."""
         kept = torch.zeros_like(self.sequence)
         for r, (items, labels) in enumerate(zip(self.sequence, self.sequence_label)):
             liked = items[(items != 0) & (labels == 1)]
@@ -204,8 +206,8 @@ def test_sequence_models_learn_will_like_from_real_negatives(name):
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "caser"])
 def test_without_labels_positive_histories_still_beat_popularity(name):
-    """``slices`` histories: the positive events only and no ``sequence_label`` (an optional
-    input the protocol does not feed); a liked history still separates liked items from
+    """A model that does not read ``sequence_label`` gets the positive events only (the
+    ``slices`` protocol's history for it); a liked history still separates liked items from
     the real negatives better than popularity (0.64-0.74 here)."""
     train_lists, test_lists, counts = splits()
     train_lists, test_lists = train_lists.positives_only(), test_lists.positives_only()

@@ -16,7 +16,7 @@ import torch
 
 import tiny_index
 from trainers.batches import (BatchBuilder, EventSequences, NegativeSampler,
-                              PositiveSequences, Samples, epoch_rows, random_windows,
+                              SliceSequences, Samples, epoch_rows, random_windows,
                               shard_rows, target_keys)
 from trainers.train import TrainState
 
@@ -68,22 +68,65 @@ def test_batch_shapes_and_history_window():
 
 def test_builder_builds_only_declared_fields_and_rejects_unknown():
     T = 4
-    seq = PositiveSequences.from_csr(
-        offsets=np.array([0, 0, 3, 4]), items=np.array([5, 6, 7, 8]),
-        slices=np.array([0, 2, 3, 1], dtype=np.int16), labels=np.array([1, 1, 1, 1], np.int8),
-        num_slices=T)
+    csr = dict(offsets=np.array([0, 0, 4, 5]), items=np.array([5, 6, 9, 7, 8]),
+               slices=np.array([0, 2, 2, 3, 1], dtype=np.int16),
+               labels=np.array([1, 1, 0, 1, 1], np.int8), num_slices=T)
+    seq = SliceSequences.from_csr(**csr, positives_only=True)
     builder = BatchBuilder("slices", frozenset({"sequence"}), None, None, T, seq, sequence_len=3)
-    batch = builder.build(torch.tensor([1, 1, 2]), torch.tensor([3, 1, 3]),
-                          torch.tensor([[9, 4], [9, 4], [9, 4]]), torch.ones(3, dtype=torch.int64))
+    user, cut = torch.tensor([1, 1, 2]), torch.tensor([3, 1, 3])
+    cand, ones = torch.tensor([[9, 4], [9, 4], [9, 4]]), torch.ones(3, dtype=torch.int64)
+    batch = builder.build(user, cut, cand, ones)
     assert set(batch) == {"user", "items", "label", "sequence"}
-    # user 1: items 5 (slice 0), 6 (slice 2), 7 (slice 3). Before slice 3: [5, 6], left-padded.
+    # user 1: items 5 (slice 0), 6 (slice 2), 9 (slice 2, disliked), 7 (slice 3). A model
+    # without labels sees the liked ones before slice 3: [5, 6], left-padded.
     assert batch["sequence"].tolist() == [[0, 5, 6], [0, 0, 5], [0, 0, 8]]
+    # A labelled model sees every event with its feedback (issue 15: real negatives reach
+    # the history), never one of the target slice or later.
+    every = SliceSequences.from_csr(**csr, positives_only=False)
+    labelled = BatchBuilder("slices", frozenset({"sequence", "sequence_label"}), None, None, T,
+                            every, sequence_len=3)
+    batch = labelled.build(user, cut, cand, ones)
+    assert batch["sequence"].tolist() == [[5, 6, 9], [0, 0, 5], [0, 0, 8]]
+    assert batch["sequence_label"].tolist() == [[1, 1, 0], [0, 0, 1], [0, 0, 1]]
     with pytest.raises(ValueError, match="unknown model inputs"):
         BatchBuilder("slices", frozenset({"pictures"}), None, None, T)
     with pytest.raises(ValueError, match="slice_sets"):
         BatchBuilder("slices", frozenset({"slice_sets"}), None, None, T)
-    with pytest.raises(ValueError, match="'slices' protocol cannot feed .*sequence_label"):
-        BatchBuilder("slices", frozenset({"sequence", "sequence_label"}), None, None, T, seq, 3)
+    with pytest.raises(ValueError, match="'leave_one_out' protocol cannot feed .*sequence_label"):
+        BatchBuilder("leave_one_out", frozenset({"sequence", "sequence_label"}), None, None, T,
+                     seq, 3)
+
+
+def test_slices_index_feeds_real_negatives_to_models_that_read_labels(tmp_path):
+    """Issue 15: under ``slices`` a labelled model's history holds the user's disliked
+    events too (label 0); a model without labels keeps the liked ones only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trainers.split_data import load_split_data
+
+    positives = tiny_index.write_index(tmp_path / "work")["positives"]
+    path = tmp_path / "work" / "index" / "sequences" / "part-0.parquet"
+    table = pq.read_table(path).to_pylist()
+    disliked = 40 if positives[1, 0] != 40 else 39
+    row = table[0]  # user 1: a disliked item in slice 0, after its liked one
+    assert row["user"] == 1
+    for key, value in (("items", disliked), ("ts", 1), ("slice", 0), ("label", 0)):
+        row[key].insert(1, value)
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(path)), path)
+    cfg = tiny_index.tiny_config(tmp_path, ["index.sequence_max_len=4"])
+    T = tiny_index.T
+    user, cut = torch.tensor([1]), torch.tensor([T - 3])  # the train target slice
+    labelled = load_split_data(cfg, frozenset({"sequence"}), ("train",), "cpu",
+                               frozenset({"sequence_label"}))
+    batch = labelled.builder.build(user, cut, torch.tensor([[1, 2]]), torch.tensor([1]))
+    liked = positives[1, :T - 3].tolist()  # one liked item per slice before the target
+    assert T - 3 == 2  # so: 2 liked events + 1 disliked, left-padded to L = 4
+    assert batch["sequence"][0].tolist() == [0, liked[0], disliked, liked[1]]
+    assert batch["sequence_label"][0].tolist() == [0, 1, 0, 1]
+    plain = load_split_data(cfg, frozenset({"sequence"}), ("train",), "cpu")
+    batch = plain.builder.build(user, cut, torch.tensor([[1, 2]]), torch.tensor([1]))
+    assert "sequence_label" not in batch and batch["sequence"][0].tolist() == [0, 0, *liked]
 
 
 def _events() -> EventSequences:

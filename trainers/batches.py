@@ -10,7 +10,9 @@ protocols"):
   * ``slices``: ``cut`` is the target slice ``t``. The set window holds the H = T - 1 slices
     ``t - H .. t - 1`` (positions before slice 0 all-empty), so every split (train predicts
     T-3, valid T-2, test T-1; 0-based) feeds the model the same H and the target slice never
-    leaks; ``sequence`` is the user's last L positive items before slice ``t``.
+    leaks; ``sequence`` is the user's last L events before slice ``t`` with their
+    ``sequence_label`` (a model that reads labels) or its last L positive items (one that
+    does not).
   * ``leave_one_out``: ``cut`` is the target's position in the user's sequence; ``sequence``
     is the user's events ``[cut - L, cut)``.
   * ``feedback``: as leave_one_out, plus ``sequence_label``, each history event's feedback.
@@ -33,7 +35,7 @@ _MAX_REJECTION_ROUNDS = 64  # a row still rejected after this many redraws has n
 
 # What each protocol's index can feed (docs/architecture.md, "Evaluation protocols").
 PROTOCOL_INPUTS: dict[str, frozenset[str]] = {
-    "slices": frozenset({"slice_sets", "sequence"}),
+    "slices": frozenset({"slice_sets", "sequence", "sequence_label"}),
     "leave_one_out": frozenset({"sequence"}),
     "feedback": frozenset({"sequence", "sequence_label"}),
 }
@@ -113,30 +115,43 @@ def _csr_user(offsets: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class PositiveSequences:
-    """Every user's positive items in time order, CSR over users (``slices`` protocol).
+class SliceSequences:
+    """Every user's history events in time order, CSR over users (``slices`` protocol).
+
+    A model that reads ``sequence_label`` gets every event with its feedback label, so real
+    negative feedback (ratings 1-3 under ``dataset.negative_max_rating``) reaches its history
+    as it does under ``feedback`` (issue 15); a model that does not read labels gets the
+    positive events only (an unlabelled disliked item would read as a liked one). On data
+    without negative feedback (Taobao) both views hold the same events.
 
     Attributes:
-        offsets: (U+2,) int64; user u's items are ``items[offsets[u]:offsets[u+1]]``.
+        offsets: (U+2,) int64; user u's events are ``items[offsets[u]:offsets[u+1]]``.
         items: (E,) int64 item_idx in time order per user.
-        keys: (E,) int64 ``user * T + slice`` of each item, non-decreasing (sorted by user,
-            then time), so the items before a slice are found by ``searchsorted``.
+        labels: (E,) int64 feedback label (1 positive, 0 negative).
+        keys: (E,) int64 ``user * T + slice`` of each event, non-decreasing (sorted by user,
+            then time), so the events before a slice are found by ``searchsorted``.
         num_slices: T.
     """
 
     offsets: torch.Tensor
     items: torch.Tensor
+    labels: torch.Tensor
     keys: torch.Tensor
     num_slices: int
 
     @classmethod
     def from_csr(cls, offsets: np.ndarray, items: np.ndarray, slices: np.ndarray,
-                 labels: np.ndarray, num_slices: int, device: torch.device | str = "cpu"
-                 ) -> PositiveSequences:
-        """Keep the positive events (label 1) of ``set_arrays.Sequences``' CSR arrays."""
+                 labels: np.ndarray, num_slices: int, positives_only: bool,
+                 device: torch.device | str = "cpu") -> SliceSequences:
+        """Every event of ``set_arrays.Sequences``' CSR arrays, or only the positive ones
+        (label 1) with ``positives_only``.
+
+        Raises:
+            ValueError: a user's events are not in slice order.
+        """
         counts = np.diff(offsets)  # (U+1,) events per user
         user = _csr_user(offsets)  # (E,)
-        keep = labels == 1
+        keep = labels == 1 if positives_only else np.ones(len(items), dtype=bool)
         kept = np.bincount(user[keep], minlength=len(counts))
         new_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(kept, out=new_offsets[1:])
@@ -147,24 +162,25 @@ class PositiveSequences:
         def tensor(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(a.astype(np.int64), device=device)
 
-        return cls(tensor(new_offsets), tensor(items[keep]), tensor(keys), num_slices)
+        return cls(tensor(new_offsets), tensor(items[keep]), tensor(labels[keep]), tensor(keys),
+                   num_slices)
 
     def before(self, user: torch.Tensor, cut: torch.Tensor, length: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last ``length`` positive items of each user before its target slice.
+        """The last ``length`` events of each user before its target slice.
 
         Args:
             user: (B,) user_idx; cut: (B,) target slice.
 
         Returns:
-            ((B, L) int64 items left-padded with 0, (B, L) int64 labels: 1 on items, 0 on
-            padding).
+            ((B, L) int64 items left-padded with 0, (B, L) int64 labels, 0 on padding).
         """
         end = torch.searchsorted(self.keys, user * self.num_slices + cut)  # (B,) exclusive
         idx = end[:, None] - length + torch.arange(length, device=user.device)  # (B, L)
         valid = idx >= self.offsets[user][:, None]
-        items = torch.where(valid, self.items[idx.clamp(min=0)], 0)
-        return items, valid.long()
+        safe = idx.clamp(min=0)
+        return (torch.where(valid, self.items[safe], 0),
+                torch.where(valid, self.labels[safe], 0))
 
 
 @dataclass(frozen=True)
@@ -284,8 +300,9 @@ class BatchBuilder:
             (``slice_sets`` only).
         item_sets: (I+1, T, 2, S) int tensor, ``[v, t, 0]`` = G_t(v), ``[v, t, 1]`` = G_t(u|v).
         num_slices: T (``slices``; the history window has H = T - 1 slices), else 0.
-        sequences: the users' history source for ``sequence``: :class:`PositiveSequences`
-            under ``slices``, :class:`EventSequences` otherwise.
+        sequences: the users' history source for ``sequence``: :class:`SliceSequences`
+            under ``slices`` (every event when ``sequence_label`` is an input, else the
+            positive ones), :class:`EventSequences` otherwise.
         sequence_len: L, the last L items before the cut go into ``sequence``.
 
     Raises:
@@ -297,7 +314,7 @@ class BatchBuilder:
 
     def __init__(self, protocol: str, inputs: frozenset[str], user_sets: torch.Tensor | None,
                  item_sets: torch.Tensor | None, num_slices: int,
-                 sequences: PositiveSequences | EventSequences | None = None,
+                 sequences: SliceSequences | EventSequences | None = None,
                  sequence_len: int = 0) -> None:
         unknown = set(inputs) - self.KNOWN_INPUTS
         if unknown:
@@ -314,7 +331,7 @@ class BatchBuilder:
                 raise ValueError(f"user sets {tuple(user_sets.shape)} and item sets "
                                  f"{tuple(item_sets.shape)} must both be (n, {num_slices}, 2, S)")
         if {"sequence", "sequence_label"} & set(inputs):
-            expected = PositiveSequences if protocol == "slices" else EventSequences
+            expected = SliceSequences if protocol == "slices" else EventSequences
             if not isinstance(sequences, expected) or sequence_len < 1:
                 raise ValueError(f"model needs 'sequence' but no {expected.__name__} / length "
                                  "were given")

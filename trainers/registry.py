@@ -8,7 +8,7 @@ A model is an ``nn.Module`` that
     history before the target; ``"sequence_label"``: that history's feedback labels), and
     may declare ``optional_inputs``: fields it reads when the protocol feeds them (e.g.
     GRU4Rec's label embedding under ``feedback``). Each protocol feeds (trainers/batches.py
-    ``PROTOCOL_INPUTS``): ``slices`` {slice_sets, sequence}, ``leave_one_out`` {sequence},
+    ``PROTOCOL_INPUTS``): ``slices`` {slice_sets, sequence, sequence_label}, ``leave_one_out`` {sequence},
     ``feedback`` {sequence, sequence_label}; a model needing more is refused (one clear
     error; ``compare`` skips it and says why),
   * is built as ``Model(params, sizes)`` and never sees Spark, Ray or dataset objects,
@@ -24,9 +24,11 @@ S set size, L sequence length; all ids int64, 0 = padding / empty):
                                  sampled / real negatives 0.0
   user_sets      (B, H, 2, S)    [:, t, 0] = G_t(u) items, [:, t, 1] = G_t(v|u) users
   item_sets      (B, C, H, 2, S) [..., t, 0] = G_t(v) users, [..., t, 1] = G_t(u|v) items
-  sequence       (B, L)          history items, left-padded: ``slices``, the user's positive
-                                 items before the target slice; ``leave_one_out`` and
-                                 ``feedback``, the user's last L events before the target
+  sequence       (B, L)          history items, left-padded: ``slices``, the user's last L
+                                 events before the target slice (only its positive ones
+                                 for a model that reads no ``sequence_label``);
+                                 ``leave_one_out`` and ``feedback``, the user's last L
+                                 events before the target
   sequence_label (B, L)          1 positive, 0 negative feedback of each history event; 0 on
                                  padding too (padding is ``sequence == 0``)
 History slice h of H is absolute slice ``target - H + h``; slices before 0 are all-empty.

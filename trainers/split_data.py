@@ -17,7 +17,7 @@ from conf.schema import PipelineConfig
 from spark_jobs.manifest import join
 from trainers import set_arrays
 from trainers.batches import (PROTOCOL_INPUTS, BatchBuilder, EventSequences, NegativeSampler,
-                              PositiveSequences, Samples, random_windows, target_keys,
+                              SliceSequences, Samples, random_windows, target_keys,
                               unfed_inputs)
 from trainers.registry import DataSizes
 
@@ -162,8 +162,9 @@ def load_split_data(cfg: PipelineConfig, inputs: frozenset[str], splits: tuple[s
             if seq.slice is None:
                 raise ValueError(f"{index_uri}/sequences has no slice lists, which a slices "
                                  "index needs: rebuild it with `seqrec index`")
-            history = PositiveSequences.from_csr(seq.offsets, seq.items, seq.slice, seq.label,
-                                                 num_slices, device)
+            # labelled models read every event (real negatives too), others the positives
+            history = SliceSequences.from_csr(seq.offsets, seq.items, seq.slice, seq.label,
+                                              num_slices, "sequence_label" not in build, device)
     else:  # histories, rejection sets and popularity all come from the event sequences
         seq = set_arrays.load_sequences(index_uri)
         history = events = EventSequences.from_csr(seq.offsets, seq.items, seq.label, device)
