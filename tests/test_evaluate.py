@@ -115,11 +115,24 @@ def test_evaluation_matches_direct_metrics(trained):
     picked = torch.randperm(len(samples), generator=g)[:cfg.train.full_rank_users]
     assert result["full"]["mrr"] == pytest.approx(np.mean([full_rr[i] for i in picked]), abs=1e-6)
 
+    # Memorisation check: the same model's AUC on its train lists (3 candidates) and on
+    # the validation lists, and their difference.
+    for split in ("train", "valid"):
+        lists = Samples.from_arrays(load_samples(str(Path(cfg.paths.work_dir) / "index"), split))
+        with torch.no_grad():
+            s = model(builder.rows(lists, torch.arange(len(lists))))
+        # pessimistic pairwise AUC per list, averaged over lists
+        auc = ((s[:, :1] > s[:, 1:]).double().mean(1)).mean().item()
+        assert result["fit"][f"{split}_auc"] == pytest.approx(auc, abs=1e-9)
+    assert result["fit"]["gap_auc"] == pytest.approx(
+        result["fit"]["train_auc"] - result["fit"]["valid_auc"])
+
     # Logged to the training run with prefixes, plus the markdown table.
     client = tracking.client(cfg)
     run = client.get_run(result["run_id"])
     assert run.data.metrics["test_mrr"] == pytest.approx(expected["mrr"])
     assert "popularity_test_hr_at_10" in run.data.metrics and "full_mrr" in run.data.metrics
+    assert run.data.metrics["fit_gap_auc"] == pytest.approx(result["fit"]["gap_auc"])
     assert "evaluation.md" in {a.path for a in client.list_artifacts(result["run_id"])}
     assert result["table"].startswith("| evaluation |") and "| popularity_test |" in result["table"]
 

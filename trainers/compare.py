@@ -57,7 +57,8 @@ def columns(protocol: str) -> tuple[str, ...]:
     """The table's columns under ``protocol`` (selection metric = valid MRR or valid AUC)."""
     chosen = SELECTION_METRIC[protocol]
     return ("model", *(f"test_{m}" for m in TEST_METRICS[protocol]), f"valid_{chosen}",
-            f"popularity_valid_{chosen}", f"popularity_test_{chosen}", "best_epoch", "run_id")
+            f"popularity_valid_{chosen}", f"popularity_test_{chosen}", "best_epoch",
+            "fit_train_auc", "fit_gap_auc", "run_id")
 
 
 def model_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
@@ -118,7 +119,8 @@ def run_comparison(cfg: PipelineConfig, models: list[str]) -> dict[str, Any]:
     Returns:
         dict: ``run_id`` (parent MLflow run), ``protocol``, ``rows`` (one dict per model run:
         model, child ``run_id``, ``best_epoch``, the valid selection metric, its popularity
-        references and ``test_<metric>``; under ``feedback`` then the ``random`` row),
+        references, ``test_<metric>`` and the train/valid AUC gap (``fit_train_auc``,
+        ``fit_gap_auc``: evaluation's ``fit``); under ``feedback`` then the ``random`` row),
         ``skipped`` (model -> reason), ``table`` (markdown) and ``csv`` (text).
 
     Raises:
@@ -179,7 +181,9 @@ def comparison_row(name: str, trained: dict[str, Any], evaluated: dict[str, Any]
             f"valid_{chosen}": trained["valid"][chosen],
             **{f"test_{m}": evaluated["test"][m] for m in TEST_METRICS[protocol]},
             f"popularity_valid_{chosen}": evaluated["popularity_valid"][chosen],
-            f"popularity_test_{chosen}": evaluated["popularity_test"][chosen]}
+            f"popularity_test_{chosen}": evaluated["popularity_test"][chosen],
+            "fit_train_auc": evaluated["fit"]["train_auc"],
+            "fit_gap_auc": evaluated["fit"]["gap_auc"]}
 
 
 def random_row(floor: dict[str, float], protocol: str) -> dict[str, Any]:

@@ -53,8 +53,12 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     Returns:
         dict: ``run_id``, ``protocol``, ``test`` / ``popularity_test`` / ``popularity_valid``
         / ``full`` (when ``train.full_rank_users`` > 0) / ``random_test`` (``feedback``)
-        metric dicts, ``table`` (markdown) and ``logged`` (the flat metrics written to
-        MLflow).
+        / ``fit`` metric dicts, ``table`` (markdown) and ``logged`` (the flat metrics
+        written to MLflow). ``fit`` is the memorisation check (issue 15): the best
+        checkpoint's AUC on its own training lists (``train_auc``), on the validation lists
+        (``valid_auc``) and their difference (``gap_auc``). AUC, because it does not depend
+        on a list's length (train lists hold 1 + ``index.train_negatives`` candidates,
+        validation lists 1 + ``index.eval_negatives``).
 
     Raises:
         FileNotFoundError: no finished training run for this model.
@@ -66,7 +70,7 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
     model = load_best_model(cfg, record["result"]["checkpoint"], device)
     required, optional = declared_inputs(type(model))
-    data = load_split_data(cfg, required, ("valid", "test"), device, optional)
+    data = load_split_data(cfg, required, ("train", "valid", "test"), device, optional)
     protocol, test = data.protocol, data.splits["test"]
     counts = data.popularity()  # (I+1, T) under slices, else (I+1,)
 
@@ -87,6 +91,9 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     }
     if protocol == "feedback":
         results["random_test"] = random_floor(protocol, test.candidates.shape[1])
+    fit = {split: evaluate(lambda b, c, i: model(b), split)["auc"] for split in ("train", "valid")}
+    results["fit"] = {"train_auc": fit["train"], "valid_auc": fit["valid"],
+                      "gap_auc": fit["train"] - fit["valid"]}
     if cfg.train.full_rank_users > 0:
         results["full"] = full_ranking(model, data.builder, test, data.sizes.num_items,
                                        cfg.train.full_rank_users, cfg.train.seed,
