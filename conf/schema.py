@@ -10,6 +10,7 @@ value are required.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -278,9 +279,23 @@ class SweepConfig(Section):
     # dotted config key -> values to try, e.g. {"model.params.lambda_bpr": [1e-4, 1e-3]};
     # model presets set their paper's grid (DFAR: Appendix A.4)
     space: dict[str, list[Any]]
-    mode: Literal["one_at_a_time", "grid"]  # one key at a time (others fixed), or the product
+    # named override sets, e.g. a paper's ablation table: {"w/o MO": {"model.params.
+    # label_mask": false}}; {} is the config as composed. Run by mode: variants.
+    variants: dict[str, dict[str, Any]]
+    # one key of space at a time (others fixed), the product of space, or each variant
+    mode: Literal["one_at_a_time", "grid", "variants"]
     metric: str  # reported trial metric that picks the best trial and is plotted (valid_*)
     max_concurrent: int = Field(ge=1)  # trials at once; each takes its Ray Train workers' CPUs
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # every config value becomes an MLflow param named by its dotted path
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_\- :/]+", name)]
+        if bad:
+            raise ValueError(f"sweep variant names {bad} may hold only letters, digits, "
+                             "spaces and _ - : / (they become MLflow parameter names)")
+        return value
 
 
 class PipelineConfig(Section):

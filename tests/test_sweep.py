@@ -28,6 +28,20 @@ def test_grid_is_the_cartesian_product():
                    {"x.a": 2, "x.b": "p"}, {"x.a": 2, "x.b": "q"}]
 
 
+def test_variants_are_named_override_sets_in_order():
+    variants = {"full": {}, "w/o MO": {"model.params.label_mask": False},
+                "w/o FHA": {"model.params.attention": "mha", "model.params.label_mask": False}}
+    assert sweep.variant_trials(variants) == [
+        {}, {"model.params.label_mask": False},
+        {"model.params.attention": "mha", "model.params.label_mask": False}]
+    with pytest.raises(ValueError, match="needs sweep.variants"):
+        sweep.variant_trials({})
+    with pytest.raises(ValueError, match="'a' and 'b' set the same overrides"):
+        sweep.variant_trials({"a": {"train.lr": 0.1}, "b": {"train.lr": 0.1}})
+    with pytest.raises(ConfigError, match="variant names .*'fast, wide'"):
+        tiny_index.tiny_config(Path("/nonexistent"), ['sweep.variants={"fast, wide": {}}'])
+
+
 @pytest.mark.parametrize("space", [{}, {"train.lr": []}, {"train.lr": [0.1, 0.1]}])
 def test_bad_spaces_are_errors(space):
     with pytest.raises(ValueError):
@@ -53,15 +67,23 @@ def test_trial_config_rejects_bad_overrides(tmp_path, overrides):
 
 
 @pytest.mark.slow
-def test_real_sweep_logs_nested_trials_table_and_plot(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["one_at_a_time", "variants"])
+def test_real_sweep_logs_nested_trials_table_and_plot(tmp_path, monkeypatch, mode):
     # Ray workers import the test model's module by name: put tests/ on their path.
     monkeypatch.setenv("PYTHONPATH", f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     tiny_index.write_index(tmp_path / "work")
-    cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=2", "train.full_rank_users=0",
-                                            'sweep.space={"train.lr": [0.01, 0.1]}'])
-    assert cfg.sweep.metric == "valid_mrr" and cfg.sweep.mode == "one_at_a_time"
+    cfg = tiny_index.tiny_config(tmp_path, [
+        "train.epochs=2", "train.full_rank_users=0", "train.lr=0.01", f"sweep.mode={mode}",
+        'sweep.space={"train.lr": [0.01, 0.1]}',
+        'sweep.variants={"base": {}, "fast wide": {"train.lr": 0.1, "model.params.dim": 6}}'])
+    assert cfg.sweep.metric == "valid_mrr"
     result = sweep.run_sweep(cfg)
-    assert [row["train.lr"] for row in result["rows"]] == [0.01, 0.1]
+    if mode == "variants":  # the named sets, several keys at once; {} is the config itself
+        assert [(r["variant"], r.get("train.lr"), r.get("model.params.dim"))
+                for r in result["rows"]] == [("base", None, None), ("fast wide", 0.1, 6)]
+        assert result["table"].startswith("| variant | train.lr | model.params.dim |")
+    else:
+        assert [row["train.lr"] for row in result["rows"]] == [0.01, 0.1]
     assert result["best"]["valid_mrr"] == max(r["valid_mrr"] for r in result["rows"])
     for row in result["rows"]:
         assert 0.0 < row["test_mrr"] <= 1.0 and row["valid_mrr"] > 0.0

@@ -11,7 +11,10 @@ same Ray Train run a single ``seqrec train`` would be, with its own run director
 Modes (``sweep.mode``):
   * ``one_at_a_time``: each key varies alone while the others keep ``cfg``'s value (DFAR
     Appendix A.4: "we vary one weight with the other fixed", 4 values per weight -> 8 trials);
-  * ``grid``: the Cartesian product.
+  * ``grid``: the Cartesian product;
+  * ``variants``: each named override set of ``sweep.variants``, for ablation tables whose
+    rows change several keys together (DFAR Table 3's "w/o FHA" is MHA without the label
+    mask; DualRec Table 5); ``{}`` is the composed config itself.
 
 Trials run one after another by default (``sweep.max_concurrent``): each trial's Ray Train workers
 take the CPUs, and the Tune driver of a trial reserves no CPU.
@@ -20,7 +23,8 @@ MLflow: one parent run ``<dataset>-<model>-sweep``; each trial's training run is
 (tag ``mlflow.parentRunId``) and carries the tag ``sweep.trial`` with its overrides. The
 parent gets ``sweep.md`` / ``sweep.csv`` (one row per trial: overrides, valid and test
 metrics) and ``sweep.png``: the chosen metric against each swept key (log-x when all values
-are positive; in ``one_at_a_time`` each panel shows the trials that vary that key).
+are positive; in ``one_at_a_time`` each panel shows the trials that vary that key), or per
+variant as bars.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from spark_jobs.manifest import join
 from trainers import tracking
 from trainers.registry import model_class
 
-Mode = Literal["one_at_a_time", "grid"]
+Mode = Literal["one_at_a_time", "grid", "variants"]
 
 
 def trials(space: dict[str, list[Any]], mode: Mode) -> list[dict[str, Any]]:
@@ -64,6 +68,24 @@ def trials(space: dict[str, list[Any]], mode: Mode) -> list[dict[str, Any]]:
         keys = list(space)
         return [dict(zip(keys, combo)) for combo in itertools.product(*space.values())]
     return [{key: value} for key, values in space.items() for value in values]
+
+
+def variant_trials(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The overrides of each named variant (``sweep.mode: variants``), in their order.
+
+    Raises:
+        ValueError: no variants, or two variants with the same overrides.
+    """
+    if not variants:
+        raise ValueError("sweep.mode: variants needs sweep.variants (name -> {dotted key: "
+                         "value}; model presets set their paper's ablations)")
+    seen: dict[str, str] = {}
+    for name, overrides in variants.items():
+        key = json.dumps(overrides, sort_keys=True)
+        if key in seen:
+            raise ValueError(f"sweep variants {seen[key]!r} and {name!r} set the same overrides")
+        seen[key] = name
+    return [dict(overrides) for overrides in variants.values()]
 
 
 def trial_config(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
@@ -111,6 +133,8 @@ def _trial(config: dict[str, Any]) -> None:
     client = tracking.client(cfg)
     client.set_tag(trained["run_id"], "mlflow.parentRunId", config["parent"])
     client.set_tag(trained["run_id"], "sweep.trial", json.dumps(config["overrides"]))
+    if config["variant"] is not None:
+        client.set_tag(trained["run_id"], "sweep.variant", config["variant"])
     ray.tune.report({"run_id": trained["run_id"], "best_epoch": trained["best_epoch"],
                      **{f"valid_{k}": v for k, v in trained["valid"].items()},
                      **{f"test_{k}": v for k, v in evaluated["test"].items()}})
@@ -135,7 +159,13 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
         RuntimeError: a trial failed (its error is in the message).
     """
     space, mode, metric = cfg.sweep.space, cfg.sweep.mode, cfg.sweep.metric
-    overrides = trials(space, mode)
+    if mode == "variants":
+        overrides = variant_trials(cfg.sweep.variants)
+        names: list[str | None] = list(cfg.sweep.variants)
+        keys = ["variant", *dict.fromkeys(k for o in overrides for k in o)]
+    else:
+        overrides = trials(space, mode)
+        names, keys = [None] * len(overrides), list(space)
     configs = [trial_config(cfg, o) for o in overrides]  # all validated before any trial
 
     import ray
@@ -145,7 +175,7 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
     parent = client.create_run(
         tracking.experiment_id(cfg),
         tags={"dataset": cfg.dataset.name, "model": cfg.model.name, "profile": cfg.profile,
-              "sweep.mode": mode, "sweep.keys": ",".join(space),
+              "sweep.mode": mode, "sweep.keys": ",".join(keys),
               "mlflow.runName": f"{cfg.dataset.name}-{cfg.model.name}-sweep"},
     ).info.run_id
     started = not ray.is_initialized()
@@ -155,8 +185,9 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
         start_ray(cfg)
     try:
         module = model_class(cfg.model.name).__module__
-        grid = [{"cfg": c.model_dump(mode="json"), "overrides": o, "parent": parent,
-                 "model_module": module} for c, o in zip(configs, overrides)]
+        grid = [{"cfg": c.model_dump(mode="json"), "overrides": o, "variant": n,
+                 "parent": parent, "model_module": module}
+                for c, o, n in zip(configs, overrides, names)]
         tuner = tune.Tuner(
             # The trial only drives its Ray Train run, whose workers take every CPU they
             # ask for (the local profile: one worker with both cores); Tune refuses an empty
@@ -179,15 +210,17 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
     finally:
         if started:
             ray.shutdown()
-    rows = [{**o, **_metrics(by_trial[json.dumps(o, sort_keys=True)])} for o in overrides]
+    rows = [{**({"variant": n} if n is not None else {}), **o,
+             **_metrics(by_trial[json.dumps(o, sort_keys=True)])}
+            for o, n in zip(overrides, names)]
     if any(metric not in row for row in rows):
         client.set_terminated(parent, status="FAILED")
         raise ValueError(f"trials did not report {metric!r}; they report "
-                         f"{sorted(k for k in rows[0] if k not in space)}")
+                         f"{sorted(k for k in rows[0] if k not in keys)}")
     best = max(rows, key=lambda row: row[metric])
-    table, table_csv = markdown_table(rows, list(space), metric), csv_table(rows)
+    table, table_csv = markdown_table(rows, keys, metric), csv_table(rows)
     tracking.log_metrics(cfg, parent, {f"best_{metric}": best[metric]})
-    _log_artifacts(cfg, parent, rows, space, mode, metric, table, table_csv)
+    _log_artifacts(cfg, parent, rows, keys, mode, metric, table, table_csv)
     tracking.finish_run(cfg, parent)
     return {"run_id": parent, "rows": rows, "best": best, "table": table, "csv": table_csv}
 
@@ -224,7 +257,7 @@ def csv_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _log_artifacts(cfg: PipelineConfig, run_id: str, rows: list[dict[str, Any]],
-                   space: dict[str, list[Any]], mode: Mode, metric: str, table: str,
+                   keys: list[str], mode: Mode, metric: str, table: str,
                    table_csv: str) -> None:
     import matplotlib
 
@@ -232,9 +265,16 @@ def _log_artifacts(cfg: PipelineConfig, run_id: str, rows: list[dict[str, Any]],
     import matplotlib.pyplot as plt
 
     client = tracking.client(cfg)
-    keys = list(space)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    if mode == "variants":  # one bar per variant
+        fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
+        ax.bar([r["variant"] for r in rows], [r[metric] for r in rows])
+        ax.set(ylabel=metric)
+        ax.set_ylim(min(r[metric] for r in rows) * 0.95, max(r[metric] for r in rows) * 1.02)
+        ax.tick_params(axis="x", labelrotation=20)
+        keys = []
+    else:
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0] if keys else [], keys):
         # one_at_a_time: the trials that vary this key; grid: every trial, by this key.
         mine = [r for r in rows if key in r and (mode == "grid" or len(
             [k for k in keys if k in r]) == 1)]
