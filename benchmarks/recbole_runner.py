@@ -2,8 +2,10 @@
 benchmarks/recbole_sasrec.py). Runs inside RecBole's own venv, never in the project's:
 
     python -m venv .venv-recbole
-    .venv-recbole/bin/pip install torch==2.13.0 recbole==1.2.1 "numpy<2" "pandas<2.3" \
-        "scipy<1.14" "setuptools<70"
+    .venv-recbole/bin/pip install torch==2.13.0
+    .venv-recbole/bin/pip install recbole==1.2.1 "numpy<2" "pandas<2.3" "scipy<1.14"
+    .venv-recbole/bin/pip install "setuptools<70"  # RecBole's ray import needs pkg_resources;
+    # one step with torch fails (torch 2.13 asks setuptools>=77.0.3): the warning is harmless
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 .venv-recbole/bin/python benchmarks/recbole_runner.py \
         --sequences data/bench/Beauty.txt --epochs 5 --out data/bench/recbole.json
 
