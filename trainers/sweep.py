@@ -265,16 +265,37 @@ def _log_artifacts(cfg: PipelineConfig, run_id: str, rows: list[dict[str, Any]],
     import matplotlib.pyplot as plt
 
     client = tracking.client(cfg)
-    if mode == "variants":  # one bar per variant
-        fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
-        ax.bar([r["variant"] for r in rows], [r[metric] for r in rows])
-        ax.set(ylabel=metric)
-        ax.set_ylim(min(r[metric] for r in rows) * 0.95, max(r[metric] for r in rows) * 1.02)
-        ax.tick_params(axis="x", labelrotation=20)
-        keys = []
+    if mode == "variants":
+        fig = _variant_bars(plt, rows, metric)
     else:
-        fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0] if keys else [], keys):
+        fig = _metric_by_key(plt, rows, keys, mode, metric)
+    fig.suptitle(f"{cfg.dataset.name} / {cfg.model.name}: {metric} by setting")
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "sweep.md").write_text(table)
+        (folder / "sweep.csv").write_text(table_csv)
+        fig.savefig(folder / "sweep.png", dpi=100)
+        plt.close(fig)
+        for name in ("sweep.md", "sweep.csv", "sweep.png"):
+            client.log_artifact(run_id, str(folder / name))
+
+
+def _variant_bars(plt, rows: list[dict[str, Any]], metric: str):
+    """One bar per variant, the axis zoomed to the values (ablations differ by little)."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
+    values = [r[metric] for r in rows]
+    ax.bar([r["variant"] for r in rows], values)
+    ax.set_ylim(min(values) * 0.95, max(values) * 1.02)
+    ax.set(ylabel=metric)
+    ax.tick_params(axis="x", labelrotation=20)
+    return fig
+
+
+def _metric_by_key(plt, rows: list[dict[str, Any]], keys: list[str], mode: Mode, metric: str):
+    """One panel per swept key: the metric against the key's values."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
         # one_at_a_time: the trials that vary this key; grid: every trial, by this key.
         mine = [r for r in rows if key in r and (mode == "grid" or len(
             [k for k in keys if k in r]) == 1)]
@@ -289,13 +310,4 @@ def _log_artifacts(cfg: PipelineConfig, run_id: str, rows: list[dict[str, Any]],
         else:
             ax.plot([str(x) for x in xs], ys, marker="o", linestyle="none")
         ax.set(xlabel=key, ylabel=metric)
-    fig.suptitle(f"{cfg.dataset.name} / {cfg.model.name}: {metric} by setting")
-    fig.tight_layout()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "sweep.md").write_text(table)
-        (folder / "sweep.csv").write_text(table_csv)
-        fig.savefig(folder / "sweep.png", dpi=100)
-        plt.close(fig)
-        for name in ("sweep.md", "sweep.csv", "sweep.png"):
-            client.log_artifact(run_id, str(folder / name))
+    return fig
