@@ -8,8 +8,9 @@ A model is an ``nn.Module`` that
     history before the target; ``"sequence_label"``: that history's feedback labels), and
     may declare ``optional_inputs``: fields it reads when the protocol feeds them (e.g.
     GRU4Rec's label embedding under ``feedback``). Each protocol feeds (trainers/batches.py
-    ``PROTOCOL_INPUTS``): ``slices`` {slice_sets, sequence, sequence_label}, ``leave_one_out`` {sequence},
-    ``feedback`` {sequence, sequence_label}; a model needing more is refused (one clear
+    ``PROTOCOL_INPUTS``): ``slices`` {slice_sets, sequence, sequence_label},
+    ``leave_one_out`` {sequence}, ``feedback`` {sequence, sequence_label}; a model needing
+    more is refused (one clear
     error; ``compare`` skips it and says why),
   * is built as ``Model(params, sizes)`` and never sees Spark, Ray or dataset objects,
   * maps a batch to candidate scores with ``forward(batch) -> (B, C)`` logits, and
