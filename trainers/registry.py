@@ -10,8 +10,7 @@ A model is an ``nn.Module`` that
     GRU4Rec's label embedding under ``feedback``). Each protocol feeds (trainers/batches.py
     ``PROTOCOL_INPUTS``): ``slices`` {slice_sets, sequence, sequence_label},
     ``leave_one_out`` {sequence}, ``feedback`` {sequence, sequence_label}; a model needing
-    more is refused (one clear
-    error; ``compare`` skips it and says why),
+    more is refused (one clear error; ``compare`` skips it and says why),
   * is built as ``Model(params, sizes)`` and never sees Spark, Ray or dataset objects,
   * maps a batch to candidate scores with ``forward(batch) -> (B, C)`` logits, and
   * owns its objective with ``loss(scores, batch) -> scalar``.
