@@ -74,7 +74,7 @@ def test_forward_shapes_and_finite_loss(name):
 def test_declares_only_known_inputs(name):
     model = make_model(name)
     assert model.inputs and model.inputs <= {"slice_sets", "sequence"}
-    assert getattr(model, "optional_inputs", frozenset()) <= {"sequence_label"}
+    assert getattr(model, "optional_inputs", frozenset()) <= {"sequence_label", "next_negatives"}
     batch = make_batch()
     drop = {"sequence"} if "sequence" not in model.inputs else {"user_sets", "item_sets"}
     slim = {k: v for k, v in batch.items() if k not in drop}
@@ -202,6 +202,35 @@ def test_history_pairs_targets_labels_negatives_and_mask():
     assert float(combined_mean(torch.tensor([1.0, 2.0]), history, valid)) == pytest.approx(expected)
 
 
+def test_history_pairs_take_the_batch_negatives():
+    """Given ``next_negatives``, those are each position's negative (moved off the target
+    only where they equal it); the draw is the data's, not the model's."""
+    from trainers.models.next_item import history_pairs
+
+    sequence = torch.tensor([[0, 3, 1, 2]])
+    given = torch.tensor([[2, 2, 2]])
+    _, _, negatives, _ = history_pairs(sequence, 3, None, given)
+    assert negatives.tolist() == [[2, 2, 3]]  # position 2's target is 2: moved to 3
+
+
+@pytest.mark.parametrize("name", SEQUENTIAL)
+def test_sequence_models_train_on_the_batch_history_negatives(name):
+    """The history loss scores the batch's ``next_negatives``: with them given, the loss no
+    longer depends on torch's RNG, and other negatives give another loss."""
+    model = make_model(name, dropout=0.0).train()
+    batch = make_batch(B=6, seed=3)
+    L = batch["sequence"].shape[1]
+    batch["next_negatives"] = torch.randint(1, SIZES.num_items + 1, (6, L - 1),
+                                            generator=torch.Generator().manual_seed(5))
+    losses = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        losses.append(model.loss(model(batch), batch))
+    torch.testing.assert_close(losses[0], losses[1])
+    other = {**batch, "next_negatives": batch["next_negatives"] % SIZES.num_items + 1}
+    assert not torch.allclose(model.loss(model(other), other), losses[0])
+
+
 def test_history_bce_treats_negative_feedback_as_a_negative_target():
     """bce_with_history: a next item with label 0 costs -log(1 - σ(r)), not -log σ(r)."""
     from trainers.models.next_item import bce_with_history
@@ -225,7 +254,7 @@ def test_sequence_models_read_feedback_labels_causally(name):
     """With ``sequence_label`` a label embedding is added to each history item: flipping the
     label of position j changes the states from j on and none before it."""
     model = make_model(name).eval()
-    assert model.optional_inputs == {"sequence_label"}
+    assert model.optional_inputs == {"sequence_label", "next_negatives"}
     batch = make_batch(B=6, seed=3)
     seq = batch["sequence"]
     seq[:, -5:] = torch.randint(1, SIZES.num_items + 1, (6, 5))

@@ -466,3 +466,51 @@ def test_training_under_sequence_protocols(ray_local, tmp_path, protocol):
         gained = history[e] > best_so_far
         best_so_far = max(best_so_far, history[e])
         assert lrs[e + 1] == pytest.approx(lrs[e] if gained else lrs[e] / 2)
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+def test_history_negatives_follow_the_candidates_distribution(tmp_path, sampling):
+    """``next_negatives`` (a sampled item per history position) are drawn as the index's
+    candidate negatives: uniform, or by 1 + train-part popularity, the sampler's weights.
+    Under popularity-sampled candidates, uniform history negatives taught GRU4Rec and SASRec
+    popularity, which the candidate lists then punish (issue 14: AUC below random)."""
+    from trainers.split_data import load_split_data
+
+    tiny_index.write_sequence_index(tmp_path / "work", "feedback")
+    cfg = tiny_index.tiny_config(tmp_path, [f"index.negative_sampling={sampling}"])
+    data = load_split_data(cfg, frozenset({"sequence"}), ("train",), "cpu",
+                           frozenset({"sequence_label", "next_negatives"}))
+    drawn = data.builder.next_negatives
+    candidates = data.negative_sampler(cfg).items
+    if sampling == "uniform":
+        assert drawn.cdf is None and candidates.cdf is None
+    else:
+        weights = 1.0 + data.train_counts.double()
+        weights[0] = 0.0
+        torch.testing.assert_close(drawn.cdf, weights.cumsum(0) / weights.sum())
+        torch.testing.assert_close(candidates.cdf, drawn.cdf)
+    train = data.splits["train"]
+    batch = data.builder.rows(train, torch.arange(len(train)))
+    L = cfg.index.sequence_max_len
+    assert batch["next_negatives"].shape == (len(train), L - 1)
+    assert 1 <= batch["next_negatives"].min() and batch["next_negatives"].max() <= 40
+    # a model that does not declare them never gets them
+    plain = load_split_data(cfg, frozenset({"sequence"}), ("train",), "cpu")
+    assert "next_negatives" not in plain.builder.rows(train, torch.arange(3))
+
+
+def test_item_distribution_draws_by_weight():
+    from trainers.batches import ItemDistribution
+
+    weights = torch.tensor([5.0, 0.0, 1.0, 3.0])  # padding's weight is ignored
+    draws = ItemDistribution(3, weights, "cpu").draw((4000,), torch.Generator().manual_seed(0))
+    share = torch.bincount(draws, minlength=4).double() / 4000
+    assert share[0] == 0 and share[1] == 0
+    assert share[3] == pytest.approx(0.75, abs=0.03)
+    uniform = ItemDistribution(3, None, "cpu").draw((2, 5))
+    assert uniform.shape == (2, 5) and 1 <= uniform.min() and uniform.max() <= 3
+    with pytest.raises(ValueError, match="must be \\(4,\\)"):
+        ItemDistribution(3, torch.ones(3), "cpu")
+    builder_inputs = frozenset({"next_negatives"})
+    with pytest.raises(ValueError, match="must also read 'sequence'"):
+        BatchBuilder("feedback", builder_inputs, None, None, 0)

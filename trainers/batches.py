@@ -33,11 +33,12 @@ from trainers.registry import Batch
 
 _MAX_REJECTION_ROUNDS = 64  # a row still rejected after this many redraws has no valid item
 
-# What each protocol's index can feed (docs/architecture.md, "Evaluation protocols").
+# What each protocol's index can feed (docs/architecture.md, "Evaluation protocols");
+# ``next_negatives`` is sampled, not indexed: every protocol with sequences feeds it.
 PROTOCOL_INPUTS: dict[str, frozenset[str]] = {
-    "slices": frozenset({"slice_sets", "sequence", "sequence_label"}),
-    "leave_one_out": frozenset({"sequence"}),
-    "feedback": frozenset({"sequence", "sequence_label"}),
+    "slices": frozenset({"slice_sets", "sequence", "sequence_label", "next_negatives"}),
+    "leave_one_out": frozenset({"sequence", "next_negatives"}),
+    "feedback": frozenset({"sequence", "sequence_label", "next_negatives"}),
 }
 
 
@@ -304,6 +305,11 @@ class BatchBuilder:
             under ``slices`` (every event when ``sequence_label`` is an input, else the
             positive ones), :class:`EventSequences` otherwise.
         sequence_len: L, the last L items before the cut go into ``sequence``.
+        next_negatives: the distribution of ``next_negatives``, one sampled item per history
+            position (a model's negative for that position's next item), drawn afresh for
+            every batch from torch's global RNG (the loop seeds it per epoch). It is the
+            distribution of the index's sampled candidates, so a model learns from its
+            history what the candidate lists will ask of it.
 
     Raises:
         ValueError: an unknown input name, an input the protocol cannot feed (naming both),
@@ -315,7 +321,8 @@ class BatchBuilder:
     def __init__(self, protocol: str, inputs: frozenset[str], user_sets: torch.Tensor | None,
                  item_sets: torch.Tensor | None, num_slices: int,
                  sequences: SliceSequences | EventSequences | None = None,
-                 sequence_len: int = 0) -> None:
+                 sequence_len: int = 0, next_negatives: ItemDistribution | None = None
+                 ) -> None:
         unknown = set(inputs) - self.KNOWN_INPUTS
         if unknown:
             raise ValueError(f"unknown model inputs {sorted(unknown)}; known: "
@@ -335,6 +342,9 @@ class BatchBuilder:
             if not isinstance(sequences, expected) or sequence_len < 1:
                 raise ValueError(f"model needs 'sequence' but no {expected.__name__} / length "
                                  "were given")
+        if "next_negatives" in inputs and ("sequence" not in inputs or next_negatives is None):
+            raise ValueError("'next_negatives' are drawn per history position: the model must "
+                             "also read 'sequence', and an ItemDistribution must be given")
         self.protocol = protocol
         self.inputs = frozenset(inputs)
         self.user_sets = user_sets
@@ -342,6 +352,7 @@ class BatchBuilder:
         self.history_slices = max(num_slices - 1, 0)  # H = T - 1 for every split
         self.sequences = sequences
         self.sequence_len = sequence_len
+        self.next_negatives = next_negatives
 
     def build(self, user: torch.Tensor, cut: torch.Tensor, candidates: torch.Tensor,
               target_label: torch.Tensor) -> Batch:
@@ -356,7 +367,7 @@ class BatchBuilder:
         Returns:
             dict with ``user`` (B,), ``items`` (B, C), ``label`` (B, C) float and, as declared,
             ``user_sets`` (B, H, 2, S), ``item_sets`` (B, C, H, 2, S), ``sequence`` (B, L),
-            ``sequence_label`` (B, L); all ids int64.
+            ``sequence_label`` (B, L), ``next_negatives`` (B, L-1); all ids int64.
         """
         B, C = candidates.shape
         label = torch.zeros(B, C, dtype=torch.float32, device=candidates.device)
@@ -377,6 +388,8 @@ class BatchBuilder:
                 batch["sequence"] = items
             if "sequence_label" in self.inputs:
                 batch["sequence_label"] = labels
+            if "next_negatives" in self.inputs:
+                batch["next_negatives"] = self.next_negatives.draw((B, items.shape[1] - 1))
         return batch
 
     def rows(self, samples: Samples, idx: torch.Tensor) -> Batch:
@@ -419,6 +432,45 @@ def shard_rows(n: int, rank: int, world_size: int, device: torch.device | str = 
     return torch.arange(bounds[rank], bounds[rank + 1], device=device)
 
 
+class ItemDistribution:
+    """The distribution sampled negatives follow (``index.negative_sampling``): uniform over
+    items 1..I, or proportional to popularity weights.
+
+    Args:
+        num_items: I (item_idx in 1..I).
+        weights: (I+1,) non-negative weights, or None for uniform. Index 0 (padding) is
+            never drawn.
+        device: where the draws are returned.
+
+    Raises:
+        ValueError: weights of the wrong length, negative, or all zero.
+    """
+
+    def __init__(self, num_items: int, weights: torch.Tensor | None,
+                 device: torch.device | str) -> None:
+        self.num_items, self.device = num_items, device
+        self.cdf = None
+        if weights is not None:
+            if weights.shape != (num_items + 1,):
+                raise ValueError(f"popularity weights must be ({num_items + 1},), "
+                                 f"got {tuple(weights.shape)}")
+            w = weights.to(torch.float64).clone()
+            w[0] = 0.0
+            if (w < 0).any() or w.sum() <= 0:
+                raise ValueError("popularity weights must be non-negative with a positive sum")
+            self.cdf = (w.cumsum(0) / w.sum()).to(device)
+
+    def draw(self, n: int | tuple[int, ...], generator: torch.Generator | None = None
+             ) -> torch.Tensor:
+        """``n`` (or shape ``n``) int64 item ids; ``generator`` None uses torch's global RNG."""
+        shape = (n,) if isinstance(n, int) else n
+        if self.cdf is None:
+            return torch.randint(1, self.num_items + 1, shape, generator=generator).to(self.device)
+        u = torch.rand(shape, generator=generator, dtype=torch.float64).to(self.device)
+        # Inverse CDF: the first item whose cumulative weight exceeds u.
+        return torch.searchsorted(self.cdf, u, right=True).clamp(max=self.num_items)
+
+
 class NegativeSampler:
     """Fresh training negatives each epoch (``index.resample_train_negatives``).
 
@@ -446,23 +498,7 @@ class NegativeSampler:
                  weights: torch.Tensor | None) -> None:
         self.num_items = num_items
         self.forbidden = forbidden
-        self.cdf = None
-        if weights is not None:
-            if weights.shape != (num_items + 1,):
-                raise ValueError(f"popularity weights must be ({num_items + 1},), "
-                                 f"got {tuple(weights.shape)}")
-            w = weights.to(torch.float64).clone()
-            w[0] = 0.0
-            if (w < 0).any() or w.sum() <= 0:
-                raise ValueError("popularity weights must be non-negative with a positive sum")
-            self.cdf = (w.cumsum(0) / w.sum()).to(forbidden.device)
-
-    def _draw(self, n: int, g: torch.Generator, device) -> torch.Tensor:
-        if self.cdf is None:
-            return torch.randint(1, self.num_items + 1, (n,), generator=g).to(device)
-        u = torch.rand(n, generator=g, dtype=torch.float64).to(device)
-        # Inverse CDF: the first item whose cumulative weight exceeds u.
-        return torch.searchsorted(self.cdf, u, right=True).clamp(max=self.num_items)
+        self.items = ItemDistribution(num_items, weights, forbidden.device)
 
     def _interacted(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         keys = user * (self.num_items + 1) + items
@@ -485,12 +521,12 @@ class NegativeSampler:
         for col in range(1, new.shape[1]):
             rows = (samples.real_negatives < col).nonzero(as_tuple=True)[0]  # sampled here
             users = samples.user[rows]
-            items = self._draw(len(rows), g, device)
+            items = self.items.draw(len(rows), g)
             for _ in range(_MAX_REJECTION_ROUNDS):
                 bad = self._interacted(users, items) | (new[rows, :col] == items[:, None]).any(1)
                 if not bad.any():
                     break
-                items[bad] = self._draw(int(bad.sum()), g, device)
+                items[bad] = self.items.draw(int(bad.sum()), g)
             else:
                 raise RuntimeError(
                     f"no valid negative item found for users {users[bad].unique()[:5].tolist()} "

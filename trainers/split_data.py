@@ -16,8 +16,8 @@ import torch
 from conf.schema import PipelineConfig
 from spark_jobs.manifest import join
 from trainers import set_arrays
-from trainers.batches import (PROTOCOL_INPUTS, BatchBuilder, EventSequences, NegativeSampler,
-                              SliceSequences, Samples, random_windows, target_keys,
+from trainers.batches import (PROTOCOL_INPUTS, BatchBuilder, EventSequences, ItemDistribution,
+                              NegativeSampler, SliceSequences, Samples, random_windows, target_keys,
                               unfed_inputs)
 from trainers.registry import DataSizes
 
@@ -74,10 +74,8 @@ class SplitData:
         """The per-epoch resampler of training negatives, or None when they stay fixed.
 
         Rejection set by protocol (:class:`NegativeSampler`): the user's target-slice items
-        (``slices``), every item the user ever touched (``leave_one_out``, ``feedback``).
-        Popularity weights follow the index stage (spark_jobs/negatives.py): 1 + positive
-        interactions of the item in slices 0..target of the train split (``slices``) or in
-        the train part (other protocols); add-one keeps every item possible.
+        (``slices``), every item the user ever touched (``leave_one_out``, ``feedback``);
+        the draws follow :func:`negative_weights`.
         """
         if not cfg.index.resample_train_negatives:
             return None
@@ -87,13 +85,25 @@ class SplitData:
             forbidden = target_keys(train, num_items)
         else:
             forbidden = self.events.touched_keys(num_items)
-        weights = None
-        if cfg.index.negative_sampling == "popularity":
-            counts = self.popularity()
-            if self.protocol == "slices":
-                counts = counts[:, :int(train.cut.max()) + 1].sum(1)
-            weights = 1.0 + counts.double()
+        weights = negative_weights(cfg, self.protocol, self.index_uri, self.num_slices,
+                                   self.train_counts)
         return NegativeSampler(forbidden, num_items, weights)
+
+
+def negative_weights(cfg: PipelineConfig, protocol: str, index_uri: str, num_slices: int,
+                     train_counts: torch.Tensor | None) -> torch.Tensor | None:
+    """The weights sampled negatives are drawn by: None (``index.negative_sampling:
+    uniform``), or as the index stage's popularity sampler (spark_jobs/negatives.py): 1 +
+    positive interactions of the item in slices 0..T-3, the last training target slice
+    (``slices``), or in the users' train parts (``train_counts``, other protocols); add-one
+    keeps every item possible. Returns (I+1,) float64 or None.
+    """
+    if cfg.index.negative_sampling != "popularity":
+        return None
+    if protocol == "slices":
+        counts = torch.as_tensor(set_arrays.load_popularity(index_uri))[:, :num_slices - 2]
+        return 1.0 + counts.sum(1).double()
+    return 1.0 + train_counts.double()
 
 
 def declared_inputs(model_cls: type) -> tuple[frozenset[str], frozenset[str]]:
@@ -172,8 +182,13 @@ def load_split_data(cfg: PipelineConfig, inputs: frozenset[str], splits: tuple[s
             seq, np.concatenate([arrays[s]["user"] for s in ("valid", "test")]),
             np.concatenate([arrays[s]["cut"] for s in ("valid", "test")]),
             manifest["num_items"]), device=device)
+    next_negatives = None
+    if "next_negatives" in build:  # the candidates' distribution, for history positions too
+        next_negatives = ItemDistribution(
+            manifest["num_items"],
+            negative_weights(cfg, protocol, index_uri, num_slices, train_counts), device)
     builder = BatchBuilder(protocol, build, user_sets, item_sets, num_slices, history,
-                           cfg.index.sequence_max_len)
+                           cfg.index.sequence_max_len, next_negatives)
     loaded = {}
     for split in splits:
         samples = Samples.from_arrays(arrays[split], device)

@@ -24,6 +24,8 @@ Beyond the paper (trainers/models/next_item.py says why):
   * Feedback labels: with ``sequence_label`` in the batch (an optional input) each row of E
     is item + label embedding, the same (item, label) history DFAR reads (issue 14); the
     history loss treats a negative-feedback next item as a negative target (issue 15).
+  * The history positions' negatives are the batch's ``next_negatives``, drawn as the
+    candidates' sampled negatives are (uniform or by popularity).
   * Empty history: the all-padding window before the first item predicts that item, so the
     state of a user without history is trained.
 
@@ -62,7 +64,7 @@ class CaserParams(ModelParams):
 class Caser(nn.Module):
     Params: ClassVar[type[ModelParams]] = CaserParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
-    optional_inputs: ClassVar[frozenset[str]] = frozenset({"sequence_label"})
+    optional_inputs: ClassVar[frozenset[str]] = frozenset({"sequence_label", "next_negatives"})
 
     def __init__(self, params: CaserParams, sizes: DataSizes):
         super().__init__()
@@ -124,7 +126,8 @@ class Caser(nn.Module):
         states = self.position_states(sequence, sequence_label)  # (B, L, d)
         if self.training and torch.is_grad_enabled():
             targets, labels, negatives, valid = history_pairs(
-                sequence, self.item.weight.shape[0] - 1, sequence_label)
+                sequence, self.item.weight.shape[0] - 1, sequence_label,
+                batch.get("next_negatives"))
             zp = torch.cat([states[:, :-1], P_u.unsqueeze(1).expand_as(states[:, :-1])], dim=-1)
             history = self._predict(zp, torch.stack([targets, negatives], dim=-1))
             self._history = (history, labels, valid)  # (B, L-1, 2)

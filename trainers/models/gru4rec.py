@@ -30,9 +30,10 @@ Simplifications, and why:
     sequence before the target slice, so each sequence is read from the start in one call
     and all its positions are targets at once; the parallel-session trick only exists to
     avoid padding when streaming many sessions.
-  * Negatives are the sampler's candidates (trainers/batches.py), not the other targets of
-    the mini-batch; with ``index.negative_sampling=popularity`` they follow the same
-    popularity distribution the paper's in-batch sampling gives.
+  * Negatives are the sampler's candidates and, for the history positions, the batch's
+    ``next_negatives`` (trainers/batches.py), not the other targets of the mini-batch; with
+    ``index.negative_sampling=popularity`` both follow the popularity distribution the
+    paper's in-batch sampling gives.
   * The sequence is the last L items (``index.sequence_max_len``), left-padded with 0;
     the GRU reads the real items from h_0 = 0, so the padding length never leaks into h_t.
 
@@ -81,7 +82,7 @@ class GRU4RecParams(ModelParams):
 class GRU4Rec(nn.Module):
     Params: ClassVar[type[ModelParams]] = GRU4RecParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
-    optional_inputs: ClassVar[frozenset[str]] = frozenset({"sequence_label"})
+    optional_inputs: ClassVar[frozenset[str]] = frozenset({"sequence_label", "next_negatives"})
 
     def __init__(self, params: GRU4RecParams, sizes: DataSizes):
         super().__init__()
@@ -132,7 +133,8 @@ class GRU4Rec(nn.Module):
         if not (self.training and torch.is_grad_enabled()):
             return self._score(h.unsqueeze(1), items).squeeze(1)
         targets, labels, negatives, valid = history_pairs(
-            sequence, self.item_out.weight.shape[0] - 1, sequence_label)
+            sequence, self.item_out.weight.shape[0] - 1, sequence_label,
+            batch.get("next_negatives"))
         history = self._score(states[:, :-1].unsqueeze(2),
                               torch.stack([targets, negatives], dim=-1))  # (B, L-1, 2)
         self._history = (history, labels, valid)

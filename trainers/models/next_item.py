@@ -9,8 +9,18 @@ states before it score the next event of the history (all before the cut, so not
 the target or later leaks in). With ~2 positives per user in a target slice and ~50 history
 events, this is most of what a sequence model learns from.
 
-Two additions beyond the papers, both from running on a real ratings log (issue 15: SASRec
-AUC 0.21, below random):
+Three additions beyond the papers, all from runs where a model scored below random (issue
+15: SASRec AUC 0.21 on a real ratings log; issue 14: GRU4Rec and SASRec under DFAR's
+protocol):
+
+* History negatives follow the candidates' distribution. The batch's ``next_negatives``
+  are drawn as the index's sampled candidates are (``index.negative_sampling``: uniform,
+  or by popularity as DFAR's protocol; trainers/batches.py). A model whose history
+  negatives are uniform while its candidate negatives are popular learns "popular items
+  come next" from ~20 history positions per row, and the candidate lists, whose negatives
+  are the popular items, then rank it below random (GRU4Rec AUC 0.46 on
+  ``sample-feedback``; 0.75 after 10 epochs with matched negatives). GRU4Rec's own
+  in-batch negatives (Section 3.1.3) are popularity-distributed too.
 
 * Feedback labels. With ``sequence_label`` (1 positive, 0 negative feedback) the history
   holds every event, and a negative-feedback next item is a *real negative* target (label
@@ -35,8 +45,8 @@ import torch.nn.functional as F
 
 
 def history_pairs(sequence: torch.Tensor, num_items: int,
-                  sequence_label: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  sequence_label: torch.Tensor | None = None,
+                  next_negatives: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Next-item targets, their labels and one sampled negative for every history position.
 
     Args:
@@ -44,12 +54,15 @@ def history_pairs(sequence: torch.Tensor, num_items: int,
         num_items: items are 1..num_items.
         sequence_label: (B, L) int64, 1 positive / 0 negative feedback per event, or None
             (every event is a positive).
+        next_negatives: (B, L-1) sampled items, the batch's ``next_negatives`` (drawn as the
+            index's candidate negatives, trainers/batches.py), or None for uniform draws.
 
     Returns:
         targets: (B, L-1) the item after position p (p = 0..L-2);
         labels: (B, L-1) float, 1.0 where that next event is positive feedback, 0.0 where it
             is negative feedback (a real negative of the state at p);
-        negatives: (B, L-1) uniform items, never equal to the target at that position;
+        negatives: (B, L-1) ``next_negatives`` (else uniform items), never equal to the
+            target at that position;
         valid: (B, L-1) bool, True where the next item is a real event and position p is a
             real event or the padding slot just before the first event (the empty history).
     """
@@ -58,7 +71,8 @@ def history_pairs(sequence: torch.Tensor, num_items: int,
     valid = (targets != 0) & ((sequence[:, :-1] != 0) | first)
     labels = (torch.ones_like(targets, dtype=torch.float32) if sequence_label is None
               else sequence_label[:, 1:].to(torch.float32))
-    negatives = torch.randint(1, num_items + 1, targets.shape, device=sequence.device)
+    negatives = (torch.randint(1, num_items + 1, targets.shape, device=sequence.device)
+                 if next_negatives is None else next_negatives)
     # A draw equal to the target moves to the next id (wrapping): never the target itself.
     negatives = torch.where(negatives == targets, negatives % num_items + 1, negatives)
     return targets, labels, negatives, valid

@@ -20,6 +20,8 @@ Beyond the paper (trainers/models/next_item.py says why):
     embedding is added to each input item, Ê_t = M_{s_t} + P_t + Y_{y_t}, so the encoder
     reads the same (item, label) history as DFAR (issue 14); the history loss then treats a
     negative-feedback next item as a negative target (real negatives, issue 15).
+  * The history positions' negatives are the batch's ``next_negatives``, drawn as the
+    candidates' sampled negatives are (uniform or by popularity).
   * Empty history: the final LayerNorm is applied without re-masking, as the authors' code
     does, so a user with no history gets its learned shift (a trained "no history" state)
     instead of a zero state that scores every candidate 0 and, with pessimistic ties,
@@ -82,7 +84,7 @@ class _Block(nn.Module):
 class SASRec(nn.Module):
     Params: ClassVar[type[ModelParams]] = SASRecParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
-    optional_inputs: ClassVar[frozenset[str]] = frozenset({"sequence_label"})
+    optional_inputs: ClassVar[frozenset[str]] = frozenset({"sequence_label", "next_negatives"})
 
     def __init__(self, params: SASRecParams, sizes: DataSizes):
         super().__init__()
@@ -140,7 +142,8 @@ class SASRec(nn.Module):
         states = self.position_states(sequence, sequence_label)  # (B, L, d): F_t
         if self.training and torch.is_grad_enabled():
             targets, labels, negatives, valid = history_pairs(
-                sequence, self.item.weight.shape[0] - 1, sequence_label)
+                sequence, self.item.weight.shape[0] - 1, sequence_label,
+                batch.get("next_negatives"))
             pairs = torch.stack([targets, negatives], dim=-1)  # (B, L-1, 2)
             history = (self.item(pairs) @ states[:, :-1].unsqueeze(-1)).squeeze(-1)
             self._history = (history, labels, valid)  # (B, L-1, 2) r_{o_t,t}, r_{j,t}
