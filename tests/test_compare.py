@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import tiny_index
+from conf.loading import load_config
 from trainers.compare import (RANDOM_ROW, TEST_METRICS, columns, markdown_table,
                               model_configs, random_row, run_comparison, skipped_models)
 from trainers.metrics import random_floor
@@ -98,7 +99,7 @@ def test_protocol_skips_the_models_it_cannot_feed(tmp_path):
     skipped = skipped_models("leave_one_out", configs)
     assert set(skipped) == {"test_tiny", "score"}  # the others read the sequence only
     assert skipped["score"] == ("needs slice_sets, which the leave_one_out protocol does not "
-                                "feed (it feeds sequence)")
+                                "feed (it feeds next_negatives, sequence)")
     assert skipped_models("feedback", configs).keys() == {"test_tiny", "score"}
     assert skipped_models("slices", configs) == {}
     # Nothing left to run: one error naming every reason, before any MLflow run.
@@ -126,9 +127,16 @@ def test_each_model_trains_with_its_presets_train_recipe(tmp_path):
     cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=3", "train.patience=2"])
     tiny, dfar, dualrec, svdpp = model_configs(cfg, ["test_tiny", "dfar", "dualrec", "svdpp"])
     assert tiny is cfg
-    assert (dfar.train.lr, dfar.train.batch_size) == (0.0001, 200)  # DFAR Section 4.1.3
+    assert dfar.train == cfg.train  # DFAR's lr and batch are its datasets' (below)
     assert (dualrec.train.weight_decay, dualrec.train.lr_plateau_patience,
             dualrec.train.grad_clip) == (0.0001, 5, 5.0)  # PROTOCOLS.md §3
     assert svdpp.train == cfg.train  # a preset without train keys keeps the comparison's
     for model_cfg in (dfar, dualrec, svdpp):  # runtime keys stay the comparison's
         assert (model_cfg.train.epochs, model_cfg.train.patience) == (3, 2)
+    # DFAR Section 4.1.3 sets lr 1e-4 and batch 200 for every model of its Amazon table; the
+    # small logs train at 1e-3 (DFAR stays at random AUC for ~20 sample epochs at 1e-4).
+    for model in ("dfar", "din", "gru4rec", "sasrec"):
+        toys = load_config("toys-feedback", model).train
+        assert (toys.lr, toys.batch_size, toys.patience) == (0.0001, 200, 2)
+        sample = load_config("sample-feedback", model).train
+        assert (sample.lr, sample.batch_size, sample.patience) == (0.001, 200, 5)
