@@ -12,7 +12,8 @@ from trainers.registry import DataSizes, build_model
 
 L, N = 6, 15
 SIZES = DataSizes(num_users=5, num_items=N, history_slices=1, set_size=1, sequence_len=L)
-PARAMS = dict(embed_dim=4, embed_init_std=0.3, num_layers=2, ffn_dim=8, dropout=0.0)
+PARAMS = dict(embed_dim=4, embed_init_std=0.3, num_layers=2, ffn_dim=8, dropout=0.0,
+              filter="global")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -107,3 +108,46 @@ def test_loss_by_hand_and_inference():
         expected = (model.item(b["items"]) @ h[..., None]).squeeze(-1)
         assert torch.allclose(model(b), expected, atol=1e-6)
     assert torch.allclose(scores, expected, atol=1e-5)  # dropout 0: training scores alike
+
+
+def test_causal_filter_trains_every_position_in_one_pass():
+    """``filter: causal``: no state at t depends on a later slot, each position's score is
+    its own causal state against [next item, the batch's negative], and the loss is the
+    candidates' and positions' BCE mean (the same targets the prefixes train)."""
+    torch.manual_seed(0)
+    model = build_model("fmlp", {**PARAMS, "filter": "causal"}, SIZES).train()
+    b = batch()
+    b["next_negatives"] = torch.tensor([[2, 2, 2, 2, 2], [9, 9, 9, 9, 9]])
+    scores = model(b)
+    history, _, valid = model._history  # (B, L-1, 2)
+    # row 0 holds items from slot 3, row 1 from slot 0; the last slot has no next item here
+    assert valid.tolist() == [[False, False, False, True, True], [True] * 5]
+    with torch.no_grad():
+        states = model.stack(model.item(b["sequence"]), b["sequence"] != 0)  # (B, L, d)
+        changed = b["sequence"].clone()
+        changed[:, -1] = 11
+        later = model.stack(model.item(changed), changed != 0)
+        torch.testing.assert_close(states[:, :-1], later[:, :-1])  # slot < L-1: unchanged
+        nxt = torch.stack([b["sequence"][:, 1:], b["next_negatives"]], -1)  # (B, L-1, 2)
+        expected = (model.item(nxt) @ states[:, :-1].unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(history[valid], expected[valid])
+    bce = lambda s, y: -(y * F.logsigmoid(s) + (1 - y) * F.logsigmoid(-s)).sum(-1)
+    rows = bce(scores, b["label"])
+    per_position = bce(history[valid], torch.tensor([1.0, 0.0]))
+    expected_loss = torch.cat([rows, per_position]).sum() / (2 + 7)
+    torch.testing.assert_close(model.loss(scores, b), expected_loss)
+    assert not hasattr(model, "_prefixes")
+
+
+def test_global_filter_prefixes_take_the_batch_negatives():
+    torch.manual_seed(0)
+    model = build_model("fmlp", PARAMS, SIZES).train()
+    b = {**batch(), "next_negatives": torch.full((2, L - 1), 13)}
+    model(b)
+    prefixes = model.__dict__.pop("_prefixes")  # (M, 2)
+    model.eval()
+    with torch.no_grad():  # the prefix at (row 1, t = 0) is [1] alone
+        one = torch.tensor([[0, 0, 0, 0, 0, 1]])
+        h = model.stack(model.item(one), one != 0)[:, -1]
+        expected = model.item(torch.tensor([[2, 13]])) @ h.unsqueeze(-1)
+    torch.testing.assert_close(prefixes[2], expected.view(2))

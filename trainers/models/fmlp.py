@@ -21,6 +21,14 @@ the candidate list; the loss averages over all of them. Padding rows are zeroed 
 layer (the code lets position embeddings of padding slots into the filter); so an output
 depends on the real items and their slots only.
 
+``filter: causal`` (a setting beyond the paper; PROTOCOLS §5 allows either) builds the
+stack from causal filters (below), so the state at slot t already sees slots <= t only:
+the sequence is then read once and every position t scores its next item against the
+batch's ``next_negatives`` (trainers/models/next_item.py, as SASRec), instead of one
+L-slot prefix per position. Same targets, about L times less compute; a padding slot's
+state is zero here, so no empty-history state is trained (as the prefixes, which start at
+the first item).
+
 :class:`FilterLayer` with ``causal=True`` is the causal variant the dual FMLP-Rec uses
 (trainers/models/dual_fmlp.py): a linear convolution with a causal kernel of L taps, the
 kernel being the inverse FFT of a learnable 2L-point frequency response W cut to its
@@ -32,7 +40,7 @@ Shapes: B batch, C candidates, L sequence length, d embedding, M prefixes.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +48,7 @@ from pydantic import Field
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
+from trainers.models.next_item import bce_with_history, history_pairs
 from trainers.models.transformer import LAYER_NORM_EPS, init_weights
 from trainers.registry import Batch, DataSizes, ModelParams, register
 
@@ -156,12 +165,14 @@ class FMLPRecParams(ModelParams):
     num_layers: int = Field(ge=1)  # filter blocks (paper: 2)
     ffn_dim: int = Field(gt=0)  # FFN inner size (code: 4d)
     dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.5
+    filter: Literal["global", "causal"]  # paper: global, trained by prefixes; causal: one pass
 
 
 @register("fmlp")
 class FMLPRec(nn.Module):
     Params: ClassVar[type[ModelParams]] = FMLPRecParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
+    optional_inputs: ClassVar[frozenset[str]] = frozenset({"next_negatives"})
 
     def __init__(self, params: FMLPRecParams, sizes: DataSizes):
         super().__init__()
@@ -169,38 +180,51 @@ class FMLPRec(nn.Module):
         self.item = RowSparseEmbedding(sizes.num_items + 1, params.embed_dim,
                                        params.embed_init_std)  # M: input and output
         self.stack = FilterStack(sizes.sequence_len, params.embed_dim, params.num_layers,
-                                 params.ffn_dim, params.dropout, causal=False)
+                                 params.ffn_dim, params.dropout,
+                                 causal=params.filter == "causal")
         init_weights(self.stack, params.embed_init_std)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits.
 
-        In training (grad enabled) it also scores every history prefix's next item against
-        a sampled negative and keeps those (M, 2) scores for :meth:`loss`.
+        In training (grad enabled) it also scores every history position's next item against
+        a sampled negative (``next_negatives`` when fed, else uniform) and keeps those scores
+        for :meth:`loss`: from one L-slot prefix per position (global filter, (M, 2)) or
+        from the causal states of the sequence itself ((B, L-1, 2)).
         """
         sequence, items = batch["sequence"], batch["items"]
         if not (self.training and torch.is_grad_enabled()):
             e, cand = self.item.lookup([sequence, items])
             h = self.stack(e, sequence != 0)[:, -1]  # (B, d)
             return (cand @ h.unsqueeze(-1)).squeeze(-1)
-        B = sequence.shape[0]
-        targets = sequence[:, 1:]  # (B, L-1): the item after position t
-        valid = (sequence[:, :-1] != 0) & (targets != 0)
-        prefixes, b, t = prefix_rows(sequence, valid)  # (M, L)
         num_items = self.item.weight.shape[0] - 1
-        positive = targets[b, t]  # (M,)
-        negative = torch.randint(1, num_items + 1, positive.shape, device=sequence.device)
-        negative = torch.where(negative == positive, negative % num_items + 1, negative)
+        targets, _, negatives, valid = history_pairs(sequence, num_items, None,
+                                                     batch.get("next_negatives"))
+        valid = valid & (sequence[:, :-1] != 0)  # a real state at t (none on padding)
+        if self.params.filter == "causal":
+            e, cand, pairs = self.item.lookup([sequence, items,
+                                               torch.stack([targets, negatives], -1)])
+            states = self.stack(e, sequence != 0)  # (B, L, d): slot t sees slots <= t
+            history = (pairs @ states[:, :-1].unsqueeze(-1)).squeeze(-1)  # (B, L-1, 2)
+            self._history = (history, torch.ones_like(history[..., 0]), valid)
+            return (cand @ states[:, -1].unsqueeze(-1)).squeeze(-1)
+        B = sequence.shape[0]
+        prefixes, b, t = prefix_rows(sequence, valid)  # (M, L)
+        pairs = torch.stack([targets[b, t], negatives[b, t]], 1)  # (M, 2) [next, negative]
         inputs = torch.cat([sequence, prefixes])  # (B + M, L)
-        e, cand, pairs = self.item.lookup([inputs, items, torch.stack([positive, negative], 1)])
+        e, cand, pairs = self.item.lookup([inputs, items, pairs])
         h = self.stack(e, inputs != 0)[:, -1]  # (B + M, d): each input's last slot
         self._prefixes = (pairs @ h[B:].unsqueeze(-1)).squeeze(-1)  # (M, 2) [next, negative]
         return (cand @ h[:B].unsqueeze(-1)).squeeze(-1)
 
     def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Binary cross-entropy per prediction: a candidate row (scores (B, C), positive at
-        column 0) sums over its candidates, a prefix over [next item, negative]; the mean is
-        over the B rows and, after a training forward, the M prefixes alike."""
+        column 0) sums over its candidates, a prefix (or causal position) over [next item,
+        negative]; the mean is over the B rows and, after a training forward, the M prefixes
+        (the valid positions) alike."""
+        history = self.__dict__.pop("_history", None)
+        if history is not None:  # filter: causal
+            return bce_with_history(scores, batch["label"], history)
         rows = F.binary_cross_entropy_with_logits(
             scores, batch["label"].to(scores.dtype), reduction="none").sum(1)  # (B,)
         prefixes = self.__dict__.pop("_prefixes", None)
