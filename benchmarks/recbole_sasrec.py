@@ -20,7 +20,11 @@ headline is the wall time each needs to reach the same valid HR@10 (the lower of
 best values), and the HR@10 each has after the same number of epochs.
 
 Run: .venv/bin/python benchmarks/recbole_sasrec.py [--epochs 5] [--our-epochs 20]
-     [--threads 2] [--work data/bench/recbole]
+     [--threads 2] [--work data/bench/recbole] [--batch-order by_length|shuffled]
+     [--recbole-result data/bench/recbole/recbole.json]
+(``--batch-order``: ours batches histories of similar length and cuts each batch to its
+longest, ``train.batch_order: by_length``, by default; ``shuffled`` pads every batch to L.
+``--recbole-result``: reuse an earlier RecBole run on the same generated data.)
 (``--our-epochs``: ours may run more epochs than RecBole's ``--epochs``, since an epoch of ours
 costs a fraction of one of RecBole's; the "after the same number of epochs" line compares
 epoch ``--epochs`` of both.)
@@ -43,16 +47,15 @@ sys.path.insert(0, str(ROOT))
 
 from conf.loading import load_config  # noqa: E402
 from trainers.embedding import build_optimizer  # noqa: E402
-from trainers.registry import build_model, model_class  # noqa: E402
-from trainers.split_data import load_split_data  # noqa: E402
-from trainers.batches import epoch_rows  # noqa: E402
-from trainers.train import seed_everything, train_epoch, validate  # noqa: E402
+from trainers.registry import build_model, model_class, variable_length  # noqa: E402
+from trainers.split_data import declared_inputs, load_split_data  # noqa: E402
+from trainers.train import seed_everything, train_epoch, validate, worker_rows  # noqa: E402
 
 RECBOLE_PYTHON = ROOT / ".venv-recbole" / "bin" / "python"
 SASREC = {"embed_dim": 64, "num_blocks": 2, "num_heads": 1, "dropout": 0.5}
 
 
-def config(work: Path):
+def config(work: Path, batch_order: str):
     return load_config("sample-loo", "sasrec", "local", [
         f"paths.raw_dir={work}/raw", f"paths.work_dir={work}/work",
         f"tracking.uri=sqlite:///{work}/mlflow.db", f"tracking.artifact_location={work}/mla",
@@ -61,23 +64,24 @@ def config(work: Path):
         "dataset.rating_scale=null", "dataset.positive_min_rating=null",
         "generate.rows=240000", "generate.users=22363", "generate.items=12101",
         "generate.malformed_rate=0", "train.batch_size=256", "train.lr=0.001",
-        "train.eval_batch_size=1024",
+        "train.eval_batch_size=1024", f"train.batch_order={batch_order}",
         *(f"model.params.{k}={v}" for k, v in SASREC.items()),
     ])
 
 
 def ours(cfg, epochs: int) -> list[dict]:
-    model_inputs = model_class("sasrec").inputs
-    data = load_split_data(cfg, model_inputs, ("train", "valid"), "cpu")
+    required, optional = declared_inputs(model_class("sasrec"))
+    data = load_split_data(cfg, required, ("train", "valid"), "cpu", optional)
     seed_everything(cfg.train.seed)
     model = build_model("sasrec", dict(cfg.model.params), data.sizes)
+    data.builder.trim_padding = variable_length(model)
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.l2)
     sampler = data.negative_sampler(cfg)
     out = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         train = data.train_epoch_samples(cfg, epoch, sampler)
-        rows = epoch_rows(len(train), epoch, cfg.train.seed, 0, 1)
+        rows = worker_rows(data.builder, train, cfg.train, epoch, 0, 1, "cpu")
         loss, _ = train_epoch(model, model, optimizer, data.builder, train, rows,
                               cfg.train.batch_size, cfg.train.l2, 1, 0, epoch, None)
         trained = time.perf_counter()
@@ -108,12 +112,18 @@ def main() -> None:
                         help="our epochs (default: --epochs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench" / "recbole")
+    parser.add_argument("--batch-order", choices=["shuffled", "by_length"], default="by_length",
+                        help="our train.batch_order (by_length: batches cut to their longest "
+                             "history; shuffled: every batch padded to L = 50)")
+    parser.add_argument("--recbole-result", type=Path, default=None,
+                        help="reuse RecBole's JSON of an earlier run on the same data instead "
+                             "of training it again (its seconds were measured then)")
     args = parser.parse_args()
-    if not RECBOLE_PYTHON.exists():
+    if args.recbole_result is None and not RECBOLE_PYTHON.exists():
         sys.exit(f"RecBole's venv is missing: see benchmarks/recbole_runner.py for the "
                  f"install line ({RECBOLE_PYTHON})")
     torch.set_num_threads(args.threads)
-    cfg = config(args.work.resolve())
+    cfg = config(args.work.resolve(), args.batch_order)
 
     from spark_jobs.index import run_index
     from spark_jobs.ingest import run_ingest
@@ -128,15 +138,16 @@ def main() -> None:
           f"index counts {manifest['counts']}", flush=True)
 
     mine = ours(cfg, args.our_epochs or args.epochs)
-    recbole_out = args.work / "recbole.json"
-    subprocess.run([str(RECBOLE_PYTHON), str(ROOT / "benchmarks" / "recbole_runner.py"),
-                    "--sequences", str(Path(cfg.paths.raw_dir) / "Bench.txt"),
-                    "--epochs", str(args.epochs), "--out", str(recbole_out),
-                    "--threads", str(args.threads), "--embed-dim", "64", "--blocks", "2",
-                    "--heads", "1", "--dropout", "0.5", "--max-len", "50", "--lr", "0.001",
-                    "--batch-size", "256"],
-                   check=True, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
-                   cwd=args.work)
+    recbole_out = args.recbole_result or args.work / "recbole.json"
+    if args.recbole_result is None:
+        subprocess.run([str(RECBOLE_PYTHON), str(ROOT / "benchmarks" / "recbole_runner.py"),
+                        "--sequences", str(Path(cfg.paths.raw_dir) / "Bench.txt"),
+                        "--epochs", str(args.epochs), "--out", str(recbole_out),
+                        "--threads", str(args.threads), "--embed-dim", "64", "--blocks", "2",
+                        "--heads", "1", "--dropout", "0.5", "--max-len", "50", "--lr", "0.001",
+                        "--batch-size", "256"],
+                       check=True, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
+                       cwd=args.work)
     theirs = json.loads(recbole_out.read_text())["epochs"]
 
     print(f"\n| epoch | ours train s | ours valid s | ours HR@10 | RecBole train s | "

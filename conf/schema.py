@@ -251,6 +251,10 @@ class TrainConfig(Section):
     # each epoch a random contiguous window of L events + its target ending at or before
     # it (random: DualRec's released code, so events before a long history's last L train too)
     window: Literal["last", "random"]
+    # shuffled: i.i.d. batches; by_length: shuffled, then rows of similar history length
+    # batched together (a bucketing iterator), so a variable_length model's batches are cut
+    # to their longest history (short sequences, as Amazon's, then cost a fraction of L)
+    batch_order: Literal["shuffled", "by_length"]
     run_name: str | None  # run directory <work>/train/<run_name>; None: the model's name
 
 

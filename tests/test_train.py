@@ -432,10 +432,12 @@ def test_training_under_sequence_protocols(ray_local, tmp_path, protocol):
 
     tiny_index.write_sequence_index(tmp_path / "work", protocol)
     window = {"leave_one_out": "random", "feedback": "last"}[protocol]
+    order = {"leave_one_out": "by_length", "feedback": "shuffled"}[protocol]
     cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=3", "train.weight_decay=0.0001",
                                             "train.grad_clip=5.0", "train.lr_plateau_patience=1",
                                             "train.full_rank_users=0",
-                                            f"train.window={window}"], model="test_tiny_seq")
+                                            f"train.window={window}",
+                                            f"train.batch_order={order}"], model="test_tiny_seq")
     if protocol == "feedback":  # its rows are every target already: a random window is refused
         from trainers.split_data import load_split_data
 

@@ -166,6 +166,10 @@ class SliceSequences:
         return cls(tensor(new_offsets), tensor(items[keep]), tensor(labels[keep]), tensor(keys),
                    num_slices)
 
+    def count_before(self, user: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+        """(B,) how many events each user has before its target slice ``cut``."""
+        return torch.searchsorted(self.keys, user * self.num_slices + cut) - self.offsets[user]
+
     def before(self, user: torch.Tensor, cut: torch.Tensor, length: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """The last ``length`` events of each user before its target slice.
@@ -224,6 +228,10 @@ class EventSequences:
                 f"split {split!r}: row of user {int(samples.user[row])} has cut "
                 f"{int(samples.cut[row])} outside the user's {int(self.lengths(samples.user)[row])}"
                 " events: samples and sequences come from different index runs")
+
+    def count_before(self, user: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+        """(B,) how many events each user has before position ``cut``: ``cut`` itself."""
+        return cut.clone()
 
     def before(self, user: torch.Tensor, cut: torch.Tensor, length: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,6 +319,12 @@ class BatchBuilder:
             distribution of the index's sampled candidates, so a model learns from its
             history what the candidate lists will ask of it.
 
+    Attributes:
+        trim_padding: cut ``sequence``, ``sequence_label`` and ``next_negatives`` to the
+            batch's longest history plus one slot (the empty-history slot before a user's
+            first event), at most L. Set it only for a ``variable_length`` model
+            (trainers/registry.py), whose outputs that cut leaves unchanged.
+
     Raises:
         ValueError: an unknown input name, an input the protocol cannot feed (naming both),
             or an input whose arrays were not given.
@@ -353,6 +367,7 @@ class BatchBuilder:
         self.sequences = sequences
         self.sequence_len = sequence_len
         self.next_negatives = next_negatives
+        self.trim_padding = False
 
     def build(self, user: torch.Tensor, cut: torch.Tensor, candidates: torch.Tensor,
               target_label: torch.Tensor) -> Batch:
@@ -384,6 +399,10 @@ class BatchBuilder:
             batch["item_sets"] = (item_sets * valid[:, None, :, None, None]).long()
         if {"sequence", "sequence_label"} & self.inputs:
             items, labels = self.sequences.before(user, cut, self.sequence_len)  # (B, L) x2
+            if self.trim_padding:
+                L = self.sequence_len
+                keep = min(L, int((items != 0).sum(1).max()) + 1)
+                items, labels = items[:, L - keep:], labels[:, L - keep:]  # (B, keep) x2
             if "sequence" in self.inputs:
                 batch["sequence"] = items
             if "sequence_label" in self.inputs:
@@ -391,6 +410,12 @@ class BatchBuilder:
             if "next_negatives" in self.inputs:
                 batch["next_negatives"] = self.next_negatives.draw((B, items.shape[1] - 1))
         return batch
+
+    def history_lengths(self, samples: Samples) -> torch.Tensor:
+        """(N,) each row's history length in ``sequence``: its events before the cut, at most
+        L (under ``slices`` all events, labelled or not, for a model reading labels)."""
+        return self.sequences.count_before(samples.user, samples.cut).clamp(
+            max=self.sequence_len)
 
     def rows(self, samples: Samples, idx: torch.Tensor) -> Batch:
         """The batch of rows ``idx`` (indices into ``samples``)."""
@@ -423,6 +448,35 @@ def epoch_rows(n: int, epoch: int, seed: int, rank: int, world_size: int,
     per_worker = -(-n // world_size)
     padded = perm.repeat(-(-per_worker * world_size // n))[:per_worker * world_size]
     return padded[rank::world_size].to(device)
+
+
+def length_batches(rows: torch.Tensor, lengths: torch.Tensor, batch_size: int, epoch: int,
+                   seed: int, chunk_batches: int = 64) -> torch.Tensor:
+    """Reorder a shuffled epoch so each batch holds histories of similar length
+    (``train.batch_order: by_length``; a bucketing iterator).
+
+    The rows are cut into chunks of ``chunk_batches`` batches; each chunk is sorted by
+    length and split into batches; the batches of all chunks are then shuffled (seeded by
+    seed and epoch), the one partial batch, if any, kept last so the loop's consecutive
+    slices of ``batch_size`` are exactly these batches. Every row stays once; only which
+    rows share a batch changes, so a ``variable_length`` model's cut
+    (:class:`BatchBuilder`) is short for most batches.
+
+    Args:
+        rows: (n,) this worker's shuffled rows (:func:`epoch_rows`).
+        lengths: (n,) the history length of each of ``rows``.
+    Returns:
+        (n,) the same rows, batch by batch.
+    """
+    n = len(rows)
+    chunk = chunk_batches * batch_size
+    ordered = torch.cat([rows[start:start + chunk][lengths[start:start + chunk].argsort(
+        stable=True)] for start in range(0, n, chunk)])
+    full = n // batch_size
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 104_729)
+    order = torch.randperm(full, generator=g).to(rows.device)
+    batches = ordered[:full * batch_size].view(full, batch_size)[order].reshape(-1)
+    return torch.cat([batches, ordered[full * batch_size:]])
 
 
 def shard_rows(n: int, rank: int, world_size: int, device: torch.device | str = "cpu"

@@ -40,7 +40,7 @@ from trainers.batches import BatchBuilder, EventSequences, Samples
 from trainers.metrics import (FeedbackAccumulator, RankHistogram, items_ranked_above,
                               new_accumulator, random_floor)
 from trainers.popularity import popularity_scores, train_popularity_scores
-from trainers.registry import DataSizes, build_model, model_class
+from trainers.registry import DataSizes, build_model, model_class, variable_length
 from trainers.split_data import declared_inputs, load_split_data
 from trainers.train import CHECKPOINT_FILE, read_run, run_dir
 
@@ -71,6 +71,7 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     model = load_best_model(cfg, record["result"]["checkpoint"], device)
     required, optional = declared_inputs(type(model))
     data = load_split_data(cfg, required, ("train", "valid", "test"), device, optional)
+    data.builder.trim_padding = variable_length(model)
     protocol, test = data.protocol, data.splits["test"]
     counts = data.popularity()  # (I+1, T) under slices, else (I+1,)
 

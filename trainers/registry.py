@@ -9,8 +9,13 @@ A model is an ``nn.Module`` that
     may declare ``optional_inputs``: fields it reads when the protocol feeds them (e.g.
     GRU4Rec's label embedding under ``feedback``). Each protocol feeds (trainers/batches.py
     ``PROTOCOL_INPUTS``): ``slices`` {slice_sets, sequence, sequence_label},
-    ``leave_one_out`` {sequence}, ``feedback`` {sequence, sequence_label}; a model needing
-    more is refused (one clear error; ``compare`` skips it and says why),
+    ``leave_one_out`` {sequence}, ``feedback`` {sequence, sequence_label}, and all three
+    ``next_negatives`` (sampled per batch); a model needing more is refused (one clear
+    error; ``compare`` skips it and says why),
+  * may set ``variable_length = True`` (class or instance attribute) when its outputs do not
+    depend on how many padding slots precede a history: its batches are then cut to the
+    longest history in the batch (plus the empty-history slot), and ``train.batch_order:
+    by_length`` makes that cut short for most batches (trainers/batches.py),
   * is built as ``Model(params, sizes)`` and never sees Spark, Ray or dataset objects,
   * maps a batch to candidate scores with ``forward(batch) -> (B, C)`` logits, and
   * owns its objective with ``loss(scores, batch) -> scalar``.
@@ -31,6 +36,9 @@ S set size, L sequence length; all ids int64, 0 = padding / empty):
                                  events before the target
   sequence_label (B, L)          1 positive, 0 negative feedback of each history event; 0 on
                                  padding too (padding is ``sequence == 0``)
+  next_negatives (B, L-1)        a sampled item per history position (the negative of its
+                                 next item), drawn as the index's sampled candidates
+For a ``variable_length`` model L is the batch's own: min(L, longest history + 1).
 History slice h of H is absolute slice ``target - H + h``; slices before 0 are all-empty.
 """
 
@@ -44,6 +52,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 Batch = dict[str, torch.Tensor]
+
+
+def variable_length(model: nn.Module) -> bool:
+    """Whether ``model`` takes histories cut to the batch's longest (``variable_length``)."""
+    return bool(getattr(model, "variable_length", False))
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,10 @@ from conf.loading import section_hash
 from conf.schema import PipelineConfig
 from spark_jobs.manifest import exists, filesystem, join, manifest_hash, write_json
 from trainers import tracking
-from trainers.batches import BatchBuilder, Samples, epoch_rows, shard_rows
+from trainers.batches import BatchBuilder, Samples, epoch_rows, length_batches, shard_rows
 from trainers.embedding import build_optimizer
 from trainers.metrics import SELECTION_METRIC, RankHistogram, new_accumulator, rank_of_positive
-from trainers.registry import DataSizes, build_model, model_class
+from trainers.registry import DataSizes, build_model, model_class, variable_length
 from trainers.split_data import declared_inputs, load_split_data
 
 log = logging.getLogger(__name__)
@@ -314,6 +314,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     metric = SELECTION_METRIC[data.protocol]
     seed_everything(tc.seed)  # same initial weights on every worker
     model = build_model(cfg.model.name, dict(cfg.model.params), data.sizes).to(device)
+    data.builder.trim_padding = variable_length(model)
+    if tc.batch_order == "by_length" and "sequence" not in data.builder.inputs and rank == 0:
+        log.info("train.batch_order: by_length needs a sequence input; %s reads none, so its "
+                 "batches stay shuffled", cfg.model.name)
     optimizer = build_optimizer(model, tc.lr, tc.l2, tc.weight_decay)
     state = TrainState(lr=tc.lr)
     checkpoint = ray.train.get_checkpoint()
@@ -339,7 +343,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
         seed_everything(tc.seed + 1_000 * epoch + rank)  # resumable without saved RNG streams
         train = data.train_epoch_samples(cfg, epoch, sampler)
-        rows = epoch_rows(len(train), epoch, tc.seed, rank, world, device)
+        rows = worker_rows(data.builder, train, tc, epoch, rank, world, device)
         loss, samples_per_s = train_epoch(net, model, optimizer, data.builder, train, rows,
                                            tc.batch_size, tc.l2, world, rank, epoch,
                                            tc.grad_clip)
@@ -372,6 +376,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                  checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
         else:
             ray.train.report({**metrics, SCORE: valid[metric]})
+
+
+def worker_rows(builder: BatchBuilder, train: Samples, tc, epoch: int, rank: int, world: int,
+                device) -> torch.Tensor:
+    """This worker's training rows for ``epoch`` in batch order: a seeded shuffle
+    (:func:`epoch_rows`), then, under ``train.batch_order: by_length`` and a model reading
+    ``sequence``, grouped into batches of similar history length (:func:`length_batches`)."""
+    rows = epoch_rows(len(train), epoch, tc.seed, rank, world, device)
+    if tc.batch_order == "by_length" and "sequence" in builder.inputs:
+        rows = length_batches(rows, builder.history_lengths(train)[rows], tc.batch_size,
+                              epoch, tc.seed)
+    return rows
 
 
 def train_epoch(net, model, optimizer, builder: BatchBuilder, train: Samples,

@@ -182,6 +182,8 @@ class FMLPRec(nn.Module):
         self.stack = FilterStack(sizes.sequence_len, params.embed_dim, params.num_layers,
                                  params.ffn_dim, params.dropout,
                                  causal=params.filter == "causal")
+        # a causal filter takes the newest L' < L slots alone; the global one needs all L
+        self.variable_length = params.filter == "causal"
         init_weights(self.stack, params.embed_init_std)
 
     def forward(self, batch: Batch) -> torch.Tensor:

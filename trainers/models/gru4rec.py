@@ -83,6 +83,7 @@ class GRU4Rec(nn.Module):
     Params: ClassVar[type[ModelParams]] = GRU4RecParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
     optional_inputs: ClassVar[frozenset[str]] = frozenset({"sequence_label", "next_negatives"})
+    variable_length: ClassVar[bool] = True  # left padding never reaches an output
 
     def __init__(self, params: GRU4RecParams, sizes: DataSizes):
         super().__init__()

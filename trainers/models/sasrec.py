@@ -85,6 +85,7 @@ class SASRec(nn.Module):
     Params: ClassVar[type[ModelParams]] = SASRecParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
     optional_inputs: ClassVar[frozenset[str]] = frozenset({"sequence_label", "next_negatives"})
+    variable_length: ClassVar[bool] = True  # left padding never reaches an output
 
     def __init__(self, params: SASRecParams, sizes: DataSizes):
         super().__init__()
