@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conf.loading import load_config
 from trainers.batches import BatchBuilder, EventSequences, length_batches
 from trainers.registry import DataSizes, build_model, model_class, variable_length
 
@@ -18,6 +19,7 @@ CUT_MODELS = {  # every model that declares variable_length, with small params
     "gru4rec": dict(embed_dim=8, embed_init_std=0.1, hidden_dim=8, num_layers=1, dropout=0.0,
                     loss="bpr"),
     "fmlp": {**FMLP, "filter": "causal"},
+    **{name: "preset" for name in ("dfar", "tha4rec", "din", "dien", "dfn", "feedrec")},
 }
 
 
@@ -34,8 +36,11 @@ def left_padded(lengths: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("name", sorted(CUT_MODELS))
 def test_cutting_the_left_padding_leaves_every_score_unchanged(name):
+    params = CUT_MODELS[name]
+    if params == "preset":
+        params = dict(load_config("sample-feedback", name).model.params)
     torch.manual_seed(0)
-    model = build_model(name, CUT_MODELS[name], SIZES).eval()
+    model = build_model(name, params, SIZES).eval()
     assert variable_length(model)
     batch = left_padded([0, 2, 3, 1])
     with torch.no_grad():
@@ -49,7 +54,7 @@ def test_cutting_the_left_padding_leaves_every_score_unchanged(name):
 def test_models_that_need_every_slot_do_not_declare_it():
     torch.manual_seed(0)
     assert not variable_length(build_model("fmlp", {**FMLP, "filter": "global"}, SIZES))
-    for name in ("bert4rec", "dualrec", "caser", "dfar", "score"):
+    for name in ("bert4rec", "dualrec", "caser", "score"):
         assert not getattr(model_class(name), "variable_length", False), name
 
 

@@ -99,6 +99,7 @@ class _TargetAttention(nn.Module):
 class DFAR(nn.Module):
     Params: ClassVar[type[ModelParams]] = DFARParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence", "sequence_label"})
+    variable_length: ClassVar[bool] = True  # padding is masked everywhere: no output reads it
 
     def __init__(self, params: DFARParams, sizes: DataSizes):
         super().__init__()

@@ -93,6 +93,7 @@ class _TargetTransformer(nn.Module):
 class DFN(nn.Module):
     Params: ClassVar[type[ModelParams]] = DFNParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence", "sequence_label"})
+    variable_length: ClassVar[bool] = True  # padding is masked everywhere: no output reads it
 
     def __init__(self, params: DFNParams, sizes: DataSizes):
         super().__init__()

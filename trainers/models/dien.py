@@ -65,6 +65,7 @@ class AUGRUCell(nn.Module):
 class DIEN(nn.Module):
     Params: ClassVar[type[ModelParams]] = DIENParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence", "sequence_label"})
+    variable_length: ClassVar[bool] = True  # padding is masked everywhere: no output reads it
 
     def __init__(self, params: DIENParams, sizes: DataSizes):
         super().__init__()

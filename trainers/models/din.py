@@ -45,6 +45,7 @@ class DINParams(ModelParams):
 class DIN(nn.Module):
     Params: ClassVar[type[ModelParams]] = DINParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence", "sequence_label"})
+    variable_length: ClassVar[bool] = True  # padding is masked everywhere: no output reads it
 
     def __init__(self, params: DINParams, sizes: DataSizes):
         super().__init__()

@@ -96,6 +96,7 @@ class _AttentivePooling(nn.Module):
 class FeedRec(nn.Module):
     Params: ClassVar[type[ModelParams]] = FeedRecParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence", "sequence_label"})
+    variable_length: ClassVar[bool] = True  # padding is masked everywhere: no output reads it
 
     def __init__(self, params: FeedRecParams, sizes: DataSizes):
         super().__init__()
