@@ -238,6 +238,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(ge=0)  # Adam's L2 on every parameter (DualRec code: 1e-4)
     # epochs without gain of the selection metric (valid MRR; valid AUC under feedback)
     patience: int = Field(ge=1)
+    min_epochs: int = Field(ge=0)  # no early stop before this many epochs (a first-epochs dip)
     lr_plateau_patience: int | None = Field(ge=1)  # halve lr after this many; None: off
     grad_clip: float | None = Field(gt=0)  # max global norm of dense gradients; None: off
     seed: int

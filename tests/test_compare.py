@@ -139,4 +139,5 @@ def test_each_model_trains_with_its_presets_train_recipe(tmp_path):
         toys = load_config("toys-feedback", model).train
         assert (toys.lr, toys.batch_size, toys.patience) == (0.0001, 200, 2)
         sample = load_config("sample-feedback", model).train
-        assert (sample.lr, sample.batch_size, sample.patience) == (0.001, 200, 5)
+        assert (sample.lr, sample.batch_size, sample.patience, sample.min_epochs) == (
+            0.001, 200, 5, 10)

@@ -292,6 +292,14 @@ def test_plateau_halves_lr_and_patience_stops():
     state.after_validation(8, 0.1, patience=4, lr_plateau_patience=None)
     assert state.stopped_early and state.lr == pytest.approx(0.01 / 4)
 
+    # min_epochs: a dip in the first epochs does not stop the run, a later plateau does
+    dip = TrainState(lr=0.01)
+    for epoch, score in enumerate([0.50, 0.45, 0.40, 0.42], start=1):
+        dip.after_validation(epoch, score, patience=2, lr_plateau_patience=None, min_epochs=5)
+    assert not dip.stopped_early and dip.stale_epochs == 3
+    dip.after_validation(5, 0.49, patience=2, lr_plateau_patience=None, min_epochs=5)
+    assert dip.stopped_early  # epoch 5 reached, 4 epochs without gain
+
 
 def test_epoch_rows_shard_disjoint_and_cover():
     n, world = 103, 2

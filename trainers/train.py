@@ -65,7 +65,7 @@ RUN_FILE = "run.json"
 CHECKPOINT_FILE = "state.pt"
 # Fields that change how a run executes or how long it goes on, not what it learns: a
 # rerun that changes only these resumes the same run.
-_RUNTIME_FIELDS = ("epochs", "patience", "num_workers", "use_gpu", "cpus_per_worker",
+_RUNTIME_FIELDS = ("epochs", "patience", "min_epochs", "num_workers", "use_gpu", "cpus_per_worker",
                    "ray_address", "eval_batch_size", "full_rank_users", "run_name",
                    "max_failures")
 _PROGRESS_LINES_PER_EPOCH = 10
@@ -88,19 +88,21 @@ class TrainState:
     lr: float = 0.0  # current learning rate: train.lr at the start, halved on plateau
 
     def after_validation(self, epoch: int, score: float, patience: int,
-                         lr_plateau_patience: int | None) -> bool:
+                         lr_plateau_patience: int | None, min_epochs: int = 0) -> bool:
         """Record epoch ``epoch``'s validation score; returns True when it is the best.
 
-        No gain for ``patience`` epochs stops the run; with ``lr_plateau_patience``, every
-        that many epochs without gain halve the learning rate (as ``ReduceLROnPlateau``
-        with factor 1/2, whose bad-epoch counter restarts after a reduction).
+        No gain for ``patience`` epochs stops the run, once ``min_epochs`` epochs are done
+        (a model whose validation score dips in its first epochs is not stopped there); with
+        ``lr_plateau_patience``, every that many epochs without gain halve the learning rate
+        (as ``ReduceLROnPlateau`` with factor 1/2, whose bad-epoch counter restarts after a
+        reduction).
         """
         self.epoch = epoch
         if score > self.best_score:
             self.best_score, self.best_epoch, self.stale_epochs = score, epoch, 0
             return True
         self.stale_epochs += 1
-        self.stopped_early = self.stale_epochs >= patience
+        self.stopped_early = self.stale_epochs >= patience and epoch >= min_epochs
         if lr_plateau_patience is not None and self.stale_epochs % lr_plateau_patience == 0:
             self.lr /= 2
         return False
@@ -350,7 +352,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         valid = validate(model, data.builder, valid_split, tc.eval_batch_size, rank, world,
                          data.protocol)
         lr = state.lr
-        if state.after_validation(epoch, valid[metric], tc.patience, tc.lr_plateau_patience):
+        if state.after_validation(epoch, valid[metric], tc.patience, tc.lr_plateau_patience,
+                                  tc.min_epochs):
             best_valid = valid
         if state.lr != lr:
             optimizer.set_lr(state.lr)
