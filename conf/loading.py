@@ -1,7 +1,9 @@
 """Compose the YAML presets under ``conf/`` into one validated :class:`PipelineConfig`.
 
 Order (later wins): ``defaults.yaml`` < ``profiles/<profile>.yaml`` < the dataset layer <
-``models/<model>.yaml`` < an optional user file < command-line overrides (``key.sub=value``).
+``models/<model>.yaml`` < the dataset's ``table.params`` (what a paper sets for every model of
+its table, applied to the models that have that parameter) < an optional user file <
+command-line overrides (``key.sub=value``).
 The dataset layer is ``datasets/<dataset>.yaml`` for a preset name, the file itself when
 ``dataset`` is a YAML path (a user's own dataset needs no file in the repo), and nothing when
 the user file defines ``dataset.name: <dataset>`` itself. Every leaf remembers which file set
@@ -72,6 +74,32 @@ def _dataset_layer(dataset: str, config_file: str | os.PathLike | None
     raise ConfigError(
         f"unknown dataset {dataset!r}: not a preset ({', '.join(available('datasets'))}), "
         f"not a YAML file{where}; pass --dataset path/to/dataset.yaml or define it in --config")
+
+
+def _table_params(source: str, table: Any) -> dict[str, Any]:
+    """The ``params`` of one layer's ``table:`` section, checked.
+
+    ``table.params`` holds the hyper-parameters a paper sets for every model of its
+    comparison table (DualRec: d = 64; DFAR: embedding size 32). :func:`load_config` lays
+    them over the model preset for the models whose preset defines that parameter; a user
+    file and the command line still override them, and ``seqrec compare`` applies them to
+    each model it trains (``cfg.table``).
+
+    Raises:
+        ConfigError: ``table`` is not ``{params: {...}}``, or a parameter no model preset has.
+    """
+    if not (isinstance(table, dict) and set(table) == {"params"}
+            and isinstance(table["params"], dict)):
+        raise ConfigError(f"{source}: table must be a mapping with one key, params "
+                          f"(model hyper-parameters every model of the table shares)")
+    known = {key for name in available("models") for key in
+             (_read_yaml(CONF_DIR / "models" / f"{name}.yaml").get("model", {})
+              .get("params") or {})}
+    unknown = sorted(set(table["params"]) - known)
+    if unknown:
+        raise ConfigError(f"{source}: table.params {', '.join(unknown)}: no model preset has "
+                          f"such a parameter")
+    return table["params"]
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -179,6 +207,19 @@ def load_config(
         layers.insert(2, dataset_layer)  # after the profile, before the model
     if config_file is not None:
         layers.append((str(config_file), _read_yaml(Path(config_file))))
+    model_params = layers[-1 if config_file is None else -2][1].get("model", {}).get("params", {})
+    parsed = [(text, *_parse_override(text)) for text in overrides or []]
+    table: dict[str, Any] = {}
+    for source, data in layers:
+        if "table" in data:
+            table.update(_table_params(source, data["table"]))
+    for text, keys, value in parsed:  # --set table.params.<key>=value
+        if keys[:2] == ["table", "params"] and len(keys) == 3:
+            table.update(_table_params(f"override {text!r}", {"params": {keys[2]: value}}))
+    shared = {k: v for k, v in table.items() if k in model_params}
+    if shared:  # right after the model preset
+        layers.insert(len(layers) - (config_file is not None),
+                      ("the dataset's table.params", {"model": {"params": shared}}))
 
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
@@ -186,8 +227,7 @@ def load_config(
         _merge(merged, _expand_all(data), source, origin)
     merged["profile"] = profile
     origin["profile"] = "--profile"
-    for text in overrides or []:
-        keys, value = _parse_override(text)
+    for text, keys, value in parsed:
         nested: dict[str, Any] = value
         for key in reversed(keys):
             nested = {key: nested}

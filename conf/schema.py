@@ -278,6 +278,13 @@ class FlowConfig(Section):
     work_pool: str
 
 
+class TableConfig(Section):
+    """Hyper-parameters a paper sets for every model of its comparison table (a dataset
+    preset's ``table:``; conf/loading.py lays them over each model preset that has them)."""
+
+    params: dict[str, object]
+
+
 class SweepConfig(Section):
     """Ray Tune sweeps of any settings (trainers/sweep.py, ``seqrec tune``)."""
 
@@ -317,3 +324,4 @@ class PipelineConfig(Section):
     tracking: TrackingConfig
     flow: FlowConfig
     sweep: SweepConfig
+    table: TableConfig

@@ -12,7 +12,7 @@ import pytest
 
 import tiny_index
 from conf.loading import load_config
-from trainers.compare import (RANDOM_ROW, TEST_METRICS, columns, markdown_table,
+from trainers.compare import (RANDOM_ROW, TEST_METRICS, columns, markdown_table, model_config,
                               model_configs, random_row, run_comparison, skipped_models)
 from trainers.metrics import random_floor
 
@@ -141,3 +141,19 @@ def test_each_model_trains_with_its_presets_train_recipe(tmp_path):
         sample = load_config("sample-feedback", model).train
         assert (sample.lr, sample.batch_size, sample.patience, sample.min_epochs) == (
             0.001, 200, 5, 10)
+
+
+def test_each_model_of_a_papers_table_gets_the_tables_sizes():
+    """DualRec's d = 64 and DFAR's 32 hold for every model a comparison trains on their
+    datasets, not only for the model the config was loaded with; SCoRe's presets keep 16."""
+    for dataset, d in (("beauty", 64), ("sample-loo", 64), ("toys-feedback", 32),
+                       ("sample-feedback", 32), ("sample", 16)):
+        cfg = load_config(dataset, "dualrec" if d == 64 else "dfar" if d == 32 else "score")
+        for model_cfg in model_configs(cfg, ["sasrec", "gru4rec", "caser"]):
+            assert model_cfg.model.params["embed_dim"] == d, (dataset, model_cfg.model.name)
+        gru4rec = model_config(cfg, "gru4rec").model.params
+        assert gru4rec["hidden_dim"] == (32 if d == 16 else d)
+        assert "hidden_dim" not in model_config(cfg, "sasrec").model.params
+    own = load_config("beauty", "sasrec", overrides=["table.params.embed_dim=48"])
+    assert own.model.params["embed_dim"] == 48
+    assert model_config(own, "caser").model.params["embed_dim"] == 48

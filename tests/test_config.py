@@ -92,6 +92,37 @@ def test_a_users_own_dataset_needs_no_file_in_the_repo(tmp_path):
     assert f"{own} does not set dataset.name: shops" in str(err.value)
 
 
+def test_a_papers_table_sizes_reach_every_model_that_has_them(tmp_path):
+    """DualRec sets d = 64 and DFAR 32 for every model of their tables: the dataset's
+    ``table.params`` beat each model preset, only where the model has that parameter, and a
+    user file or an override still beats them."""
+    params = {(d, m): load_config(d, m).model.params for d in ("beauty", "toys-feedback",
+                                                                "sample") for m in
+              ("sasrec", "gru4rec", "caser", "dualrec", "bert4rec", "dfar", "din", "score")}
+    for model in ("sasrec", "gru4rec", "caser", "dualrec", "bert4rec"):
+        assert params["beauty", model]["embed_dim"] == 64
+    for model in ("sasrec", "gru4rec", "caser", "dfar", "din"):
+        assert params["toys-feedback", model]["embed_dim"] == 32
+    assert params["beauty", "gru4rec"]["hidden_dim"] == 64
+    assert "hidden_dim" not in params["beauty", "sasrec"]  # not added where a model has none
+    # SCoRe's table has no table.params: every model keeps its own preset (d = 16).
+    assert all(params["sample", m]["embed_dim"] == 16 for m in ("sasrec", "caser", "score"))
+    assert load_config("beauty", "sasrec", overrides=["model.params.embed_dim=8"]
+                       ).model.params["embed_dim"] == 8
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("model:\n  params:\n    embed_dim: 24\n")
+    assert load_config("beauty", "sasrec", config_file=mine).model.params["embed_dim"] == 24
+    own = tmp_path / "shop.yaml"
+    own.write_text(OWN + "table:\n  params:\n    embed_dims: 64\n")
+    with pytest.raises(ConfigError, match="table.params embed_dims: no model preset has"):
+        load_config(str(own), "sasrec")
+    own.write_text(OWN + "table:\n  embed_dim: 64\n")
+    with pytest.raises(ConfigError, match="table must be a mapping with one key, params"):
+        load_config(str(own), "sasrec")
+    own.write_text(OWN + "table:\n  params:\n    embed_dim: 40\n")
+    assert load_config(str(own), "din").model.params["embed_dim"] == 40
+
+
 def test_overrides_are_typed_and_applied_last():
     cfg = load_config(overrides=["index.set_size=7", "train.use_gpu=true",
                                  "dataset.behaviors=[pv, buy]", "index.max_eval_users=null"])

@@ -62,10 +62,11 @@ def columns(protocol: str) -> tuple[str, ...]:
 
 
 def model_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
-    """``cfg`` with the model section of ``name``'s preset (``cfg``'s own if it names it)
-    and the ``train`` keys that preset sets: each model trains with its paper's recipe
-    (DFAR's lr 1e-4 and batch 200, DualRec's weight decay, plateau halving and clipping),
-    as a single ``seqrec train --model <name>`` would; every other train key (epochs,
+    """``cfg`` with the model section of ``name``'s preset (``cfg``'s own if it names it),
+    under the dataset's ``table.params`` where the model has them (DualRec's d = 64 and
+    DFAR's 32 for every model of their tables), and the ``train`` keys that preset sets:
+    each model trains with its paper's recipe (DualRec's weight decay, plateau halving
+    and clipping), as a single ``seqrec train --model <name>`` would; every other train key (epochs,
     patience, workers, ...) stays the comparison's.
 
     Raises:
@@ -77,7 +78,9 @@ def model_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
         return cfg
     preset = load_config(model=name)
     recipe = {key: getattr(preset.train, key) for key in preset_keys("models", name, "train")}
-    return cfg.model_copy(update={"model": preset.model,
+    table = {k: v for k, v in cfg.table.params.items() if k in preset.model.params}
+    model = preset.model.model_copy(update={"params": {**preset.model.params, **table}})
+    return cfg.model_copy(update={"model": model,
                                   "train": cfg.train.model_copy(update=recipe)})
 
 
