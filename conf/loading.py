@@ -92,6 +92,8 @@ def _table_params(source: str, table: Any) -> dict[str, Any]:
             and isinstance(table["params"], dict)):
         raise ConfigError(f"{source}: table must be a mapping with one key, params "
                           f"(model hyper-parameters every model of the table shares)")
+    if not table["params"]:
+        return {}
     known = {key for name in available("models") for key in
              (_read_yaml(CONF_DIR / "models" / f"{name}.yaml").get("model", {})
               .get("params") or {})}
