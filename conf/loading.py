@@ -215,13 +215,14 @@ def load_config(
     for source, data in layers:
         if "table" in data:
             table.update(_table_params(source, data["table"]))
-    for text, keys, value in parsed:  # --set table.params.<key>=value
-        if keys[:2] == ["table", "params"] and len(keys) == 3:
-            table.update(_table_params(f"override {text!r}", {"params": {keys[2]: value}}))
+    for text, keys, value in parsed:  # --set table.params.<key>=value, table.params={...}
+        if keys[:2] == ["table", "params"] and len(keys) <= 3:
+            given = {keys[2]: value} if len(keys) == 3 else value
+            table.update(_table_params(f"override {text!r}", {"params": given}))
     shared = {k: v for k, v in table.items() if k in model_params}
     if shared:  # right after the model preset
         layers.insert(len(layers) - (config_file is not None),
-                      ("the dataset's table.params", {"model": {"params": shared}}))
+                      ("table.params", {"model": {"params": shared}}))
 
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}

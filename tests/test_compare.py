@@ -157,3 +157,6 @@ def test_each_model_of_a_papers_table_gets_the_tables_sizes():
     own = load_config("beauty", "sasrec", overrides=["table.params.embed_dim=48"])
     assert own.model.params["embed_dim"] == 48
     assert model_config(own, "caser").model.params["embed_dim"] == 48
+    whole = load_config("beauty", "sasrec", overrides=["table.params={embed_dim: 40}"])
+    assert whole.model.params["embed_dim"] == 40
+    assert model_config(whole, "caser").model.params["embed_dim"] == 40
