@@ -197,9 +197,13 @@ class IndexConfig(Section):
     "Evaluation protocols"); slices also build SCoRe's graph indices (Sections 2 and 4.1.1)."""
 
     protocol: Literal["slices", "leave_one_out", "feedback"]
-    # slices: one list per (user, target slice) with a seeded positive (Section 4.1.1), or
-    # one per (user, positive) of the target slice.
+    # slices, valid/test: one list per (user, target slice) with a seeded positive (Section
+    # 4.1.1), or one per (user, positive) of the target slice.
     lists_per_user: Literal["one", "every_positive"]
+    # slices, train: every positive of the target slice is a training row (Section 4.1.1,
+    # "the training set contains the sequential behaviors" of the slice), or one seeded
+    # positive per (user, slice) as the released code's target file (qinjr/SCoRe).
+    train_lists_per_user: Literal["every_positive", "one"]
     # slices: training targets from slice T-3 only (paper), or from every slice 1..T-3.
     train_targets: Literal["paper", "every_slice"]
     # feedback: each user's last active day test, the one before valid (paper); 12:00 of

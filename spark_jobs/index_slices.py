@@ -9,7 +9,8 @@ Writes into the index stage's folder (docs/architecture.md has the column contra
 - ``sequences``: every user's in-window events in (ts, seq) order (items, ts, label, slice);
 - ``samples/{train,valid,test}``: candidate lists for target slices T-3, T-2, T-1
   (spark_jobs/negatives.py), ``cut`` = the target slice; ``index.lists_per_user`` picks one
-  list per (user, slice) or per positive; ``index.train_targets: every_slice`` takes
+  valid/test list per (user, slice) or per positive, ``index.train_lists_per_user`` the
+  same for training rows (every positive by default); ``index.train_targets: every_slice`` takes
   training targets from every slice 1..T-3 instead of T-3 alone (beyond the paper: small
   logs give far more training rows; the trainers build each row's H-slice history from its
   cut);
@@ -166,8 +167,9 @@ def build(cfg: PipelineConfig, events: DataFrame, tmp: str, inputs: Inputs) -> d
                         weights = 1.0 + popularity[:, : target + 1].sum(axis=1).astype(np.float64)
                     lists = neg.split_lists(pos_us, negatives_df, target, n_neg, idx.seed,
                                             None if split == "train" else idx.max_eval_users)
+                    per_user = idx.train_lists_per_user if split == "train" else idx.lists_per_user
                     parts.append(neg.build_samples(lists, num_items, n_neg, idx.seed, split,
-                                                   weights, idx.lists_per_user == "one"))
+                                                   weights, per_user == "one"))
                 (reduce(DataFrame.unionByName, parts).sortWithinPartitions("user", "cut")
                  .write.parquet(join(tmp, "samples", split)))
                 counts[f"samples_{split}"] = rows(join(tmp, "samples", split))
@@ -185,7 +187,8 @@ def build(cfg: PipelineConfig, events: DataFrame, tmp: str, inputs: Inputs) -> d
         "start": d.start.isoformat(), "end": d.end.isoformat(), "timezone": d.timezone,
         "target_slices": {s: neg.target_slice(s, T) for s in neg.SPLITS},
         "train_slices": train_slices,
-        "lists_per_user": idx.lists_per_user, "train_targets": idx.train_targets,
+        "lists_per_user": idx.lists_per_user,
+        "train_lists_per_user": idx.train_lists_per_user, "train_targets": idx.train_targets,
         "counts": counts,
         "empty_share": {
             "user_sets": _share_empty(counts["user_sets"], num_users, T),

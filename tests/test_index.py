@@ -53,10 +53,11 @@ def _build(spark, root, extra):
 def built(spark, tmp_path_factory):
     """One build: S=3 (sets of 1-3 members are kept whole, the hub item 5 is subsampled),
     neighbor_cap=2 (only item 5 and random-slice entities are capped), popularity negatives,
-    one list per (user, positive)."""
+    one valid/test list per (user, positive), one training list per (user, slice) (the
+    released code's target file; tests/test_index_slices_options.py has the converse)."""
     return _build(spark, tmp_path_factory.mktemp("index"),
                   ["index.set_size=3", "index.neighbor_cap=2", "index.negative_sampling=popularity",
-                   "index.lists_per_user=every_positive"])
+                   "index.lists_per_user=every_positive", "index.train_lists_per_user=one"])
 
 
 def _rows(result, table):
@@ -151,7 +152,11 @@ def test_samples_targets_exclusions_and_real_negatives(built):
             n_neg = cfg.index.train_negatives if split == "train" else cfg.index.eval_negatives
             expected = {(u, i) for (u, d), items in toy_pos.items() if d == target for i in items}
             got = {(r["user"], r["candidates"][0]) for r in rows}
-            assert got == expected and len(rows) == len(expected)
+            if split == "train":  # train_lists_per_user=one: one of each user's positives
+                assert got <= expected and len(rows) == len({u for u, _ in expected})
+                assert len(expected) > len(rows)  # so the setting did cut the rows
+            else:
+                assert got == expected and len(rows) == len(expected)
             for r in rows:
                 cand = r["candidates"]
                 assert r["cut"] == target and len(cand) == 1 + n_neg and r["target_label"] == 1

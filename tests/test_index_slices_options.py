@@ -1,6 +1,6 @@
-"""Slices index with the defaults lists_per_user=one and train_targets=every_slice: row
-counts by hand; and a run whose Spark JVM is killed midway, rerun, equals an uninterrupted
-run (issue 15)."""
+"""Slices index with lists_per_user=one (valid/test), train_lists_per_user=every_positive
+and train_targets=every_slice: row counts by hand; and a run whose Spark JVM is killed
+midway, rerun, equals an uninterrupted run (issue 15)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def _overrides(root):
             f"tracking.artifact_location={root}/mlartifacts",
             "spark.master=local[2]", "spark.driver_memory=2g", "spark.shuffle_partitions=2",
             "index.eval_negatives=5", "index.train_negatives=2", "index.seed=11",
-            "index.set_size=3", "index.lists_per_user=one", "index.train_targets=every_slice"]
+            "index.set_size=3", "index.lists_per_user=one",
+            "index.train_lists_per_user=every_positive", "index.train_targets=every_slice"]
 
 
 def _positives():
@@ -56,17 +57,22 @@ def built(spark, tmp_path_factory):
     return run_index(load_config("sample", "score", "local", _overrides(root)))
 
 
-def test_one_list_per_user_and_slice_from_every_slice(built):
+def test_train_rows_per_positive_of_every_slice_eval_lists_one_per_user(built):
     pos = _positives()
+    train = pq.read_table(f"{built['uri']}/samples/train").to_pylist()
+    assert sorted((r["user"], r["cut"], r["candidates"][0]) for r in train) == sorted(
+        (u, t, i) for (u, t), items in pos.items() if 1 <= t <= 6 for i in items)
     for split, cuts in (("train", range(1, 7)), ("valid", [7]), ("test", [8])):
         rows = pq.read_table(f"{built['uri']}/samples/{split}").to_pylist()
         expected = {key for key in pos if key[1] in cuts}
-        assert sorted((r["user"], r["cut"]) for r in rows) == sorted(expected)
+        if split != "train":
+            assert sorted((r["user"], r["cut"]) for r in rows) == sorted(expected)
         for r in rows:
             key = (r["user"], r["cut"])
             assert r["candidates"][0] in pos[key] and not set(r["candidates"][1:]) & pos[key]
     m = built["manifest"]
     assert m["train_slices"] == [1, 2, 3, 4, 5, 6] and m["lists_per_user"] == "one"
+    assert m["train_lists_per_user"] == "every_positive"
     assert m["counts"]["samples_valid"] == 3 and m["counts"]["samples_test"] == 3
 
 
