@@ -55,10 +55,12 @@ def random_rows(seed: int = 3, n: int = 300) -> list[tuple[int, int, int, int]]:
 
 
 def write_ingest(work_dir: str | Path, rows: list[tuple[int, int, int, int]],
-                 fixed_negatives: dict[int, list[int]] | None = None) -> None:
+                 fixed_negatives: dict[int, list[int]] | None = None,
+                 num_users: int = NUM_USERS, num_items: int = NUM_ITEMS) -> None:
     """Write ``<work_dir>/ingest`` as the ingest stage would: ``seq`` is the row's position in
     ``rows`` (the raw line order); ``fixed_negatives`` (user -> ids) becomes
-    ``ingest/fixed_negatives`` as from an S3-Rec ``_sample.txt``."""
+    ``ingest/fixed_negatives`` as from an S3-Rec ``_sample.txt``; ids run 1..num_users and
+    1..num_items."""
     out = Path(work_dir) / "ingest"
     (out / "interactions").mkdir(parents=True, exist_ok=True)
     user, item, t, label = (list(c) for c in zip(*rows))
@@ -76,12 +78,12 @@ def write_ingest(work_dir: str | Path, rows: list[tuple[int, int, int, int]],
             "user": pa.array(list(fixed_negatives), pa.int32()),
             "negatives": pa.array(list(fixed_negatives.values()), pa.list_(pa.int32())),
         }), out / "fixed_negatives" / "part-0.parquet")
-    for name, n in (("users", NUM_USERS), ("items", NUM_ITEMS)):
+    for name, n in (("users", num_users), ("items", num_items)):
         (out / "id_maps" / name).mkdir(parents=True, exist_ok=True)
         ids = pa.table({"raw": pa.array([f"r{i}" for i in range(1, n + 1)]),
                         "idx": pa.array(range(1, n + 1), pa.int32())})
         pq.write_table(ids, out / "id_maps" / name / "part-0.parquet")
     write_json(str(out / "manifest.json"), {
         "stage": "ingest", "schema_version": 1, "input_hash": "hand", "config_hash": "hand",
-        "counts": {"kept": len(rows), "users": NUM_USERS, "items": NUM_ITEMS},
+        "counts": {"kept": len(rows), "users": num_users, "items": num_items},
     })
