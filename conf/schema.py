@@ -213,11 +213,22 @@ class IndexConfig(Section):
     neighbor_cap: int = Field(gt=0)  # most 1-hop neighbours entering a 2-hop union (seeded)
     eval_negatives: int = Field(gt=0)  # N negatives per evaluation list (paper: 100)
     train_negatives: int = Field(gt=0)  # sampled negatives per training positive
-    negative_sampling: Literal["uniform", "popularity"]
+    # uniform (papers); popularity: 1 + positives (DFAR's code); active (slices): uniform
+    # over items with positives in >= active_min_slices of the T slices (SCoRe's code).
+    negative_sampling: Literal["uniform", "popularity", "active"]
+    active_min_slices: int = Field(gt=0)  # the code's pop_standard: Taobao 6 of 9, Tmall 9
     resample_train_negatives: bool  # True: fresh negatives each epoch; False: fixed in Parquet
     max_eval_users: int | None  # seeded cap on evaluation users (original Taobao code did so)
     sequence_max_len: int = Field(gt=0)  # L for single-sequence models
     seed: int
+
+    @model_validator(mode="after")
+    def _active_needs_slices(self) -> IndexConfig:
+        if self.negative_sampling == "active" and self.protocol != "slices":
+            raise ValueError("negative_sampling: active counts the slices an item is active "
+                             f"in; protocol {self.protocol!r} has none: use uniform or "
+                             "popularity")
+        return self
 
 
 class ModelConfig(Section):

@@ -46,7 +46,6 @@ from __future__ import annotations
 import math
 from functools import reduce
 
-import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from pyspark.sql import Column, DataFrame, Observation
@@ -57,7 +56,7 @@ from spark_jobs import negatives as neg
 from spark_jobs import neighbor_sets as ns
 from spark_jobs.index_inputs import Inputs, rows, sequences
 from spark_jobs.manifest import StageTimer, filesystem, join
-from trainers.set_arrays import dense_popularity
+from trainers.set_arrays import dense_popularity, slice_negative_weights
 
 
 def with_slices(events: DataFrame, cfg: PipelineConfig) -> DataFrame:
@@ -162,9 +161,8 @@ def build(cfg: PipelineConfig, events: DataFrame, tmp: str, inputs: Inputs) -> d
                 targets = train_slices if split == "train" else [neg.target_slice(split, T)]
                 parts = []
                 for target in targets:
-                    weights = None
-                    if idx.negative_sampling == "popularity":
-                        weights = 1.0 + popularity[:, : target + 1].sum(axis=1).astype(np.float64)
+                    weights = slice_negative_weights(popularity, idx.negative_sampling,
+                                                     target, idx.active_min_slices)
                     lists = neg.split_lists(pos_us, negatives_df, target, n_neg, idx.seed,
                                             None if split == "train" else idx.max_eval_users)
                     per_user = idx.train_lists_per_user if split == "train" else idx.lists_per_user

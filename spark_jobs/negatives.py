@@ -83,6 +83,8 @@ class NegativeSampler:
         self.negatives = negatives
         self.base = splitmix64(np.array([seed * 7919 + split_salt], dtype=np.uint64))[0]
         self.cdf = None if weights is None else np.cumsum(weights[1:], dtype=np.float64)
+        # items that can be drawn (a zero weight never is: ``active`` sampling)
+        self.pool = num_items if weights is None else int(np.count_nonzero(weights[1:]))
 
     def _items(self, bits: np.ndarray) -> np.ndarray:
         """Map random 64-bit words to item ids 1..num_items (int64)."""
@@ -112,13 +114,15 @@ class NegativeSampler:
         """
         n = len(keys)
         out = np.zeros((n, self.negatives), dtype=np.int32)
-        short = need > self.num_items - group_size
+        # every excluded item may be drawable, so this bounds what is left from below
+        short = need > self.pool - group_size
         if short.any():
             i = int(np.argmax(short))
             raise ValueError(
-                f"user {users[i]} {where}: only {self.num_items - group_size[i]} items "
-                f"are not excluded but {need[i]} sampled negatives are needed; lower "
-                f"index.eval_negatives / index.train_negatives")
+                f"user {users[i]} {where}: as few as {self.pool - group_size[i]} drawable "
+                f"items may be left after the user's exclusions but {need[i]} sampled "
+                f"negatives are needed; lower index.eval_negatives / index.train_negatives "
+                f"(or index.active_min_slices under active sampling)")
         todo = np.flatnonzero(need > 0)
         width = 2 * self.negatives + 16
         offset = np.uint64(0)

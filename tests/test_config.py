@@ -181,3 +181,10 @@ def test_slice_bounds_are_local_midnights_across_a_dst_change():
     # 2017-03-24 00:00 CET is 23:00 UTC the day before; clocks go forward on 03-26.
     assert bounds[0] == int(dt.datetime(2017, 3, 23, 23, tzinfo=dt.timezone.utc).timestamp())
     assert [b - a for a, b in zip(bounds, bounds[1:])] == [86400, 86400, 82800, 86400]
+
+
+def test_active_negative_sampling_needs_slices():
+    cfg = load_config("sample", "score", "local", ["index.negative_sampling=active"])
+    assert cfg.index.negative_sampling == "active" and cfg.index.active_min_slices == 6
+    with pytest.raises(ConfigError, match="protocol 'leave_one_out' has none"):
+        load_config("beauty", "sasrec", "local", ["index.negative_sampling=active"])

@@ -1,5 +1,6 @@
-"""Slices index with lists_per_user=one (valid/test), train_lists_per_user=every_positive
-and train_targets=every_slice: row counts by hand; and a run whose Spark JVM is killed
+"""Slices index with lists_per_user=one (valid/test), train_lists_per_user=every_positive,
+train_targets=every_slice and the SCoRe code's active-item negatives: row counts and
+negatives by hand; and a run whose Spark JVM is killed
 midway, rerun, equals an uninterrupted run (issue 15)."""
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _overrides(root):
             "spark.master=local[2]", "spark.driver_memory=2g", "spark.shuffle_partitions=2",
             "index.eval_negatives=5", "index.train_negatives=2", "index.seed=11",
             "index.set_size=3", "index.lists_per_user=one",
-            "index.train_lists_per_user=every_positive", "index.train_targets=every_slice"]
+            "index.train_lists_per_user=every_positive", "index.train_targets=every_slice",
+            "index.negative_sampling=active", "index.active_min_slices=2"]
 
 
 def _positives():
@@ -59,6 +61,12 @@ def built(spark, tmp_path_factory):
 
 def test_train_rows_per_positive_of_every_slice_eval_lists_one_per_user(built):
     pos = _positives()
+    slices_of = {}
+    for (_, t), items in pos.items():
+        for i in items:
+            slices_of.setdefault(i, set()).add(t)
+    active = {i for i, slices in slices_of.items() if len(slices) >= 2}  # of all 9 slices
+    assert 10 < len(active) < 40
     train = pq.read_table(f"{built['uri']}/samples/train").to_pylist()
     assert sorted((r["user"], r["cut"], r["candidates"][0]) for r in train) == sorted(
         (u, t, i) for (u, t), items in pos.items() if 1 <= t <= 6 for i in items)
@@ -70,6 +78,7 @@ def test_train_rows_per_positive_of_every_slice_eval_lists_one_per_user(built):
         for r in rows:
             key = (r["user"], r["cut"])
             assert r["candidates"][0] in pos[key] and not set(r["candidates"][1:]) & pos[key]
+            assert set(r["candidates"][1 + r["real_negatives"]:]) <= active
     m = built["manifest"]
     assert m["train_slices"] == [1, 2, 3, 4, 5, 6] and m["lists_per_user"] == "one"
     assert m["train_lists_per_user"] == "every_positive"

@@ -141,3 +141,22 @@ def test_unsliced_sequences_and_train_part_popularity(tmp_path):
     # train part [3, 4 (negative, not counted), 3]; user 3 has no events.
     counts = set_arrays.train_popularity(seq, np.array([1, 1, 2]), np.array([2, 1, 3]), 5)
     assert counts.tolist() == [0, 1, 0, 2, 0, 0]
+
+
+def test_slice_negative_weights_by_hand():
+    from trainers.set_arrays import slice_negative_weights
+
+    counts = np.array([[0, 0, 0, 0],    # padding row
+                       [3, 0, 1, 0],    # item 1: active in 2 slices
+                       [1, 1, 1, 1],    # item 2: 4
+                       [0, 0, 0, 5],    # item 3: 1
+                       [0, 2, 2, 2]])   # item 4: 3
+    assert slice_negative_weights(counts, "uniform", 1, 3) is None
+    np.testing.assert_array_equal(slice_negative_weights(counts, "popularity", 1, 3),
+                                  [1, 4, 3, 1, 3])  # 1 + positives in slices 0..1
+    np.testing.assert_array_equal(slice_negative_weights(counts, "active", 1, 3),
+                                  [0, 0, 1, 0, 1])  # slices of all T count, not only 0..1
+    np.testing.assert_array_equal(slice_negative_weights(counts, "active", 1, 1),
+                                  [0, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match="lower index.active_min_slices"):
+        slice_negative_weights(counts, "active", 1, 5)

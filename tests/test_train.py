@@ -509,6 +509,32 @@ def test_history_negatives_follow_the_candidates_distribution(tmp_path, sampling
     assert "next_negatives" not in plain.builder.rows(train, torch.arange(3))
 
 
+def test_active_sampling_draws_training_negatives_from_active_items_only(tmp_path):
+    """``index.negative_sampling: active`` (SCoRe's code): the per-epoch training negatives
+    come from the same pool as the index's candidates, the items with positives in at least
+    ``index.active_min_slices`` of the T slices; no other item is ever drawn."""
+    from trainers.set_arrays import load_popularity
+    from trainers.split_data import load_split_data
+
+    tiny_index.write_index(tmp_path / "work")
+    counts = load_popularity(str(tmp_path / "work" / "index"))
+    slices_active = (counts[1:] > 0).sum(1)  # (I,)
+    k = int(np.median(slices_active)) + 1
+    active = set((np.flatnonzero(slices_active >= k) + 1).tolist())
+    assert 10 < len(active) < tiny_index.NUM_ITEMS  # a real cut, with room to draw
+    cfg = tiny_index.tiny_config(tmp_path, ["index.negative_sampling=active",
+                                            f"index.active_min_slices={k}"])
+    data = load_split_data(cfg, frozenset({"slice_sets"}), ("train",), "cpu")
+    sampler = data.negative_sampler(cfg)
+    train = data.splits["train"]
+    drawn = set()
+    for epoch in (1, 2, 3):
+        new = data.train_epoch_samples(cfg, epoch, sampler).candidates
+        for row in range(len(train)):
+            drawn |= set(new[row, 1 + int(train.real_negatives[row]):].tolist())
+    assert drawn <= active and len(drawn) > len(active) // 2
+
+
 def test_item_distribution_draws_by_weight():
     from trainers.batches import ItemDistribution
 

@@ -179,6 +179,38 @@ def load_popularity(index_uri: str) -> np.ndarray:
     return dense_popularity(join(index_uri, "item_popularity"), m["num_items"], m["num_slices"])
 
 
+def slice_negative_weights(counts: np.ndarray, sampling: str, target: int,
+                           active_min_slices: int) -> np.ndarray | None:
+    """The item weights the ``slices`` protocol draws sampled negatives by, for target slice
+    ``target`` (the index's candidate lists and the trainers' per-epoch draws share them).
+
+    Args:
+        counts: (I+1, T) positive interactions per item and slice (``load_popularity``).
+        sampling: ``index.negative_sampling``: ``uniform`` (the paper: "randomly sample"),
+            ``popularity`` (1 + the item's positives in slices 0..target) or ``active`` (the
+            released code's Taobao/Tmall ``pop_items``: uniform over the items with positives
+            in at least ``active_min_slices`` of all T slices, others never drawn).
+        target: the target slice of the lists.
+        active_min_slices: ``index.active_min_slices``.
+
+    Returns:
+        None for uniform, else (I+1,) float64 weights (index 0 is never drawn).
+
+    Raises:
+        ValueError: ``active`` leaves no item to draw.
+    """
+    if sampling == "uniform":
+        return None
+    if sampling == "popularity":
+        return 1.0 + counts[:, : target + 1].sum(axis=1).astype(np.float64)
+    active = (counts[1:] > 0).sum(axis=1) >= active_min_slices
+    if not active.any():
+        raise ValueError(f"index.negative_sampling: active draws from items with positives in "
+                         f"at least {active_min_slices} of {counts.shape[1]} slices, and no "
+                         "item has: lower index.active_min_slices")
+    return np.concatenate([[0.0], active.astype(np.float64)])
+
+
 def train_popularity(sequences: Sequences, eval_user: np.ndarray, eval_cut: np.ndarray,
                      num_items: int) -> np.ndarray:
     """Positive events per item in the train part of every user's sequence (the

@@ -92,17 +92,20 @@ class SplitData:
 
 def negative_weights(cfg: PipelineConfig, protocol: str, index_uri: str, num_slices: int,
                      train_counts: torch.Tensor | None) -> torch.Tensor | None:
-    """The weights sampled negatives are drawn by: None (``index.negative_sampling:
-    uniform``), or as the index stage's popularity sampler (spark_jobs/negatives.py): 1 +
-    positive interactions of the item in slices 0..T-3, the last training target slice
-    (``slices``), or in the users' train parts (``train_counts``, other protocols); add-one
-    keeps every item possible. Returns (I+1,) float64 or None.
+    """The weights sampled negatives are drawn by, as the index stage drew its candidates:
+    ``slices`` as ``set_arrays.slice_negative_weights`` for the last training target slice
+    T-3; other protocols None (``index.negative_sampling: uniform``) or 1 + positive events
+    of the item in the users' train parts (``train_counts``; add-one keeps every item
+    possible). Returns (I+1,) float64 or None.
     """
-    if cfg.index.negative_sampling != "popularity":
-        return None
+    sampling = cfg.index.negative_sampling
     if protocol == "slices":
-        counts = torch.as_tensor(set_arrays.load_popularity(index_uri))[:, :num_slices - 2]
-        return 1.0 + counts.sum(1).double()
+        weights = set_arrays.slice_negative_weights(
+            set_arrays.load_popularity(index_uri), sampling, num_slices - 3,
+            cfg.index.active_min_slices)
+        return None if weights is None else torch.as_tensor(weights)
+    if sampling != "popularity":
+        return None
     return 1.0 + train_counts.double()
 
 
