@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--lr", type=float, default=0.001)
+    parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
 
@@ -84,7 +85,7 @@ def main() -> None:
                       "group_by": "user"},
         "metrics": ["Hit", "NDCG", "MRR"], "topk": [10], "valid_metric": "Hit@10",
         "learning_rate": args.lr, "train_batch_size": args.batch_size,
-        "eval_batch_size": 2048, "epochs": args.epochs, "seed": 2024,
+        "eval_batch_size": 2048, "epochs": args.epochs, "seed": args.seed,
         "device": "cpu", "use_gpu": False, "show_progress": False, "save_dataset": False,
         "save_dataloaders": False, "checkpoint_dir": str(folder / "saved"),
         "log_wandb": False, "state": "WARNING",

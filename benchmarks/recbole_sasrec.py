@@ -59,7 +59,7 @@ RECBOLE_PYTHON = ROOT / ".venv-recbole" / "bin" / "python"
 SASREC = {"embed_dim": 64, "num_blocks": 2, "num_heads": 1, "dropout": 0.5}
 
 
-def config(work: Path, batch_order: str, batch_size: int):
+def config(work: Path, batch_order: str, batch_size: int, seed: int):
     return load_config("sample-loo", "sasrec", "local", [
         f"paths.raw_dir={work}/raw", f"paths.work_dir={work}/work",
         f"tracking.uri=sqlite:///{work}/mlflow.db", f"tracking.artifact_location={work}/mla",
@@ -68,7 +68,7 @@ def config(work: Path, batch_order: str, batch_size: int):
         "dataset.rating_scale=null", "dataset.positive_min_rating=null",
         "generate.rows=240000", "generate.users=22363", "generate.items=12101",
         "generate.malformed_rate=0", f"train.batch_size={batch_size}", "train.lr=0.001",
-        "train.eval_batch_size=1024", f"train.batch_order={batch_order}",
+        "train.eval_batch_size=1024", f"train.batch_order={batch_order}", f"train.seed={seed}",
         *(f"model.params.{k}={v}" for k, v in SASREC.items()),
     ])
 
@@ -99,6 +99,18 @@ def ours(cfg, epochs: int) -> list[dict]:
     return out
 
 
+def mean_epochs(runs: list[list[dict]]) -> list[dict]:
+    """Per epoch, the mean of each number over the seeds' runs, and HR@10's min and max."""
+    out = []
+    for epochs in zip(*runs):
+        row = {k: sum(e[k] for e in epochs) / len(epochs) for k in epochs[0]}
+        row["epoch"] = epochs[0]["epoch"]
+        row["hit@10_min"] = min(e["hit@10"] for e in epochs)
+        row["hit@10_max"] = max(e["hit@10"] for e in epochs)
+        out.append(row)
+    return out
+
+
 def seconds_to(epochs: list[dict], target: float) -> float | None:
     """Cumulative training seconds until valid HR@10 first reaches ``target``."""
     total = 0.0
@@ -122,6 +134,11 @@ def main() -> None:
     parser.add_argument("--our-batch-size", type=int, default=256,
                         help="our train.batch_size, in users (each trains every position of "
                              "its history); RecBole's 256 counts prefixes")
+    parser.add_argument("--seeds", default="2024",
+                        help="comma-separated train.seed values: ours trains once per seed "
+                             "(same data, same lists) and the table gives the mean HR@10 and "
+                             "its spread, so a difference can be read against seed noise; "
+                             "RecBole runs once, with the first seed")
     parser.add_argument("--recbole-result", type=Path, default=None,
                         help="reuse RecBole's JSON of an earlier run on the same data instead "
                              "of training it again (its seconds were measured then)")
@@ -130,7 +147,8 @@ def main() -> None:
         sys.exit(f"RecBole's venv is missing: see benchmarks/recbole_runner.py for the "
                  f"install line ({RECBOLE_PYTHON})")
     torch.set_num_threads(args.threads)
-    cfg = config(args.work.resolve(), args.batch_order, args.our_batch_size)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    cfg = config(args.work.resolve(), args.batch_order, args.our_batch_size, seeds[0])
 
     from spark_jobs.index import run_index
     from spark_jobs.ingest import run_ingest
@@ -144,7 +162,9 @@ def main() -> None:
     print(f"data: {manifest['num_users']} users, {manifest['num_items']} items, "
           f"index counts {manifest['counts']}", flush=True)
 
-    mine = ours(cfg, args.our_epochs or args.epochs)
+    runs = [ours(config(args.work.resolve(), args.batch_order, args.our_batch_size, seed),
+                 args.our_epochs or args.epochs) for seed in seeds]
+    mine = mean_epochs(runs)
     recbole_out = args.recbole_result or args.work / "recbole.json"
     if args.recbole_result is None:
         subprocess.run([str(RECBOLE_PYTHON), str(ROOT / "benchmarks" / "recbole_runner.py"),
@@ -152,21 +172,23 @@ def main() -> None:
                         "--epochs", str(args.epochs), "--out", str(recbole_out),
                         "--threads", str(args.threads), "--embed-dim", "64", "--blocks", "2",
                         "--heads", "1", "--dropout", "0.5", "--max-len", "50", "--lr", "0.001",
-                        "--batch-size", "256"],
+                        "--batch-size", "256", "--seed", str(seeds[0])],
                        check=True, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
                        cwd=args.work)
     theirs = json.loads(recbole_out.read_text())["epochs"]
 
-    print(f"\n| epoch | ours train s | ours valid s | ours HR@10 | RecBole train s | "
-          f"RecBole valid s | RecBole HR@10 | speed-up per epoch |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n| epoch | ours train s | ours valid s | ours HR@10 (mean of {len(seeds)} "
+          f"seeds) | min - max | RecBole train s | RecBole valid s | RecBole HR@10 | "
+          f"speed-up per epoch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for i, a in enumerate(mine):
         b = theirs[i] if i < len(theirs) else None
         theirs_cells = (f"{b['train_seconds']:.1f} | {b['valid_seconds']:.1f} | "
                         f"{b['hit@10']:.4f} | {b['train_seconds'] / a['train_seconds']:.1f}x"
                         if b else " | | | ")
         print(f"| {a['epoch']} | {a['train_seconds']:.1f} | {a['valid_seconds']:.1f} | "
-              f"{a['hit@10']:.4f} | {theirs_cells} |")
+              f"{a['hit@10']:.4f} | {a['hit@10_min']:.4f} - {a['hit@10_max']:.4f} | "
+              f"{theirs_cells} |")
     target = min(max(e["hit@10"] for e in mine), max(e["hit@10"] for e in theirs))
     a, b = seconds_to(mine, target), seconds_to(theirs, target)
     same = min(len(theirs), len(mine)) - 1
