@@ -262,6 +262,8 @@ class TrainConfig(Section):
     cpus_per_worker: float = Field(gt=0)  # fractional on small boxes (STACK.md, Ray trap)
     ray_address: str | None  # None: start a local Ray; "auto" or ray://host:port: a cluster
     max_failures: int = Field(ge=-1)  # restarts from the latest checkpoint (-1: unlimited)
+    # nice value of the workers of a Ray this run starts (Ray's own default is 15)
+    worker_niceness: int = Field(ge=0, le=19)
     full_rank_users: int = Field(ge=0)  # users scored against all items (0 disables)
     # leave_one_out training rows: the L events before the index's train target (last), or
     # each epoch a random contiguous window of L events + its target ending at or before

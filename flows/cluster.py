@@ -28,6 +28,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conf.loading import load_config
+
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent  # console scripts of this environment (prefect, mlflow, ray)
 
@@ -188,7 +190,7 @@ def spark_master(state_dir: Path, port: int, cores: int, memory: str,
     return [master, worker], url
 
 
-def ray_head(state_dir: Path, port: int, cpus: int,
+def ray_head(state_dir: Path, port: int, cpus: int, worker_niceness: int,
              timeout: float = 180) -> tuple[Service, str, dict[str, str]]:
     """``ray start --head --block`` on 127.0.0.1:port (Ray itself resolves a loopback
     address to the machine's own, so drivers see that address in its messages).
@@ -199,7 +201,8 @@ def ray_head(state_dir: Path, port: int, cpus: int,
     (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN``), so nothing is written to the home folder.
     Ray's temp folder holds Unix sockets whose paths must stay under ~107 bytes, so it is a
     short folder in the system temp dir, recorded in ``state_dir/ray-temp`` and removed by
-    :func:`down`.
+    :func:`down`. Workers run at ``worker_niceness`` (``train.worker_niceness``; Ray's
+    default 15 lets the other services starve training on a small box).
 
     Returns:
         (service, address, environment a driver needs to connect).
@@ -213,7 +216,8 @@ def ray_head(state_dir: Path, port: int, cpus: int,
         str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", HOST,
         "--port", str(port), "--num-cpus", str(cpus), "--include-dashboard=false",
         "--disable-usage-stats", "--temp-dir", temp,
-    ], state_dir / "logs", {"RAY_USAGE_STATS_ENABLED": "0"} | auth)
+    ], state_dir / "logs", {"RAY_USAGE_STATS_ENABLED": "0",
+                            "RAY_worker_niceness": str(worker_niceness)} | auth)
     address = f"{HOST}:{port}"
     wait_until(service, lambda: "Ray runtime started" in service.tail(200), "Ray runtime", timeout)
     return service, address, auth
@@ -247,7 +251,8 @@ def up(state_dir: Path, pool: str = "seqrec-process", cpus: int = 2,
     try:
         spark, spark_url = spark_master(state_dir, free_port(), cpus, spark_memory)
         services += spark
-        ray, ray_address, ray_auth = ray_head(state_dir, free_port(), cpus)
+        ray, ray_address, ray_auth = ray_head(state_dir, free_port(), cpus,
+                                              load_config().train.worker_niceness)
         services.append(ray)
         mlflow, mlflow_uri = mlflow_server(state_dir, free_port())
         services.append(mlflow)

@@ -36,6 +36,10 @@ def test_sample_deployment_on_a_cluster_of_one(tmp_path):
     running = cluster.up(state, cpus=2, spark_memory="2g")
     ray_temp = (state / "ray-temp").read_text()
     try:
+        # Ray reads RAY_worker_niceness at start: workers at train.worker_niceness, not 15
+        [head] = [s for s in running.services if s.name == "ray-head"]
+        environ = Path(f"/proc/{head.pid}/environ").read_bytes().split(b"\0")
+        assert b"RAY_worker_niceness=0" in environ
         env = {**os.environ, **running.env}
         overrides = [f"paths.raw_dir={tmp_path}/raw", f"paths.work_dir={tmp_path}/work",
                      f"tracking.artifact_location={tmp_path}/mlartifacts", *TINY]

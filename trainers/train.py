@@ -209,7 +209,8 @@ def start_ray(cfg: PipelineConfig) -> bool:
 
     Every worker process of the job runs ``ray_logging.quiet_worker_logs`` first (Ray's
     ``worker_process_setup_hook``), which silences the placement-group cleaner's once-a-second
-    State API warning at its logger.
+    State API warning at its logger. A local Ray's workers run at ``train.worker_niceness``
+    (Ray's default 15 lets any other busy process starve the training worker).
     """
     import ray
 
@@ -223,7 +224,8 @@ def start_ray(cfg: PipelineConfig) -> bool:
                  log_to_driver=True, runtime_env=runtime_env)
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env)
+                 logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env,
+                 _system_config={"worker_niceness": cfg.train.worker_niceness})
     return True
 
 
