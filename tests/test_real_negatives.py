@@ -227,7 +227,7 @@ def test_without_labels_positive_histories_still_beat_popularity(name):
 
 # --- Set models (SCoRe's table) through the real slices index -------------------------------
 SET_USERS, SET_ITEMS, PER_SLICE, SLICES = 150, 60, 3, 9
-SET_EPOCHS = 8
+SET_EPOCHS = 4
 
 
 def sliced_ratings_rows(seed: int = 0) -> list[tuple[int, int, int, int]]:
