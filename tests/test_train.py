@@ -569,3 +569,20 @@ def test_a_local_ray_runs_its_workers_at_the_configured_niceness(tmp_path):
         assert not start_ray(cfg)  # connected already: nothing started
     finally:
         ray.shutdown()
+
+
+def test_the_latest_report_tells_where_a_run_stands():
+    """Ray lists only the best two checkpoints in ``best_checkpoints``; a run whose last
+    epochs were worse (stopped early at 5, best 2 and 3) must read epoch 5 and the stop from
+    the latest report, and a resumed run with no epoch left falls back to the checkpoints."""
+    from types import SimpleNamespace
+
+    from trainers.train import latest_report
+
+    kept = [(None, {"epoch": 2, "stopped_early": False}), (None, {"epoch": 3,
+                                                               "stopped_early": False})]
+    stopped = SimpleNamespace(best_checkpoints=kept,
+                              metrics={"epoch": 5, "stopped_early": True})
+    assert latest_report(stopped) == {"epoch": 5, "stopped_early": True}
+    resumed = SimpleNamespace(best_checkpoints=kept, metrics={})
+    assert latest_report(resumed)["epoch"] == 3

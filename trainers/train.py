@@ -182,9 +182,7 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
 
             ray.shutdown()
     best = result.get_best_checkpoint(metric=SCORE, mode="max")
-    # The kept checkpoints (best two + latest, restored ones included) carry their metrics;
-    # the latest tells where the run stands even when a resumed run had no epoch left.
-    last = max((metrics for _, metrics in result.best_checkpoints), key=lambda m: m["epoch"])
+    last = latest_report(result)
     with best.as_directory() as folder:
         payload = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
     summary = {
@@ -227,6 +225,18 @@ def start_ray(cfg: PipelineConfig) -> bool:
                  logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env,
                  _system_config={"worker_niceness": cfg.train.worker_niceness})
     return True
+
+
+def latest_report(result) -> dict[str, Any]:
+    """The metrics of the last finished epoch of a Ray Train ``Result``: its latest report
+    (``result.metrics``) or, when a resumed run had no epoch left to report, the latest of
+    its kept checkpoints' metrics. Ray keeps the latest checkpoint on disk but lists only
+    the best two in ``best_checkpoints``, so those alone under-count the epochs and miss an
+    early stop after a worse epoch (a rerun then trained again)."""
+    reports = [metrics for _, metrics in result.best_checkpoints]
+    if result.metrics and "epoch" in result.metrics:
+        reports.append(result.metrics)
+    return max(reports, key=lambda m: m["epoch"])
 
 
 def _fit(cfg: PipelineConfig, run_id: str, model_module: str):
