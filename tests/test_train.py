@@ -552,25 +552,6 @@ def test_item_distribution_draws_by_weight():
         BatchBuilder("feedback", builder_inputs, None, None, 0)
 
 
-@pytest.mark.slow  # starts a local Ray (~10 s)
-def test_a_local_ray_runs_its_workers_at_the_configured_niceness(tmp_path):
-    """Ray starts workers at nice 15, so any other busy process starves training (measured:
-    SCoRe's worker fell from ~4.7k to 160 samples/s beside a nice-0 job); ``start_ray``
-    passes ``train.worker_niceness`` (default 0) to the Ray it starts."""
-    import ray
-
-    from trainers.train import start_ray
-
-    assert tiny_index.tiny_config(tmp_path).train.worker_niceness == 0
-    cfg = tiny_index.tiny_config(tmp_path, ["train.worker_niceness=3"])
-    assert start_ray(cfg)
-    try:
-        assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == 3  # Ray's own: 15
-        assert not start_ray(cfg)  # connected already: nothing started
-    finally:
-        ray.shutdown()
-
-
 def test_the_latest_report_tells_where_a_run_stands():
     """Ray lists only the best two checkpoints in ``best_checkpoints``; a run whose last
     epochs were worse (stopped early at 5, best 2 and 3) must read epoch 5 and the stop from
