@@ -179,9 +179,12 @@ def test_logged_model_holds_one_copy_of_the_weights_and_serves_the_champion(unin
     np.testing.assert_array_equal(served.predict(example), expected)
 
 
-def test_max_failures_does_not_change_what_a_run_learns(tmp_path):
-    """Changing ``train.max_failures`` resumes the same run (it is not in the resume key)."""
+def test_max_failures_and_niceness_do_not_change_what_a_run_learns(tmp_path):
+    """Changing ``train.max_failures`` or ``train.worker_niceness`` resumes the same run
+    (neither is in the resume key)."""
     keys = {resume_key(tiny_index.tiny_config(tmp_path, [f"train.max_failures={n}"]), "hash")
             for n in (0, 3, -1)}
+    keys |= {resume_key(tiny_index.tiny_config(tmp_path, [f"train.worker_niceness={n}"]),
+                        "hash") for n in (0, 15)}
     assert len(keys) == 1
     assert resume_key(tiny_index.tiny_config(tmp_path, ["train.lr=0.5"]), "hash") not in keys

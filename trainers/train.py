@@ -67,7 +67,7 @@ CHECKPOINT_FILE = "state.pt"
 # rerun that changes only these resumes the same run.
 _RUNTIME_FIELDS = ("epochs", "patience", "min_epochs", "num_workers", "use_gpu", "cpus_per_worker",
                    "ray_address", "eval_batch_size", "full_rank_users", "run_name",
-                   "max_failures")
+                   "max_failures", "worker_niceness")
 _PROGRESS_LINES_PER_EPOCH = 10
 # Validation curves in curves.png, by protocol (the selection metric first).
 CURVE_METRICS = {"slices": ("mrr", "ndcg@10", "hr@10"),
