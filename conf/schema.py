@@ -342,3 +342,13 @@ class PipelineConfig(Section):
     flow: FlowConfig
     sweep: SweepConfig
     table: TableConfig
+
+    @model_validator(mode="after")
+    def _active_slices_fit(self) -> PipelineConfig:
+        T = self.dataset.num_slices
+        if (self.index.negative_sampling == "active" and T is not None
+                and self.index.active_min_slices > T):
+            raise ValueError(f"index.active_min_slices {self.index.active_min_slices} exceeds "
+                             f"dataset.num_slices {T}: no item could be active in that many "
+                             "slices")
+        return self

@@ -186,5 +186,8 @@ def test_slice_bounds_are_local_midnights_across_a_dst_change():
 def test_active_negative_sampling_needs_slices():
     cfg = load_config("sample", "score", "local", ["index.negative_sampling=active"])
     assert cfg.index.negative_sampling == "active" and cfg.index.active_min_slices == 6
+    with pytest.raises(ConfigError, match="active_min_slices 10 exceeds dataset.num_slices 9"):
+        load_config("sample", "score", "local", ["index.negative_sampling=active",
+                                                 "index.active_min_slices=10"])
     with pytest.raises(ConfigError, match="protocol 'leave_one_out' has none"):
         load_config("beauty", "sasrec", "local", ["index.negative_sampling=active"])
