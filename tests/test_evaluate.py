@@ -22,8 +22,9 @@ from trainers.evaluate import run_evaluation
 from trainers.metrics import FeedbackAccumulator, random_floor, ranking_metrics
 from trainers.popularity import popularity_scores
 from trainers.registry import DataSizes, build_model
-from trainers.set_arrays import load_samples, load_set_arrays
-from trainers.train import CHECKPOINT_FILE, TrainState
+from store.index import load_samples, load_set_arrays
+from store.runs import CHECKPOINT_FILE
+from trainers.train import TrainState
 
 
 def _checkpoint(cfg, model, sizes) -> None:

@@ -22,7 +22,8 @@ import torch
 
 import tiny_index
 from trainers.registry import Batch, register
-from trainers.train import CHECKPOINT_FILE, RUN_FILE, resume_key, run_dir, run_training
+from store.runs import CHECKPOINT_FILE, RUN_FILE, run_dir
+from trainers.train import resume_key, run_training
 
 TESTS_DIR = Path(__file__).resolve().parent
 STEP_S = 0.25  # seconds a training step sleeps: 2 steps an epoch

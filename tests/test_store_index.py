@@ -1,4 +1,4 @@
-"""Dense loaders (trainers/set_arrays.py) against the Parquet rows they come from."""
+"""Dense loaders (store/index.py) against the Parquet rows they come from."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spark_jobs.manifest import write_json
-from trainers import set_arrays
+from store.files import write_json
+from store import index as index_store
 
 S, T, U, I = 3, 4, 5, 7
 
@@ -64,7 +64,7 @@ def index_dir(tmp_path):
 
 def test_dense_sets_equal_the_parquet_rows(index_dir):
     root, tables = index_dir
-    arrays = set_arrays.load_set_arrays(str(root))
+    arrays = index_store.load_set_arrays(str(root))
     assert arrays.users.shape == (U + 1, T, 2, S) and arrays.items.shape == (I + 1, T, 2, S)
     assert arrays.users.dtype == np.int32
     for dense, table in ((arrays.users, tables["user_sets"]), (arrays.items, tables["item_sets"])):
@@ -79,19 +79,19 @@ def test_dense_sets_equal_the_parquet_rows(index_dir):
 
 def test_samples_popularity_and_sequences(index_dir):
     root, _ = index_dir
-    s = set_arrays.load_samples(str(root), "test")
+    s = index_store.load_samples(str(root), "test")
     assert s["user"].tolist() == [1, 1, 4]  # sorted by (user, cut, target)
     assert s["candidates"].tolist() == [[2, 6, 5], [7, 3, 4], [5, 1, 2]]
     assert s["real_negatives"].tolist() == [0, 1, 0] and s["cut"].tolist() == [2, 3, 3]
     assert s["target_label"].tolist() == [0, 1, 1]
-    pop = set_arrays.load_popularity(str(root))
+    pop = index_store.load_popularity(str(root))
     assert pop.shape == (I + 1, T) and pop.sum() == 15 and pop[7, 3] == 9 and pop[1, 0] == 4
-    seq = set_arrays.load_sequences(str(root))
+    seq = index_store.load_sequences(str(root))
     assert seq.offsets.tolist() == [0, 0, 1, 1, 4, 4, 4]
     assert seq.items.tolist() == [2, 5, 6, 5] and seq.ts.tolist() == [15, 10, 20, 30]
     assert seq.label.tolist() == [1, 1, 0, 1] and seq.slice.tolist() == [0, 0, 1, 1]
     with pytest.raises(ValueError, match="unknown split"):
-        set_arrays.load_samples(str(root), "dev")
+        index_store.load_samples(str(root), "dev")
 
 
 def test_rows_that_do_not_fit_the_manifest_are_rejected(index_dir):
@@ -99,18 +99,18 @@ def test_rows_that_do_not_fit_the_manifest_are_rejected(index_dir):
     write_json(str(root / "manifest.json"), {"num_users": 2, "num_items": I, "num_slices": T,
                                              "set_size": S})
     with pytest.raises(ValueError, match="out of range"):
-        set_arrays.load_set_arrays(str(root))
+        index_store.load_set_arrays(str(root))
     with pytest.raises(FileNotFoundError, match="seqrec index"):
-        set_arrays.load_set_arrays(str(root / "nowhere"))
+        index_store.load_set_arrays(str(root / "nowhere"))
 
 
 def test_protocol_defaults_to_slices_and_unknown_names_fail(index_dir):
     root, _ = index_dir
-    assert set_arrays.index_protocol(str(root.parent)) == "slices"  # manifest without the key
+    assert index_store.index_protocol(str(root.parent)) == "slices"  # manifest without the key
     for name in ("leave_one_out", "feedback"):
-        assert set_arrays.protocol_of({"protocol": name}) == name
+        assert index_store.protocol_of({"protocol": name}) == name
     with pytest.raises(ValueError, match="unknown protocol 'sessions'"):
-        set_arrays.protocol_of({"protocol": "sessions"})
+        index_store.protocol_of({"protocol": "sessions"})
 
 
 def test_samples_of_an_older_index_name_the_missing_columns(index_dir):
@@ -121,7 +121,7 @@ def test_samples_of_an_older_index_name_the_missing_columns(index_dir):
     (root / "samples" / "valid").mkdir()
     pq.write_table(old, root / "samples" / "valid" / "part-0.parquet")
     with pytest.raises(ValueError, match=r"lack columns \['cut', 'target_label'\]"):
-        set_arrays.load_samples(str(root), "valid")
+        index_store.load_samples(str(root), "valid")
 
 
 def test_unsliced_sequences_and_train_part_popularity(tmp_path):
@@ -135,16 +135,16 @@ def test_unsliced_sequences_and_train_part_popularity(tmp_path):
     }), root / "sequences" / "part-0.parquet")
     write_json(str(root / "manifest.json"), {"protocol": "feedback", "num_users": 3,
                                              "num_items": 5})
-    seq = set_arrays.load_sequences(str(root))
+    seq = index_store.load_sequences(str(root))
     assert seq.slice is None and seq.items.tolist() == [1, 3, 2, 3, 4, 3, 5]
     # user 1: valid row at position 1, test at 2 -> train part [1]; user 2: test at 3 ->
     # train part [3, 4 (negative, not counted), 3]; user 3 has no events.
-    counts = set_arrays.train_popularity(seq, np.array([1, 1, 2]), np.array([2, 1, 3]), 5)
+    counts = index_store.train_popularity(seq, np.array([1, 1, 2]), np.array([2, 1, 3]), 5)
     assert counts.tolist() == [0, 1, 0, 2, 0, 0]
 
 
 def test_slice_negative_weights_by_hand():
-    from trainers.set_arrays import slice_negative_weights
+    from store.index import slice_negative_weights
 
     counts = np.array([[0, 0, 0, 0],    # padding row
                        [3, 0, 1, 0],    # item 1: active in 2 slices

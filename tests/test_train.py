@@ -513,7 +513,7 @@ def test_active_sampling_draws_training_negatives_from_active_items_only(tmp_pat
     """``index.negative_sampling: active`` (SCoRe's code): the per-epoch training negatives
     come from the same pool as the index's candidates, the items with positives in at least
     ``index.active_min_slices`` of the T slices; no other item is ever drawn."""
-    from trainers.set_arrays import load_popularity
+    from store.index import load_popularity
     from trainers.split_data import load_split_data
 
     tiny_index.write_index(tmp_path / "work")

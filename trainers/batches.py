@@ -1,7 +1,7 @@
 """Batches for any registered model, gathered from dense tensors by vectorised indexing.
 
 The index stage's sets are loaded once per worker as dense int32 tensors
-(``trainers/set_arrays.py``): ``users (U+1, T, 2, S)`` and ``items (I+1, T, 2, S)``. A batch
+(``store/index.py``): ``users (U+1, T, 2, S)`` and ``items (I+1, T, 2, S)``. A batch
 is a handful of advanced-indexing gathers over them, never a per-sample Python loop, so it
 runs on whichever device holds the tensors.
 
@@ -56,7 +56,7 @@ def unfed_inputs(protocol: str, inputs: frozenset[str]) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class Samples:
-    """One split's candidate lists as tensors (from ``set_arrays.load_samples``).
+    """One split's candidate lists as tensors (from ``store.index.load_samples``).
 
     Attributes:
         user: (N,) int64 user_idx.
@@ -144,7 +144,7 @@ class SliceSequences:
     def from_csr(cls, offsets: np.ndarray, items: np.ndarray, slices: np.ndarray,
                  labels: np.ndarray, num_slices: int, positives_only: bool,
                  device: torch.device | str = "cpu") -> SliceSequences:
-        """Every event of ``set_arrays.Sequences``' CSR arrays, or only the positive ones
+        """Every event of ``store.index.Sequences``' CSR arrays, or only the positive ones
         (label 1) with ``positives_only``.
 
         Raises:

@@ -35,7 +35,8 @@ from typing import Any
 
 from conf.loading import load_config, preset_keys
 from conf.schema import PipelineConfig
-from trainers import set_arrays, tracking
+from store import index as index_store
+from trainers import tracking
 from trainers.batches import PROTOCOL_INPUTS, unfed_inputs
 from trainers.metrics import SELECTION_METRIC
 from trainers.registry import model_class
@@ -134,7 +135,7 @@ def run_comparison(cfg: PipelineConfig, models: list[str]) -> dict[str, Any]:
         Any error of a train or evaluate stage; the parent run is then marked FAILED.
     """
     configs = model_configs(cfg, models)  # all checked before anything is trained
-    protocol = set_arrays.index_protocol(cfg.paths.work_dir)
+    protocol = index_store.index_protocol(cfg.paths.work_dir)
     skipped = skipped_models(protocol, configs)
     for name, reason in skipped.items():
         log.warning("compare: skipping %s: %s", name, reason)

@@ -1,6 +1,6 @@
 """Popularity reference scorer: how often an item was a positive in the slice before the
 target slice (``slices``), or in the users' train parts (``leave_one_out``, ``feedback``,
-which have no slices: ``set_arrays.train_popularity``).
+which have no slices: ``store.index.train_popularity``).
 
 A plain scorer with no parameters, evaluated with the same candidate lists and metrics
 (pessimistic ties, trainers/metrics.py) as the models, so a model's numbers can be read
@@ -19,7 +19,7 @@ def popularity_scores(counts: torch.Tensor, candidates: torch.Tensor,
 
     Args:
         counts: (I+1, T) positive interactions per item and slice
-            (``set_arrays.load_popularity``).
+            (``store.index.load_popularity``).
         candidates: (B, C) item_idx, positive at column 0.
         target: (B,) target slice of each list.
 

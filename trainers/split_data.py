@@ -1,6 +1,6 @@
 """Everything one process needs to batch a model's splits, loaded from the index folder.
 
-Each Ray worker (and evaluation) loads the index with ``trainers/set_arrays.py`` into dense
+Each Ray worker (and evaluation) loads the index with ``store/index.py`` into dense
 tensors on its device, then wraps them in a :class:`~trainers.batches.BatchBuilder` that
 builds only the fields the model declares. The index manifest's ``protocol`` decides how a
 sample's history is read (trainers/batches.py) and which inputs can be fed at all.
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from conf.schema import PipelineConfig
-from spark_jobs.manifest import join
-from trainers import set_arrays
+from store.files import join
+from store import index as index_store
 from trainers.batches import (PROTOCOL_INPUTS, BatchBuilder, EventSequences, ItemDistribution,
                               NegativeSampler, SliceSequences, Samples, random_windows, target_keys,
                               unfed_inputs)
@@ -35,7 +35,7 @@ class SplitData:
         protocol: the index's protocol.
         events: every user's events (``leave_one_out``, ``feedback``; None under ``slices``).
         train_counts: (I+1,) positive events per item in the users' train parts
-            (``set_arrays.train_popularity``; None under ``slices``, whose popularity is per
+            (``store.index.train_popularity``; None under ``slices``, whose popularity is per
             slice in the index).
     """
 
@@ -53,7 +53,7 @@ class SplitData:
         """Item popularity: (I+1, T) positives per slice (``slices``) or (I+1,) positives in
         the train part (other protocols), on the data's device."""
         if self.protocol == "slices":
-            return torch.as_tensor(set_arrays.load_popularity(self.index_uri), device=self.device)
+            return torch.as_tensor(index_store.load_popularity(self.index_uri), device=self.device)
         return self.train_counts
 
     def train_epoch_samples(self, cfg: PipelineConfig, epoch: int,
@@ -93,15 +93,15 @@ class SplitData:
 def negative_weights(cfg: PipelineConfig, protocol: str, index_uri: str, num_slices: int,
                      train_counts: torch.Tensor | None) -> torch.Tensor | None:
     """The weights sampled negatives are drawn by, as the index stage drew its candidates:
-    ``slices`` as ``set_arrays.slice_negative_weights`` for the last training target slice
+    ``slices`` as ``store.index.slice_negative_weights`` for the last training target slice
     T-3; other protocols None (``index.negative_sampling: uniform``) or 1 + positive events
     of the item in the users' train parts (``train_counts``; add-one keeps every item
     possible). Returns (I+1,) float64 or None.
     """
     sampling = cfg.index.negative_sampling
     if protocol == "slices":
-        weights = set_arrays.slice_negative_weights(
-            set_arrays.load_popularity(index_uri), sampling, num_slices - 3,
+        weights = index_store.slice_negative_weights(
+            index_store.load_popularity(index_uri), sampling, num_slices - 3,
             cfg.index.active_min_slices)
         return None if weights is None else torch.as_tensor(weights)
     if sampling != "popularity":
@@ -153,8 +153,8 @@ def load_split_data(cfg: PipelineConfig, inputs: frozenset[str], splits: tuple[s
             is not leave_one_out.
     """
     index_uri = join(cfg.paths.work_dir, "index")
-    manifest = set_arrays.index_manifest(index_uri)
-    protocol = set_arrays.protocol_of(manifest)
+    manifest = index_store.index_manifest(index_uri)
+    protocol = index_store.protocol_of(manifest)
     if cfg.train.window == "random" and protocol != "leave_one_out":
         raise ValueError(f"train.window: random moves leave_one_out training windows, but "
                          f"{index_uri} was built with protocol {protocol!r} (its train rows "
@@ -163,15 +163,15 @@ def load_split_data(cfg: PipelineConfig, inputs: frozenset[str], splits: tuple[s
     num_slices = manifest["num_slices"] if protocol == "slices" else 0
     # valid and test cuts bound the train parts of the protocols without slices
     needed = set(splits) | ({"valid", "test"} if protocol != "slices" else set())
-    arrays = {split: set_arrays.load_samples(index_uri, split) for split in sorted(needed)}
+    arrays = {split: index_store.load_samples(index_uri, split) for split in sorted(needed)}
     user_sets = item_sets = history = events = train_counts = None
     if "slice_sets" in build:  # (U+1, T, 2, S), (I+1, T, 2, S): GBs at full scale
-        sets = set_arrays.load_set_arrays(index_uri)
+        sets = index_store.load_set_arrays(index_uri)
         user_sets = torch.as_tensor(sets.users, device=device)
         item_sets = torch.as_tensor(sets.items, device=device)
     if protocol == "slices":
         if "sequence" in build:
-            seq = set_arrays.load_sequences(index_uri)
+            seq = index_store.load_sequences(index_uri)
             if seq.slice is None:
                 raise ValueError(f"{index_uri}/sequences has no slice lists, which a slices "
                                  "index needs: rebuild it with `seqrec index`")
@@ -179,9 +179,9 @@ def load_split_data(cfg: PipelineConfig, inputs: frozenset[str], splits: tuple[s
             history = SliceSequences.from_csr(seq.offsets, seq.items, seq.slice, seq.label,
                                               num_slices, "sequence_label" not in build, device)
     else:  # histories, rejection sets and popularity all come from the event sequences
-        seq = set_arrays.load_sequences(index_uri)
+        seq = index_store.load_sequences(index_uri)
         history = events = EventSequences.from_csr(seq.offsets, seq.items, seq.label, device)
-        train_counts = torch.as_tensor(set_arrays.train_popularity(
+        train_counts = torch.as_tensor(index_store.train_popularity(
             seq, np.concatenate([arrays[s]["user"] for s in ("valid", "test")]),
             np.concatenate([arrays[s]["cut"] for s in ("valid", "test")]),
             manifest["num_items"]), device=device)

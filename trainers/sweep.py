@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from conf.loading import ConfigError
 from conf.schema import PipelineConfig
-from spark_jobs.manifest import join
+from store.files import join
 from trainers import tracking
 from trainers.registry import model_class
 
