@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -192,11 +192,21 @@ class SparkConfig(Section):
     conf: dict[str, str]  # any further spark.* settings, passed through unchanged
 
 
+# The evaluation protocols (docs/architecture.md, "Evaluation protocols"): the one list of
+# their names. The trainers' side of each is an object in trainers/protocols.py; the Spark
+# side a builder in spark_jobs/index.py's table.
+ProtocolName = Literal["slices", "leave_one_out", "feedback"]
+PROTOCOLS: tuple[str, ...] = get_args(ProtocolName)
+SLICES, LEAVE_ONE_OUT, FEEDBACK = PROTOCOLS
+# An index manifest written before manifests named their protocol is a slices index.
+LEGACY_PROTOCOL = SLICES
+
+
 class IndexConfig(Section):
     """Index stage: the evaluation protocol and its samples (docs/architecture.md,
     "Evaluation protocols"); slices also build SCoRe's graph indices (Sections 2 and 4.1.1)."""
 
-    protocol: Literal["slices", "leave_one_out", "feedback"]
+    protocol: ProtocolName
     # slices, valid/test: one list per (user, target slice) with a seeded positive (Section
     # 4.1.1), or one per (user, positive) of the target slice.
     lists_per_user: Literal["one", "every_positive"]
@@ -224,7 +234,7 @@ class IndexConfig(Section):
 
     @model_validator(mode="after")
     def _active_needs_slices(self) -> IndexConfig:
-        if self.negative_sampling == "active" and self.protocol != "slices":
+        if self.negative_sampling == "active" and self.protocol != SLICES:
             raise ValueError("negative_sampling: active counts the slices an item is active "
                              f"in; protocol {self.protocol!r} has none: use uniform or "
                              "popularity")

@@ -9,8 +9,8 @@ Generated presets (``generate.auto``: ``sample``, ``sample-loo``, ``sample-feedb
 (re)written first when their raw files are missing or were generated under another config.
 Each task is a thin wrapper over the stage function the CLI calls (no second
 implementation). Unchanged steps are skipped: ingest and index through their manifests
-(spark_jobs/manifest.py), train, evaluate and register through the flow state
-(flows/state.py); each skip is logged with its reason. Transient failures (lost JVM or Ray
+(store/manifest.py), train, evaluate and register through the flow state
+(store/flow_state.py); each skip is logged with its reason. Transient failures (lost JVM or Ray
 worker, I/O hiccups) are retried ``flow.retries`` times, ``flow.retry_delay_seconds`` apart;
 errors in the input or config fail at once, and a failed step fails the flow with the
 step's own exception.
@@ -31,8 +31,8 @@ from prefect.runtime import deployment as runtime_deployment
 
 from conf.loading import ConfigError, load_config
 from conf.schema import PipelineConfig
-from flows import state
 from flows.window import window_overrides
+from store import flow_state
 
 # Failures that a second try cannot fix: bad input, bad config, a missing file or a bug.
 PERMANENT = (ConfigError, ValueError, TypeError, KeyError, FileNotFoundError,
@@ -114,7 +114,7 @@ def compare_task(cfg: PipelineConfig, models: list[str]) -> dict:
 def evaluate_task(cfg: PipelineConfig, trained: dict) -> dict:
     from trainers.evaluate import run_evaluation
 
-    key = state.step_key(cfg, "evaluate", upstream=_trained_identity(trained))
+    key = flow_state.step_key(cfg, "evaluate", upstream=_trained_identity(trained))
     return _cached_or_run(cfg, "evaluate", key, lambda: run_evaluation(cfg),
                           f"train run {trained['run_id']} (epoch {trained['best_epoch']}) and "
                           "config unchanged")
@@ -126,7 +126,7 @@ def register_task(cfg: PipelineConfig, trained: dict) -> dict:
 
     name = registered_name(cfg)
     # Only the registry store matters: the same run registered twice would be a duplicate.
-    key = state.step_key(cfg, "register", upstream=f"{_trained_identity(trained)}:{name}",
+    key = flow_state.step_key(cfg, "register", upstream=f"{_trained_identity(trained)}:{name}",
                          sections=("tracking",))
 
     def run() -> dict:
@@ -160,13 +160,13 @@ def _trained_identity(trained: dict) -> str:
 def _cached_or_run(cfg: PipelineConfig, step: str, key: dict, run, why_same: str) -> dict:
     """Reuse ``step``'s recorded result when its key is unchanged, else run and record it."""
     logger = get_run_logger()
-    cached, why_run = state.lookup(cfg, step, key)
+    cached, why_run = flow_state.lookup(cfg, step, key)
     if cached is not None:
         logger.info("%s skipped: %s", step, why_same)
         return cached | {"skipped": True, "reason": why_same}
     logger.info("%s runs: %s", step, why_run)
     result = dict(run())
-    state.record(cfg, step, key, result)
+    flow_state.record(cfg, step, key, result)
     return result | {"skipped": False, "reason": why_run}
 
 

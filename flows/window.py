@@ -20,8 +20,8 @@ import time
 from zoneinfo import ZoneInfo
 
 from conf.schema import DatasetConfig, PipelineConfig
-from spark_jobs.manifest import read_json, write_json
-from spark_jobs.manifest import file_fingerprint, join
+from store.files import join, read_json, write_json
+from store.manifest import file_fingerprint
 
 STATE_FILE = "window.json"
 

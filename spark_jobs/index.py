@@ -27,17 +27,9 @@ from conf.loading import section_hash
 from conf.schema import PipelineConfig
 from spark_jobs import index_feedback, index_leave_one_out, index_slices
 from spark_jobs.index_inputs import Inputs, max_idx, partitions, read_events, rows
-from spark_jobs.manifest import (
-    MANIFEST,
-    SCHEMA_VERSION,
-    StageResult,
-    join,
-    manifest_hash,
-    read_manifest,
-    staged_output,
-    up_to_date,
-    write_json,
-)
+from store.files import join, staged_output, write_json
+from store.manifest import (MANIFEST, SCHEMA_VERSION, StageResult, manifest_hash, read_manifest,
+                            up_to_date)
 
 STAGE = "index"
 BUILDERS = {"slices": index_slices.build, "leave_one_out": index_leave_one_out.build,

@@ -39,7 +39,8 @@ from pyspark.sql import functions as F
 from conf.schema import PipelineConfig
 from spark_jobs import negatives as neg
 from spark_jobs.index_inputs import Inputs, eval_users, rows, sequences
-from spark_jobs.manifest import StageTimer, join
+from store.files import join
+from store.manifest import StageTimer
 
 SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
 

@@ -12,7 +12,7 @@ import pyarrow.dataset as pads
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_jobs.manifest import filesystem, join
+from store.files import filesystem, join
 
 ROWS_PER_PARTITION = 2_000_000  # a numpy pass then holds ~1.5M triples with their sketches
 NEEDED = ("user_idx", "item_idx", "ts", "seq", "label")

@@ -28,7 +28,8 @@ from pyspark.sql import functions as F
 from conf.schema import PipelineConfig
 from spark_jobs import negatives as neg
 from spark_jobs.index_inputs import Inputs, eval_users, rows, sequences
-from spark_jobs.manifest import StageTimer, exists, join
+from store.files import exists, join
+from store.manifest import StageTimer
 
 MIN_EVENTS = 3  # train, valid and test each need their own target
 OFFSETS = {"train": 3, "valid": 2, "test": 1}  # split -> cut = n - this

@@ -20,7 +20,7 @@ Writes into the index stage's folder (docs/architecture.md has the column contra
   were cut), timings (slices, user_sets, item_sets, popularity, samples, sequences).
 
 Layout, chosen for training speed: the trainer never scans these tables by key; it loads
-each table once into dense arrays (trainers/set_arrays.py) by vectorised fancy indexing, for
+each table once into dense arrays (store/index.py) by vectorised fancy indexing, for
 which row order is irrelevant. So the tables stay in Spark's hash partitioning by
 (entity, slice) (no global sort, which would cost one more shuffle of the largest tables) in
 at most P files each (P = ``spark.shuffle_partitions``, raised to one per
@@ -55,8 +55,9 @@ from conf.schema import PipelineConfig
 from spark_jobs import negatives as neg
 from spark_jobs import neighbor_sets as ns
 from spark_jobs.index_inputs import Inputs, rows, sequences
-from spark_jobs.manifest import StageTimer, filesystem, join
-from trainers.set_arrays import dense_popularity, slice_negative_weights
+from store.files import filesystem, join
+from store.manifest import StageTimer
+from store.index import dense_popularity, slice_negative_weights
 
 
 def with_slices(events: DataFrame, cfg: PipelineConfig) -> DataFrame:

@@ -83,19 +83,9 @@ from conf.schema import DatasetConfig, PipelineConfig, SparkConfig
 from spark_jobs.readers import FORMATS, QUARANTINE_REASONS, RawFormat
 from spark_jobs.readers.lines import positions, tagged_text
 from spark_jobs.readers.sequences_txt import ITEM_BITS, NEGATIVE_REASONS, fixed_negatives, head
-from spark_jobs.manifest import (
-    MANIFEST,
-    SCHEMA_VERSION,
-    StageResult,
-    StageTimer,
-    file_fingerprint,
-    filesystem,
-    join,
-    read_manifest,
-    staged_output,
-    up_to_date,
-    write_json,
-)
+from store.files import filesystem, join, staged_output, write_json
+from store.manifest import (MANIFEST, SCHEMA_VERSION, StageResult, StageTimer, file_fingerprint,
+                            read_manifest, up_to_date)
 from spark_jobs.progress import progress
 from spark_jobs.session import spark_session
 

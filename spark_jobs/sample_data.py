@@ -87,7 +87,7 @@ import pyarrow.fs as pafs
 
 from conf.loading import section_hash
 from conf.schema import PipelineConfig
-from spark_jobs.manifest import exists, filesystem, join, read_json, write_json
+from store.files import exists, filesystem, join, read_json, write_json
 from spark_jobs.sample_formats import BASE64URL, DAY, FORMATS, TMALL, Chunk, FileFormat, \
     render, string_ids
 

@@ -1,7 +1,7 @@
 """The flow's own skip rule for evaluate and register: ``<work_dir>/flow/<model>/state.json``.
 
-Spark stages skip themselves through their manifests (spark_jobs/manifest.py) and training
-through its run record (trainers/train.py). Evaluation and registration write to MLflow,
+Spark stages skip themselves through their manifests (store/manifest.py) and training
+through its run record (store/runs.py). Evaluation and registration write to MLflow,
 not to a stage folder, so the flow records for each the key it ran under (``input_hash``:
 the identity of the train run and checkpoint it consumed; ``config_hash``: the config
 sections that shape the result) and the step's result. A rerun with the same key returns
@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import hashlib
 
-
 from conf.loading import section_hash
 from conf.schema import PipelineConfig
-from spark_jobs.manifest import join, read_json, write_json
+from store.files import join, read_json, write_json
 
 # Sections that change what evaluation reports. ``tracking`` is in because a result recorded
 # against another MLflow store names a run that this store does not have.

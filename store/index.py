@@ -1,5 +1,6 @@
-"""Load the index stage's tables into dense numpy arrays with pyarrow (no Spark, no Python loop
-over rows), so training gathers batches by fancy indexing.
+"""The index stage's output: its Parquet layout (docs/architecture.md, "Parquet contracts")
+and the readers that load its tables into dense numpy arrays with pyarrow (no Spark, no
+Python loop over rows), so training gathers batches by fancy indexing.
 
 Shapes (U = num_users, I = num_items from the index manifest, T slices, S set size):
   SetArrays.users  (U+1, T, 2, S) int32   [u, t, 0] = G_t(u) items, [u, t, 1] = G_t(v|u) users
@@ -25,10 +26,11 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from spark_jobs.manifest import filesystem, join, read_manifest
+from conf.schema import LEGACY_PROTOCOL, PROTOCOLS
+from store.files import filesystem, join
+from store.manifest import read_manifest
 
 SPLITS = ("train", "valid", "test")
-PROTOCOLS = ("slices", "leave_one_out", "feedback")
 SAMPLE_COLUMNS = ("user", "cut", "candidates", "real_negatives", "target_label")
 
 
@@ -65,7 +67,7 @@ def protocol_of(manifest: dict) -> str:
     Raises:
         ValueError: an unknown protocol name.
     """
-    name = manifest.get("protocol", "slices")
+    name = manifest.get("protocol", LEGACY_PROTOCOL)
     if name not in PROTOCOLS:
         raise ValueError(f"index manifest names unknown protocol {name!r}; "
                          f"expected one of {', '.join(PROTOCOLS)}")

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spark_jobs.manifest import write_json
+from store.files import write_json
 
 START = dt.datetime(2017, 11, 25, tzinfo=dt.timezone(dt.timedelta(hours=8)))
 NUM_USERS, NUM_ITEMS = 12, 40

@@ -131,7 +131,7 @@ class FakeStages:
         def write_raw(cfg):
             from pathlib import Path
 
-            from spark_jobs.manifest import write_json
+            from store.files import write_json
             from spark_jobs.sample_data import STAMP, file_names, generated_hash
 
             Path(cfg.paths.raw_dir).mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from conf.schema import PipelineConfig
+from store.runs import CHECKPOINT_FILE, read_run, run_dir
 from trainers import tracking
 from trainers.batches import BatchBuilder, EventSequences, Samples
 from trainers.metrics import (FeedbackAccumulator, RankHistogram, items_ranked_above,
@@ -42,7 +43,6 @@ from trainers.metrics import (FeedbackAccumulator, RankHistogram, items_ranked_a
 from trainers.popularity import popularity_scores, train_popularity_scores
 from trainers.registry import DataSizes, build_model, model_class, variable_length
 from trainers.split_data import declared_inputs, load_split_data
-from trainers.train import CHECKPOINT_FILE, read_run, run_dir
 
 log = logging.getLogger(__name__)
 

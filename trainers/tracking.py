@@ -21,7 +21,7 @@ import torch
 
 from conf.loading import to_yaml
 from conf.schema import PipelineConfig
-from trainers.set_arrays import index_protocol
+from store.index import index_protocol
 
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 

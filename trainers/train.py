@@ -51,7 +51,9 @@ import torch.distributed as dist
 
 from conf.loading import section_hash
 from conf.schema import PipelineConfig
-from spark_jobs.manifest import exists, filesystem, join, manifest_hash, write_json
+from store.files import join, remove_dir
+from store.manifest import manifest_hash
+from store.runs import CHECKPOINT_FILE, read_run, run_dir, run_name, write_run
 from trainers import tracking
 from trainers.batches import BatchBuilder, Samples, epoch_rows, length_batches, shard_rows
 from trainers.embedding import build_optimizer
@@ -61,8 +63,6 @@ from trainers.split_data import declared_inputs, load_split_data
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
-CHECKPOINT_FILE = "state.pt"
 # Fields that change how a run executes or how long it goes on, not what it learns: a
 # rerun that changes only these resumes the same run.
 _RUNTIME_FIELDS = ("epochs", "patience", "min_epochs", "num_workers", "use_gpu", "cpus_per_worker",
@@ -108,26 +108,6 @@ class TrainState:
         return False
 
 
-def run_dir(cfg: PipelineConfig) -> str:
-    """``<work_dir>/train/<run_name>``: Ray checkpoints and ``run.json``."""
-    return join(cfg.paths.work_dir, "train", run_name(cfg))
-
-
-def run_name(cfg: PipelineConfig) -> str:
-    """``train.run_name``, or the model's name when unset."""
-    return cfg.train.run_name or cfg.model.name
-
-
-def read_run(cfg: PipelineConfig) -> dict[str, Any] | None:
-    """The run record (``run.json``) of this model's run directory, or None."""
-    uri = join(run_dir(cfg), RUN_FILE)
-    if not exists(uri):
-        return None
-    fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
-
-
 def resume_key(cfg: PipelineConfig, index_hash: str) -> str:
     """Hash of everything that shapes the learned weights (data, model, optimisation)."""
     train = cfg.train.model_dump(mode="json")
@@ -167,12 +147,11 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
     if previous is not None and previous["resume_key"] != key:
         log.warning("run directory %s was trained with another config; starting afresh",
                     run_dir(cfg))
-        _remove_dir(run_dir(cfg))
+        remove_dir(run_dir(cfg))
         previous = None
 
     run_id = tracking.open_run(cfg, index_hash, previous["run_id"] if previous else None)
-    write_json(join(run_dir(cfg), RUN_FILE),
-               {"status": "running", "run_id": run_id, "resume_key": key})
+    write_run(cfg, {"status": "running", "run_id": run_id, "resume_key": key})
     started_ray = start_ray(cfg)
     try:
         result = _fit(cfg, run_id, model_module)
@@ -197,8 +176,7 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
         "run_dir": run_dir(cfg),
     }
     _log_final(cfg, run_id, payload, model_module)
-    write_json(join(run_dir(cfg), RUN_FILE),
-               {"status": "finished", "run_id": run_id, "resume_key": key, "result": summary})
+    write_run(cfg, {"status": "finished", "run_id": run_id, "resume_key": key, "result": summary})
     return {**summary, "skipped": False}
 
 
@@ -283,14 +261,6 @@ def _log_final(cfg: PipelineConfig, run_id: str, payload: dict, model_module: st
 
 def _example_batch(example: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.cpu() for k, v in example.items()}
-
-
-def _remove_dir(uri: str) -> None:
-    fs, path = filesystem(uri)
-    if "://" not in uri:
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        fs.delete_dir(path)
 
 
 # ---------------------------------------------------------------- inside each Ray worker
