@@ -29,8 +29,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from conf.schema import LEAVE_ONE_OUT  # noqa: E402
 from trainers.batches import BatchBuilder, EventSequences, Samples  # noqa: E402
 from trainers.embedding import build_optimizer  # noqa: E402
+from trainers.protocols import PROTOCOLS  # noqa: E402
 from trainers.registry import DataSizes, build_model  # noqa: E402
 from trainers.train import train_epoch  # noqa: E402
 
@@ -68,7 +70,7 @@ def train_one_epoch(name: str, sequences: EventSequences, train: Samples, steps:
     torch.manual_seed(0)
     model = build_model(name, params, sizes)
     optimizer = build_optimizer(model, recipe.get("lr", 1e-3), l2, recipe.get("weight_decay", 0.0))
-    builder = BatchBuilder("leave_one_out", model.inputs, None, None, 0, sequences, L)
+    builder = BatchBuilder(PROTOCOLS[LEAVE_ONE_OUT], model.inputs, None, None, 0, sequences, L)
     rows = torch.randperm(USERS)
     if steps > 0:
         rows = rows[:steps * BATCH]

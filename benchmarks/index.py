@@ -34,6 +34,7 @@ import shutil
 import time
 from pathlib import Path
 
+from conf.schema import FEEDBACK, LEAVE_ONE_OUT, SLICES
 from process_tree import folder_bytes, run_child, sized_overrides
 
 
@@ -60,9 +61,9 @@ def overrides_for(rows: int, scratch: Path, extra: list[str]) -> list[str]:
 
 
 PROTOCOL_SETTINGS = {
-    "slices": [],
-    "leave_one_out": ["index.eval_negatives=99", "index.train_negatives=1"],
-    "feedback": ["index.eval_negatives=9", "index.train_negatives=9"],
+    SLICES: [],
+    LEAVE_ONE_OUT: ["index.eval_negatives=99", "index.train_negatives=1"],
+    FEEDBACK: ["index.eval_negatives=9", "index.train_negatives=9"],
 }
 
 

@@ -90,7 +90,7 @@ def ours(cfg, epochs: int) -> list[dict]:
                               cfg.train.batch_size, cfg.train.l2, 1, 0, epoch, None)
         trained = time.perf_counter()
         valid = validate(model, data.builder, data.splits["valid"], cfg.train.eval_batch_size,
-                         0, 1, "leave_one_out")
+                         0, 1, data.protocol)
         out.append({"epoch": epoch, "train_seconds": trained - start,
                     "valid_seconds": time.perf_counter() - trained, "train_loss": loss,
                     "hit@10": valid["hr@10"], "mrr": valid["mrr"],

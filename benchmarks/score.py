@@ -53,8 +53,8 @@ def measure(num_ids: int, args) -> tuple[list[float], list[float]]:
         batch = batches[step % len(batches)]
         start, start_cpu = time.perf_counter(), time.process_time()
         opt.zero_grad()
-        scores = model(batch)
-        (model.loss(scores, batch) + cfg.train.l2 * model.regularization()).backward()
+        out = model(batch)
+        (model.loss(out, batch) + cfg.train.l2 * model.regularization()).backward()
         opt.step()
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)

@@ -31,8 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conf.loading import load_config  # noqa: E402
+from conf.schema import SLICES  # noqa: E402
 from trainers.batches import BatchBuilder, Samples, epoch_rows  # noqa: E402
 from trainers.embedding import build_optimizer  # noqa: E402
+from trainers.protocols import PROTOCOLS  # noqa: E402
 from trainers.registry import DataSizes, build_model  # noqa: E402
 from trainers.train import train_epoch, validate  # noqa: E402
 
@@ -70,7 +72,7 @@ def bench(scale: str, steps: int, threads: int) -> dict[str, float]:
     t0 = time.perf_counter()
     user_sets = random_sets(num_users, T, S, (num_items, num_users), g)  # G(u), G(v|u)
     item_sets = random_sets(num_items, T, S, (num_users, num_items), g)  # G(v), G(u|v)
-    builder = BatchBuilder("slices", frozenset({"slice_sets"}), user_sets, item_sets, T)
+    builder = BatchBuilder(PROTOCOLS[SLICES], frozenset({"slice_sets"}), user_sets, item_sets, T)
     sizes = DataSizes(num_users, num_items, T - 1, S, cfg.index.sequence_max_len)
     torch.manual_seed(0)
     model = build_model("score", dict(cfg.model.params), sizes)
@@ -89,7 +91,7 @@ def bench(scale: str, steps: int, threads: int) -> dict[str, float]:
     valid = random_split(num_users, num_items, E * max(4, steps // 4),
                          1 + cfg.index.eval_negatives, T - 2, g)
     start = time.perf_counter()
-    validate(model, builder, valid, E, 0, 1, "slices")
+    validate(model, builder, valid, E, 0, 1, PROTOCOLS[SLICES])
     lists_per_s = len(valid) / (time.perf_counter() - start)
     return {"scale": scale, "ids": num_users + num_items, "threads": threads,
             "load avg": os.getloadavg()[0],
@@ -107,8 +109,8 @@ def profile_step(model, optimizer, builder, train, rows, B, l2) -> str:
         with record_function("gather_batch"):
             batch = builder.rows(train, idx)
         with record_function("forward"):
-            scores = model(batch)
-            loss = model.loss(scores, batch) + l2 * model.regularization()
+            out = model(batch)
+            loss = model.loss(out, batch) + l2 * model.regularization()
         with record_function("backward"):
             optimizer.zero_grad()
             loss.backward()

@@ -1,7 +1,7 @@
 """MLflow model registry: register each run's best model and move the ``champion`` alias
 only when it beats the current champion on the validation selection metric.
 
-The metric is the protocol's (``trainers.metrics.SELECTION_METRIC``): validation MRR under
+The metric is the protocol's (``selection_metric``, trainers/protocols.py): validation MRR under
 ``slices`` and ``leave_one_out``, validation AUC under ``feedback``; ``run_training`` names
 it (``selection_metric``). Every registered version carries its value as the tag
 ``val_<metric>`` (``val_mrr``, ``val_auc``), so the comparison needs nothing but the registry

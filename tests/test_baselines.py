@@ -63,10 +63,11 @@ def test_forward_shapes_and_finite_loss(name):
     batch = make_batch()
     for mode in (model.train, model.eval):
         mode()
-        scores = model(batch)
+        out = model(batch)
+        scores = out.scores
         assert scores.shape == (5, 3)
         assert torch.isfinite(scores).all(), f"{name}: non-finite score (empty history row?)"
-        loss = model.loss(scores, batch)
+        loss = model.loss(out, batch)
         assert loss.ndim == 0 and torch.isfinite(loss)
 
 
@@ -79,7 +80,8 @@ def test_declares_only_known_inputs(name):
     drop = {"sequence"} if "sequence" not in model.inputs else {"user_sets", "item_sets"}
     slim = {k: v for k, v in batch.items() if k not in drop}
     model.eval()
-    torch.testing.assert_close(model(slim), model(batch))  # needs nothing it did not declare
+    # needs nothing it did not declare
+    torch.testing.assert_close(model(slim).scores, model(batch).scores)
 
 
 @pytest.mark.parametrize("name", SEQUENTIAL)
@@ -109,7 +111,7 @@ def test_gru4rec_state_ignores_padding_length():
 def test_svdpp_matches_equation_15():
     model = make_model("svdpp").eval()
     batch = make_batch(B=2, C=2)
-    scores = model(batch)
+    scores = model(batch).scores
     u, v = int(batch["user"][1]), int(batch["items"][1, 1])
     history = [j for j in batch["sequence"][1].tolist() if j]
     y = model.implicit.weight[history].sum(0) / len(history) ** 0.5
@@ -123,11 +125,11 @@ def test_deems_combines_players_and_plays_the_game():
     batch = make_batch()
     s_u, s_v = model.player_scores(batch)
     average = (torch.sigmoid(s_u) + torch.sigmoid(s_v)) / 2
-    torch.testing.assert_close(torch.sigmoid(model(batch)), average)
+    torch.testing.assert_close(torch.sigmoid(model(batch).scores), average)
     model.train()
-    kept = model.loss(model(batch), batch)  # reuses the players' graphs
+    kept = model.loss(model(batch), batch)  # the players' graphs, in the output's terms
     with torch.no_grad():
-        recomputed = model.loss(model(batch), batch)  # nothing kept: recomputed
+        recomputed = model.loss(model(batch), batch)  # the same players, without graphs
     torch.testing.assert_close(kept.detach(), recomputed)
     solo = make_model("deems", game_weight=0.0).train()
     gap = ((torch.sigmoid(s_u) - torch.sigmoid(s_v)) ** 2).mean() * 2
@@ -167,7 +169,7 @@ def test_checkpoint_round_trip(name, tmp_path):
     restored = make_model(name, seed=99)
     restored.load_state_dict(torch.load(tmp_path / "model.pt"))
     model.eval(), restored.eval()
-    torch.testing.assert_close(restored(batch), model(batch), rtol=0, atol=0)
+    torch.testing.assert_close(restored(batch).scores, model(batch).scores, rtol=0, atol=0)
 
 
 def test_bad_params_are_named():
@@ -269,8 +271,8 @@ def test_sequence_models_read_feedback_labels_causally(name):
             out = model.position_states(seq, flipped)
             torch.testing.assert_close(out[:, :j], base[:, :j], rtol=0, atol=0)
             assert not torch.allclose(out[:, j], base[:, j]), f"{name}: label {j} unread"
-        scores = model({**batch, "sequence_label": feedback})
-        assert not torch.allclose(scores, model(batch))
+        scores = model({**batch, "sequence_label": feedback}).scores
+        assert not torch.allclose(scores, model(batch).scores)
 
 
 def test_gru4rec_ranks_disliked_items_below_the_sampled_ones():
@@ -291,14 +293,14 @@ def test_gru4rec_ranks_disliked_items_below_the_sampled_ones():
     feedback = (torch.rand(batch["sequence"].shape, generator=torch.Generator().manual_seed(4))
                 < 0.5).long() * (batch["sequence"] != 0)
     model.train()
-    model({**batch, "sequence_label": feedback})
-    _, labels, valid = model.__dict__.pop("_history")
+    _, labels, valid = model({**batch, "sequence_label": feedback}).terms
     torch.testing.assert_close(labels, feedback[:, 1:].float())
     disliked_target = {**batch, "label": torch.zeros_like(batch["label"])}
     model.eval()
     with torch.no_grad():
-        s = model(batch)
-        torch.testing.assert_close(model.loss(s, disliked_target),
+        out = model(batch)
+        s = out.scores
+        torch.testing.assert_close(model.loss(out, disliked_target),
                                    -ls(s[:, 1:] - s[:, :1]).mean())
 
 
@@ -332,9 +334,9 @@ def test_rrn_paper_head_is_inner_products():
     model = make_model("rrn", head="dot").eval()
     batch = make_batch(B=4, C=3)
     with torch.no_grad():
-        full = model(batch)
+        full = model(batch).scores
         model.user_static.weight.zero_()
-        dynamic = model(batch)
+        dynamic = model(batch).scores
         _, u_T = model.user_rnn(model._sum_pool(model.item_in, batch["user_sets"][:, :, 0]))
         y_item = model._sum_pool(model.user_in, batch["item_sets"][:, :, :, 0])
         _, m_T = model.item_rnn(y_item.reshape(12, y_item.shape[2], -1))

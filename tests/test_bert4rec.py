@@ -80,7 +80,7 @@ def test_attention_is_bidirectional():
 def test_inference_appends_mask(short):
     model, b = build().eval(), batch(short)
     with torch.no_grad():
-        scores = model(b)
+        scores = model(b).scores
         tokens = torch.cat([b["sequence"][:, 1:], torch.full((2, 1), N + 1)], 1)
         assert tokens[1].tolist() == [0, 0, 4, 5, 6, N + 1] if short else [2, 3, 4, 5, 6, N + 1]
         h = F.gelu(model.project(model.encode(tokens)[:, -1]))

@@ -12,9 +12,9 @@ import pytest
 
 import tiny_index
 from conf.loading import load_config
-from trainers.compare import (RANDOM_ROW, TEST_METRICS, columns, markdown_table, model_config,
+from trainers.compare import (RANDOM_ROW, columns, markdown_table, model_config,
                               model_configs, random_row, run_comparison, skipped_models)
-from trainers.metrics import random_floor
+from trainers.protocols import PROTOCOLS
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -51,7 +51,7 @@ def test_comparison_nests_model_runs_and_logs_table(ray_local, tmp_path):
         # The table holds what the evaluate stage logged to the model's own run.
         assert child.data.metrics["test_mrr"] == pytest.approx(row["test_mrr"])
         assert parent.data.metrics[f"{row['model']}_test_mrr"] == pytest.approx(row["test_mrr"])
-        assert all(0.0 <= row[f"test_{m}"] <= 1.0 for m in TEST_METRICS["slices"])
+        assert all(0.0 <= row[f"test_{m}"] <= 1.0 for m in PROTOCOLS["slices"].test_metrics)
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"comparison.md", "comparison.csv", "comparison.png"} <= artifacts
 
@@ -96,12 +96,12 @@ def test_protocol_skips_the_models_it_cannot_feed(tmp_path):
     tiny_index.write_sequence_index(tmp_path / "work", "leave_one_out")
     cfg = tiny_index.tiny_config(tmp_path)
     configs = model_configs(cfg, ["test_tiny", "svdpp", "score", "gru4rec"])
-    skipped = skipped_models("leave_one_out", configs)
+    skipped = skipped_models(PROTOCOLS["leave_one_out"], configs)
     assert set(skipped) == {"test_tiny", "score"}  # the others read the sequence only
     assert skipped["score"] == ("needs slice_sets, which the leave_one_out protocol does not "
                                 "feed (it feeds next_negatives, sequence)")
-    assert skipped_models("feedback", configs).keys() == {"test_tiny", "score"}
-    assert skipped_models("slices", configs) == {}
+    assert skipped_models(PROTOCOLS["feedback"], configs).keys() == {"test_tiny", "score"}
+    assert skipped_models(PROTOCOLS["slices"], configs) == {}
     # Nothing left to run: one error naming every reason, before any MLflow run.
     with pytest.raises(ValueError, match="no listed model runs under the leave_one_out "
                                          "protocol: test_tiny needs slice_sets"):
@@ -109,14 +109,15 @@ def test_protocol_skips_the_models_it_cannot_feed(tmp_path):
 
 
 def test_feedback_table_has_its_columns_a_random_floor_and_the_skipped_models():
-    cols = columns("feedback")
+    feedback = PROTOCOLS["feedback"]
+    cols = columns(feedback)
     assert cols[:6] == ("model", "test_auc", "test_gauc", "test_mrr@10", "test_ndcg@10",
                         "test_auc_pos")
     assert "valid_auc" in cols and "popularity_test_auc" in cols
     model = {c: 0.5 for c in cols} | {"model": "m", "run_id": "r", "best_epoch": 2,
                                       "test_auc": 0.61}
-    floor = random_row(random_floor("feedback", 10), "feedback")
-    table = markdown_table([model, floor], "feedback", {"score": "needs slice_sets"})
+    floor = random_row(feedback.random_floor(10), feedback)
+    table = markdown_table([model, floor], feedback, {"score": "needs slice_sets"})
     lines = table.splitlines()
     assert lines[2].startswith("| m | **0.6100** |")
     assert lines[3].startswith(f"| {RANDOM_ROW} | 0.5000 | 0.5000 | 0.2929 | 0.4544 |")

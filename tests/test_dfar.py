@@ -201,9 +201,9 @@ def test_label_mask_is_rejected_without_fha_or_with_odd_heads():
 # --- DFAR's losses and ablations ----------------------------------------------------------
 
 def forward_loss(model, batch):
-    scores = model(batch)
-    aux = dict(model._aux) if model.params.dual_interest else None
-    return scores, aux, model.loss(scores, batch)
+    out = model(batch)
+    aux = out.terms._asdict() if model.params.dual_interest else None
+    return out.scores, aux, model.loss(out, batch)
 
 
 def bce(scores, batch):
@@ -249,9 +249,9 @@ def test_disentangling_loss_repels_the_interests():
     cosines = []
     for _ in range(15):
         opt.zero_grad()
-        scores = model(batch)
-        cosines.append(model._aux["disentangle"][3:].mean().item())
-        model.loss(scores, batch).backward()
+        out = model(batch)
+        cosines.append(out.terms.disentangle[3:].mean().item())
+        model.loss(out, batch).backward()
         opt.step()
     assert cosines[-1] < cosines[0] - 0.2, cosines
 
@@ -266,21 +266,24 @@ def test_ablation_settings_change_what_they_name():
     assert not fha.encoder_p.label_mask  # Eq. 14's stacks are plain FHA
     batch = make_batch()
     fha.eval(), no_mo.eval()
-    assert not torch.allclose(fha(batch), no_mo(batch))  # same seed, same weights: MO differs
+    # same seed, same weights: MO differs
+    assert not torch.allclose(fha(batch).scores, no_mo(batch).scores)
     tha4rec = make_model("tha4rec").eval()
     assert tha4rec.encoder.variant == "tha" and not hasattr(tha4rec, "tower_n")
-    scores = tha4rec(batch)
-    torch.testing.assert_close(tha4rec.loss(scores, batch), bce(scores, batch), rtol=0, atol=0)
+    out = tha4rec(batch)
+    scores = out.scores
+    torch.testing.assert_close(tha4rec.loss(out, batch), bce(scores, batch), rtol=0, atol=0)
 
 
 def test_padding_labels_and_the_empty_history_are_harmless():
     model = make_model().eval()
     batch = make_batch()
-    scores = model(batch)
+    scores = model(batch).scores
     assert torch.isfinite(scores).all()
     noisy = dict(batch, sequence_label=torch.where(batch["sequence"] == 0, 1,
                                                    batch["sequence_label"]))
-    torch.testing.assert_close(model(noisy), scores, rtol=0, atol=0)  # padding is sequence == 0
+    # padding is sequence == 0
+    torch.testing.assert_close(model(noisy).scores, scores, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("overrides", [

@@ -14,10 +14,11 @@ import yaml
 
 from trainers.batches import BatchBuilder, EventSequences, Samples
 from trainers.embedding import build_optimizer
+from trainers.protocols import PROTOCOLS
 from trainers.models.dual import crop_padding, symmetric_kl, transfer_loss, window_sizes
 from trainers.models.softmax import full_softmax_ce
 from trainers.models.transformer import direction_mask
-from trainers.registry import DataSizes, build_model
+from trainers.registry import DataSizes, Output, build_model
 from trainers.train import train_epoch, validate
 
 L, N = 8, 20
@@ -246,7 +247,6 @@ def test_loss_is_eq14_by_hand(name, short):
     ce_future = _hand_ce(future[0], table, _positions(full, "future"))
     if name == "dualrec":  # the head outputs, averaged over each input's real slots
         features = _head_features(model, batch)
-        model.__dict__.pop("_train")
         levels_p, levels_f = features["past"], features["future"]
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(levels_p, past[1]))
     else:
@@ -282,10 +282,14 @@ def test_transfer_sum_is_eq10():
 # --------------------------------------------------------------------------- ablations
 
 
-def _eval_scores(model, batch) -> torch.Tensor:
+def _eval_output(model, batch) -> Output:
     model.eval()
     with torch.no_grad():
         return model(batch)
+
+
+def _eval_scores(model, batch) -> torch.Tensor:
+    return _eval_output(model, batch).scores
 
 
 @pytest.mark.parametrize("short", [False, True])
@@ -313,8 +317,7 @@ def test_past_only_is_the_past_encoder_and_its_loss(name):
     batch = toy_batch()
     assert torch.equal(_eval_scores(past_only, batch), _eval_scores(dual, batch))
     dual.train(), past_only.train()
-    dual(batch)
-    ce = dual.encoder_losses(dual.__dict__.pop("_train")[0])
+    ce = dual.encoder_losses(dual(batch).terms.ce)
     assert torch.allclose(past_only.loss(past_only(batch), batch), ce["past"], atol=1e-6)
 
 
@@ -326,8 +329,7 @@ def test_future_only_trains_the_future_and_reads_the_past(name):
     future_only.load_state_dict(dual.state_dict(), strict=False)  # item + future encoder
     batch = toy_batch()
     dual.train(), future_only.train()
-    dual(batch)
-    ce = dual.encoder_losses(dual.__dict__.pop("_train")[0])
+    ce = dual.encoder_losses(dual(batch).terms.ce)
     assert torch.allclose(future_only.loss(future_only(batch), batch), ce["future"], atol=1e-6)
     # at inference its (future-trained) parameters read the history as a past encoder
     past_only = build(name, encoders="past", beta=0.0)
@@ -346,8 +348,7 @@ def test_windows_apply_in_training_only_unless_kept():
     # inference: the plain causal mask, unless windows_at_inference
     assert torch.allclose(_eval_scores(default, batch), _eval_scores(plain, batch))
     default.train()
-    windowed = default(batch).detach()  # training forward (dropout 0): windows on
-    default.__dict__.pop("_train")
+    windowed = default(batch).scores.detach()  # training forward (dropout 0): windows on
     assert torch.allclose(_eval_scores(kept, batch), windowed, atol=1e-6)
     assert not torch.allclose(windowed, _eval_scores(plain, batch))
 
@@ -362,7 +363,7 @@ def test_transfer_needs_both_encoders():
 def test_loss_without_a_training_forward_is_an_error():
     model, batch = build("dualrec"), toy_batch()
     with pytest.raises(RuntimeError, match="training forward"):
-        model.loss(_eval_scores(model, batch), batch)
+        model.loss(_eval_output(model, batch), batch)
 
 
 @pytest.mark.parametrize("name", ["dualrec", "dual_gru4rec", "dual_fmlp"])
@@ -408,10 +409,10 @@ def test_presets_train_and_validate_through_the_loop(name):
 
     torch.manual_seed(0)
     model = build_model(name, params, SIZES)
-    builder = BatchBuilder("leave_one_out", model.inputs, None, None, 0, sequences, L)
+    builder = BatchBuilder(PROTOCOLS["leave_one_out"], model.inputs, None, None, 0, sequences, L)
     optimizer = build_optimizer(model, recipe["lr"], recipe["l2"], recipe["weight_decay"])
     loss, rate = train_epoch(model, model, optimizer, builder, split(3, 1), torch.arange(12),
                              5, recipe["l2"], 1, 0, 1, recipe["grad_clip"])
     assert math.isfinite(loss) and rate > 0
-    metrics = validate(model, builder, split(2, 9), 5, 0, 1, "leave_one_out")
+    metrics = validate(model, builder, split(2, 9), 5, 0, 1, PROTOCOLS["leave_one_out"])
     assert 0.0 < metrics["mrr"] <= 1.0 and 0.0 <= metrics["hr@1"] <= metrics["hr@10"] == 1.0

@@ -19,8 +19,9 @@ import tiny_index
 from trainers import tracking
 from trainers.batches import BatchBuilder, Samples
 from trainers.evaluate import run_evaluation
-from trainers.metrics import FeedbackAccumulator, random_floor, ranking_metrics
+from trainers.metrics import FeedbackAccumulator, ranking_metrics
 from trainers.popularity import popularity_scores
+from trainers.protocols import PROTOCOLS
 from trainers.registry import DataSizes, build_model
 from store.index import load_samples, load_set_arrays
 from store.runs import CHECKPOINT_FILE
@@ -65,7 +66,7 @@ def trained(tmp_path):
 def _test_lists(work: Path):
     arrays = load_set_arrays(str(work / "index"))
     samples = Samples.from_arrays(load_samples(str(work / "index"), "test"))
-    builder = BatchBuilder("slices", frozenset({"slice_sets"}), torch.as_tensor(arrays.users),
+    builder = BatchBuilder(PROTOCOLS["slices"], frozenset({"slice_sets"}), torch.as_tensor(arrays.users),
                            torch.as_tensor(arrays.items), tiny_index.T)
     return builder, samples
 
@@ -77,7 +78,7 @@ def test_evaluation_matches_direct_metrics(trained):
 
     # Model: one big batch instead of chunks of eval_batch_size (7) lists.
     with torch.no_grad():
-        scores = model(builder.rows(samples, torch.arange(len(samples))))
+        scores = model(builder.rows(samples, torch.arange(len(samples)))).scores
     expected = ranking_metrics(scores, samples.user)
     assert result["test"] == pytest.approx(expected, abs=1e-12)
 
@@ -107,8 +108,9 @@ def test_evaluation_matches_direct_metrics(trained):
             u, t = samples.user[row:row + 1], samples.cut[row:row + 1]
             pos = samples.candidates[row, 0]
             one = torch.ones(1, dtype=torch.int64)
-            s = model(builder.build(u, t, all_items[None], one))[0]
-            pos_score = model(builder.build(u, t, torch.stack([pos, pos])[None], one))[0, 0]
+            s = model(builder.build(u, t, all_items[None], one)).scores[0]
+            pair = builder.build(u, t, torch.stack([pos, pos])[None], one)
+            pos_score = model(pair).scores[0, 0]
             full_rr.append(1.0 / (1 + int(((s >= pos_score) & (all_items != pos)).sum())))
     # One list per user, rows sorted by user: the seeded sample of users is a seeded
     # permutation of the rows.
@@ -121,7 +123,7 @@ def test_evaluation_matches_direct_metrics(trained):
     for split in ("train", "valid"):
         lists = Samples.from_arrays(load_samples(str(Path(cfg.paths.work_dir) / "index"), split))
         with torch.no_grad():
-            s = model(builder.rows(lists, torch.arange(len(lists))))
+            s = model(builder.rows(lists, torch.arange(len(lists)))).scores
         # pessimistic pairwise AUC per list, averaged over lists
         auc = ((s[:, :1] > s[:, 1:]).double().mean(1)).mean().item()
         assert result["fit"][f"{split}_auc"] == pytest.approx(auc, abs=1e-9)
@@ -180,12 +182,13 @@ def test_evaluation_under_sequence_protocols(tmp_path, protocol):
         return batch
 
     with torch.no_grad():
-        scores = torch.cat([model(batch_of(r, test.candidates[r])) for r in range(len(test))])
+        scores = torch.cat([model(batch_of(r, test.candidates[r])).scores
+                            for r in range(len(test))])
     if protocol == "feedback":
         acc = FeedbackAccumulator()
         acc.update(scores, test.user, test.target_label)
         expected = acc.compute()
-        assert result["random_test"] == random_floor("feedback", 1 + tiny_index.EVAL_NEGATIVES)
+        assert result["random_test"] == PROTOCOLS["feedback"].random_floor(1 + tiny_index.EVAL_NEGATIVES)
     else:
         expected = ranking_metrics(scores, test.user)
         assert "random_test" not in result
@@ -215,7 +218,7 @@ def test_evaluation_under_sequence_protocols(tmp_path, protocol):
     with torch.no_grad():
         for row in picked.tolist():
             u, target = int(test.user[row]), int(test.candidates[row, 0])
-            s = model(batch_of(row, all_items))[0]
+            s = model(batch_of(row, all_items)).scores[0]
             target_score = s[target - 1]
             competing = ~torch.isin(all_items, torch.tensor(items[u][:int(test.cut[row])] +
                                                               [target]))

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import tiny_index
-from trainers.registry import Batch, register
+from trainers.registry import Batch, Output, register
 from store.runs import CHECKPOINT_FILE, RUN_FILE, run_dir
 from trainers.train import resume_key, run_training
 
@@ -34,7 +34,7 @@ EPOCHS = 4
 class SlowTinyModel(tiny_index.TinyModel):
     """The tiny test model with slow training steps (same scores, same gradients)."""
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         if self.training:
             time.sleep(STEP_S)
         return super().forward(batch)
@@ -176,7 +176,7 @@ def test_logged_model_holds_one_copy_of_the_weights_and_serves_the_champion(unin
     batch = {k: torch.as_tensor(np.asarray(v)) for k, v in example.items()}
     batch["label"] = batch["label"].float()
     with torch.no_grad():
-        expected = model(batch).numpy()
+        expected = model(batch).scores.numpy()
     np.testing.assert_array_equal(served.predict(example), expected)
 
 

@@ -29,9 +29,10 @@ def test_shapes_and_finite_scores_for_empty_and_one_sided_histories(name):
     batch = make_batch()  # row 0 empty, row 1 negatives only, row 2 positives only
     for mode in (model.train, model.eval):
         mode()
-        scores = model(batch)
+        out = model(batch)
+        scores = out.scores
         assert scores.shape == (6, 4) and torch.isfinite(scores).all()
-        loss = model.loss(scores, batch)
+        loss = model.loss(out, batch)
         assert loss.ndim == 0 and torch.isfinite(loss)
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters()
@@ -42,9 +43,9 @@ def test_shapes_and_finite_scores_for_empty_and_one_sided_histories(name):
 def test_candidates_are_scored_independently(name):
     model = make_model(name).eval()
     batch = make_batch()
-    scores = model(batch)
+    scores = model(batch).scores
     one = dict(batch, items=batch["items"][:, 2:3], label=batch["label"][:, 2:3])
-    torch.testing.assert_close(model(one), scores[:, 2:3])
+    torch.testing.assert_close(model(one).scores, scores[:, 2:3])
 
 
 @pytest.mark.parametrize("name", BASELINES)
@@ -52,33 +53,32 @@ def test_feedback_labels_reach_the_scores(name):
     model = make_model(name).eval()
     batch = make_batch()
     flipped = dict(batch, sequence_label=(1 - batch["sequence_label"]) * (batch["sequence"] != 0))
-    assert not torch.allclose(model(flipped)[3:], model(batch)[3:])
+    assert not torch.allclose(model(flipped).scores[3:], model(batch).scores[3:])
 
 
 def test_dien_adds_its_auxiliary_loss_in_training_only():
     batch = make_batch()
     model = make_model("dien", aux_weight=0.5).train()
-    scores = model(batch)
-    aux = model._aux
+    out = model(batch)
+    scores, aux = out.scores, out.terms.aux
     bce = F.binary_cross_entropy_with_logits(scores, batch["label"])
-    torch.testing.assert_close(model.loss(scores, batch), bce + 0.5 * aux, rtol=0, atol=0)
+    torch.testing.assert_close(model.loss(out, batch), bce + 0.5 * aux, rtol=0, atol=0)
     assert aux > 0
     model.eval()
-    scores = model(batch)
-    torch.testing.assert_close(model.loss(scores, batch),
+    out = model(batch)
+    scores = out.scores
+    torch.testing.assert_close(model.loss(out, batch),
                                F.binary_cross_entropy_with_logits(scores, batch["label"]))
-    with pytest.raises(RuntimeError, match="forward"):
-        model.loss(scores, batch)  # the kept term is used once
 
 
 def test_feedrec_adds_the_absolute_cosine_of_its_two_interests():
     batch = make_batch()
     model = make_model("feedrec", lambda_disentangle=0.7).eval()
-    scores = model(batch)
-    aux = model._aux
+    out = model(batch)
+    scores, aux = out.scores, out.terms.disentangle
     assert (aux >= 0).all() and (aux[:3] == 0).all()  # a one-sided history has a zero interest
     bce = F.binary_cross_entropy_with_logits(scores, batch["label"])
-    torch.testing.assert_close(model.loss(scores, batch), bce + 0.7 * aux.mean(), rtol=0, atol=0)
+    torch.testing.assert_close(model.loss(out, batch), bce + 0.7 * aux.mean(), rtol=0, atol=0)
 
 
 def test_dfn_reads_click_and_unclick_sequences_apart():
@@ -87,10 +87,10 @@ def test_dfn_reads_click_and_unclick_sequences_apart():
     the click to the unclick sequence changes the score."""
     model = make_model("dfn").eval()
     batch = make_batch()
-    base = model(batch)
+    base = model(batch).scores
     moved = batch["sequence_label"].clone()
     moved[2, -1] = 0  # row 2 (all positive): its newest event becomes an unclick
-    assert not torch.allclose(model(dict(batch, sequence_label=moved))[2], base[2])
+    assert not torch.allclose(model(dict(batch, sequence_label=moved)).scores[2], base[2])
     assert not hasattr(model.embed, "label") or model.embed.label is None
 
 
@@ -101,7 +101,7 @@ def test_din_weights_are_not_normalised():
     y = torch.tensor([[0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 1, 1]])
     batch = {"user": torch.tensor([1, 2]), "items": torch.tensor([[3], [3]]),
              "label": torch.zeros(2, 1), "sequence": seq, "sequence_label": y}
-    scores = model(batch)
+    scores = model(batch).scores
     assert not torch.allclose(scores[0], scores[1])
 
 

@@ -76,13 +76,11 @@ def test_training_prefix_scores_see_no_later_item():
     model = build_model("fmlp", PARAMS, SIZES).train()
     b = batch()
     torch.manual_seed(1)
-    model(b)
-    before = model.__dict__.pop("_prefixes")  # (M, 2), row order = valid.nonzero()
+    before = model(b).terms.pairs  # (M, 2), row order = valid.nonzero()
     changed = {**b, "sequence": b["sequence"].clone()}
     changed["sequence"][:, -1] = 11  # the newest item: only the last prefix's target
     torch.manual_seed(1)
-    model(changed)
-    after = model.__dict__.pop("_prefixes")
+    after = model(changed).terms.pairs
     # prefixes: row 0 at t = 3, 4; row 1 at t = 0..4; t = 4 predicts the changed item
     last = torch.tensor([False, True, False, False, False, False, True])
     assert torch.equal(before[~last], after[~last])
@@ -94,19 +92,19 @@ def test_loss_by_hand_and_inference():
     torch.manual_seed(0)
     model = build_model("fmlp", PARAMS, SIZES).train()
     b = batch()
-    scores = model(b)
-    prefixes = model._prefixes  # (M, 2)
+    out = model(b)
+    scores, prefixes = out.scores, out.terms.pairs  # (B, C), (M, 2)
     assert prefixes.shape == (7, 2)
     bce = lambda s, y: -(y * F.logsigmoid(s) + (1 - y) * F.logsigmoid(-s)).sum(-1)
     rows = bce(scores, b["label"])
     per_prefix = bce(prefixes, torch.tensor([1.0, 0.0]))
     expected = torch.cat([rows, per_prefix]).sum() / (2 + 7)
-    assert torch.allclose(model.loss(scores, b), expected, atol=1e-6)
+    assert torch.allclose(model.loss(out, b), expected, atol=1e-6)
     model.eval()
     with torch.no_grad():
         h = model.stack(model.item(b["sequence"]), b["sequence"] != 0)[:, -1]
         expected = (model.item(b["items"]) @ h[..., None]).squeeze(-1)
-        assert torch.allclose(model(b), expected, atol=1e-6)
+        assert torch.allclose(model(b).scores, expected, atol=1e-6)
     assert torch.allclose(scores, expected, atol=1e-5)  # dropout 0: training scores alike
 
 
@@ -118,8 +116,8 @@ def test_causal_filter_trains_every_position_in_one_pass():
     model = build_model("fmlp", {**PARAMS, "filter": "causal"}, SIZES).train()
     b = batch()
     b["next_negatives"] = torch.tensor([[2, 2, 2, 2, 2], [9, 9, 9, 9, 9]])
-    scores = model(b)
-    history, _, valid = model._history  # (B, L-1, 2)
+    out = model(b)
+    scores, (history, _, valid) = out.scores, out.terms  # (B, C), (B, L-1, 2)
     # row 0 holds items from slot 3, row 1 from slot 0; the last slot has no next item here
     assert valid.tolist() == [[False, False, False, True, True], [True] * 5]
     with torch.no_grad():
@@ -135,7 +133,7 @@ def test_causal_filter_trains_every_position_in_one_pass():
     rows = bce(scores, b["label"])
     per_position = bce(history[valid], torch.tensor([1.0, 0.0]))
     expected_loss = torch.cat([rows, per_position]).sum() / (2 + 7)
-    torch.testing.assert_close(model.loss(scores, b), expected_loss)
+    torch.testing.assert_close(model.loss(out, b), expected_loss)
     assert not hasattr(model, "_prefixes")
 
 
@@ -143,8 +141,7 @@ def test_global_filter_prefixes_take_the_batch_negatives():
     torch.manual_seed(0)
     model = build_model("fmlp", PARAMS, SIZES).train()
     b = {**batch(), "next_negatives": torch.full((2, L - 1), 13)}
-    model(b)
-    prefixes = model.__dict__.pop("_prefixes")  # (M, 2)
+    prefixes = model(b).terms.pairs  # (M, 2)
     model.eval()
     with torch.no_grad():  # the prefix at (row 1, t = 0) is [1] alone
         one = torch.tensor([[0, 0, 0, 0, 0, 1]])

@@ -14,11 +14,10 @@ from trainers.metrics import (
     RankHistogram,
     RankingAccumulator,
     items_ranked_above,
-    new_accumulator,
-    random_floor,
     rank_of_positive,
     ranking_metrics,
 )
+from trainers.protocols import PROTOCOLS
 
 
 def test_rank_counts_ties_against_the_positive():
@@ -168,7 +167,7 @@ def test_feedback_chunks_and_bad_inputs():
     labels = torch.randint(0, 2, (120,), generator=gen)
     whole = FeedbackAccumulator()
     whole.update(scores, users, labels)
-    chunked = new_accumulator("feedback")
+    chunked = PROTOCOLS["feedback"].new_accumulator()
     for start in range(0, 120, 35):
         chunked.update(scores[start:start + 35], users[start:start + 35],
                        labels[start:start + 35])
@@ -180,12 +179,12 @@ def test_feedback_chunks_and_bad_inputs():
     with pytest.raises(ValueError, match="no group has a positive target"):
         only_negative.compute()
     with pytest.raises(ValueError, match="feedback protocol"):
-        new_accumulator("slices").update(scores[:2], users[:2], torch.tensor([1, 0]))
+        PROTOCOLS["slices"].new_accumulator().update(scores[:2], users[:2], torch.tensor([1, 0]))
 
 
 def test_random_scores_hit_the_random_floor():
     # 10-candidate groups (DFAR): MRR@10 = H_10 / 10 = .2929, NDCG@10 = .4544 (PROTOCOLS.md)
-    floor = random_floor("feedback", 10)
+    floor = PROTOCOLS["feedback"].random_floor(10)
     assert floor["mrr@10"] == pytest.approx(sum(1 / r for r in range(1, 11)) / 10)
     assert floor["mrr@10"] == pytest.approx(0.2929, abs=1e-4)
     assert floor["ndcg@10"] == pytest.approx(0.4544, abs=1e-4)
@@ -198,7 +197,7 @@ def test_random_scores_hit_the_random_floor():
     for key in ("mrr@10", "ndcg@10", "auc", "gauc", "auc_pos"):
         assert m[key] == pytest.approx(floor[key], abs=0.01), key
     # the ranking protocols' floor over 100 candidates
-    ranking = random_floor("leave_one_out", 100)
+    ranking = PROTOCOLS["leave_one_out"].random_floor(100)
     assert ranking["hr@10"] == pytest.approx(0.1) and ranking["hr@1"] == pytest.approx(0.01)
     scores = torch.rand(20_000, 100, generator=gen)
     measured = ranking_metrics(scores, torch.arange(20_000))

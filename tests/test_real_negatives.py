@@ -191,13 +191,14 @@ def test_sequence_models_learn_will_like_from_real_negatives(name):
     model = train(name, train_lists, epochs=EPOCHS)
     every = torch.arange(len(test_lists.user))
     with torch.no_grad():
-        test_auc = real_negative_auc(model(test_lists.batch(every)), test_lists.real)
+        test_auc = real_negative_auc(model(test_lists.batch(every)).scores, test_lists.real)
         train_auc = real_negative_auc(
-            model(train_lists.batch(torch.arange(len(train_lists.user)))), train_lists.real)
+            model(train_lists.batch(torch.arange(len(train_lists.user)))).scores,
+            train_lists.real)
         empty = test_lists.batch(every)
         empty["sequence"] = torch.zeros_like(empty["sequence"])
         empty["sequence_label"] = torch.zeros_like(empty["sequence"])
-        new_user = model(empty)
+        new_user = model(empty).scores
     # The train/test gap shows how much of the training lists is memorised (issue 15).
     print(f"{name}: real-negative AUC train {train_auc:.3f} test {test_auc:.3f} "
           f"(popularity {pop_auc:.3f}); no-history list AUC {list_auc(new_user):.3f}")
@@ -219,7 +220,7 @@ def test_without_labels_positive_histories_still_beat_popularity(name):
     popularity = torch.as_tensor(counts, dtype=torch.float32)[test_lists.candidates]
     model = train(name, train_lists, epochs=EPOCHS)
     with torch.no_grad():
-        scores = model(test_lists.batch(torch.arange(len(test_lists.user))))
+        scores = model(test_lists.batch(torch.arange(len(test_lists.user)))).scores
     test_auc = real_negative_auc(scores, test_lists.real)
     print(f"{name} (positives only): real-negative AUC test {test_auc:.3f}")
     assert test_auc > 0.58 and test_auc > real_negative_auc(popularity, test_lists.real) + 0.1
@@ -296,7 +297,7 @@ def test_set_models_learn_will_like_from_real_negatives(sliced_index, name):
                     None)
     test = data.splits["test"]
     with torch.no_grad():
-        scores = model.eval()(data.builder.rows(test, torch.arange(len(test))))
+        scores = model.eval()(data.builder.rows(test, torch.arange(len(test)))).scores
     popularity = popularity_scores(data.popularity(), test.candidates, test.cut)
     test_auc = real_negative_auc(scores, test.real_negatives)
     pop_auc = real_negative_auc(popularity, test.real_negatives)

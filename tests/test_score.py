@@ -45,19 +45,20 @@ def make_model(seed: int = 0, **overrides):
 def test_yaml_params_build_the_model():
     cfg = load_config("sample", "score")
     model = build_model("score", cfg.model.params, SIZES)
-    assert model(make_batch()).shape == (B, C)
+    assert model(make_batch()).scores.shape == (B, C)
 
 
 def test_shapes_and_no_nan_with_empty_slices():
     model = make_model()
-    scores = model(make_batch())
+    scores = model(make_batch()).scores
     assert scores.shape == (B, C) and torch.isfinite(scores).all()
     empty = make_batch()
     empty["user_sets"].zero_()
     empty["item_sets"].zero_()
-    scores = model(empty)
+    out = model(empty)
+    scores = out.scores
     assert torch.isfinite(scores).all()
-    model.loss(scores, empty).backward()
+    model.loss(out, empty).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
@@ -66,16 +67,16 @@ def test_padding_slots_have_no_effect_but_empty_sets_use_the_empty_embedding():
     batch = make_batch(fill=0.6)
     batch["user_sets"][:, :, :, 0] = 3  # no all-empty set: every 0 left is padding
     batch["item_sets"][..., 0] = 5
-    before = model(batch)
+    before = model(batch).scores
     with torch.no_grad():
         model.embedding.weight[0] += 10.0  # row 0: padding and the "empty" embedding
-    assert torch.equal(model(batch), before)
+    assert torch.equal(model(batch).scores, before)
     # all-empty slices stand for the learned empty embedding, so they do depend on row 0
     empty = make_batch()
-    first = model(empty)
+    first = model(empty).scores
     with torch.no_grad():
         model.embedding.weight[0] -= 10.0
-    assert not torch.allclose(model(empty), first)
+    assert not torch.allclose(model(empty).scores, first)
 
 
 def test_co_attention_matches_eq_10_11_and_is_not_mean_pooling():
@@ -119,8 +120,8 @@ def test_co_attention_matches_eq_10_11_and_is_not_mean_pooling():
 @pytest.mark.parametrize("ablation", ["RIA", "RCA", "user_only", "item_only"])
 def test_each_ablation_changes_the_scores(ablation):
     batch = make_batch()
-    full = make_model(seed=0).eval()(batch)
-    ablated = make_model(seed=0, ablation=ablation).eval()(batch)
+    full = make_model(seed=0).eval()(batch).scores
+    ablated = make_model(seed=0, ablation=ablation).eval()(batch).scores
     assert ablated.shape == full.shape and torch.isfinite(ablated).all()
     assert not torch.allclose(ablated, full, atol=1e-4)
 
@@ -156,16 +157,16 @@ def test_one_side_ablation_reads_only_that_sides_representation(side):
         model = make_model(seed=0, ablation=ablation).eval()
         with torch.no_grad():
             model.relation.rest[-1].weight.zero_()  # β = 1/H whatever the slices hold
-            before = model(batch)
+            before = model(batch).scores
             perturb_(getattr(model, other))
-            after = model(batch)
+            after = model(batch).scores
         assert (not torch.allclose(after, before, atol=1e-5)) == must_change, ablation
     model = make_model(seed=0, ablation=side).eval()
     with torch.no_grad():
         model.relation.rest[-1].weight.zero_()
-        before = model(batch)
+        before = model(batch).scores
         perturb_(getattr(model, own))
-        assert not torch.allclose(model(batch), before, atol=1e-5)  # its own side counts
+        assert not torch.allclose(model(batch).scores, before, atol=1e-5)  # its own side counts
 
 
 def test_ria_scores_the_last_gru_states_and_skips_interactive_attention():
@@ -175,7 +176,7 @@ def test_ria_scores_the_last_gru_states_and_skips_interactive_attention():
     user_states, item_states, head = (capture(model.user_gru), capture(model.item_gru),
                                       capture(model.head))
     with torch.no_grad():
-        scores = model(batch)
+        scores = model(batch).scores
         h_u, h_v = user_states["output"][0][0], item_states["output"][0][0]  # (P, H, h)
         head_in = head["inputs"][0][0]  # (P, 2h + 2d)
         hidden = model.params.hidden_dim
@@ -187,7 +188,7 @@ def test_ria_scores_the_last_gru_states_and_skips_interactive_attention():
         torch.testing.assert_close(head_in[:, 2 * hidden:],
                                    torch.cat([u, v], dim=-1).view(B * C, -1), rtol=0, atol=0)
         perturb_(model.relation)
-        torch.testing.assert_close(model(batch), scores, rtol=0, atol=0)
+        torch.testing.assert_close(model(batch).scores, scores, rtol=0, atol=0)
 
 
 def test_interactive_attention_weights_the_gru_states_and_reads_the_gammas():
@@ -230,7 +231,7 @@ def test_rca_sums_each_set_and_feeds_the_valid_mask_as_gamma():
     user_in, item_in, relation = (capture(model.user_gru), capture(model.item_gru),
                                   capture(model.relation))
     with torch.no_grad():
-        scores = model(batch)
+        scores = model(batch).scores
     M, H, S, d = SIZES.num_users, SIZES.history_slices, SIZES.set_size, PARAMS["embed_dim"]
     E = model.embedding.weight
     shift = torch.tensor([[M], [0]])
@@ -250,7 +251,7 @@ def test_rca_sums_each_set_and_feeds_the_valid_mask_as_gamma():
     assert set(gammas.unique().tolist()) == {0.0, 1.0}  # the valid masks, not attention
     with torch.no_grad():
         perturb_(model.item_coatt), perturb_(model.user_coatt)
-        torch.testing.assert_close(model(batch), scores, rtol=0, atol=0)
+        torch.testing.assert_close(model(batch).scores, scores, rtol=0, atol=0)
 
 
 def test_one_step_lowers_the_loss_and_regularization_is_dense_l2():
@@ -277,9 +278,9 @@ def test_state_dict_round_trip_reproduces_scores():
     buffer.seek(0)
     other = make_model(seed=1).eval()
     batch = make_batch()
-    assert not torch.equal(other(batch), model(batch))
+    assert not torch.equal(other(batch).scores, model(batch).scores)
     other.load_state_dict(torch.load(buffer))
-    assert torch.equal(other(batch), model(batch))
+    assert torch.equal(other(batch).scores, model(batch).scores)
 
 
 def test_bad_batches_are_named():

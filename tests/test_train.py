@@ -18,6 +18,8 @@ import tiny_index
 from trainers.batches import (BatchBuilder, EventSequences, NegativeSampler,
                               SliceSequences, Samples, epoch_rows, random_windows,
                               shard_rows, target_keys)
+from trainers.protocols import PROTOCOLS, protocol_named
+from trainers.registry import Output
 from trainers.train import TrainState
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -39,7 +41,7 @@ def _coded_sets(n: int, T: int, S: int) -> torch.Tensor:
 def test_batch_shapes_and_history_window():
     T, S = 6, 3
     users, items = _coded_sets(5, T, S), _coded_sets(8, T, S)
-    builder = BatchBuilder("slices", frozenset({"slice_sets"}), users, items, T)
+    builder = BatchBuilder(PROTOCOLS["slices"], frozenset({"slice_sets"}), users, items, T)
     user = torch.tensor([1, 2, 4])
     target = torch.tensor([1, 3, 5])  # earliest, middle, last slice
     cand = torch.tensor([[3, 5], [1, 2], [7, 6]])
@@ -72,7 +74,7 @@ def test_builder_builds_only_declared_fields_and_rejects_unknown():
                slices=np.array([0, 2, 2, 3, 1], dtype=np.int16),
                labels=np.array([1, 1, 0, 1, 1], np.int8), num_slices=T)
     seq = SliceSequences.from_csr(**csr, positives_only=True)
-    builder = BatchBuilder("slices", frozenset({"sequence"}), None, None, T, seq, sequence_len=3)
+    builder = BatchBuilder(PROTOCOLS["slices"], frozenset({"sequence"}), None, None, T, seq, sequence_len=3)
     user, cut = torch.tensor([1, 1, 2]), torch.tensor([3, 1, 3])
     cand, ones = torch.tensor([[9, 4], [9, 4], [9, 4]]), torch.ones(3, dtype=torch.int64)
     batch = builder.build(user, cut, cand, ones)
@@ -83,17 +85,17 @@ def test_builder_builds_only_declared_fields_and_rejects_unknown():
     # A labelled model sees every event with its feedback (issue 15: real negatives reach
     # the history), never one of the target slice or later.
     every = SliceSequences.from_csr(**csr, positives_only=False)
-    labelled = BatchBuilder("slices", frozenset({"sequence", "sequence_label"}), None, None, T,
+    labelled = BatchBuilder(PROTOCOLS["slices"], frozenset({"sequence", "sequence_label"}), None, None, T,
                             every, sequence_len=3)
     batch = labelled.build(user, cut, cand, ones)
     assert batch["sequence"].tolist() == [[5, 6, 9], [0, 0, 5], [0, 0, 8]]
     assert batch["sequence_label"].tolist() == [[1, 1, 0], [0, 0, 1], [0, 0, 1]]
     with pytest.raises(ValueError, match="unknown model inputs"):
-        BatchBuilder("slices", frozenset({"pictures"}), None, None, T)
+        BatchBuilder(PROTOCOLS["slices"], frozenset({"pictures"}), None, None, T)
     with pytest.raises(ValueError, match="slice_sets"):
-        BatchBuilder("slices", frozenset({"slice_sets"}), None, None, T)
+        BatchBuilder(PROTOCOLS["slices"], frozenset({"slice_sets"}), None, None, T)
     with pytest.raises(ValueError, match="'leave_one_out' protocol cannot feed .*sequence_label"):
-        BatchBuilder("leave_one_out", frozenset({"sequence", "sequence_label"}), None, None, T,
+        BatchBuilder(PROTOCOLS["leave_one_out"], frozenset({"sequence", "sequence_label"}), None, None, T,
                      seq, 3)
 
 
@@ -137,7 +139,7 @@ def _events() -> EventSequences:
 
 def test_position_histories_and_feedback_labels():
     events = _events()
-    builder = BatchBuilder("feedback", frozenset({"sequence", "sequence_label"}), None, None, 0,
+    builder = BatchBuilder(PROTOCOLS["feedback"], frozenset({"sequence", "sequence_label"}), None, None, 0,
                            events, sequence_len=3)
     user, cut = torch.tensor([1, 1, 1, 2]), torch.tensor([0, 2, 3, 1])
     cand = torch.tensor([[5, 1], [7, 1], [8, 2], [3, 4]])
@@ -147,13 +149,13 @@ def test_position_histories_and_feedback_labels():
     assert batch["sequence"].tolist() == [[0, 0, 0], [0, 5, 6], [5, 6, 7], [0, 0, 9]]
     assert batch["sequence_label"].tolist() == [[0, 0, 0], [0, 1, 0], [1, 0, 1], [0, 0, 1]]
     assert batch["label"].tolist() == [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]
-    loo = BatchBuilder("leave_one_out", frozenset({"sequence"}), None, None, 0, events, 2)
+    loo = BatchBuilder(PROTOCOLS["leave_one_out"], frozenset({"sequence"}), None, None, 0, events, 2)
     assert set(loo.build(user, cut, cand, torch.ones(4, dtype=torch.int64))) == {
         "user", "items", "label", "sequence"}
     with pytest.raises(ValueError, match="'leave_one_out' protocol cannot feed .*slice_sets"):
-        BatchBuilder("leave_one_out", frozenset({"slice_sets"}), None, None, 0)
+        BatchBuilder(PROTOCOLS["leave_one_out"], frozenset({"slice_sets"}), None, None, 0)
     with pytest.raises(ValueError, match="cannot feed .*sequence_label"):
-        BatchBuilder("leave_one_out", frozenset({"sequence_label"}), None, None, 0, events, 2)
+        BatchBuilder(PROTOCOLS["leave_one_out"], frozenset({"sequence_label"}), None, None, 0, events, 2)
     bad = Samples(torch.tensor([2]), torch.tensor([2]), torch.tensor([[3, 4]]),
                   torch.tensor([0]), torch.tensor([1]))
     with pytest.raises(ValueError, match="cut 2 outside the user's 2 events"):
@@ -190,7 +192,7 @@ def test_random_windows_cover_every_window_before_the_cut_and_never_later():
     train = Samples(torch.tensor([1, 2]), torch.tensor([7, 2]),
                     torch.tensor([[108, 55, 56], [203, 57, 58]]), torch.tensor([0, 0]),
                     torch.tensor([1, 1]))
-    builder = BatchBuilder("leave_one_out", frozenset({"sequence"}), None, None, 0, events, L)
+    builder = BatchBuilder(PROTOCOLS["leave_one_out"], frozenset({"sequence"}), None, None, 0, events, L)
     seen = {}
     for epoch in range(1, 200):
         moved = random_windows(train, events, L, epoch, seed=5)
@@ -212,9 +214,10 @@ def test_random_windows_cover_every_window_before_the_cut_and_never_later():
 class _FixedScores(torch.nn.Module):
     """Scores = a fixed function of (user, item, history): no parameters, same everywhere."""
 
-    def forward(self, batch):
+    def forward(self, batch) -> Output:
         history = batch["sequence"].sum(1, keepdim=True)  # (B, 1)
-        return torch.sin(batch["items"] * 1.7 + batch["user"][:, None] * 0.3 + history * 0.1)
+        return Output(torch.sin(batch["items"] * 1.7 + batch["user"][:, None] * 0.3
+                                + history * 0.1))
 
 
 def _validation_samples() -> tuple[BatchBuilder, Samples]:
@@ -223,7 +226,7 @@ def _validation_samples() -> tuple[BatchBuilder, Samples]:
     offsets = np.arange(0, 6 * (n + 2), 6)  # (n+2,): users 0..n with 6 events each
     E = int(offsets[-1])
     events = EventSequences.from_csr(offsets, np.arange(E) % 17 + 1, np.arange(E) % 2)
-    builder = BatchBuilder("feedback", frozenset({"sequence", "sequence_label"}), None, None, 0,
+    builder = BatchBuilder(PROTOCOLS["feedback"], frozenset({"sequence", "sequence_label"}), None, None, 0,
                            events, sequence_len=3)
     samples = Samples(torch.arange(1, n + 1), torch.randint(1, 6, (n,), generator=gen),
                       torch.randint(1, 18, (n, 10), generator=gen),
@@ -241,7 +244,8 @@ def _validate_worker(rank: int, world: int, init: str, out: str, protocol: str) 
     if protocol != "feedback":
         samples = Samples(samples.user, samples.cut, samples.candidates, samples.real_negatives,
                           torch.ones_like(samples.target_label))
-    metrics = validate(_FixedScores(), builder, samples, 4, rank, world, protocol)
+    metrics = validate(_FixedScores(), builder, samples, 4, rank, world,
+                       protocol_named(protocol))
     if rank == 0:
         Path(out).write_text(json.dumps(metrics))
     dist.destroy_process_group()
@@ -262,7 +266,7 @@ def test_sharded_validation_equals_one_process(tmp_path, protocol):
     if protocol != "feedback":
         samples = Samples(samples.user, samples.cut, samples.candidates, samples.real_negatives,
                           torch.ones_like(samples.target_label))
-    single = validate(_FixedScores(), builder, samples, 5, 0, 1, protocol)
+    single = validate(_FixedScores(), builder, samples, 5, 0, 1, protocol_named(protocol))
     assert json.loads(out.read_text()) == pytest.approx(single)
 
 
@@ -549,7 +553,7 @@ def test_item_distribution_draws_by_weight():
         ItemDistribution(3, torch.ones(3), "cpu")
     builder_inputs = frozenset({"next_negatives"})
     with pytest.raises(ValueError, match="must also read 'sequence'"):
-        BatchBuilder("feedback", builder_inputs, None, None, 0)
+        BatchBuilder(PROTOCOLS["feedback"], builder_inputs, None, None, 0)
 
 
 def test_the_latest_report_tells_where_a_run_stands():

@@ -9,6 +9,7 @@ import torch
 
 from conf.loading import load_config
 from trainers.batches import BatchBuilder, EventSequences, length_batches
+from trainers.protocols import PROTOCOLS
 from trainers.registry import DataSizes, build_model, model_class, variable_length
 
 L = 10
@@ -44,11 +45,11 @@ def test_cutting_the_left_padding_leaves_every_score_unchanged(name):
     assert variable_length(model)
     batch = left_padded([0, 2, 3, 1])
     with torch.no_grad():
-        full = model(batch)
+        full = model(batch).scores
         for keep in (4, 6):  # the longest history is 3: any cut >= 3 slots is the same input
             cut = {**batch, "sequence": batch["sequence"][:, L - keep:],
                    "sequence_label": batch["sequence_label"][:, L - keep:]}
-            torch.testing.assert_close(model(cut), full)
+            torch.testing.assert_close(model(cut).scores, full)
 
 
 def test_models_that_need_every_slot_do_not_declare_it():
@@ -64,7 +65,7 @@ def test_builder_cuts_to_the_longest_history_plus_the_empty_slot():
     offsets = torch.tensor([0, *torch.tensor(counts).cumsum(0).tolist()])
     items = torch.arange(1, int(offsets[-1]) + 1)
     seqs = EventSequences(offsets, items, torch.ones_like(items))
-    builder = BatchBuilder("leave_one_out", frozenset({"sequence"}), None, None, 0, seqs, L)
+    builder = BatchBuilder(PROTOCOLS["leave_one_out"], frozenset({"sequence"}), None, None, 0, seqs, L)
     builder.trim_padding = True
     user, cand = torch.tensor([1, 2]), torch.ones(2, 3, dtype=torch.int64)
     batch = builder.build(user, torch.tensor([2, 4]), cand, torch.ones(2))

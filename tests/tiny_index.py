@@ -24,7 +24,7 @@ from torch import nn
 from conf.loading import load_config
 from conf.schema import ModelConfig, PipelineConfig
 from trainers.embedding import RowSparseEmbedding
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 T, S = 5, 3  # slices, set size
 NUM_USERS, NUM_ITEMS = 30, 40
@@ -50,16 +50,16 @@ class TinyModel(nn.Module):
                                             0.1)
         self.proj = nn.Linear(params.dim, params.dim)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         U = self.sizes.num_users
         history = batch["user_sets"][:, :, 0]  # (B, H, S) items
         hist = self.embedding(history + U * (history > 0)).mean(dim=(1, 2))  # (B, d)
         u = self.embedding(batch["user"])  # (B, d)
         v = self.embedding(batch["items"] + U)  # (B, C, d)
-        return (self.proj(u + hist)[:, None, :] * v).sum(-1)  # (B, C)
+        return Output((self.proj(u + hist)[:, None, :] * v).sum(-1))  # (B, C)
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(scores, batch["label"])
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(output.scores, batch["label"])
 
     def regularization(self) -> torch.Tensor:
         return sum(p.pow(2).sum() for p in self.parameters() if p.requires_grad) / 2
@@ -85,7 +85,7 @@ class TinySequenceModel(nn.Module):
         self.label = nn.Embedding(2, params.dim)
         self.proj = nn.Linear(params.dim, params.dim)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         U = self.sizes.num_users
         sequence = batch["sequence"]  # (B, L)
         real = (sequence > 0).float()[..., None]  # (B, L, 1)
@@ -95,10 +95,13 @@ class TinySequenceModel(nn.Module):
         hist = (history * real).sum(1) / real.sum(1).clamp(min=1)  # (B, d)
         u = self.embedding(batch["user"])  # (B, d)
         v = self.embedding(batch["items"] + U)  # (B, C, d)
-        return (self.proj(u + hist)[:, None, :] * v).sum(-1)  # (B, C)
+        return Output((self.proj(u + hist)[:, None, :] * v).sum(-1))  # (B, C)
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(scores, batch["label"])
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(output.scores, batch["label"])
+
+    def regularization(self) -> torch.Tensor:
+        return torch.zeros(())  # no regularisation term
 
 
 def tiny_config(root: Path, overrides: list[str] | None = None,

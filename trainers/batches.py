@@ -25,34 +25,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from trainers.registry import Batch
+from trainers.registry import INPUTS, Batch
+
+if TYPE_CHECKING:
+    from trainers.protocols import EvaluationProtocol
 
 _MAX_REJECTION_ROUNDS = 64  # a row still rejected after this many redraws has no valid item
-
-# What each protocol's index can feed (docs/architecture.md, "Evaluation protocols");
-# ``next_negatives`` is sampled, not indexed: every protocol with sequences feeds it.
-PROTOCOL_INPUTS: dict[str, frozenset[str]] = {
-    "slices": frozenset({"slice_sets", "sequence", "sequence_label", "next_negatives"}),
-    "leave_one_out": frozenset({"sequence", "next_negatives"}),
-    "feedback": frozenset({"sequence", "sequence_label", "next_negatives"}),
-}
-
-
-def unfed_inputs(protocol: str, inputs: frozenset[str]) -> frozenset[str]:
-    """The required ``inputs`` that ``protocol`` cannot feed (empty: the model runs).
-
-    Raises:
-        ValueError: an unknown protocol.
-    """
-    if protocol not in PROTOCOL_INPUTS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of "
-                         f"{', '.join(PROTOCOL_INPUTS)}")
-    return frozenset(inputs) - PROTOCOL_INPUTS[protocol]
-
 
 @dataclass(frozen=True)
 class Samples:
@@ -302,7 +285,8 @@ class BatchBuilder:
     """Builds batch dicts holding only the fields a model declares in ``inputs``.
 
     Args:
-        protocol: the index's protocol (``slices``, ``leave_one_out``, ``feedback``).
+        protocol: the index's protocol (trainers/protocols.py): which inputs it can feed and
+            whether ``cut`` is a slice.
         inputs: the fields to build (a model's ``inputs``, plus those of its
             ``optional_inputs`` the protocol feeds).
         user_sets: (U+1, T, 2, S) int tensor, ``[u, t, 0]`` = G_t(u), ``[u, t, 1]`` = G_t(v|u)
@@ -330,21 +314,15 @@ class BatchBuilder:
             or an input whose arrays were not given.
     """
 
-    KNOWN_INPUTS = frozenset().union(*PROTOCOL_INPUTS.values())
-
-    def __init__(self, protocol: str, inputs: frozenset[str], user_sets: torch.Tensor | None,
-                 item_sets: torch.Tensor | None, num_slices: int,
+    def __init__(self, protocol: EvaluationProtocol, inputs: frozenset[str],
+                 user_sets: torch.Tensor | None, item_sets: torch.Tensor | None, num_slices: int,
                  sequences: SliceSequences | EventSequences | None = None,
                  sequence_len: int = 0, next_negatives: ItemDistribution | None = None
                  ) -> None:
-        unknown = set(inputs) - self.KNOWN_INPUTS
+        unknown = set(inputs) - INPUTS
         if unknown:
-            raise ValueError(f"unknown model inputs {sorted(unknown)}; known: "
-                             f"{sorted(self.KNOWN_INPUTS)}")
-        unfed = unfed_inputs(protocol, inputs)
-        if unfed:
-            raise ValueError(f"the {protocol!r} protocol cannot feed inputs {sorted(unfed)}; "
-                             f"it feeds {sorted(PROTOCOL_INPUTS[protocol])}")
+            raise ValueError(f"unknown model inputs {sorted(unknown)}; known: {sorted(INPUTS)}")
+        protocol.fed(inputs)  # raises on an input the protocol cannot feed
         if "slice_sets" in inputs:
             if user_sets is None or item_sets is None:
                 raise ValueError("model needs 'slice_sets' but no user/item set arrays were given")
@@ -352,7 +330,7 @@ class BatchBuilder:
                 raise ValueError(f"user sets {tuple(user_sets.shape)} and item sets "
                                  f"{tuple(item_sets.shape)} must both be (n, {num_slices}, 2, S)")
         if {"sequence", "sequence_label"} & set(inputs):
-            expected = SliceSequences if protocol == "slices" else EventSequences
+            expected = SliceSequences if protocol.sliced else EventSequences
             if not isinstance(sequences, expected) or sequence_len < 1:
                 raise ValueError(f"model needs 'sequence' but no {expected.__name__} / length "
                                  "were given")

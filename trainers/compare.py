@@ -9,12 +9,12 @@ A model already trained with the same config is skipped by the training stage as
 rerun only evaluates.
 
 The index's protocol decides which models run and which columns the table has: a model
-whose required ``inputs`` the protocol cannot feed (``batches.PROTOCOL_INPUTS``; e.g.
+whose required ``inputs`` the protocol cannot feed (its ``feeds``, trainers/protocols.py; e.g.
 SCoRe's slice sets under ``leave_one_out``) is skipped with its reason, in the returned
 dict, under the table and in the log. Columns: the ranking protocols' MRR, HR@1/5/10,
 NDCG@5/10, AUC, GAUC; ``feedback``'s AUC, GAUC, MRR@10, NDCG@10, auc_pos, plus a
 ``random`` row (a random scorer's expected metrics on the same groups,
-``metrics.random_floor``: MRR@10 = .293 for 10-candidate groups).
+the protocol's ``random_floor``: MRR@10 = .293 for 10-candidate groups).
 
 MLflow: one parent run (``<dataset>-compare``, tagged with dataset and protocol) per call;
 each model's training run becomes its child (tag ``mlflow.parentRunId``, so the UI nests it;
@@ -35,29 +35,21 @@ from typing import Any
 
 from conf.loading import load_config, preset_keys
 from conf.schema import PipelineConfig
-from store import index as index_store
 from trainers import tracking
-from trainers.batches import PROTOCOL_INPUTS, unfed_inputs
-from trainers.metrics import SELECTION_METRIC
+from trainers.protocols import EvaluationProtocol, protocol_at
 from trainers.registry import model_class
 from trainers.split_data import declared_inputs
 
 log = logging.getLogger(__name__)
 
-# Table columns after ``model``, per protocol: the papers' metrics first.
-RANKING_METRICS = ("mrr", "hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "auc", "gauc")
-TEST_METRICS = {"slices": RANKING_METRICS, "leave_one_out": RANKING_METRICS,
-                "feedback": ("auc", "gauc", "mrr@10", "ndcg@10", "auc_pos")}
-CHART_METRICS = {"slices": ("mrr", "ndcg@10", "hr@10"),
-                 "leave_one_out": ("mrr", "ndcg@10", "hr@10"),
-                 "feedback": ("auc", "gauc", "mrr@10", "ndcg@10")}
-RANDOM_ROW = "random"  # the feedback table's floor row
+RANDOM_ROW = "random"  # the floor row of a protocol with a ``random_reference`` (feedback)
 
 
-def columns(protocol: str) -> tuple[str, ...]:
-    """The table's columns under ``protocol`` (selection metric = valid MRR or valid AUC)."""
-    chosen = SELECTION_METRIC[protocol]
-    return ("model", *(f"test_{m}" for m in TEST_METRICS[protocol]), f"valid_{chosen}",
+def columns(protocol: EvaluationProtocol) -> tuple[str, ...]:
+    """The table's columns under ``protocol``: its test metrics (the papers' first), then
+    its selection metric on validation (MRR or AUC)."""
+    chosen = protocol.selection_metric
+    return ("model", *(f"test_{m}" for m in protocol.test_metrics), f"valid_{chosen}",
             f"popularity_valid_{chosen}", f"popularity_test_{chosen}", "best_epoch",
             "fit_train_auc", "fit_gap_auc", "run_id")
 
@@ -100,16 +92,16 @@ def model_configs(cfg: PipelineConfig, models: list[str]) -> list[PipelineConfig
     return [model_config(cfg, name) for name in models]
 
 
-def skipped_models(protocol: str, configs: list[PipelineConfig]) -> dict[str, str]:
+def skipped_models(protocol: EvaluationProtocol, configs: list[PipelineConfig]) -> dict[str, str]:
     """Model name -> why ``protocol`` cannot run it (models it can run are absent)."""
     skipped = {}
     for model_cfg in configs:
         required, _ = declared_inputs(model_class(model_cfg.model.name))
-        unfed = unfed_inputs(protocol, required)
+        unfed = protocol.unfed(required)
         if unfed:
             skipped[model_cfg.model.name] = (
-                f"needs {', '.join(sorted(unfed))}, which the {protocol} protocol does not "
-                f"feed (it feeds {', '.join(sorted(PROTOCOL_INPUTS[protocol]))})")
+                f"needs {', '.join(sorted(unfed))}, which the {protocol.name} protocol does not "
+                f"feed (it feeds {', '.join(sorted(protocol.feeds))})")
     return skipped
 
 
@@ -124,7 +116,8 @@ def run_comparison(cfg: PipelineConfig, models: list[str]) -> dict[str, Any]:
         dict: ``run_id`` (parent MLflow run), ``protocol``, ``rows`` (one dict per model run:
         model, child ``run_id``, ``best_epoch``, the valid selection metric, its popularity
         references, ``test_<metric>`` and the train/valid AUC gap (``fit_train_auc``,
-        ``fit_gap_auc``: evaluation's ``fit``); under ``feedback`` then the ``random`` row),
+        ``fit_gap_auc``: evaluation's ``fit``); then the ``random`` row where the protocol
+        has one (``feedback``)),
         ``skipped`` (model -> reason), ``table`` (markdown) and ``csv`` (text).
 
     Raises:
@@ -135,13 +128,13 @@ def run_comparison(cfg: PipelineConfig, models: list[str]) -> dict[str, Any]:
         Any error of a train or evaluate stage; the parent run is then marked FAILED.
     """
     configs = model_configs(cfg, models)  # all checked before anything is trained
-    protocol = index_store.index_protocol(cfg.paths.work_dir)
+    protocol = protocol_at(cfg.paths.work_dir)
     skipped = skipped_models(protocol, configs)
     for name, reason in skipped.items():
         log.warning("compare: skipping %s: %s", name, reason)
     runnable = [c for c in configs if c.model.name not in skipped]
     if not runnable:
-        raise ValueError(f"no listed model runs under the {protocol} protocol: " + "; ".join(
+        raise ValueError(f"no listed model runs under the {protocol.name} protocol: " + "; ".join(
             f"{name} {reason}" for name, reason in skipped.items()))
 
     from trainers.evaluate import run_evaluation
@@ -150,7 +143,7 @@ def run_comparison(cfg: PipelineConfig, models: list[str]) -> dict[str, Any]:
     client = tracking.client(cfg)
     parent = client.create_run(
         tracking.experiment_id(cfg),
-        tags={"dataset": cfg.dataset.name, "protocol": protocol, "profile": cfg.profile,
+        tags={"dataset": cfg.dataset.name, "protocol": protocol.name, "profile": cfg.profile,
               "models": ",".join(models),
               "skipped_models": ",".join(skipped) or "none",
               "mlflow.runName": f"{cfg.dataset.name}-compare"},
@@ -162,7 +155,7 @@ def run_comparison(cfg: PipelineConfig, models: list[str]) -> dict[str, Any]:
             evaluated = run_evaluation(model_cfg)
             client.set_tag(trained["run_id"], "mlflow.parentRunId", parent)
             rows.append(comparison_row(model_cfg.model.name, trained, evaluated, protocol))
-        if protocol == "feedback":
+        if protocol.random_reference:
             rows.append(random_row(evaluated["random_test"], protocol))
     except BaseException:
         client.set_terminated(parent, status="FAILED")
@@ -170,34 +163,34 @@ def run_comparison(cfg: PipelineConfig, models: list[str]) -> dict[str, Any]:
     table = markdown_table(rows, protocol, skipped)
     table_csv = csv_table(rows, protocol)
     tracking.log_metrics(cfg, parent, {f"{row['model']}_test_{m}": row[f"test_{m}"]
-                                       for row in rows for m in TEST_METRICS[protocol]})
+                                       for row in rows for m in protocol.test_metrics})
     _log_artifacts(cfg, parent, rows, table, table_csv, protocol)
     tracking.finish_run(cfg, parent)
-    return {"run_id": parent, "protocol": protocol, "rows": rows, "skipped": skipped,
+    return {"run_id": parent, "protocol": protocol.name, "rows": rows, "skipped": skipped,
             "table": table, "csv": table_csv}
 
 
 def comparison_row(name: str, trained: dict[str, Any], evaluated: dict[str, Any],
-                   protocol: str) -> dict[str, Any]:
+                   protocol: EvaluationProtocol) -> dict[str, Any]:
     """One model's line from the train and evaluate stage results."""
-    chosen = SELECTION_METRIC[protocol]
+    chosen = protocol.selection_metric
     return {"model": name, "run_id": trained["run_id"], "best_epoch": trained["best_epoch"],
             f"valid_{chosen}": trained["valid"][chosen],
-            **{f"test_{m}": evaluated["test"][m] for m in TEST_METRICS[protocol]},
+            **{f"test_{m}": evaluated["test"][m] for m in protocol.test_metrics},
             f"popularity_valid_{chosen}": evaluated["popularity_valid"][chosen],
             f"popularity_test_{chosen}": evaluated["popularity_test"][chosen],
             "fit_train_auc": evaluated["fit"]["train_auc"],
             "fit_gap_auc": evaluated["fit"]["gap_auc"]}
 
 
-def random_row(floor: dict[str, float], protocol: str) -> dict[str, Any]:
+def random_row(floor: dict[str, float], protocol: EvaluationProtocol) -> dict[str, Any]:
     """The random scorer's expected test metrics as a table row (no run, no validation)."""
     row = {c: "" for c in columns(protocol)}
-    row.update({"model": RANDOM_ROW, **{f"test_{m}": floor[m] for m in TEST_METRICS[protocol]}})
+    row.update({"model": RANDOM_ROW, **{f"test_{m}": floor[m] for m in protocol.test_metrics}})
     return row
 
 
-def markdown_table(rows: list[dict[str, Any]], protocol: str,
+def markdown_table(rows: list[dict[str, Any]], protocol: EvaluationProtocol,
                    skipped: dict[str, str]) -> str:
     """Models as rows, metrics as columns (4 decimals); the best model's first test metric
     in bold; the skipped models and their reasons below the table."""
@@ -215,7 +208,7 @@ def markdown_table(rows: list[dict[str, Any]], protocol: str,
     return "\n".join(lines) + "\n"
 
 
-def csv_table(rows: list[dict[str, Any]], protocol: str) -> str:
+def csv_table(rows: list[dict[str, Any]], protocol: EvaluationProtocol) -> str:
     """The same table as CSV, full precision."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns(protocol), extrasaction="ignore",
@@ -226,14 +219,14 @@ def csv_table(rows: list[dict[str, Any]], protocol: str) -> str:
 
 
 def _log_artifacts(cfg: PipelineConfig, run_id: str, rows: list[dict[str, Any]], table: str,
-                   table_csv: str, protocol: str) -> None:
+                   table_csv: str, protocol: EvaluationProtocol) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
 
     client = tracking.client(cfg)
-    chart, chosen = CHART_METRICS[protocol], SELECTION_METRIC[protocol]
+    chart, chosen = protocol.chart_metrics, protocol.selection_metric
     models = [row for row in rows if row["model"] != RANDOM_ROW]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -248,7 +241,7 @@ def _log_artifacts(cfg: PipelineConfig, run_id: str, rows: list[dict[str, Any]],
         ax.axhline(models[0][f"popularity_test_{chosen}"], color="grey", linestyle="--",
                    label=f"popularity {chosen}")
         ax.set_xticks(range(len(models)), [row["model"] for row in models])
-        ax.set(ylabel="metric", title=f"{cfg.dataset.name} ({protocol}): test metrics by model")
+        ax.set(ylabel="metric", title=f"{cfg.dataset.name} ({protocol.name}): test metrics by model")
         ax.legend()
         fig.tight_layout()
         fig.savefig(folder / "comparison.png", dpi=100)

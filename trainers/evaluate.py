@@ -38,9 +38,8 @@ from conf.schema import PipelineConfig
 from store.runs import CHECKPOINT_FILE, read_run, run_dir
 from trainers import tracking
 from trainers.batches import BatchBuilder, EventSequences, Samples
-from trainers.metrics import (FeedbackAccumulator, RankHistogram, items_ranked_above,
-                              new_accumulator, random_floor)
-from trainers.popularity import popularity_scores, train_popularity_scores
+from trainers.metrics import FeedbackAccumulator, RankHistogram, items_ranked_above
+from trainers.protocols import EvaluationProtocol
 from trainers.registry import DataSizes, build_model, model_class, variable_length
 from trainers.split_data import declared_inputs, load_split_data
 
@@ -73,26 +72,22 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     data = load_split_data(cfg, required, ("train", "valid", "test"), device, optional)
     data.builder.trim_padding = variable_length(model)
     protocol, test = data.protocol, data.splits["test"]
-    counts = data.popularity()  # (I+1, T) under slices, else (I+1,)
-
-    def popularity(batch, cut, candidates):
-        if protocol == "slices":
-            return popularity_scores(counts, candidates, cut)
-        return train_popularity_scores(counts, candidates)
+    popularity = protocol.popularity_scorer(data.popularity())
 
     def evaluate(scorer, split: str) -> dict[str, float]:
         return score_lists(scorer, data.builder, data.splits[split], cfg.train.eval_batch_size,
                            protocol, f"{split} lists")
 
     results = {
-        "test": evaluate(lambda b, c, i: model(b), "test"),
+        "test": evaluate(lambda b, c, i: model(b).scores, "test"),
         "popularity_test": evaluate(popularity, "test"),
         # the reference for the validation metric that early stopping and the champion use
         "popularity_valid": evaluate(popularity, "valid"),
     }
-    if protocol == "feedback":
-        results["random_test"] = random_floor(protocol, test.candidates.shape[1])
-    fit = {split: evaluate(lambda b, c, i: model(b), split)["auc"] for split in ("train", "valid")}
+    if protocol.random_reference:
+        results["random_test"] = protocol.random_floor(test.candidates.shape[1])
+    fit = {split: evaluate(lambda b, c, i: model(b).scores, split)["auc"]
+           for split in ("train", "valid")}
     results["fit"] = {"train_auc": fit["train"], "valid_auc": fit["valid"],
                       "gap_auc": fit["train"] - fit["valid"]}
     if cfg.train.full_rank_users > 0:
@@ -105,7 +100,7 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     run_id = record["run_id"]
     tracking.log_metrics(cfg, run_id, logged)
     tracking.log_text(cfg, run_id, table, "evaluation.md")
-    return {"run_id": run_id, "protocol": protocol, **results, "table": table, "logged": logged}
+    return {"run_id": run_id, "protocol": protocol.name, **results, "table": table, "logged": logged}
 
 
 def load_best_model(cfg: PipelineConfig, checkpoint: str, device: torch.device):
@@ -123,7 +118,7 @@ def load_best_model(cfg: PipelineConfig, checkpoint: str, device: torch.device):
 
 @torch.no_grad()
 def score_lists(scorer, builder: BatchBuilder, samples: Samples, batch_size: int,
-                protocol: str, what: str = "lists") -> dict[str, float]:
+                protocol: EvaluationProtocol, what: str = "lists") -> dict[str, float]:
     """Metrics of a scorer over all candidate lists, chunk by chunk.
 
     Args:
@@ -131,13 +126,13 @@ def score_lists(scorer, builder: BatchBuilder, samples: Samples, batch_size: int
         builder: batch builder of the model's inputs.
         samples: the split's lists.
         batch_size: lists per chunk.
-        protocol: the index's protocol (which metrics, ``metrics.new_accumulator``).
+        protocol: the index's protocol (which metrics: its ``new_accumulator``).
         what: names the lists in the log line on GAUC's skipped users (``feedback``).
 
     Returns:
         the protocol's metric dict.
     """
-    accumulator = new_accumulator(protocol)
+    accumulator = protocol.new_accumulator()
     for start in range(0, len(samples), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(samples)),
                            device=samples.user.device)
@@ -168,7 +163,7 @@ def full_ranking(model, builder: BatchBuilder, samples: Samples, num_items: int,
     """Rank one target per sampled user against all items 1..I.
 
     Args:
-        model: scorer of batches.
+        model: a registered model in eval mode (``model(batch).scores``).
         samples: the test lists; a user's first list (with a positive target) gives the
             target.
         num_items: I.
@@ -209,12 +204,12 @@ def full_ranking(model, builder: BatchBuilder, samples: Samples, num_items: int,
     for start in range(0, len(pick), per_forward):
         u, c, p, lab = (x[start:start + per_forward]
                         for x in (user, cut, target, rows.target_label))
-        pos_score = model(builder.build(u, c, torch.stack([p, p], 1), lab))[:, 0]  # (B,)
+        pos_score = model(builder.build(u, c, torch.stack([p, p], 1), lab)).scores[:, 0]  # (B,)
         above = torch.zeros(len(u), dtype=torch.int64)
         for lo in range(1, num_items + 1, chunk):
             items = torch.arange(lo, min(lo + chunk, num_items + 1), device=device)  # (N,)
             cand = items[None, :].expand(len(u), -1)  # (B, N)
-            scores = model(builder.build(u, c, cand, lab))  # (B, N)
+            scores = model(builder.build(u, c, cand, lab)).scores  # (B, N)
             keys = u[:, None] * (num_items + 1) + cand
             hit = torch.searchsorted(known, keys).clamp(max=len(known) - 1)
             above += items_ranked_above(pos_score, scores, known[hit] == keys)

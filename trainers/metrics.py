@@ -13,12 +13,11 @@ Two evaluation modes:
     sum :func:`items_ranked_above` over the chunks, rank = 1 + that sum, and feed the ranks
     to :class:`RankHistogram`.
 
-Per protocol (docs/architecture.md, "Evaluation protocols"): ``slices`` and
-``leave_one_out`` use :class:`RankingAccumulator` (HR@1/5/10, NDCG@5/10, MRR, AUC, GAUC over
-the lists); ``feedback`` uses :class:`FeedbackAccumulator` (AUC and GAUC over every candidate
-row with its label, MRR@10 and NDCG@10 within the groups whose real target is positive, and
-``auc_pos``). :data:`SELECTION_METRIC` names the validation metric that picks checkpoints
-and champions; :func:`random_floor` gives a uniformly random scorer's expected metrics.
+Two families (trainers/protocols.py picks one per protocol): :class:`RankingAccumulator`
+(HR@1/5/10, NDCG@5/10, MRR, AUC, GAUC over the lists) and :class:`FeedbackAccumulator` (AUC
+and GAUC over every candidate row with its label, MRR@10 and NDCG@10 within the groups whose
+real target is positive, and ``auc_pos``); :func:`ranking_random_floor` and
+:func:`feedback_random_floor` give a uniformly random scorer's expected metrics.
 
 Accumulators keep integer histograms (of ranks, of negatives below the positive) rather
 than running float sums, so a chunked evaluation returns bit-for-bit the numbers of one big
@@ -34,9 +33,6 @@ import torch
 HR_AT = (1, 5, 10)
 NDCG_AT = (5, 10)
 FEEDBACK_AT = 10  # MRR@10, NDCG@10 (DFAR, Section 4.1.3)
-# Early stopping, best checkpoint and champion: valid MRR for the ranking protocols, valid
-# AUC under feedback (PROTOCOLS.md §5, as the DFAR code).
-SELECTION_METRIC = {"slices": "mrr", "leave_one_out": "mrr", "feedback": "auc"}
 
 
 def _as_tensor(values, name: str) -> torch.Tensor:
@@ -348,51 +344,41 @@ class FeedbackAccumulator:
         return float((groups_u[both] * auc_u).sum() / groups_u[both].sum())
 
 
-def new_accumulator(protocol: str) -> RankingAccumulator | FeedbackAccumulator:
-    """The accumulator of ``protocol``'s metrics; both take ``update(scores, users,
-    target_label)`` chunks and ``compute()`` a metric dict.
-
-    Raises:
-        ValueError: an unknown protocol.
-    """
-    if protocol not in SELECTION_METRIC:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of "
-                         f"{', '.join(SELECTION_METRIC)}")
-    return FeedbackAccumulator() if protocol == "feedback" else RankingAccumulator()
-
-
-def random_floor(protocol: str, candidates: int) -> dict[str, float]:
-    """Expected metrics of a scorer drawing i.i.d. continuous random scores (no ties):
-    the target's rank is uniform on 1..C and every AUC is 1/2.
-
-    Under ``feedback`` with C = 10: MRR@10 = H_10 / 10 = .2929, NDCG@10 = .4544 (the floor
-    PROTOCOLS.md §1 quotes); GAUC is 1/2 for every user with both classes.
-
-    Args:
-        protocol: the index's protocol (names the metrics).
-        candidates: C, candidates per list / group.
-
-    Returns:
-        the protocol's metric dict (same keys as its accumulator's ``compute``).
-    """
+def _random_ranks(candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1/r, 1/log2(r+1)) for the equally likely ranks r = 1..C of a random scorer."""
     if candidates < 2:
         raise ValueError(f"a list needs at least 2 candidates, got {candidates}")
-    r = torch.arange(1, candidates + 1, dtype=torch.float64)  # equally likely ranks
+    r = torch.arange(1, candidates + 1, dtype=torch.float64)
+    return 1.0 / r, 1.0 / torch.log2(r + 1.0)
 
-    def mean_up_to(k: int, gain: torch.Tensor) -> float:
-        return float(gain[:k].sum() / candidates)
 
-    recip, dcg = 1.0 / r, 1.0 / torch.log2(r + 1.0)
-    if protocol == "feedback":
-        return {"auc": 0.5, "gauc": 0.5, f"mrr@{FEEDBACK_AT}": mean_up_to(FEEDBACK_AT, recip),
-                f"ndcg@{FEEDBACK_AT}": mean_up_to(FEEDBACK_AT, dcg), "auc_pos": 0.5}
-    if protocol not in SELECTION_METRIC:
-        raise ValueError(f"unknown protocol {protocol!r}")
+def ranking_random_floor(candidates: int) -> dict[str, float]:
+    """Expected ranking metrics of a scorer drawing i.i.d. continuous random scores (no
+    ties): the target's rank is uniform on 1..C and every AUC is 1/2.
+
+    Returns:
+        the :class:`RankingAccumulator` keys (hr@k, ndcg@k, mrr, auc, gauc).
+    """
+    recip, dcg = _random_ranks(candidates)
     out = {f"hr@{k}": min(k, candidates) / candidates for k in HR_AT}
-    out.update({f"ndcg@{k}": mean_up_to(k, dcg) for k in NDCG_AT})
-    out["mrr"] = mean_up_to(candidates, recip)
+    out.update({f"ndcg@{k}": float(dcg[:k].sum() / candidates) for k in NDCG_AT})
+    out["mrr"] = float(recip.sum() / candidates)
     out["auc"] = out["gauc"] = 0.5
     return out
+
+
+def feedback_random_floor(candidates: int) -> dict[str, float]:
+    """The same for feedback groups: with C = 10, MRR@10 = H_10 / 10 = .2929 and
+    NDCG@10 = .4544 (the floor PROTOCOLS.md §1 quotes); GAUC is 1/2 for every user with both
+    classes.
+
+    Returns:
+        the :class:`FeedbackAccumulator` keys (auc, gauc, mrr@10, ndcg@10, auc_pos).
+    """
+    recip, dcg = _random_ranks(candidates)
+    return {"auc": 0.5, "gauc": 0.5,
+            f"mrr@{FEEDBACK_AT}": float(recip[:FEEDBACK_AT].sum() / candidates),
+            f"ndcg@{FEEDBACK_AT}": float(dcg[:FEEDBACK_AT].sum() / candidates), "auc_pos": 0.5}
 
 
 def ranking_metrics(scores, users) -> dict[str, float]:

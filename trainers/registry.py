@@ -17,8 +17,16 @@ A model is an ``nn.Module`` that
     longest history in the batch (plus the empty-history slot), and ``train.batch_order:
     by_length`` makes that cut short for most batches (trainers/batches.py),
   * is built as ``Model(params, sizes)`` and never sees Spark, Ray or dataset objects,
-  * maps a batch to candidate scores with ``forward(batch) -> (B, C)`` logits, and
-  * owns its objective with ``loss(scores, batch) -> scalar``.
+  * maps a batch to an :class:`Output` with ``forward(batch)``: ``scores`` (B, C) candidate
+    logits, and ``terms``, the training-only values its loss needs (a small NamedTuple of
+    the model's own, or None); nothing is kept on ``self`` between ``forward`` and ``loss``,
+  * owns its data term with ``loss(output, batch) -> scalar``, and
+  * declares its regularisation term ``regularization() -> scalar`` (1/2·||dense
+    parameters||², or what its paper regularises), which the loop adds times ``train.l2``.
+Next-item models (:class:`NextItemRecommender`: SASRec, GRU4Rec, Caser, BERT4Rec, FMLP-Rec,
+the dual models, SVD++) also split their scores into a user state and an item table,
+``encode_users(batch) -> (B, d)`` and ``item_table() -> ((I+1, d), (I+1,) bias or None)``, so
+an objective or an all-items scorer is written once (trainers/models/item_scoring.py).
 
 Batch fields (built by trainers/batches.py; B batch, C candidates, H history slices,
 S set size, L sequence length; all ids int64, 0 = padding / empty):
@@ -45,13 +53,15 @@ History slice h of H is absolute slice ``target - H + h``; slices before 0 are a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 Batch = dict[str, torch.Tensor]
+# The inputs a model may declare (each protocol feeds a subset: trainers/protocols.py).
+INPUTS = frozenset({"slice_sets", "sequence", "sequence_label", "next_negatives"})
 
 
 def variable_length(model: nn.Module) -> bool:
@@ -76,13 +86,34 @@ class ModelParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Output(NamedTuple):
+    """What a model's ``forward`` returns."""
+
+    scores: torch.Tensor  # (B, C) candidate logits, the target at column 0
+    terms: Any = None  # the model's training-only values for ``loss`` (a NamedTuple), or None
+
+
 class Recommender(Protocol):
+    """The interface the training loop, evaluation and the served model use."""
+
     Params: ClassVar[type[ModelParams]]
     inputs: ClassVar[frozenset[str]]
+    optional_inputs: ClassVar[frozenset[str]]
 
-    def __call__(self, batch: Batch) -> torch.Tensor: ...
+    def __call__(self, batch: Batch) -> Output: ...
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor: ...
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor: ...
+
+    def regularization(self) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class NextItemRecommender(Recommender, Protocol):
+    """A model whose candidate scores are ``state · item row (+ item bias)``."""
+
+    def encode_users(self, batch: Batch) -> torch.Tensor: ...  # (B, d)
+
+    def item_table(self) -> tuple[torch.Tensor, torch.Tensor | None]: ...  # (I+1, d), (I+1,)
 
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
@@ -94,7 +125,7 @@ def register(name: str):
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        for attr in ("Params", "inputs", "loss"):
+        for attr in ("Params", "inputs", "loss", "regularization"):
             if not hasattr(cls, attr):
                 raise TypeError(f"model {cls.__name__} lacks {attr!r}")
         _REGISTRY[name] = cls

@@ -144,7 +144,7 @@ class BatchScorer:
                 batch = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}
                 batch["label"] = batch["label"].float()
                 with torch.no_grad():
-                    return self.net(batch).numpy()
+                    return self.net(batch).scores.numpy()
 
         return _Scorer()
 
@@ -168,7 +168,7 @@ def log_model(cfg: PipelineConfig, run_id: str, model: torch.nn.Module, sizes: d
     model = model.cpu().eval()
     inputs = {k: v.cpu().numpy() for k, v in example.items()}
     with torch.no_grad():
-        scores = model({k: v.cpu() for k, v in example.items()}).numpy()
+        scores = model({k: v.cpu() for k, v in example.items()}).scores.numpy()
     signature = infer_signature(inputs, scores)
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                     f"numpy=={np.__version__}"]

@@ -57,7 +57,8 @@ from store.runs import CHECKPOINT_FILE, read_run, run_dir, run_name, write_run
 from trainers import tracking
 from trainers.batches import BatchBuilder, Samples, epoch_rows, length_batches, shard_rows
 from trainers.embedding import build_optimizer
-from trainers.metrics import SELECTION_METRIC, RankHistogram, new_accumulator, rank_of_positive
+from trainers.metrics import RankHistogram, rank_of_positive
+from trainers.protocols import EvaluationProtocol, protocol_named
 from trainers.registry import DataSizes, build_model, model_class, variable_length
 from trainers.split_data import declared_inputs, load_split_data
 
@@ -69,10 +70,6 @@ _RUNTIME_FIELDS = ("epochs", "patience", "min_epochs", "num_workers", "use_gpu",
                    "ray_address", "eval_batch_size", "full_rank_users", "run_name",
                    "max_failures", "worker_niceness")
 _PROGRESS_LINES_PER_EPOCH = 10
-# Validation curves in curves.png, by protocol (the selection metric first).
-CURVE_METRICS = {"slices": ("mrr", "ndcg@10", "hr@10"),
-                 "leave_one_out": ("mrr", "ndcg@10", "hr@10"),
-                 "feedback": ("auc", "gauc", "mrr@10", "ndcg@10")}
 SCORE = "valid_score"  # reported every epoch: the protocol's selection metric (Ray keeps by it)
 
 
@@ -171,7 +168,7 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
         "stopped_early": bool(last["stopped_early"]),
         "valid": payload["best_valid"],
         "protocol": payload["protocol"],
-        "selection_metric": SELECTION_METRIC[payload["protocol"]],
+        "selection_metric": protocol_named(payload["protocol"]).selection_metric,
         "checkpoint": best.path,
         "run_dir": run_dir(cfg),
     }
@@ -248,7 +245,8 @@ def _log_final(cfg: PipelineConfig, run_id: str, payload: dict, model_module: st
     importlib.import_module(model_module)
     model = build_model(cfg.model.name, dict(cfg.model.params), DataSizes(**payload["sizes"]))
     model.load_state_dict(payload["model"])
-    keys = ("train_loss", *(f"valid_{k}" for k in CURVE_METRICS[payload["protocol"]]))
+    curves = protocol_named(payload["protocol"]).chart_metrics
+    keys = ("train_loss", *(f"valid_{k}" for k in curves))
     history: dict[int, dict[str, float]] = {}
     for key in keys:
         for step, value in tracking.metric_history(cfg, run_id, key):
@@ -295,7 +293,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     required, optional = declared_inputs(model_class(cfg.model.name))
     data = load_split_data(cfg, required, ("train", "valid"), device, optional)
-    metric = SELECTION_METRIC[data.protocol]
+    metric = data.protocol.selection_metric
     seed_everything(tc.seed)  # same initial weights on every worker
     model = build_model(cfg.model.name, dict(cfg.model.params), data.sizes).to(device)
     data.builder.trim_padding = variable_length(model)
@@ -353,7 +351,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "state": asdict(state), "best_valid": best_valid,
                             "sizes": asdict(data.sizes), "seeds": {"train.seed": tc.seed},
-                            "protocol": data.protocol,
+                            "protocol": data.protocol.name,
                             "example": {k: v.cpu() for k, v in example.items()}},
                            Path(folder) / CHECKPOINT_FILE)
                 ray.train.report({**metrics, SCORE: valid[metric]},
@@ -394,11 +392,10 @@ def train_epoch(net, model, optimizer, builder: BatchBuilder, train: Samples,
     start = time.perf_counter()
     for step, batch in enumerate(builder.batches(train, rows, batch_size), start=1):
         optimizer.zero_grad()
-        scores = net(batch)  # (B, C)
-        loss = model.loss(scores, batch)
-        regularization = getattr(model, "regularization", None)  # optional in the protocol
-        if regularization is not None and l2 > 0:
-            loss = loss + l2 * regularization()  # λ·||Φ||² of Eq. 25 (dense parameters)
+        out = net(batch)  # Output: (B, C) scores and the model's training terms
+        loss = model.loss(out, batch)
+        if l2 > 0:
+            loss = loss + l2 * model.regularization()  # λ·||Φ||² of Eq. 25 (dense parameters)
         loss.backward()
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(
@@ -419,11 +416,12 @@ def train_epoch(net, model, optimizer, builder: BatchBuilder, train: Samples,
 
 @torch.no_grad()
 def validate(model, builder: BatchBuilder, samples: Samples, batch_size: int, rank: int,
-             world: int, protocol: str) -> dict[str, float]:
+             world: int, protocol: EvaluationProtocol) -> dict[str, float]:
     """Validation metrics over all workers' shards (pessimistic ties, trainers/metrics.py).
 
-    Ranking protocols sum rank histograms over the workers (one all-reduce); ``feedback``
-    gathers every shard's scores to every worker, since pooled AUC and GAUC need them all.
+    Ranking protocols sum rank histograms over the workers (one all-reduce); a ``pooled``
+    protocol (``feedback``) gathers every shard's scores to every worker, since pooled AUC
+    and GAUC need them all.
 
     Returns:
         hr@1/5/10, ndcg@5/10, mrr over every validation list (``slices``,
@@ -433,24 +431,24 @@ def validate(model, builder: BatchBuilder, samples: Samples, batch_size: int, ra
     device = samples.user.device
     shard = shard_rows(len(samples), rank, world, device)
     C = samples.candidates.shape[1]
-    if protocol == "feedback":
+    if protocol.pooled:
         parts = []
         for start in range(0, len(shard), batch_size):
             idx = shard[start:start + batch_size]
-            parts.append((model(builder.rows(samples, idx)).cpu(), samples.user[idx].cpu(),
-                          samples.target_label[idx].cpu()))
+            parts.append((model(builder.rows(samples, idx)).scores.cpu(),
+                          samples.user[idx].cpu(), samples.target_label[idx].cpu()))
         model.train()
         if world > 1:
             gathered = [None] * world
             dist.all_gather_object(gathered, parts)
             parts = [part for worker in gathered for part in worker]
-        accumulator = new_accumulator(protocol)
+        accumulator = protocol.new_accumulator()
         for scores, users, labels in parts:
             accumulator.update(scores, users, labels)
         return accumulator.compute()
     counts = torch.zeros(C + 1, dtype=torch.int64)  # counts[r] = lists whose positive ranks r
     for batch in builder.batches(samples, shard, batch_size):
-        counts += torch.bincount(rank_of_positive(model(batch)), minlength=C + 1)
+        counts += torch.bincount(rank_of_positive(model(batch).scores), minlength=C + 1)
     model.train()
     if world > 1:
         counts = counts.to(device)  # NCCL reduces device tensors only

@@ -27,7 +27,7 @@ Shapes: B batch, C candidates, L sequence length, d embedding, M masked position
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +35,17 @@ from pydantic import Field
 from torch import nn
 
 from trainers.models.dual import crop_padding
+from trainers.models.item_scoring import score_rows
 from trainers.models.softmax import full_softmax_ce
 from trainers.models.transformer import TransformerLayer, init_weights
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
+
+
+class Cloze(NamedTuple):
+    """A training forward's masked positions, the ``terms`` its loss reads (Eq. 8)."""
+
+    states: torch.Tensor  # (M, d) encoder states at the masked slots
+    targets: torch.Tensor  # (M,) the items they hide
 
 
 class BERT4RecParams(ModelParams):
@@ -56,6 +64,7 @@ class BERT4RecParams(ModelParams):
 class BERT4Rec(nn.Module):
     Params: ClassVar[type[ModelParams]] = BERT4RecParams
     inputs: ClassVar[frozenset[str]] = frozenset({"sequence"})
+    optional_inputs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: BERT4RecParams, sizes: DataSizes):
         super().__init__()
@@ -105,35 +114,48 @@ class BERT4Rec(nn.Module):
         only_last[:, -1] = real[:, -1]
         return torch.where(last_only[:, None], only_last, masked)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def with_mask(self, sequence: torch.Tensor) -> torch.Tensor:
+        """The inference input (Section 3.6): [mask] appended to the history, the oldest slot
+        dropped, all-padding slots cropped: (B, L) -> (B, L')."""
+        append = torch.full_like(sequence[:, :1], self.mask_id)
+        return crop_padding(torch.cat([sequence[:, 1:], append], dim=1))
+
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits of
         the last slot (at inference the appended [mask]).
 
-        In training (grad enabled) it masks the training sequence and keeps the masked
-        states and items for :meth:`loss`.
+        In training (grad enabled) it masks the training sequence; the masked states and
+        items are the output's ``terms`` (:class:`Cloze`).
         """
         sequence, items = batch["sequence"], batch["items"]
+        terms = None
         if self.training and torch.is_grad_enabled():
             full = crop_padding(torch.cat([sequence, items[:, :1]], dim=1)[:, 1:])  # newest L
             masked = self.cloze(full)
             states = self.encode(torch.where(masked, self.mask_id, full))
-            self._train = (states[masked], full[masked])  # (M, d), (M,)
+            terms = Cloze(states[masked], full[masked])  # (M, d), (M,)
         else:
-            append = torch.full_like(sequence[:, :1], self.mask_id)
-            states = self.encode(crop_padding(torch.cat([sequence[:, 1:], append], dim=1)))
+            states = self.encode(self.with_mask(sequence))
         h = self.output(states[:, -1])  # (B, d)
-        return (self.item(items) @ h.unsqueeze(-1)).squeeze(-1) + self.item_bias[items]
+        return Output(score_rows(h, self.item(items), self.item_bias[items]), terms)
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def encode_users(self, batch: Batch) -> torch.Tensor:
+        """GELU(h W^P + b^P) of Eq. 7 at the appended [mask]: (B, d)."""
+        return self.output(self.encode(self.with_mask(batch["sequence"]))[:, -1])
+
+    def item_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """E and b^O of Eq. 7 without the [mask] row: (I+1, d), (I+1,)."""
+        return self.item.weight[:self.num_items + 1], self.item_bias
+
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """Eq. 8: mean −log P(v = masked item) over the masked positions (full softmax).
 
         Raises:
-            RuntimeError: no training forward preceded the call.
+            RuntimeError: no training forward made ``output``.
         """
-        state = self.__dict__.pop("_train", None)
-        if state is None:
-            raise RuntimeError("loss needs a training forward first (model.train(), grad on)")
-        states, targets = state
+        if output.terms is None:
+            raise RuntimeError("loss needs a training forward's output (model.train(), grad on)")
+        states, targets = output.terms
         losses = full_softmax_ce(self.output(states), targets,
                                  self.item.weight[1:self.num_items + 1],
                                  self.params.softmax_max_logits, self.item_bias[1:])

@@ -47,8 +47,9 @@ from pydantic import Field
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
-from trainers.models.next_item import bce_with_history, history_pairs
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.models.item_scoring import score_rows
+from trainers.models.next_item import HistoryScores, bce_with_history, history_pairs
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
 class CaserParams(ModelParams):
@@ -113,35 +114,45 @@ class Caser(nn.Module):
         o_v = self.vertical(E).permute(0, 2, 1, 3).reshape(B, L, -1)  # (B, L, n_v*d)
         return F.relu(self.fc(self.dropout(torch.cat([o_h, o_v], dim=-1))))  # (B, L, d)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence`` (B, L), ``user`` (B,), ``items`` (B, C) and
         optionally ``sequence_label`` (B, L). Returns: (B, C) logits y_i of Eq. 7.
 
         In training (grad enabled) every earlier window of the sequence is also scored
-        against its next item and a sampled negative, kept for :meth:`loss`.
+        against its next item and a sampled negative: the output's ``terms``
+        (:class:`HistoryScores`).
         """
         sequence, items = batch["sequence"], batch["items"]
         sequence_label = batch.get("sequence_label")
         P_u = self.user(batch["user"])  # (B, d)
         states = self.position_states(sequence, sequence_label)  # (B, L, d)
+        terms = None
         if self.training and torch.is_grad_enabled():
             targets, labels, negatives, valid = history_pairs(
                 sequence, self.item.weight.shape[0] - 1, sequence_label,
                 batch.get("next_negatives"))
             zp = torch.cat([states[:, :-1], P_u.unsqueeze(1).expand_as(states[:, :-1])], dim=-1)
             history = self._predict(zp, torch.stack([targets, negatives], dim=-1))
-            self._history = (history, labels, valid)  # (B, L-1, 2)
-        return self._predict(torch.cat([states[:, -1], P_u], dim=1), items)  # (B, C)
+            terms = HistoryScores(history, labels, valid)  # (B, L-1, 2), (B, L-1) x2
+        return Output(self._predict(torch.cat([states[:, -1], P_u], dim=1), items), terms)
 
     def _predict(self, zp: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """y_i = W'_i · [z; P_u] + b'_i (Eq. 7): zp (..., 2d), items (..., n) -> (..., n)."""
-        y = self.item_out(items) @ zp.unsqueeze(-1)  # (..., n, 1)
-        return y.squeeze(-1) + self.item_bias(items).squeeze(-1)
+        return score_rows(zp, self.item_out(items), self.item_bias(items).squeeze(-1))
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def encode_users(self, batch: Batch) -> torch.Tensor:
+        """[z; P_u] of Eq. 7 for the last window, which scores the candidates: (B, 2d)."""
+        z = self.position_states(batch["sequence"], batch.get("sequence_label"))[:, -1]
+        return torch.cat([z, self.user(batch["user"])], dim=1)
+
+    def item_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W' and b' of Eq. 7: (I+1, 2d), (I+1,)."""
+        return self.item_out.weight, self.item_bias.weight.squeeze(-1)
+
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """Binary cross-entropy of Eq. 11 over the candidates (scores (B, C), positive at
         column 0) and, after a training forward, over every earlier window's next item."""
-        return bce_with_history(scores, batch["label"], self.__dict__.pop("_history", None))
+        return bce_with_history(output.scores, batch["label"], output.terms)
 
     def regularization(self) -> torch.Tensor:
         """1/2 ||θ||² over the dense parameters (the loop multiplies by λ, as for SCoRe)."""

@@ -15,22 +15,20 @@ Implemented (Section 3 of the paper):
     the form of the SCoRe authors' re-implementation (qinjr/SCoRe, γ = 0.05); the detached
     form states the game explicitly: neither player moves the other's target.
   * Final score: the AVERAGE of the two players' probabilities, ŷ = ½(σ(s_u) + σ(s_v)), as
-    in that re-implementation; ``forward`` returns logit(ŷ), computed stably.
+    in that re-implementation; ``forward`` returns logit(ŷ), computed stably, with s_u and
+    s_v as its terms (:class:`DEEMSTerms`), on which ``loss`` plays the game.
 
 Simplifications, and why:
   * Sequences are the H time slices of SCoRe's setting, not individual interactions: a
     slice's input is the mean-pooled embeddings of its set (G_t(u) items for the user, G_t(v)
     users for the item); this is how the SCoRe paper feeds both dual-sequence baselines.
-  * ``loss`` needs both players' scores but the model interface passes only the combined
-    ones: a training ``forward`` keeps them for the following ``loss`` (compared by value,
-    since wrappers such as DDP may hand back a copy); otherwise ``loss`` recomputes them.
 
 Shapes: B batch, C candidates, H history slices, S set size, d embedding (= GRU size).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +36,20 @@ from pydantic import Field
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
 class DEEMSParams(ModelParams):
     embed_dim: int = Field(gt=0)  # d: embeddings and both GRU states (dot-product scores)
     embed_init_std: float = Field(gt=0)  # embedding rows start as N(0, std²)
     game_weight: float = Field(ge=0.0)  # γ: pull toward the opponent (0 = two separate models)
+
+
+class DEEMSTerms(NamedTuple):
+    """Both players' logits, for the fit and game terms of :meth:`DEEMS.loss`."""
+
+    s_u: torch.Tensor  # (B, C) user-centred player
+    s_v: torch.Tensor  # (B, C) item-centred player
 
 
 @register("deems")
@@ -62,7 +67,6 @@ class DEEMS(nn.Module):
         self.item_bias = RowSparseEmbedding(sizes.num_items + 1, 1, std)  # b_v
         self.user_rnn = nn.GRU(d, d, batch_first=True)
         self.item_rnn = nn.GRU(d, d, batch_first=True)
-        self._players: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
     def _mean_pool(table: RowSparseEmbedding, sets: torch.Tensor) -> torch.Tensor:
@@ -87,31 +91,20 @@ class DEEMS(nn.Module):
         s_v = (h_v[0].view(B, C, -1) * p).sum(-1) + self.user_bias(user)  # (B, C)
         return s_u, s_v
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``user`` (B,), ``items`` (B, C), ``user_sets`` (B, H, 2, S),
-        ``item_sets`` (B, C, H, 2, S). Returns: (B, C) logit(½(σ(s_u) + σ(s_v)))."""
+        ``item_sets`` (B, C, H, 2, S). Returns: Output with (B, C) logit(½(σ(s_u) + σ(s_v)))
+        and both players' logits as its terms."""
         s_u, s_v = self.player_scores(batch)
         # logit(p) = log p - log(1-p); with 1 - σ(x) = σ(-x) both logs are log-sum-exps.
         log_p = torch.logaddexp(F.logsigmoid(s_u), F.logsigmoid(s_v))
         log_q = torch.logaddexp(F.logsigmoid(-s_u), F.logsigmoid(-s_v))
-        scores = log_p - log_q
-        if torch.is_grad_enabled():  # a training step: ``loss`` reuses both players' graphs
-            self._players = (s_u, s_v, scores)
-        return scores
+        return Output(log_p - log_q, DEEMSTerms(s_u, s_v))
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Both players' BCE plus the game term (module docstring).
-
-        Args:
-            scores: (B, C) from ``forward``; the players' scores kept by the last training
-                forward are used when they match, otherwise they are recomputed from batch.
-        """
-        kept, self._players = self._players, None  # never keep a graph past its step
-        if kept is not None and torch.equal(kept[2].detach(), scores.detach()):
-            s_u, s_v = kept[0], kept[1]
-        else:  # e.g. a validation loss under no_grad, where forward keeps nothing
-            s_u, s_v = self.player_scores(batch)
-        label = batch["label"].to(scores.dtype)
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
+        """Both players' BCE plus the game term (module docstring), on ``output.terms``."""
+        s_u, s_v = output.terms
+        label = batch["label"].to(output.scores.dtype)
         fit = (F.binary_cross_entropy_with_logits(s_u, label)
                + F.binary_cross_entropy_with_logits(s_v, label))
         p_u, p_v = torch.sigmoid(s_u), torch.sigmoid(s_v)

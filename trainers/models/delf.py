@@ -35,7 +35,7 @@ from pydantic import Field
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
 class DELFParams(ModelParams):
@@ -92,9 +92,9 @@ class DELF(nn.Module):
         self.fusion = nn.Sequential(_mlp([fused, *params.fusion_hidden], params.dropout),
                                     nn.Linear(([fused] + params.fusion_hidden)[-1], 1))
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``user`` (B,), ``items`` (B, C), ``user_sets`` (B, H, 2, S),
-        ``item_sets`` (B, C, H, 2, S). Returns: (B, C) logits."""
+        ``item_sets`` (B, C, H, 2, S). Returns: Output with (B, C) logits."""
         B, C = batch["items"].shape
         user_hist = batch["user_sets"][:, :, 0].flatten(1)  # (B, N): items of G_t(u)
         item_hist = batch["item_sets"][:, :, :, 0].flatten(2)  # (B, C, N): users of G_t(v)
@@ -105,10 +105,11 @@ class DELF(nn.Module):
         m = m.unsqueeze(1).expand(B, C, -1)  # (B, C, d)
         pairs = [(p, q), (p, n), (m, q), (m, n)]
         e = [tower(torch.cat(pair, dim=-1)) for tower, pair in zip(self.towers, pairs)]
-        return self.fusion(torch.cat(e, dim=-1)).squeeze(-1)  # (B, C)
+        return Output(self.fusion(torch.cat(e, dim=-1)).squeeze(-1))  # (B, C)
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Pointwise log loss (Section 3.5). Args: scores (B, C)."""
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
+        """Pointwise log loss (Section 3.5) over the (B, C) scores."""
+        scores = output.scores
         return F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
 
     def regularization(self) -> torch.Tensor:

@@ -33,7 +33,7 @@ history item precedes the target). Shapes: B batch, C candidates, L history, D e
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from torch import nn
 
 from trainers.models.feedback_attention import FeedbackAttention, masked_softmax
 from trainers.models.feedback_layers import FeedbackEmbedding, Tower, dense_l2
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
 class DFARParams(ModelParams):
@@ -73,6 +73,13 @@ class DFARParams(ModelParams):
             raise ValueError("lambda_bpr and lambda_d weigh the dual-interest losses: with "
                              "dual_interest: false set both to 0")
         return self
+
+
+class DFARTerms(NamedTuple):
+    """The negative tower and L^D per row, for :meth:`DFAR.loss` (Eq. 21, 18)."""
+
+    logit_n: torch.Tensor  # (B, C) Eq. 20
+    disentangle: torch.Tensor  # (B, C) cos(f^P, f^N), Eq. 18
 
 
 class _TargetAttention(nn.Module):
@@ -124,19 +131,19 @@ class DFAR(nn.Module):
         else:
             self.tower_p = Tower(2 * D, params.tower_hidden, params.dropout)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence``, ``sequence_label`` (B, L) and ``items`` (B, C).
 
         Returns:
-            (B, C) logit^P (Eq. 19); the prediction is σ(logit^P) (Eq. 22). It keeps
-            logit^N and L^D per row for :meth:`loss`.
+            Output with (B, C) logit^P (Eq. 19), the prediction being σ(logit^P) (Eq. 22),
+            and, with dual interest, logit^N and L^D per row as its terms (:class:`DFARTerms`).
         """
         y, items = batch["sequence_label"], batch["items"]
         history, keep, target = self.embed(batch["sequence"], y, items)  # (B,L,D) (B,L) (B,C,D)
         S = self.encoder(self.dropout(history), keep, y)  # (B, L, D) Eq. 12
         s = S.sum(dim=1, keepdim=True).expand(-1, items.shape[1], -1)  # (B, C, D)
         if not self.params.dual_interest:
-            return self.tower_p(torch.cat([s, target], dim=-1))  # THA4Rec
+            return Output(self.tower_p(torch.cat([s, target], dim=-1)))  # THA4Rec
         L0, L1 = self.embed.label.weight  # (D,), (D,)
         pos, neg = keep & (y == 1), keep & (y == 0)  # (B, L)
         S_p = self.encoder_p(S * pos.unsqueeze(-1), pos, y)  # (B, L, D) Eq. 13-14
@@ -148,23 +155,19 @@ class DFAR(nn.Module):
         s_n = S_n.sum(dim=1, keepdim=True).expand(-1, C, -1)
         logit_p = self.tower_p(torch.cat([s, s_p, f_p, t_p], dim=-1))  # (B, C) Eq. 19
         logit_n = self.tower_n(torch.cat([s, s_n, f_n, t_n], dim=-1))  # (B, C) Eq. 20
-        self._aux = {"logit_n": logit_n,
-                     "disentangle": F.cosine_similarity(f_p, f_n, dim=-1)}  # (B, C) Eq. 18
-        return logit_p
+        disentangle = F.cosine_similarity(f_p, f_n, dim=-1)  # (B, C) Eq. 18
+        return Output(logit_p, DFARTerms(logit_n, disentangle))
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """L + λ^BPR L^BPR + λ^D L^D (Eq. 21-23), each a mean over the (B, C) candidate rows."""
+        scores, terms = output
         label = batch["label"].to(scores.dtype)
         bce = F.binary_cross_entropy_with_logits(scores, label)  # Eq. 22
         if not self.params.dual_interest:
             return bce
-        aux = self.__dict__.pop("_aux", None)
-        if aux is None:
-            raise RuntimeError("DFAR.loss needs the forward of the same batch first "
-                               "(it keeps the negative tower and L^D)")
         sign = 2.0 * label - 1.0  # +1: logit^P above logit^N (y = 1); -1: below (y = 0)
-        bpr = -F.logsigmoid(sign * (scores - aux["logit_n"])).mean()  # Eq. 21
-        disentangle = aux["disentangle"].mean()  # Eq. 18, minimised: f^P and f^N repel
+        bpr = -F.logsigmoid(sign * (scores - terms.logit_n)).mean()  # Eq. 21
+        disentangle = terms.disentangle.mean()  # Eq. 18, minimised: f^P and f^N repel
         return bce + self.params.lambda_bpr * bpr + self.params.lambda_d * disentangle
 
     def regularization(self) -> torch.Tensor:

@@ -40,7 +40,7 @@ from torch import nn
 
 from trainers.models.feedback_attention import masked_softmax
 from trainers.models.feedback_layers import FeedbackEmbedding, Tower, dense_l2
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
 class DFNParams(ModelParams):
@@ -106,9 +106,9 @@ class DFN(nn.Module):
         self.purify = nn.Linear(D, D, bias=False)  # W of f_uc = Σ softmax(f_cᵀ W u_j) u_j
         self.tower = Tower(4 * D, params.tower_hidden, params.dropout)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence``, ``sequence_label`` (B, L), ``items`` (B, C).
-        Returns (B, C) logits."""
+        Returns an Output with (B, C) logits."""
         y = batch["sequence_label"]
         history, keep, target = self.embed(batch["sequence"], y, batch["items"])  # (B, L, D)
         click, unclick = keep & (y == 1), keep & (y == 0)  # (B, L)
@@ -117,10 +117,11 @@ class DFN(nn.Module):
         scores = torch.einsum("bcd,bld->bcl", self.purify(f_c), history)  # f_cᵀ W u_j
         w = masked_softmax(scores, unclick.unsqueeze(1), dim=-1)  # (B, C, L); none: zeros
         f_uc = torch.einsum("bcl,bld->bcd", w, history)  # external interaction
-        return self.tower(torch.cat([f_c, f_u, f_uc, target], dim=-1))
+        return Output(self.tower(torch.cat([f_c, f_u, f_uc, target], dim=-1)))
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """Mean binary cross-entropy over the (B, C) candidate rows."""
+        scores = output.scores
         return F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
 
     def regularization(self) -> torch.Tensor:

@@ -23,7 +23,7 @@ Shapes: B batch, C candidates, L history length, D embedding (= GRU width).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from torch import nn
 
 from trainers.models.feedback_attention import masked_softmax
 from trainers.models.feedback_layers import FeedbackEmbedding, Tower, dense_l2
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
 class DIENParams(ModelParams):
@@ -41,6 +41,12 @@ class DIENParams(ModelParams):
     aux_weight: float = Field(ge=0)  # α weighing L_aux (released code: 1)
     tower_hidden: list[int]  # output MLP widths (paper: 200-80)
     dropout: float = Field(ge=0.0, lt=1.0)
+
+
+class DIENTerms(NamedTuple):
+    """What a training forward adds to :meth:`DIEN.loss`."""
+
+    aux: torch.Tensor  # () L_aux
 
 
 class AUGRUCell(nn.Module):
@@ -79,9 +85,9 @@ class DIEN(nn.Module):
         self.evolution = AUGRUCell(D)  # interest evolving
         self.tower = Tower(2 * D, params.tower_hidden, params.dropout)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence``, ``sequence_label`` (B, L), ``items`` (B, C).
-        Returns (B, C) logits; in training also keeps L_aux for :meth:`loss`."""
+        Returns an Output with (B, C) logits; in training its terms hold L_aux."""
         sequence, labels = batch["sequence"], batch["sequence_label"]
         e, keep, target = self.embed(sequence, labels, batch["items"])  # (B,L,D) (B,L) (B,C,D)
         B, L, D = e.shape
@@ -93,7 +99,7 @@ class DIEN(nn.Module):
             states.append(h)
         H = torch.stack(states, dim=1) * keep.unsqueeze(-1)  # (B, L, D) h_t
         # L_aux trains the extractor; evaluation does not need it (nor its random draws).
-        self._aux = self._auxiliary(H, e, sequence, labels) if self.training else None
+        terms = DIENTerms(self._auxiliary(H, e, sequence, labels)) if self.training else None
         scores = torch.einsum("bld,bcd->bcl", self.attention(H), target)  # h_t W e_a
         a = masked_softmax(scores, keep.unsqueeze(1), dim=-1)  # (B, C, L) a_t
         x = H.unsqueeze(1).expand(B, C, L, D).reshape(B * C, L, D)
@@ -101,7 +107,7 @@ class DIEN(nn.Module):
         h_evolved = e.new_zeros(B * C, D)
         for t in range(L):  # AUGRU; padding has a_t = 0 and leaves the state as is
             h_evolved = self.evolution(x[:, t], h_evolved, a[:, t])
-        return self.tower(torch.cat([h_evolved.view(B, C, D), target], dim=-1))
+        return Output(self.tower(torch.cat([h_evolved.view(B, C, D), target], dim=-1)), terms)
 
     def _auxiliary(self, H: torch.Tensor, e: torch.Tensor, sequence: torch.Tensor,
                    labels: torch.Tensor) -> torch.Tensor:
@@ -117,15 +123,13 @@ class DIEN(nn.Module):
         per_step = -F.logsigmoid(positive_logit) - F.logsigmoid(-negative_logit)
         return (per_step * valid).sum() / valid.sum().clamp(min=1)
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """L_target + α L_aux (L_aux after a training forward only); L_target = mean BCE over
         the (B, C) candidate rows."""
+        scores = output.scores
         target = F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
-        if "_aux" not in self.__dict__:
-            raise RuntimeError("DIEN.loss needs the forward of the same batch first "
-                               "(it keeps the auxiliary loss)")
-        aux = self.__dict__.pop("_aux")
-        return target if aux is None else target + self.params.aux_weight * aux
+        terms = output.terms
+        return target if terms is None else target + self.params.aux_weight * terms.aux
 
     def regularization(self) -> torch.Tensor:
         """1/2 ||θ||² over the dense parameters (the loop multiplies by ``train.l2``)."""

@@ -30,7 +30,7 @@ from pydantic import Field
 from torch import nn
 
 from trainers.models.feedback_layers import FeedbackEmbedding, Tower, dense_l2
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
 class DINParams(ModelParams):
@@ -60,9 +60,9 @@ class DIN(nn.Module):
         self.activation_unit = nn.Sequential(*layers, nn.Linear(width, 1))  # a(e_j, v_A)
         self.tower = Tower(2 * D, params.tower_hidden, params.dropout)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence``, ``sequence_label`` (B, L), ``items`` (B, C).
-        Returns (B, C) logits."""
+        Returns an Output with (B, C) logits."""
         history, keep, target = self.embed(batch["sequence"], batch["sequence_label"],
                                            batch["items"])  # (B, L, D), (B, L), (B, C, D)
         B, L, D = history.shape
@@ -72,10 +72,11 @@ class DIN(nn.Module):
         a = self.activation_unit(torch.cat([e, v, e - v, e * v], dim=-1)).squeeze(-1)  # (B,C,L)
         a = a * keep.unsqueeze(1)  # padding behaviours weigh 0; no softmax (Section 4.3)
         interest = (a.unsqueeze(-1) * e).sum(dim=2)  # (B, C, D) v_U(A)
-        return self.tower(torch.cat([interest, target], dim=-1))
+        return Output(self.tower(torch.cat([interest, target], dim=-1)))
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """Mean binary cross-entropy over the (B, C) candidate rows."""
+        scores = output.scores
         return F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
 
     def regularization(self) -> torch.Tensor:

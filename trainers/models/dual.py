@@ -50,15 +50,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from trainers.models.item_scoring import score_rows
 from trainers.models.softmax import full_softmax_ce
-from trainers.registry import Batch, DataSizes, ModelParams
+from trainers.registry import Batch, DataSizes, ModelParams, Output
 
 Direction = Literal["past", "future"]
 
@@ -158,6 +159,14 @@ def _crop_pair(inputs: torch.Tensor, targets: torch.Tensor
     return inputs, targets[:, targets.shape[1] - inputs.shape[1]:]
 
 
+class DualTerms(NamedTuple):
+    """A training forward's encoder outputs, the ``terms`` its loss reads (Eq. 12-14)."""
+
+    # per encoder ("past", "future"): (B, L', d) states, (B, L') inputs, (B, L') targets
+    ce: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    levels: dict[str, list[torch.Tensor] | None]  # per encoder: per level (B, S, f), or None
+
+
 class DualParams(ModelParams):
     """Settings every dual backbone shares (Section 3.3-3.5)."""
 
@@ -192,6 +201,7 @@ class DualNetwork(nn.Module):
     """
 
     inputs = frozenset({"sequence"})
+    optional_inputs = frozenset()
 
     def __init__(self, params: DualParams, sizes: DataSizes,
                  make_encoder: Callable[[], nn.Module]):
@@ -206,7 +216,7 @@ class DualNetwork(nn.Module):
 
     def _score(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Eq. 12 on candidates: h (B, d), items (B, C) -> (B, C)."""
-        return (self.item(items) @ h.unsqueeze(-1)).squeeze(-1)
+        return score_rows(h, self.item(items))
 
     def predict_states(self, sequence: torch.Tensor) -> torch.Tensor:
         """States of the encoder used at inference over a history (Section 3.5.2).
@@ -222,15 +232,23 @@ class DualNetwork(nn.Module):
         sequence = crop_padding(sequence)  # (B, L')
         return encoder(self.item(sequence), sequence != 0, "past", False)[0]
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def encode_users(self, batch: Batch) -> torch.Tensor:
+        """The inference encoder's state at the last position (Section 3.5.2): (B, d)."""
+        return self.predict_states(batch["sequence"])[:, -1]
+
+    def item_table(self) -> tuple[torch.Tensor, None]:
+        """E^I, the output layer of Eq. 12: (I+1, d); no item bias."""
+        return self.item.weight, None
+
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits.
 
-        In training (grad enabled) it also runs both encoders over the training sequence and
-        keeps what :meth:`loss` needs (Eq. 12-14).
+        In training (grad enabled) it also runs both encoders over the training sequence;
+        what :meth:`loss` needs (Eq. 12-14) is the output's ``terms`` (:class:`DualTerms`).
         """
         sequence, items = batch["sequence"], batch["items"]
         if not (self.training and torch.is_grad_enabled()):
-            return self._score(self.predict_states(sequence)[:, -1], items)
+            return Output(self._score(self.encode_users(batch), items))
         full = torch.cat([sequence, items[:, :1]], dim=1)  # (B, L+1): s = history + target
         scales = self.params.beta > 0
         ce, levels = {}, {}
@@ -246,9 +264,8 @@ class DualNetwork(nn.Module):
             ce["future"] = (states, future_in, target)
         if self.past is None:  # future-only: the candidates are scored as at inference
             with torch.no_grad():
-                scores = self._score(self.predict_states(sequence)[:, -1], items)
-        self._train = (ce, levels)
-        return scores
+                scores = self._score(self.encode_users(batch), items)
+        return Output(scores, DualTerms(ce, levels))
 
     def encoder_losses(self, ce: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
                        ) -> dict[str, torch.Tensor]:
@@ -262,17 +279,16 @@ class DualNetwork(nn.Module):
             out[name] = losses.sum() / valid.sum().clamp(min=1)
         return out
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Eq. 14 after a training forward (the candidate scores are not part of it: the
-        target is the last past-encoder position's full-softmax prediction).
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
+        """Eq. 14 of a training forward's ``output`` (the candidate scores are not part of
+        it: the target is the last past-encoder position's full-softmax prediction).
 
         Raises:
-            RuntimeError: no training forward preceded the call.
+            RuntimeError: no training forward made ``output``.
         """
-        state = self.__dict__.pop("_train", None)
-        if state is None:
-            raise RuntimeError("loss needs a training forward first (model.train(), grad on)")
-        ce, levels = state
+        if output.terms is None:
+            raise RuntimeError("loss needs a training forward's output (model.train(), grad on)")
+        ce, levels = output.terms
         terms = self.encoder_losses(ce)
         if self.params.encoders != "dual":
             return terms[self.params.encoders]

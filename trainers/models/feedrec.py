@@ -31,7 +31,7 @@ Shapes: B batch, C candidates, L history length, D embedding.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ from torch import nn
 
 from trainers.models.feedback_attention import FeedbackAttention, masked_softmax
 from trainers.models.feedback_layers import FeedbackEmbedding, Tower, dense_l2
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
 class FeedRecParams(ModelParams):
@@ -58,6 +58,12 @@ class FeedRecParams(ModelParams):
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads "
                              f"{self.num_heads}")
         return self
+
+
+class FeedRecTerms(NamedTuple):
+    """The disentangling regulariser's input, for :meth:`FeedRec.loss`."""
+
+    disentangle: torch.Tensor  # (B,) |cos(u^P, u^N)|
 
 
 class _Block(nn.Module):
@@ -112,28 +118,25 @@ class FeedRec(nn.Module):
         self.pool_n = _AttentivePooling(D, params.pool_hidden)
         self.tower = Tower(3 * D, params.tower_hidden, params.dropout)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence``, ``sequence_label`` (B, L), ``items`` (B, C).
-        Returns (B, C) logits; also keeps |cos(u^P, u^N)| per row."""
+        Returns an Output with (B, C) logits and |cos(u^P, u^N)| per row as its terms."""
         y = batch["sequence_label"]
         history, keep, target = self.embed(batch["sequence"], y, batch["items"])
         x = self.heterogeneous(self.dropout(history), keep, y)  # (B, L, D) all feedback
         pos, neg = keep & (y == 1), keep & (y == 0)
         u_p = self.pool_p(self.homogeneous_p(x, pos, y), pos)  # (B, D) positive interest
         u_n = self.pool_n(self.homogeneous_n(x, neg, y), neg)  # (B, D) negative interest
-        self._aux = F.cosine_similarity(u_p, u_n, dim=-1).abs()  # (B,)
+        terms = FeedRecTerms(F.cosine_similarity(u_p, u_n, dim=-1).abs())  # (B,)
         C = target.shape[1]
         users = torch.cat([u_p, u_n], dim=-1).unsqueeze(1).expand(-1, C, -1)  # (B, C, 2D)
-        return self.tower(torch.cat([users, target], dim=-1))
+        return Output(self.tower(torch.cat([users, target], dim=-1)), terms)
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """Mean BCE over the (B, C) candidate rows + λ · mean |cos(u^P, u^N)|."""
+        scores = output.scores
         bce = F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
-        aux = self.__dict__.pop("_aux", None)
-        if aux is None:
-            raise RuntimeError("FeedRec.loss needs the forward of the same batch first "
-                               "(it keeps the disentangling term)")
-        return bce + self.params.lambda_disentangle * aux.mean()
+        return bce + self.params.lambda_disentangle * output.terms.disentangle.mean()
 
     def regularization(self) -> torch.Tensor:
         """1/2 ||θ||² over the dense parameters (the loop multiplies by ``train.l2``)."""

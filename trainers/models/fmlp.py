@@ -40,7 +40,7 @@ Shapes: B batch, C candidates, L sequence length, d embedding, M prefixes.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,9 +48,10 @@ from pydantic import Field
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
-from trainers.models.next_item import bce_with_history, history_pairs
+from trainers.models.item_scoring import score_rows
+from trainers.models.next_item import HistoryScores, bce_with_history, history_pairs
 from trainers.models.transformer import LAYER_NORM_EPS, init_weights
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 FILTER_INIT_SCALE = 0.02  # the released code's complex_weight = randn(...) * 0.02
 
@@ -159,6 +160,12 @@ def prefix_rows(sequence: torch.Tensor, valid: torch.Tensor
     return prefixes, b, t
 
 
+class PrefixScores(NamedTuple):
+    """A global-filter training forward's prefix predictions, the ``terms`` its loss reads."""
+
+    pairs: torch.Tensor  # (M, 2) logits of [next item, negative] at each prefix's last slot
+
+
 class FMLPRecParams(ModelParams):
     embed_dim: int = Field(gt=0)  # d (paper: 64)
     embed_init_std: float = Field(gt=0)  # item rows start as N(0, std²) (code: 0.02)
@@ -186,19 +193,20 @@ class FMLPRec(nn.Module):
         self.variable_length = params.filter == "causal"
         init_weights(self.stack, params.embed_init_std)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence`` (B, L) and ``items`` (B, C). Returns (B, C) logits.
 
         In training (grad enabled) it also scores every history position's next item against
-        a sampled negative (``next_negatives`` when fed, else uniform) and keeps those scores
-        for :meth:`loss`: from one L-slot prefix per position (global filter, (M, 2)) or
-        from the causal states of the sequence itself ((B, L-1, 2)).
+        a sampled negative (``next_negatives`` when fed, else uniform), the output's
+        ``terms``: from one L-slot prefix per position (global filter,
+        :class:`PrefixScores`) or from the causal states of the sequence itself
+        (:class:`HistoryScores`).
         """
         sequence, items = batch["sequence"], batch["items"]
         if not (self.training and torch.is_grad_enabled()):
             e, cand = self.item.lookup([sequence, items])
             h = self.stack(e, sequence != 0)[:, -1]  # (B, d)
-            return (cand @ h.unsqueeze(-1)).squeeze(-1)
+            return Output(score_rows(h, cand))
         num_items = self.item.weight.shape[0] - 1
         targets, _, negatives, valid = history_pairs(sequence, num_items, None,
                                                      batch.get("next_negatives"))
@@ -207,31 +215,40 @@ class FMLPRec(nn.Module):
             e, cand, pairs = self.item.lookup([sequence, items,
                                                torch.stack([targets, negatives], -1)])
             states = self.stack(e, sequence != 0)  # (B, L, d): slot t sees slots <= t
-            history = (pairs @ states[:, :-1].unsqueeze(-1)).squeeze(-1)  # (B, L-1, 2)
-            self._history = (history, torch.ones_like(history[..., 0]), valid)
-            return (cand @ states[:, -1].unsqueeze(-1)).squeeze(-1)
+            history = score_rows(states[:, :-1], pairs)  # (B, L-1, 2)
+            return Output(score_rows(states[:, -1], cand),
+                          HistoryScores(history, torch.ones_like(history[..., 0]), valid))
         B = sequence.shape[0]
         prefixes, b, t = prefix_rows(sequence, valid)  # (M, L)
         pairs = torch.stack([targets[b, t], negatives[b, t]], 1)  # (M, 2) [next, negative]
         inputs = torch.cat([sequence, prefixes])  # (B + M, L)
         e, cand, pairs = self.item.lookup([inputs, items, pairs])
         h = self.stack(e, inputs != 0)[:, -1]  # (B + M, d): each input's last slot
-        self._prefixes = (pairs @ h[B:].unsqueeze(-1)).squeeze(-1)  # (M, 2) [next, negative]
-        return (cand @ h[:B].unsqueeze(-1)).squeeze(-1)
+        prefix_scores = PrefixScores(score_rows(h[B:], pairs))  # (M, 2) [next, negative]
+        return Output(score_rows(h[:B], cand), prefix_scores)
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def encode_users(self, batch: Batch) -> torch.Tensor:
+        """The state at the last slot, which scores the candidates: (B, d)."""
+        sequence = batch["sequence"]
+        return self.stack(self.item(sequence), sequence != 0)[:, -1]
+
+    def item_table(self) -> tuple[torch.Tensor, None]:
+        """M, input and output: (I+1, d); no item bias."""
+        return self.item.weight, None
+
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """Binary cross-entropy per prediction: a candidate row (scores (B, C), positive at
         column 0) sums over its candidates, a prefix (or causal position) over [next item,
         negative]; the mean is over the B rows and, after a training forward, the M prefixes
         (the valid positions) alike."""
-        history = self.__dict__.pop("_history", None)
-        if history is not None:  # filter: causal
-            return bce_with_history(scores, batch["label"], history)
+        scores, terms = output
+        if isinstance(terms, HistoryScores):  # filter: causal
+            return bce_with_history(scores, batch["label"], terms)
         rows = F.binary_cross_entropy_with_logits(
             scores, batch["label"].to(scores.dtype), reduction="none").sum(1)  # (B,)
-        prefixes = self.__dict__.pop("_prefixes", None)
-        if prefixes is None:
+        if terms is None:
             return rows.mean()
+        prefixes = terms.pairs  # (M, 2)
         labels = torch.zeros_like(prefixes)
         labels[:, 0] = 1.0
         per_prefix = F.binary_cross_entropy_with_logits(prefixes, labels, reduction="none")

@@ -50,8 +50,9 @@ from pydantic import Field
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
-from trainers.models.next_item import combined_mean, history_pairs
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.models.item_scoring import score_rows
+from trainers.models.next_item import HistoryScores, combined_mean, history_pairs
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
 def align_left_padded(lengths: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,45 +121,51 @@ class GRU4Rec(nn.Module):
         out = out.gather(1, to_back.unsqueeze(-1).expand_as(out))  # back to the input's slots
         return out * (sequence != 0).unsqueeze(-1)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence`` (B, L), ``items`` (B, C) and optionally
         ``sequence_label`` (B, L). Returns (B, C) logits.
 
-        In training (grad enabled) it also scores each history position's next item and
-        keeps those scores for :meth:`loss`.
+        In training (grad enabled) it also scores each history position's next item and a
+        sampled negative: the output's ``terms`` (:class:`HistoryScores`).
         """
         sequence, items = batch["sequence"], batch["items"]
         sequence_label = batch.get("sequence_label")
         states = self.position_states(sequence, sequence_label)  # (B, L, k)
         h = states[:, -1]  # (B, k): newest item is last
         if not (self.training and torch.is_grad_enabled()):
-            return self._score(h.unsqueeze(1), items).squeeze(1)
+            return Output(self._score(h, items))
         targets, labels, negatives, valid = history_pairs(
             sequence, self.item_out.weight.shape[0] - 1, sequence_label,
             batch.get("next_negatives"))
-        history = self._score(states[:, :-1].unsqueeze(2),
+        history = self._score(states[:, :-1],
                               torch.stack([targets, negatives], dim=-1))  # (B, L-1, 2)
-        self._history = (history, labels, valid)
-        return self._score(h.unsqueeze(1), items).squeeze(1)
+        return Output(self._score(h, items), HistoryScores(history, labels, valid))
 
     def _score(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """r̂ = h · W_i + b_i: h (..., 1, k), items (..., n) -> (..., n)."""
+        """r̂ = h · W_i + b_i: h (..., k), items (..., n) -> (..., n)."""
         w, b = self.item_out(items), self.item_bias(items)  # (..., n, k), (..., n, 1)
-        return (w @ h.transpose(-1, -2)).squeeze(-1) + b.squeeze(-1)
+        return score_rows(h, w, b.squeeze(-1))
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Ranking loss of Section 3.1.3 over the candidates (target at column 0) and, after
-        a training forward, over every history position. Args: scores (B, C).
+    def encode_users(self, batch: Batch) -> torch.Tensor:
+        """h after the newest item, which scores the candidates: (B, k)."""
+        return self.position_states(batch["sequence"], batch.get("sequence_label"))[:, -1]
+
+    def item_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W and b of Section 3.1.2: (I+1, k), (I+1,)."""
+        return self.item_out.weight, self.item_bias.weight.squeeze(-1)
+
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
+        """Ranking loss of Section 3.1.3 over the candidates (``output.scores`` (B, C), target
+        at column 0) and, after a training forward, over every history position.
 
         Column 0 is ranked above the others when its label is 1; a negative-feedback
         target (label 0, ``feedback`` protocol) or next item is ranked below them instead.
         """
         liked = batch["label"][:, 0] > 0  # (B,)
-        candidates = self._ranking(scores, liked).mean(dim=1)  # (B,)
-        history = self.__dict__.pop("_history", None)
-        if history is None:
+        candidates = self._ranking(output.scores, liked).mean(dim=1)  # (B,)
+        if output.terms is None:
             return candidates.mean()
-        scores_h, labels, valid = history  # (B, L-1, 2), (B, L-1), (B, L-1)
+        scores_h, labels, valid = output.terms  # (B, L-1, 2), (B, L-1), (B, L-1)
         return combined_mean(candidates, self._ranking(scores_h, labels > 0).squeeze(-1), valid)
 
     def _ranking(self, scores: torch.Tensor, liked: torch.Tensor) -> torch.Tensor:

@@ -40,8 +40,18 @@ protocol):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
+
+
+class HistoryScores(NamedTuple):
+    """A training forward's history predictions, the ``terms`` its ``loss`` reads."""
+
+    pairs: torch.Tensor  # (B, L-1, 2) logits of [next item, sampled negative] per position
+    labels: torch.Tensor  # (B, L-1) float label of the next item (:func:`history_pairs`)
+    valid: torch.Tensor  # (B, L-1) bool, real history positions
 
 
 def history_pairs(sequence: torch.Tensor, num_items: int,
@@ -96,15 +106,13 @@ def combined_mean(candidate_losses: torch.Tensor, history_losses: torch.Tensor,
 
 
 def bce_with_history(scores: torch.Tensor, labels: torch.Tensor,
-                     history: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
-                     ) -> torch.Tensor:
+                     history: HistoryScores | None) -> torch.Tensor:
     """Binary cross-entropy over the candidates and the history (SASRec Eq. 7, Caser Eq. 11).
 
     Args:
         scores: (B, C) candidate logits; labels: (B, C) 1.0 positive, 0.0 negatives.
-        history: None (candidates only), or ((B, L-1, 2) logits of [next item, sampled
-            negative] per history position, (B, L-1) label of the next item, (B, L-1) valid
-            mask), as :func:`history_pairs` gives them.
+        history: None (candidates only), or the history's :class:`HistoryScores` (any
+            (pairs, labels, valid) triple), as :func:`history_pairs` gives them.
 
     Returns:
         scalar: per prediction, the next item's BCE against its label (-log σ(r) for a

@@ -38,7 +38,7 @@ from pydantic import Field
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 from trainers.models.score import mlp
 
 
@@ -76,9 +76,9 @@ class RRN(nn.Module):
         """W_embed x_t: (..., S) ids -> (..., d), padding slots contribute nothing."""
         return (table(sets) * (sets != 0).unsqueeze(-1)).sum(dim=-2)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``user`` (B,), ``items`` (B, C), ``user_sets`` (B, H, 2, S),
-        ``item_sets`` (B, C, H, 2, S). Returns: (B, C) logits r̂."""
+        ``item_sets`` (B, C, H, 2, S). Returns: Output with (B, C) logits r̂."""
         items = batch["items"]
         B, C = items.shape
         H = batch["user_sets"].shape[1]
@@ -91,15 +91,16 @@ class RRN(nn.Module):
         if self.params.head == "mlp":
             u_T, m_T = u_T[0].unsqueeze(1).expand(B, C, -1), m_T[0].view(B, C, -1)
             features = torch.cat([u_T, m_T, u.unsqueeze(1).expand(B, C, -1), m], dim=-1)
-            return self.head(features).squeeze(-1)  # (B, C)
+            return Output(self.head(features).squeeze(-1))  # (B, C)
         u_dyn = self.user_out(u_T[0])  # (B, k)
         m_dyn = self.item_out(m_T[0]).view(B, C, -1)  # (B, C, k)
         dynamic = (m_dyn @ u_dyn.unsqueeze(-1)).squeeze(-1)  # (B, C): <ũ_T, m̃_T>
         stationary = (m @ u.unsqueeze(-1)).squeeze(-1)  # (B, C): <u, m>
-        return dynamic + stationary
+        return Output(dynamic + stationary)
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Mean binary cross-entropy over all (B, C) candidates. Args: scores (B, C)."""
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
+        """Mean binary cross-entropy over all (B, C) candidates."""
+        scores = output.scores
         return F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
 
     def regularization(self) -> torch.Tensor:

@@ -43,8 +43,9 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
-from trainers.models.next_item import bce_with_history, history_pairs
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.models.item_scoring import score_rows
+from trainers.models.next_item import HistoryScores, bce_with_history, history_pairs
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
 class SASRecParams(ModelParams):
@@ -131,29 +132,38 @@ class SASRec(nn.Module):
             x = block(x, blocked) * keep
         return self.ln_out(x)  # padding rows are 0 here: LayerNorm(0) = its learned shift
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence`` (B, L), ``items`` (B, C) and optionally
         ``sequence_label`` (B, L). Returns (B, C) logits.
 
         In training (grad enabled) it also scores each history position's next item and a
-        sampled negative (Eq. 7) and keeps those scores for :meth:`loss`.
+        sampled negative (Eq. 7): the output's ``terms`` (:class:`HistoryScores`).
         """
         sequence, items = batch["sequence"], batch["items"]
         sequence_label = batch.get("sequence_label")
         states = self.position_states(sequence, sequence_label)  # (B, L, d): F_t
+        terms = None
         if self.training and torch.is_grad_enabled():
             targets, labels, negatives, valid = history_pairs(
                 sequence, self.item.weight.shape[0] - 1, sequence_label,
                 batch.get("next_negatives"))
             pairs = torch.stack([targets, negatives], dim=-1)  # (B, L-1, 2)
-            history = (self.item(pairs) @ states[:, :-1].unsqueeze(-1)).squeeze(-1)
-            self._history = (history, labels, valid)  # (B, L-1, 2) r_{o_t,t}, r_{j,t}
-        return (self.item(items) @ states[:, -1].unsqueeze(-1)).squeeze(-1)  # Eq. 6
+            history = score_rows(states[:, :-1], self.item(pairs))  # r_{o_t,t}, r_{j,t}
+            terms = HistoryScores(history, labels, valid)  # (B, L-1, 2), (B, L-1) x2
+        return Output(score_rows(states[:, -1], self.item(items)), terms)  # Eq. 6
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def encode_users(self, batch: Batch) -> torch.Tensor:
+        """F_t at the last position, which scores the candidates: (B, d)."""
+        return self.position_states(batch["sequence"], batch.get("sequence_label"))[:, -1]
+
+    def item_table(self) -> tuple[torch.Tensor, None]:
+        """M (Eq. 6), (I+1, d); no item bias."""
+        return self.item.weight, None
+
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """Binary cross-entropy of Eq. 7: over the candidates (scores (B, C), positive at
         column 0) and, after a training forward, over every history position."""
-        return bce_with_history(scores, batch["label"], self.__dict__.pop("_history", None))
+        return bce_with_history(output.scores, batch["label"], output.terms)
 
     def regularization(self) -> torch.Tensor:
         """1/2 ||θ||² over the dense parameters (the loop multiplies by λ, as for SCoRe)."""

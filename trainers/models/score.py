@@ -43,7 +43,7 @@ from pydantic import Field
 from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
-from trainers.registry import Batch, DataSizes, ModelParams, register
+from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
 class ScoreParams(ModelParams):
@@ -149,14 +149,14 @@ class SCoRe(nn.Module):
         sides = 1 if params.ablation in ("user_only", "item_only") else 2
         self.head = mlp([sides * h + 2 * d, *params.head_hidden, 1])  # f, Eq. 24
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> Output:
         """Logits (B, C) for every (user, candidate) pair of the batch.
 
         Args:
             batch: user (B,), items (B, C), user_sets (B, H, 2, S), item_sets
                 (B, C, H, 2, S); fields as documented in trainers/registry.py.
         Returns:
-            (B, C) logits.
+            Output with (B, C) logits.
         Raises:
             ValueError: a field's shape does not match (B, C, H, S) or an id is out of range.
         """
@@ -208,10 +208,11 @@ class SCoRe(nn.Module):
             r_u, r_v = (beta * h_u).sum(dim=1), (beta * h_v).sum(dim=1)  # (P, h)
         sides = {"user_only": [r_u], "item_only": [r_v]}.get(self.params.ablation, [r_u, r_v])
         logits = self.head(torch.cat([*sides, targets], dim=-1))  # Eq. 24: (P, 1)
-        return logits.view(B, C)
+        return Output(logits.view(B, C))
 
-    def loss(self, scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """Data term of Eq. 25: mean binary cross-entropy over all (B, C) candidates."""
+        scores = output.scores
         return F.binary_cross_entropy_with_logits(scores, batch["label"].to(scores.dtype))
 
     def regularization(self) -> torch.Tensor:
