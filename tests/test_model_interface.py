@@ -13,7 +13,7 @@ import torch
 
 import tiny_index
 from conf.loading import load_config
-from trainers.models.item_scoring import candidate_scores
+from trainers.models.item_scoring import all_item_scores, candidate_scores
 from trainers.protocols import PROTOCOLS, protocol_named
 from trainers.registry import (Batch, NextItemRecommender, build_model, model_class,
                                model_names, variable_length)
@@ -91,8 +91,11 @@ def test_next_item_scores_are_user_states_against_the_item_table(batches, name, 
         table, bias = model.item_table()
         assert table.shape[0] == tiny_index.NUM_ITEMS + 1
         assert bias is None or bias.shape == (tiny_index.NUM_ITEMS + 1,)
-        scores = candidate_scores(model.encode_users(batch), table, bias, batch["items"])
+        states = model.encode_users(batch)  # (B, d)
+        scores = candidate_scores(states, table, bias, batch["items"])
         torch.testing.assert_close(scores, model(batch).scores, rtol=1e-5, atol=1e-6)
+        every = all_item_scores(states, table, bias)  # (B, I): column k-1 is item k
+        torch.testing.assert_close(every.gather(1, batch["items"] - 1), scores)
 
 
 def test_every_next_item_model_declares_the_split(batches):

@@ -548,7 +548,6 @@ class NegativeSampler:
                 user interacted with (nearly) every item that can be drawn).
         """
         new = samples.candidates.clone()
-        device = new.device
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
         for col in range(1, new.shape[1]):
             rows = (samples.real_negatives < col).nonzero(as_tuple=True)[0]  # sampled here

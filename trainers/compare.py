@@ -241,7 +241,8 @@ def _log_artifacts(cfg: PipelineConfig, run_id: str, rows: list[dict[str, Any]],
         ax.axhline(models[0][f"popularity_test_{chosen}"], color="grey", linestyle="--",
                    label=f"popularity {chosen}")
         ax.set_xticks(range(len(models)), [row["model"] for row in models])
-        ax.set(ylabel="metric", title=f"{cfg.dataset.name} ({protocol.name}): test metrics by model")
+        ax.set(ylabel="metric",
+               title=f"{cfg.dataset.name} ({protocol.name}): test metrics by model")
         ax.legend()
         fig.tight_layout()
         fig.savefig(folder / "comparison.png", dpi=100)

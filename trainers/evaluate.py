@@ -40,7 +40,7 @@ from trainers import tracking
 from trainers.batches import BatchBuilder, EventSequences, Samples
 from trainers.metrics import FeedbackAccumulator, RankHistogram, items_ranked_above
 from trainers.protocols import EvaluationProtocol
-from trainers.registry import DataSizes, build_model, model_class, variable_length
+from trainers.registry import DataSizes, Recommender, build_model, model_class, variable_length
 from trainers.split_data import declared_inputs, load_split_data
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,11 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     run_id = record["run_id"]
     tracking.log_metrics(cfg, run_id, logged)
     tracking.log_text(cfg, run_id, table, "evaluation.md")
-    return {"run_id": run_id, "protocol": protocol.name, **results, "table": table, "logged": logged}
+    return {"run_id": run_id, "protocol": protocol.name, **results, "table": table,
+            "logged": logged}
 
 
-def load_best_model(cfg: PipelineConfig, checkpoint: str, device: torch.device):
+def load_best_model(cfg: PipelineConfig, checkpoint: str, device: torch.device) -> Recommender:
     """The model of a training checkpoint (``state.pt`` inside a Ray checkpoint folder)."""
     from ray.train import Checkpoint
 
@@ -157,7 +158,7 @@ def _history_keys(events: EventSequences, user: torch.Tensor, cut: torch.Tensor,
 
 
 @torch.no_grad()
-def full_ranking(model, builder: BatchBuilder, samples: Samples, num_items: int,
+def full_ranking(model: Recommender, builder: BatchBuilder, samples: Samples, num_items: int,
                  num_users: int, seed: int, item_chunk: int,
                  events: EventSequences | None) -> dict[str, float]:
     """Rank one target per sampled user against all items 1..I.

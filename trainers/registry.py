@@ -169,7 +169,7 @@ def model_class(name: str) -> type[nn.Module]:
     return _REGISTRY[name]
 
 
-def build_model(name: str, params: dict, sizes: DataSizes) -> nn.Module:
+def build_model(name: str, params: dict, sizes: DataSizes) -> Recommender:
     """Validate ``params`` against the model's ``Params`` and build it.
 
     Raises:

@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -59,7 +58,7 @@ from trainers.batches import BatchBuilder, Samples, epoch_rows, length_batches, 
 from trainers.embedding import build_optimizer
 from trainers.metrics import RankHistogram, rank_of_positive
 from trainers.protocols import EvaluationProtocol, protocol_named
-from trainers.registry import DataSizes, build_model, model_class, variable_length
+from trainers.registry import DataSizes, Recommender, build_model, model_class, variable_length
 from trainers.split_data import declared_inputs, load_split_data
 
 log = logging.getLogger(__name__)
@@ -373,7 +372,7 @@ def worker_rows(builder: BatchBuilder, train: Samples, tc, epoch: int, rank: int
     return rows
 
 
-def train_epoch(net, model, optimizer, builder: BatchBuilder, train: Samples,
+def train_epoch(net, model: Recommender, optimizer, builder: BatchBuilder, train: Samples,
                  rows: torch.Tensor, batch_size: int, l2: float, world: int, rank: int,
                  epoch: int, grad_clip: float | None) -> tuple[float, float]:
     """One pass over this worker's rows.
@@ -415,8 +414,8 @@ def train_epoch(net, model, optimizer, builder: BatchBuilder, train: Samples,
 
 
 @torch.no_grad()
-def validate(model, builder: BatchBuilder, samples: Samples, batch_size: int, rank: int,
-             world: int, protocol: EvaluationProtocol) -> dict[str, float]:
+def validate(model: Recommender, builder: BatchBuilder, samples: Samples, batch_size: int,
+             rank: int, world: int, protocol: EvaluationProtocol) -> dict[str, float]:
     """Validation metrics over all workers' shards (pessimistic ties, trainers/metrics.py).
 
     Ranking protocols sum rank histograms over the workers (one all-reduce); a ``pooled``
