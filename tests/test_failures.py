@@ -21,8 +21,9 @@ import pytest
 import torch
 
 import tiny_index
-from trainers.registry import Batch, Output, register
 from store.runs import CHECKPOINT_FILE, RUN_FILE, run_dir
+from trainers.checkpoints import load_checkpoint
+from trainers.registry import Batch, Output, register
 from trainers.train import resume_key, run_training
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -117,8 +118,7 @@ def _curves(cfg, run_id: str) -> dict[str, dict[int, float]]:
 
 
 def _best_weights(summary: dict) -> dict[str, torch.Tensor]:
-    payload = torch.load(Path(summary["checkpoint"]) / CHECKPOINT_FILE, map_location="cpu",
-                         weights_only=False)
+    payload = load_checkpoint(summary["checkpoint"])
     return payload["model"]
 
 
@@ -168,8 +168,7 @@ def test_logged_model_holds_one_copy_of_the_weights_and_serves_the_champion(unin
     assert decision.promoted
     served = mlflow.pyfunc.load_model(f"models:/slow-tiny@{CHAMPION}")
     example = served.input_example
-    payload = torch.load(Path(summary["checkpoint"]) / CHECKPOINT_FILE, map_location="cpu",
-                         weights_only=False)
+    payload = load_checkpoint(summary["checkpoint"])
     model = SlowTinyModel(tiny_index.TinyParams(dim=4),
                           tiny_index.DataSizes(**payload["sizes"])).eval()
     model.load_state_dict(weights)

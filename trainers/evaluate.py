@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from conf.schema import PipelineConfig
-from store.runs import CHECKPOINT_FILE, read_run, run_dir
+from store.runs import read_run, run_dir
 from trainers import tracking
+from trainers.checkpoints import load_checkpoint
 from trainers.batches import BatchBuilder, EventSequences, Samples
 from trainers.metrics import FeedbackAccumulator, RankHistogram, items_ranked_above
 from trainers.protocols import EvaluationProtocol
@@ -110,8 +110,7 @@ def load_best_model(cfg: PipelineConfig, checkpoint: str, device: torch.device) 
 
     importlib.import_module(model_class(cfg.model.name).__module__)
     with Checkpoint(checkpoint).as_directory() as folder:
-        payload = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device,
-                             weights_only=False)
+        payload = load_checkpoint(folder, device)
     model = build_model(cfg.model.name, dict(cfg.model.params), DataSizes(**payload["sizes"]))
     model.load_state_dict(payload["model"])
     return model.to(device).eval()

@@ -54,6 +54,7 @@ from store.files import join, remove_dir
 from store.manifest import manifest_hash
 from store.runs import CHECKPOINT_FILE, read_run, run_dir, run_name, write_run
 from trainers import tracking
+from trainers.checkpoints import load_checkpoint
 from trainers.batches import BatchBuilder, Samples, epoch_rows, length_batches, shard_rows
 from trainers.embedding import build_optimizer
 from trainers.metrics import RankHistogram, rank_of_positive
@@ -159,7 +160,7 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
     best = result.get_best_checkpoint(metric=SCORE, mode="max")
     last = latest_report(result)
     with best.as_directory() as folder:
-        payload = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        payload = load_checkpoint(folder)
     summary = {
         "run_id": run_id,
         "best_epoch": payload["state"]["best_epoch"],
@@ -304,8 +305,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            payload = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device,
-                                 weights_only=False)
+            payload = load_checkpoint(folder, device)
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         state = TrainState(**payload["state"])
