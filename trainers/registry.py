@@ -7,8 +7,8 @@ A model is an ``nn.Module`` that
     (``"slice_sets"``: time-sliced (co-)interaction sets; ``"sequence"``: the user's item
     history before the target; ``"sequence_label"``: that history's feedback labels), and
     may declare ``optional_inputs``: fields it reads when the protocol feeds them (e.g.
-    GRU4Rec's label embedding under ``feedback``). Each protocol feeds (trainers/batches.py
-    ``PROTOCOL_INPUTS``): ``slices`` {slice_sets, sequence, sequence_label},
+    GRU4Rec's label embedding under ``feedback``). Each protocol feeds (its ``feeds``,
+    trainers/protocols.py): ``slices`` {slice_sets, sequence, sequence_label},
     ``leave_one_out`` {sequence}, ``feedback`` {sequence, sequence_label}, and all three
     ``next_negatives`` (sampled per batch); a model needing more is refused (one clear
     error; ``compare`` skips it and says why),
