@@ -3,9 +3,9 @@
 ``run_training(cfg)`` runs ``ray.train.torch.TorchTrainer`` with ``train.num_workers``
 workers. Each worker loads the index arrays itself (local disk or shared storage), builds the
 model from the registry, and trains with Adam (``trainers.embedding.build_optimizer``) on its
-shard of the shuffled training rows. The index's protocol names the selection metric
-(its ``selection_metric``, trainers/protocols.py: valid MRR under ``slices`` and ``leave_one_out``, valid AUC
-under ``feedback``), which decides early stopping (``train.patience``), the optional lr
+shard of the shuffled training rows. The index's protocol names the selection metric (its
+``selection_metric``, trainers/protocols.py: valid MRR under ``slices`` and
+``leave_one_out``, valid AUC under ``feedback``), which decides early stopping (``train.patience``), the optional lr
 halving on plateau (``train.lr_plateau_patience``) and the best checkpoint; Ray Train keeps
 checkpoints by the reported ``valid_score`` (that metric's value).
 
