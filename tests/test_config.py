@@ -191,3 +191,12 @@ def test_active_negative_sampling_needs_slices():
                                                  "index.active_min_slices=10"])
     with pytest.raises(ConfigError, match="protocol 'leave_one_out' has none"):
         load_config("beauty", "sasrec", "local", ["index.negative_sampling=active"])
+
+
+def test_leave_one_out_presets_rank_thousands_of_users_against_every_item():
+    """200 users gave full-ranking HR@10 a standard error of ~0.02: the leave-one-out presets
+    rank at least 5,000 users (or every user) against every item."""
+    for dataset in ("beauty", "sports", "toys", "yelp", "sample-loo"):
+        cfg = load_config(dataset, "dualrec", "local", [])
+        assert cfg.index.protocol == "leave_one_out"
+        assert cfg.train.full_rank_users >= 5000, dataset

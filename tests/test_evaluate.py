@@ -229,3 +229,30 @@ def test_evaluation_under_sequence_protocols(tmp_path, protocol):
     client = tracking.client(cfg)
     run = client.get_run(result["run_id"])
     assert run.data.tags["protocol"] == protocol
+
+
+@pytest.mark.parametrize("name", ["sasrec", "svdpp"])
+def test_full_ranking_by_item_table_equals_ranking_by_forward(tmp_path, name):
+    """A next-item model's full ranking (states once, matmuls with the item table) gives
+    every user the rank that scoring each chunk of items through ``forward`` gives."""
+    from conf.loading import load_config
+    from trainers.evaluate import _above_by_forward, _above_by_item_table, full_ranking
+    from trainers.registry import model_class
+    from trainers.split_data import declared_inputs, load_split_data
+
+    tiny_index.write_sequence_index(tmp_path / "work", "leave_one_out")
+    cfg = tiny_index.tiny_config(tmp_path, ["index.sequence_max_len=10"])
+    required, optional = declared_inputs(model_class(name))
+    data = load_split_data(cfg, required, ("test",), "cpu", optional)
+    torch.manual_seed(0)
+    params = dict(load_config("sample-loo", name, "local", []).model.params)
+    model = build_model(name, params, data.sizes).eval()
+    test = data.splits["test"]
+    known = torch.unique(test.user * (tiny_index.NUM_ITEMS + 1) + test.candidates[:, 0])
+    with torch.no_grad():
+        fast = _above_by_item_table(model, data.builder, test, known, tiny_index.NUM_ITEMS, 7)
+        slow = _above_by_forward(model, data.builder, test, known, tiny_index.NUM_ITEMS, 7)
+    assert torch.equal(fast, slow) and fast.sum() > 0
+    metrics = full_ranking(model, data.builder, test, tiny_index.NUM_ITEMS, 1000, 0, 7,
+                           data.events)
+    assert 0.0 < metrics["mrr"] <= 1.0

@@ -19,7 +19,10 @@ plus full ranking for a seeded sample of users. The index's protocol picks the m
   of the user's history before the target (items the user already met, liked or not, are
   not recommendations; FMLP-Rec's full ranking masks them alike). Under ``feedback`` only
   users with a positive test target are sampled, and their first such row is ranked.
-  HR/NDCG/MRR as the ranking protocols; logged as ``full_*``.
+  HR/NDCG/MRR as the ranking protocols; logged as ``full_*``. A next-item model
+  (``NextItemRecommender``) encodes each user once and scores all items by matmuls with its
+  item table, so thousands of users are cheap; any other model scores every chunk of items
+  through ``forward``, re-reading the history per chunk.
 
 Everything is logged to the training run in MLflow (``run.json`` names it) together with a
 markdown table artifact.
@@ -40,10 +43,14 @@ from trainers.checkpoints import load_checkpoint
 from trainers.batches import BatchBuilder, EventSequences, Samples
 from trainers.metrics import FeedbackAccumulator, RankHistogram, items_ranked_above
 from trainers.protocols import EvaluationProtocol
-from trainers.registry import DataSizes, Recommender, build_model, model_class, variable_length
+from trainers.models.item_scoring import candidate_scores
+from trainers.registry import (DataSizes, NextItemRecommender, Recommender, build_model,
+                               model_class, variable_length)
 from trainers.split_data import declared_inputs, load_split_data
 
 log = logging.getLogger(__name__)
+
+USERS_PER_MATMUL = 256  # full ranking of next-item models: users scored against items at once
 
 
 def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
@@ -197,24 +204,72 @@ def full_ranking(model: Recommender, builder: BatchBuilder, samples: Samples, nu
         known = torch.cat([_history_keys(events, user, cut, num_items),
                            user * (num_items + 1) + target])
     known = torch.unique(known)  # sorted
+    rank_above = (_above_by_item_table if isinstance(model, NextItemRecommender)
+                  else _above_by_forward)
     histogram = RankHistogram()
+    histogram.add(1 + rank_above(model, builder, rows, known, num_items, item_chunk))
+    return histogram.metrics()
+
+
+def _is_known(known: torch.Tensor, user: torch.Tensor, items: torch.Tensor,
+              num_items: int) -> torch.Tensor:
+    """(B, N) bool: ``(user, item)`` is in the sorted ``known`` keys (does not compete)."""
+    keys = user[:, None] * (num_items + 1) + items
+    hit = torch.searchsorted(known, keys).clamp(max=len(known) - 1)
+    return known[hit] == keys
+
+
+def _above_by_item_table(model: NextItemRecommender, builder: BatchBuilder, rows: Samples,
+                         known: torch.Tensor, num_items: int, item_chunk: int) -> torch.Tensor:
+    """Items ranked at or above each row's target, for a next-item model: each user's state
+    is encoded once (``encode_users``) and scored against ``item_chunk`` items at a time by
+    one matmul with its ``item_table`` (trainers/models/item_scoring.py), for
+    ``USERS_PER_MATMUL`` users at once.
+
+    Returns:
+        (n,) int64 counts over the rows of ``rows``.
+    """
+    table, bias = model.item_table()  # (I+1, d), (I+1,) or None
+    out = []
+    for start in range(0, len(rows), USERS_PER_MATMUL):
+        idx = torch.arange(start, min(start + USERS_PER_MATMUL, len(rows)),
+                           device=rows.user.device)
+        u, target = rows.user[idx], rows.candidates[idx, 0]
+        states = model.encode_users(builder.rows(rows, idx))  # (B, d)
+        pos_score = candidate_scores(states, table, bias, target[:, None])[:, 0]  # (B,)
+        above = torch.zeros(len(idx), dtype=torch.int64)
+        for lo in range(1, num_items + 1, item_chunk):
+            hi = min(lo + item_chunk, num_items + 1)
+            scores = states @ table[lo:hi].T  # (B, N) items lo..hi-1
+            if bias is not None:
+                scores = scores + bias[lo:hi]
+            items = torch.arange(lo, hi, device=u.device)[None, :]  # (1, N)
+            above += items_ranked_above(pos_score, scores,
+                                        _is_known(known, u, items, num_items))
+        out.append(above)
+    return torch.cat(out)
+
+
+def _above_by_forward(model: Recommender, builder: BatchBuilder, rows: Samples,
+                      known: torch.Tensor, num_items: int, item_chunk: int) -> torch.Tensor:
+    """The same for any model: every chunk of items goes through ``forward`` as candidates
+    (a target-aware model re-reads the history for each chunk)."""
+    user, cut, target, label = rows.user, rows.cut, rows.candidates[:, 0], rows.target_label
     # Few users per forward: a forward holds (users x item_chunk) candidate sets.
-    per_forward = max(1, min(len(pick), item_chunk // 1024))
+    per_forward = max(1, min(len(user), item_chunk // 1024))
     chunk = max(1, item_chunk // per_forward)
-    for start in range(0, len(pick), per_forward):
-        u, c, p, lab = (x[start:start + per_forward]
-                        for x in (user, cut, target, rows.target_label))
+    out = []
+    for start in range(0, len(user), per_forward):
+        u, c, p, lab = (x[start:start + per_forward] for x in (user, cut, target, label))
         pos_score = model(builder.build(u, c, torch.stack([p, p], 1), lab)).scores[:, 0]  # (B,)
         above = torch.zeros(len(u), dtype=torch.int64)
         for lo in range(1, num_items + 1, chunk):
-            items = torch.arange(lo, min(lo + chunk, num_items + 1), device=device)  # (N,)
+            items = torch.arange(lo, min(lo + chunk, num_items + 1), device=u.device)  # (N,)
             cand = items[None, :].expand(len(u), -1)  # (B, N)
             scores = model(builder.build(u, c, cand, lab)).scores  # (B, N)
-            keys = u[:, None] * (num_items + 1) + cand
-            hit = torch.searchsorted(known, keys).clamp(max=len(known) - 1)
-            above += items_ranked_above(pos_score, scores, known[hit] == keys)
-        histogram.add(1 + above)
-    return histogram.metrics()
+            above += items_ranked_above(pos_score, scores, _is_known(known, u, cand, num_items))
+        out.append(above)
+    return torch.cat(out)
 
 
 def _first_row_per_user(user: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
