@@ -43,8 +43,27 @@ class PublishedSizes(Section):
 
 
 # Formats whose lines carry a rating; they need positive_min_rating and rating_scale.
+# (recbole_inter's rating column is optional: its reader asks for them when the header has one.)
 RATED_FORMATS = ("ratings", "amazon_ratings", "amazon_ratings_2018", "amazon_reviews",
                  "yelp_reviews", "movielens_100k", "movielens_1m")
+
+
+class AtomicFields(Section):
+    """Which columns of a RecBole atomic ``.inter`` header (``dataset.format: recbole_inter``,
+    spark_jobs/readers/recbole_atomic.py) hold what: RecBole's ``USER_ID_FIELD``,
+    ``ITEM_ID_FIELD``, ``TIME_FIELD`` and ``RATING_FIELD``, by name."""
+
+    user: str  # a token column
+    item: str  # a token column
+    time: str  # a float column: Unix seconds
+    rating: str | None  # a float column, read when the header has one; null: never read
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AtomicFields:
+        names = [n for n in (self.user, self.item, self.time, self.rating) if n is not None]
+        if len(set(names)) != len(names):
+            raise ValueError(f"user, item, time and rating name one column each, got {names}")
+        return self
 
 
 class DatasetConfig(Section):
@@ -61,7 +80,7 @@ class DatasetConfig(Section):
     name: str
     format: Literal["taobao", "tmall", "ratings", "amazon_ratings", "amazon_ratings_2018",
                     "amazon_reviews", "yelp_reviews", "s3rec", "movielens_100k",
-                    "movielens_1m"]
+                    "movielens_1m", "recbole_inter"]
     files: list[str] = Field(min_length=1)  # glob patterns relative to paths.raw_dir
     timezone: str  # window and slice boundaries are local midnights in this zone
     start: dt.date | None  # first local day kept (slice 0's first day when sliced)
@@ -80,6 +99,7 @@ class DatasetConfig(Section):
     # `uid n1 .. nN` per sequence line, read into ingest/fixed_negatives; null: none.
     negatives_file: str | None
     negatives_count: int = Field(gt=0)  # N ids each negatives_file line must hold (S3-Rec: 99)
+    atomic_fields: AtomicFields  # recbole_inter only: the header's user/item/time/rating columns
     published: PublishedSizes | None  # the paper's sizes after its filtering, shown beside ours
     drop_duplicates: bool  # exact duplicate rows dropped and counted
     # fixed: use start as given. latest: the flow moves start so the window covers the
@@ -175,10 +195,22 @@ class GenerateConfig(Section):
     items: int = Field(gt=0)
     categories: int = Field(gt=0)
     communities: int = Field(gt=0)  # latent user/item groups that drive co-interaction
+    # How much of a user's choices its tastes explain (spark_jobs/sample_data.py, point 4):
+    # the main community's share, the drifting second interest's; the rest is noise.
+    main_share: float = Field(ge=0.0, le=1.0)
+    drift_share: float = Field(ge=0.0, le=1.0)
+    item_zipf: float = Field(ge=0.0)  # item weight rank^-a inside a community: popularity skew
     seed: int
     malformed_rate: float = Field(ge=0.0, le=1.0)  # share of lines deliberately broken
     chunk_rows: int = Field(gt=0)  # rows generated and written per chunk (bounds memory)
     auto: bool  # the flow (re)generates paths.raw_dir when missing or stale (sample presets)
+
+    @model_validator(mode="after")
+    def _shares_leave_noise(self) -> GenerateConfig:
+        if self.main_share + self.drift_share > 1.0:
+            raise ValueError(f"main_share + drift_share = {self.main_share + self.drift_share} "
+                             "exceeds 1 (the rest of the choices are noise)")
+        return self
 
 
 class SparkConfig(Section):

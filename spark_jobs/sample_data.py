@@ -10,8 +10,10 @@ UTC-midnight timestamps), ``amazon_ratings_2018`` (``item,user,rating,timestamp`
 ``amazon_reviews`` (5-core JSON lines, ``.json.gz`` when the file name says so),
 ``yelp_reviews`` (JSON lines, local ``date``), ``s3rec`` (``<Name>.txt`` sequences and, with
 ``dataset.negatives_file``, the aligned ``<Name>_sample.txt`` of ``index.eval_negatives``
-never-touched items per user), ``movielens_100k`` (``u.data``) and ``movielens_1m``
-(``ratings.dat``). The file name is the preset's literal ``dataset.files`` entry (else the
+never-touched items per user), ``movielens_100k`` (``u.data``), ``movielens_1m``
+(``ratings.dat``) and ``recbole_inter`` (RecBole's atomic ``.inter`` with ML-100K's
+tab-separated typed header ``user_id:token``, ``item_id:token``, ``rating:float``,
+``timestamp:float``). The file name is the preset's literal ``dataset.files`` entry (else the
 format's default name), so the sample is written where the preset reads.
 
 Raw ids are what the public files use: large, sparse integers drawn from the files' id ranges
@@ -25,7 +27,7 @@ learn beyond popularity, and ingest/index must meet the quirks of real logs):
    (round-robin over a random permutation, so none is empty); categories (and Tmall sellers)
    belong to communities too (group ``j`` to community ``j mod K``) and an item's category is
    one of its community's, skewed to the first ones. Every user has a main community.
-2. Heavy tails. Within its community an item has Zipf weight ``rank^-ZIPF_ITEMS``; user
+2. Heavy tails. Within its community an item has Zipf weight ``rank^-generate.item_zipf``; user
    activity (rows per user) is log-normal (``USER_ACTIVITY_SIGMA``); every user has at least
    the format's ``min_user_rows`` rows (1; 5 for the 5-core files; 20 for MovieLens). The
    5-core formats (Amazon 5-core reviews, S3-Rec) then write only the rows of the drawn
@@ -39,10 +41,11 @@ learn beyond popularity, and ingest/index must meet the quirks of real logs):
    as stray rows do in the real file. Amazon formats write the UTC day's midnight (their
    ``unixReviewTime`` has day resolution); rows of one day keep their order in the file.
 4. Choice of a fresh item at slice ``t``: the community is the user's main one with
-   probability ``P_MAIN``, the user's drifting second interest with ``P_DRIFT`` (a community
+   probability ``generate.main_share``, the user's drifting second interest with
+   ``generate.drift_share`` (a community
    that changes every 2-4 slices, per user), otherwise any community uniformly (noise). The
    item is drawn from that community by its weight at slice ``t``:
-   ``w_v(t) = rank_v^-ZIPF_ITEMS * exp(g_v * z_t)`` with ``g_v ~ N(0, POPULARITY_DRIFT)`` and
+   ``w_v(t) = rank_v^-item_zipf * exp(g_v * z_t)`` with ``g_v ~ N(0, POPULARITY_DRIFT)`` and
    ``z_t`` running from -1 (first slice) to 1 (last), so some items rise and some fade.
 5. Repeats. With the format's ``repeat_share`` a row re-uses the item of one of the user's
    earlier rows, ``1 + Geometric(REPEAT_LAG_P)`` rows back (recent items are most likely).
@@ -93,10 +96,7 @@ from spark_jobs.sample_formats import BASE64URL, DAY, FORMATS, TMALL, Chunk, Fil
 
 # Generative constants (see module docstring). Shares of real behaviours are facts of the public
 # files; the others set how much learnable structure the sample carries.
-ZIPF_ITEMS = 0.9  # item weight rank^-a inside a community: top 1% of items >> 1% of rows
 USER_ACTIVITY_SIGMA = 1.0  # log-normal rows per user: a few heavy users, many light ones
-P_MAIN = 0.6  # share of fresh choices from the user's main community
-P_DRIFT = 0.25  # share from the user's slowly drifting second interest; the rest is noise
 DRIFT_PERIODS = (2, 3, 4)  # slices between changes of a user's second interest
 POPULARITY_DRIFT = 1.0  # std of an item's log-weight trend over the window
 REPEAT_LAG_P = 0.3  # geometric lag of a repeat: mostly the last few rows
@@ -305,7 +305,7 @@ def build_world(cfg: PipelineConfig, fmt: FileFormat) -> World:
     sorted_community = item_community[items_by_community]
     community_start = np.searchsorted(sorted_community, np.arange(k))
     rank = np.arange(n_items) - community_start[sorted_community]
-    log_base = -ZIPF_ITEMS * np.log1p(rank)
+    log_base = -g.item_zipf * np.log1p(rank)
     trend = rng.normal(0.0, POPULARITY_DRIFT, n_items)[items_by_community]
     z = np.linspace(-1.0, 1.0, n_slices) if n_slices > 1 else np.zeros(1)
     tables = []
@@ -412,10 +412,12 @@ def generate_rows(cfg: PipelineConfig, fmt: FileFormat, world: World, rand: RowR
     period = world.user_period[user]
     epoch = (slice_ + world.user_phase[user]) // period
     drift = np.floor(rand.uniform(S_DRIFT, user * (n_slices + 8) + epoch) * k)
-    noise = np.floor((u - P_MAIN - P_DRIFT) / (1.0 - P_MAIN - P_DRIFT) * k)
-    community = np.where(u < P_MAIN, world.user_main[user],
-                         np.where(u < P_MAIN + P_DRIFT, drift, np.clip(noise, 0, k - 1)))
-    liked = u < P_MAIN + P_DRIFT
+    p_main, p_drift = g.main_share, g.drift_share
+    noise_share = max(1.0 - p_main - p_drift, 1e-12)  # no noise: never used below
+    noise = np.floor((u - p_main - p_drift) / noise_share * k)
+    community = np.where(u < p_main, world.user_main[user],
+                         np.where(u < p_main + p_drift, drift, np.clip(noise, 0, k - 1)))
+    liked = u < p_main + p_drift
     table = slice_ * k + community.astype(np.int64)
     key = table + rand.uniform(S_ITEM, row)
     # Searching keys grouped by table keeps each binary search inside one table's cache lines
