@@ -69,11 +69,13 @@ def raw_last_day(cfg: PipelineConfig) -> tuple[dt.date, str]:
 
     from pyspark.sql import functions as F
 
+    from spark_jobs.ingest import raw_format
     from spark_jobs.readers import FORMATS
     from spark_jobs.session import spark_session
 
+    fmt, _ = raw_format(FORMATS[cfg.dataset.format], cfg.dataset, uris)  # RecBole: by header
     spark = spark_session(cfg.spark)
-    parsed = FORMATS[cfg.dataset.format].parse(F.col("value"), cfg.dataset)
+    parsed = fmt.parse(F.col("value"), cfg.dataset)
     now = int(time.time())
     max_ts = (
         spark.read.text(uris)

@@ -17,9 +17,15 @@ Split (``index.feedback_split``):
 - ``leave_one_out`` (the released code): each user's last event is test, the one before it
   valid, the rest train.
 
-Negatives: ``index.negative_sampling: popularity`` (the released code) draws proportional to
-1 + the item's interactions in the whole log, ``uniform`` uniformly over 1..num_items; both
-reject every item of the user's sequence and repeats. Draws are keyed by (seed, split, user,
+Negatives: ``index.negative_sampling: popularity`` (the released code's popularity sampling)
+draws every split's candidates proportional to 1 + the item's positive events in the users'
+train parts, ``uniform`` uniformly over 1..num_items; both reject every item of the user's
+sequence and repeats. A user's train part is as the trainers bound it
+(``store.index.train_popularity``, whose 1 + counts the trainers' per-epoch and history
+negatives are drawn by): the events before the user's earliest valid or test row, all of
+them for a user without one; so neither a valid/test target nor any negative feedback
+weighs on the draws (the released code's count over the whole log, test period included,
+did: issue 23). Draws are keyed by (seed, split, user,
 p), so valid/test groups are fixed and the same in every run. ``index.max_eval_users`` keeps
 the valid/test rows of that many seeded users. Users with one event have no row (counted as
 ``counts.users_single_event``).
@@ -71,9 +77,10 @@ def build(cfg: PipelineConfig, events: DataFrame, tmp: str, inputs: Inputs) -> d
             noon = last_day_bounds(int(events.agg(F.max("ts")).first()[0]), zone)
             facts["last_day_utc"] = {"midnight": noon[0], "noon": noon[1]}
         weights = None
-        if idx.negative_sampling == "popularity":
-            weights = _popularity(events, inputs.num_items)
         capped = eval_users(seqs, idx.seed, idx.max_eval_users)
+        if idx.negative_sampling == "popularity":
+            weights = train_popularity(spark.read.parquet(join(tmp, "sequences")), capped,
+                                       cfg, noon, inputs.num_items)
         for split in neg.SPLITS:
             src = seqs
             if split != "train" and capped is not None:
@@ -94,12 +101,78 @@ def last_day_bounds(max_ts: int, zone: str) -> tuple[int, int]:
     return tuple(int(dt.datetime.combine(day, dt.time(h), tzinfo=tz).timestamp()) for h in (0, 12))
 
 
-def _popularity(events: DataFrame, num_items: int) -> np.ndarray:
-    """(num_items+1,) float64: 1 + interactions per item (index 0 unused)."""
+def train_popularity(seqs: DataFrame, capped: DataFrame | None, cfg: PipelineConfig,
+                     noon: tuple[int, int] | None, num_items: int) -> np.ndarray:
+    """The popularity weights every split's negatives are drawn by.
+
+    Args:
+        seqs: every user's sequence (``sequences``, single-event users included).
+        capped: the users given valid/test rows (``index.max_eval_users``), None for all.
+        cfg, noon: the split's settings (see :func:`assign_splits`).
+        num_items: I.
+
+    Returns:
+        (num_items+1,) float64: 1 + positive events per item in the users' train parts
+        (:func:`train_part`), the trainers' ``1 + store.index.train_popularity`` (index 0
+        unused).
+    """
+    mode, zone = cfg.index.feedback_split, cfg.dataset.timezone
+    evaluated = F.lit(True)
+    if capped is not None:
+        seqs = seqs.join(F.broadcast(capped.withColumn("capped", F.lit(True))), "user", "left")
+        evaluated = F.coalesce(F.col("capped"), F.lit(False))
+
+    def run(batches):
+        for batch in batches:
+            if batch.num_rows:
+                offsets, items, ts, label = _events(batch)
+                keep = train_part(offsets, assign_splits(offsets, ts, mode, zone, noon),
+                                  batch.column("evaluated").to_numpy(zero_copy_only=False))
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(items[keep & (label == 1)], pa.int32())], ["item"])
+
+    positives = (seqs.select("items", "ts", "label", evaluated.alias("evaluated"))
+                 .mapInArrow(run, "item int"))
     weights = np.ones(num_items + 1, dtype=np.float64)
-    table = events.groupBy("item").count().toArrow()
+    table = positives.groupBy("item").count().toArrow()
     weights[table.column("item").to_numpy()] += table.column("count").to_numpy()
     return weights
+
+
+def train_part(offsets: np.ndarray, codes: np.ndarray, evaluated: np.ndarray) -> np.ndarray:
+    """Which events are in their user's train part, as the trainers bound it
+    (``store.index.train_popularity``): before the user's earliest valid or test row.
+
+    A row is an event at position >= 1 (the first event has no history), so a user whose
+    first event falls in the valid or test period keeps it in the train part; a user with no
+    valid or test row (one event, or left out by ``index.max_eval_users``) keeps every event.
+
+    Args:
+        offsets: (g+1,) int64 offsets of each user's events; codes: (e,) SPLIT_CODE of each
+            event (:func:`assign_splits`); evaluated: (g,) bool, the user has valid/test rows.
+
+    Returns:
+        (e,) bool.
+    """
+    lengths = np.diff(offsets)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(len(codes)) - offsets[:-1][owner]
+    eval_row = (pos >= 1) & (codes != SPLIT_CODE["train"]) & evaluated[owner]
+    end = lengths.copy()  # exclusive end of each user's train part
+    np.minimum.at(end, owner[eval_row], pos[eval_row])
+    return pos < end[owner]
+
+
+def _events(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A batch of sequences flattened: (g+1,) int64 offsets, (e,) int64 items, (e,) int64
+    ts, (e,) int8 labels."""
+    items_col = batch.column("items")
+    offsets = items_col.offsets.to_numpy().astype(np.int64)
+    offsets -= offsets[0]  # flatten() starts at the batch's first list
+    items = items_col.flatten().to_numpy().astype(np.int64)
+    ts = batch.column("ts").flatten().to_numpy().astype(np.int64)
+    label = batch.column("label").flatten().to_numpy().astype(np.int8)
+    return offsets, items, ts, label
 
 
 def _samples(seqs: DataFrame, split: str, cfg: PipelineConfig, num_items: int,
@@ -169,12 +242,7 @@ def split_batch(batch: pa.RecordBatch, split: str, sampler: neg.NegativeSampler,
         split: cut = position, candidates [item, negatives...], target_label = its label.
     """
     users = batch.column("user").to_numpy().astype(np.int64)
-    items_col = batch.column("items")
-    offsets = items_col.offsets.to_numpy().astype(np.int64)
-    offsets -= offsets[0]  # flatten() starts at the batch's first list
-    items = items_col.flatten().to_numpy().astype(np.int64)
-    ts = batch.column("ts").flatten().to_numpy().astype(np.int64)
-    label = batch.column("label").flatten().to_numpy().astype(np.int8)
+    offsets, items, ts, label = _events(batch)
     lengths = np.diff(offsets)
     owner = np.repeat(np.arange(len(users)), lengths)
     pos = np.arange(len(items)) - offsets[:-1][owner]

@@ -57,7 +57,8 @@ written first and the interactions are joined against the written maps.
 manifest.json facts: format, inputs (path, size, mtime, lines per file), counts (lines_read,
 header_lines, input_lines, input_records, kept, filtered{reason}, quarantined{reason},
 duplicates, users, items, and negatives{lines, kept, quarantined{reason}} with a sample
-file), sizes (ours beside dataset.published), time_range (UTC seconds and ISO), window
+file), sizes (ours beside dataset.published), shape (events a user and sparsity, ours
+beside the published sizes'), time_range (UTC seconds and ISO), window
 (null bounds when open), id_order, output_files, spark_version, timings, plus the common
 stage, schema_version, input_hash and config_hash.
 """
@@ -118,8 +119,9 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
     Raises:
         FileNotFoundError: ``paths.raw_dir`` is missing, a ``dataset.files`` pattern matches
             nothing there, or ``dataset.negatives_file`` is not there.
-        ValueError: a file is not in the dataset's format (header mismatch, no data line, no
-            line parses), a gzip file is truncated, ``dataset.behaviors`` names a behaviour
+        ValueError: a file is not in the dataset's format (header mismatch or, for a format
+            read by its header, a header it cannot use; no data line, no line parses), a gzip
+            file is truncated, ``dataset.behaviors`` names a behaviour
             the format cannot produce, no row survives the filters, or the negatives file is
             not aligned with the sequences.
         RuntimeError: the line accounting does not add up (a bug, never bad input).
@@ -136,8 +138,7 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
         return StageResult.of(out, read_manifest(out), True,
                               "raw files and dataset config unchanged")
     reason = "no previous output" if read_manifest(out) is None else "raw files or config changed"
-    firsts = {uri: _first_lines(uri, 2) for _, uri in files}
-    _check_headers(fmt, firsts)
+    fmt, firsts = raw_format(fmt, cfg.dataset, [uri for _, uri in files])
 
     spark = spark_session(cfg.spark)
     timer = StageTimer()
@@ -160,19 +161,33 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
             **facts,
         }
         write_json(join(tmp, MANIFEST), manifest)
-    _log_sizes(cfg.dataset, manifest["sizes"])
+    _log_sizes(cfg.dataset, manifest["sizes"], manifest["shape"])
     return StageResult.of(out, manifest, False, reason)
 
 
-def _log_sizes(dataset: DatasetConfig, sizes: dict) -> None:
-    """One line: our interactions, users and items, beside the paper's when the preset has them."""
-    ours = sizes["ours"]
+def shape(users: int, items: int, interactions: int) -> dict[str, float]:
+    """What makes a log hard beyond its size: interactions per user (the mean sequence length)
+    and sparsity, 1 - interactions / (users x items)."""
+    return {"events_per_user": round(interactions / max(users, 1), 3),
+            "sparsity": round(1.0 - interactions / max(users * items, 1), 6)}
+
+
+def _log_sizes(dataset: DatasetConfig, sizes: dict, shapes: dict) -> None:
+    """One line: our interactions, users and items, beside the paper's when the preset has
+    them, then the shape (events a user, sparsity) of both."""
+    ours, our_shape = sizes["ours"], shapes["ours"]
     line = (f"ingest {dataset.name}: {ours['interactions']:,} interactions, "
             f"{ours['users']:,} users, {ours['items']:,} items")
     if sizes["published"] is not None:
         paper = sizes["published"]
         line += (f" (published: {paper['interactions']:,} interactions, {paper['users']:,} "
                  f"users, {paper['items']:,} items)")
+    line += (f"; {our_shape['events_per_user']:.2f} events a user, sparsity "
+             f"{100 * our_shape['sparsity']:.3f} %")
+    if shapes["published"] is not None:
+        paper = shapes["published"]
+        line += (f" (published: {paper['events_per_user']:.2f}, "
+                 f"{100 * paper['sparsity']:.3f} %)")
     log.info(line)
 
 
@@ -270,6 +285,29 @@ def _raise_if_corrupt_gzip(uris: list[str]) -> None:
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise ValueError(f"{uri} is a truncated or corrupt gzip file ({exc}); download it "
                              "again") from None
+
+
+def raw_format(fmt: RawFormat, dataset: DatasetConfig,
+               uris: list[str]) -> tuple[RawFormat, dict[str, list[str]]]:
+    """The reader for ``uris`` and each file's first two lines, read without Spark.
+
+    A format whose header names its columns (``fmt.from_header``: RecBole atomic files) is
+    bound to the first file's header; then, as for a fixed header, every file must start
+    with exactly that header.
+
+    Returns:
+        (the reader, {uri: first lines}).
+
+    Raises:
+        ValueError: a header the format cannot use, or a file whose first line is not the
+            format's (or the first file's) header.
+    """
+    firsts = {uri: _first_lines(uri, 2) for uri in uris}
+    if fmt.from_header is not None and uris:
+        lines = firsts[uris[0]]
+        fmt = fmt.from_header(lines[0].strip() if lines else "", dataset, uris[0])
+    _check_headers(fmt, firsts)
+    return fmt, firsts
 
 
 def _check_headers(fmt: RawFormat, firsts: dict[str, list[str]]) -> None:
@@ -456,6 +494,9 @@ def _build(spark, cfg: PipelineConfig, fmt: RawFormat, files, negatives, firsts,
         "sizes": {"ours": {"users": counts["users"], "items": counts["items"],
                            "interactions": counts["kept"]},
                   "published": None if published is None else published.model_dump()},
+        "shape": {"ours": shape(counts["users"], counts["items"], counts["kept"]),
+                  "published": None if published is None else shape(
+                      published.users, published.items, published.interactions)},
         "time_range": {"min_ts": low, "max_ts": high, "min_utc": _iso(low), "max_utc": _iso(high)},
         "window": {"start_ts": start, "end_ts": end, "start_utc": _iso(start),
                    "end_utc": _iso(end), "timezone": dataset.timezone},

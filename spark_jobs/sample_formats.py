@@ -5,7 +5,8 @@ writes them the way each public download is written, so ingest reads the sample 
 file with the same reader. Three layouts:
 
 - ``csv``: delimited fields, one interaction per line (Taobao, Tmall, ratings CSV, Amazon
-  2014 / 2018 ratings, MovieLens ``u.data`` (tab) and ``ratings.dat`` (``::``)).
+  2014 / 2018 ratings, MovieLens ``u.data`` (tab) and ``ratings.dat`` (``::``), RecBole's
+  atomic ``.inter`` (tab, typed header; the columns of RecBole's ML-100K file)).
 - ``json``: one JSON object per line (Amazon 5-core reviews, Yelp reviews), field names,
   order and spacing as in the public files (Amazon: Python ``json.dumps`` spacing; Yelp:
   compact), ``\\uXXXX`` escapes and quotes inside text, an occasional missing
@@ -141,9 +142,18 @@ MOVIELENS_1M = FileFormat(
     behaviors=(), behavior_shares=(), rating_text=INT_RATINGS, day_resolution=False,
     repeat_share=0.0, kcore=0, min_user_rows=20, malformed_kinds=NUMERIC_KINDS,
 )
+# RecBole's ML-100K atomic file (recbole/dataset_example/ml-100k/ml-100k.inter in its wheel):
+# u.data's rows under a typed header; its tokens are text to the reader, hence empty_id.
+RECBOLE_INTER = FileFormat(
+    name="recbole_inter", file_name="sample.inter", layout="csv",
+    header="user_id:token\titem_id:token\trating:float\ttimestamp:float",
+    fields=("user", "item", "rating", "ts"), delimiter=b"\t", ids="dense", id_space={},
+    behaviors=(), behavior_shares=(), rating_text=INT_RATINGS, day_resolution=False,
+    repeat_share=0.0, kcore=0, min_user_rows=20, malformed_kinds=STRING_ID_KINDS,
+)
 FORMATS = {f.name: f for f in (TAOBAO, TMALL, RATINGS, AMAZON_RATINGS, AMAZON_RATINGS_2018,
                                AMAZON_REVIEWS, YELP_REVIEWS, S3REC, MOVIELENS_100K,
-                               MOVIELENS_1M)}
+                               MOVIELENS_1M, RECBOLE_INTER)}
 
 # Review text, already JSON-escaped (quotes and non-ASCII as the public files write them),
 # chosen by the rating: index 0 for ratings 1-2, 1 for 3, 2 for 4-5.

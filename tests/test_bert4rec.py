@@ -12,7 +12,8 @@ from trainers.registry import DataSizes, build_model
 L, N = 6, 15
 SIZES = DataSizes(num_users=5, num_items=N, history_slices=1, set_size=1, sequence_len=L)
 PARAMS = dict(embed_dim=8, init_std=0.3, num_layers=2, num_heads=2, ffn_dim=16, dropout=0.0,
-              mask_prob=1.0, mask_last_prob=0.0, softmax_max_logits=60)  # 4 rows
+              mask_prob=1.0, mask_last_prob=0.0, softmax_max_logits=60,  # 4 rows
+              loss="ce", loss_negatives=8, gbce_t=0.75)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from pathlib import Path
 
 import pytest
 
 import tiny_index
-from conf.loading import load_config
+from conf.loading import available, load_config
 from trainers.compare import (RANDOM_ROW, columns, markdown_table, model_config,
                               model_configs, random_row, run_comparison, skipped_models)
 from trainers.protocols import PROTOCOLS
+from trainers.registry import model_class, model_names
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -142,6 +144,38 @@ def test_each_model_trains_with_its_presets_train_recipe(tmp_path):
         sample = load_config("sample-feedback", model).train
         assert (sample.lr, sample.batch_size, sample.patience, sample.min_epochs) == (
             0.001, 200, 5, 10)
+
+
+def test_every_feedback_model_gets_dfars_one_tower_width():
+    """DFAR Appendix A.3: "the MLP layer sandwiched between two normalization layers as the
+    prediction tower for each model": [64, 32] for every model of its Table 2 on every
+    feedback preset, DIN and DIEN included (their own papers' [200, 80] is wider)."""
+    towers = [n for n in model_names() if "sequence_label" in model_class(n).inputs]
+    assert {"dfar", "tha4rec", "din", "dien", "dfn", "feedrec"} <= set(towers)
+    presets = [d for d in available("datasets")
+               if load_config(d, "dfar").index.protocol == "feedback"]
+    assert {"toys-feedback", "movielens", "sample-feedback"} <= set(presets)
+    for dataset in presets:
+        cfg = load_config(dataset, "dfar")
+        for name in towers:
+            assert load_config(dataset, name).model.params["tower_hidden"] == [64, 32], (
+                dataset, name)
+            assert model_config(cfg, name).model.params["tower_hidden"] == [64, 32], (
+                dataset, name)
+
+
+def test_bert4rec_trains_past_its_released_codes_steps_until_early_stopping():
+    """At lr 1e-4 BERT4Rec's epoch is ~87 steps on Beauty: the datasets' 150-epoch cap ended
+    its runs at ~13k steps. Its cap now passes the released code's 400,000 steps of 256 on
+    every DualRec dataset (a row per user), so early stopping (patience 10) ends the runs,
+    in a comparison too."""
+    for dataset in ("beauty", "sports", "toys", "yelp"):
+        cfg = load_config(dataset, "bert4rec")
+        steps = math.ceil(cfg.dataset.published.users / cfg.train.batch_size)
+        assert cfg.train.epochs * steps >= 400_000, (dataset, cfg.train.epochs, steps)
+        assert cfg.train.patience == 10
+        assert model_config(load_config(dataset, "dualrec"), "bert4rec").train.epochs == \
+            cfg.train.epochs
 
 
 def test_each_model_of_a_papers_table_gets_the_tables_sizes():

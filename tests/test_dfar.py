@@ -286,6 +286,34 @@ def test_padding_labels_and_the_empty_history_are_harmless():
     torch.testing.assert_close(model(noisy).scores, scores, rtol=0, atol=0)
 
 
+def reversed_histories(batch: Batch) -> Batch:
+    """Each row's real (item, label) events in reverse order, still left-padded."""
+    seq = batch["sequence"]
+    L = seq.shape[1]
+    n = (seq != 0).sum(dim=1, keepdim=True)  # (B, 1) real events
+    j = torch.arange(L)
+    src = torch.where(j >= L - n, 2 * L - n - 1 - j, j)  # (B, L): slot j reads slot src
+    return dict(batch, sequence=seq.gather(1, src),
+                sequence_label=batch["sequence_label"].gather(1, src))
+
+
+@pytest.mark.parametrize("name", ["dfar", "tha4rec"])
+def test_positions_none_is_eq_1_and_learned_is_the_released_codes(name):
+    """Eq. 1 (E^f = E + L) has no position term: by default the scores depend on the
+    history's (item, label) events, not on where each sits; ``positions: learned`` adds
+    the released code's position rows, so the order counts."""
+    assert load_config("toys-feedback", name).model.params["positions"] == "none"
+    batch = make_batch()
+    backward = reversed_histories(batch)
+    assert not torch.equal(backward["sequence"], batch["sequence"])
+    paper = make_model(name).eval()
+    assert paper.embed.position is None
+    torch.testing.assert_close(paper(backward).scores, paper(batch).scores)
+    code = make_model(name, positions="learned").eval()
+    assert code.embed.position.num_embeddings == SIZES.sequence_len
+    assert not torch.allclose(code(backward).scores, code(batch).scores, atol=1e-4)
+
+
 @pytest.mark.parametrize("overrides", [
     {}, {"attention": "mha", "label_mask": False}, {"attention": "tha", "label_mask": False},
     {"attention": "tha", "label_mask": False, "tha_weights": "tanh"}])

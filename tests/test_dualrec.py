@@ -24,7 +24,8 @@ from trainers.train import train_epoch, validate
 L, N = 8, 20
 SIZES = DataSizes(num_users=5, num_items=N, history_slices=1, set_size=1, sequence_len=L)
 COMMON = dict(embed_dim=8, init_std=0.3, dropout=0.0, encoders="dual", alpha=0.3, beta=0.1,
-              transfer_reduction="mean", softmax_max_logits=60)  # 3 rows a block
+              transfer_reduction="mean", softmax_max_logits=60,  # 3 rows a block
+              loss="ce", loss_negatives=8, gbce_t=0.75)
 BACKBONES = {
     "dualrec": dict(num_layers=2, num_heads=4, ffn_dim=8, relative_position="learned",
                     multi_scale=True, windows_at_inference=False),

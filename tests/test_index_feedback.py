@@ -1,11 +1,15 @@
 """Feedback index (DFAR) on a hand-made log over local days 0-2: the per-user day split by
 hand (a local day that starts the previous UTC day), the global-noon and leave-one-out
-splits, target labels, and negatives the user never touched, fixed by the seed."""
+splits, target labels, negatives the user never touched, fixed by the seed, and drawn by the
+trainers' weights (1 + positive events of the users' train parts)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from index_data import NUM_ITEMS, ts, write_ingest
@@ -13,7 +17,8 @@ from index_data import NUM_ITEMS, ts, write_ingest
 from conf.loading import load_config
 from spark_jobs import negatives as neg
 from spark_jobs.index import run_index
-from spark_jobs.index_feedback import assign_splits, last_day_bounds, split_batch
+from spark_jobs.index_feedback import assign_splits, last_day_bounds, split_batch, train_part
+from trainers.split_data import load_split_data
 
 ZONE = "Asia/Shanghai"
 LOG = [
@@ -38,19 +43,22 @@ def _ordered(user):
     return sorted((t, n, i, lb) for n, (u, i, t, lb) in enumerate(LOG) if u == user)
 
 
+def _config(root: Path):
+    return load_config("sample", "score", "local",
+                       [f"paths.raw_dir={root}/raw", f"paths.work_dir={root}/work",
+                        f"tracking.uri=sqlite:///{root}/mlflow.db",
+                        f"tracking.artifact_location={root}/mlartifacts",
+                        "spark.master=local[2]", "spark.driver_memory=2g",
+                        "spark.shuffle_partitions=2", "index.protocol=feedback",
+                        "index.feedback_split=user_days", "index.negative_sampling=popularity",
+                        "index.eval_negatives=9", "index.train_negatives=9", "index.seed=3"])
+
+
 @pytest.fixture(scope="module")
 def built(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("feedback")
     write_ingest(root / "work", LOG)
-    cfg = load_config("sample", "score", "local",
-                      [f"paths.raw_dir={root}/raw", f"paths.work_dir={root}/work",
-                       f"tracking.uri=sqlite:///{root}/mlflow.db",
-                       f"tracking.artifact_location={root}/mlartifacts",
-                       "spark.master=local[2]", "spark.driver_memory=2g",
-                       "spark.shuffle_partitions=2", "index.protocol=feedback",
-                       "index.feedback_split=user_days", "index.negative_sampling=popularity",
-                       "index.eval_negatives=9", "index.train_negatives=9", "index.seed=3"])
-    return run_index(cfg)
+    return run_index(_config(root))
 
 
 def test_user_days_split_by_hand(built):
@@ -113,3 +121,40 @@ def test_eval_groups_are_fixed_by_the_seed():
     first = run(7)
     assert first == run(7) and first["candidates"] != run(8)["candidates"]
     assert first["target_label"] == [1, 1, 0, 1, 0]
+
+
+def test_train_part_ends_at_the_first_valid_or_test_row():
+    offsets, stamps = _arrays([1, 2, 4])
+    codes = assign_splits(offsets, stamps, "user_days", ZONE, None)
+    # user 1: rows from position 2 on are valid; user 2's first event is a valid-day event
+    # but no row (no history), so it stays; user 4's one row is at position 1
+    assert train_part(offsets, codes, np.array([True, True, True])).tolist() == \
+        [True, True, False, False, False, False] + [True, False, False] + [True, False]
+    # a user without valid/test rows (index.max_eval_users left it out) keeps every event
+    assert train_part(offsets, codes, np.array([True, False, True]))[6:9].tolist() == [True] * 3
+
+
+def test_candidates_are_drawn_by_the_trainers_negative_weights(built):
+    """Evaluation and training candidates are drawn by 1 + positive events of the users'
+    train parts, the weights the trainers draw their own negatives by (issue 23): not by
+    every interaction of the whole log, test period included."""
+    cfg = _config(Path(built["uri"]).parent.parent)
+    data = load_split_data(cfg, frozenset({"sequence", "sequence_label"}), ("train",), "cpu")
+    weights = data.protocol.negative_weights(cfg, data.index_uri, data.num_slices,
+                                             data.train_counts).numpy()
+    # train parts by hand (USER_DAYS): user 1's events 0-1 (item 1 positive, 2 negative),
+    # user 2's first event (7; its valid day has no row), user 3's only event (1), user 4's
+    # first (10); the valid/test targets 3-6, 8, 9, 11 weigh nothing
+    expected = np.ones(NUM_ITEMS + 1)
+    expected[[1, 7, 10]] += [2, 1, 1]
+    np.testing.assert_array_equal(weights, expected)
+
+    seqs = pq.read_table(f"{built['uri']}/sequences")
+    seqs = seqs.filter(pc.greater_equal(pc.list_value_length(seqs.column("items")), 2))
+    batch = seqs.combine_chunks().to_batches()[0]  # the users with a row, as the index reads
+    for split in ("train", "valid", "test"):
+        sampler = neg.NegativeSampler(NUM_ITEMS, 9, 3, neg.split_salt(split), weights)
+        drawn = split_batch(batch, split, sampler, "user_days", ZONE, None).to_pylist()
+        written = pq.read_table(f"{built['uri']}/samples/{split}").to_pylist()
+        key = lambda r: (r["user"], r["cut"])  # noqa: E731
+        assert sorted(written, key=key) == sorted(drawn, key=key), split

@@ -276,6 +276,11 @@ def test_kcore_modes_and_published_sizes_beside_ours(spark, make_config, tmp_pat
                           "published": {"users": 2, "items": 2, "interactions": 4}}
     assert (f"ingest ccmr: {kept} interactions, {users} users, {items} items (published: 4 "
             "interactions, 2 users, 2 items)") in caplog.text
+    assert m["shape"] == {
+        "ours": {"events_per_user": round(kept / users, 3),
+                 "sparsity": round(1 - kept / (users * items), 6)},
+        "published": {"events_per_user": 2.0, "sparsity": 0.0}}
+    assert f"events a user, sparsity {100 * (1 - kept / (users * items)):.3f} %" in caplog.text
 
 
 @pytest.mark.parametrize("overrides, message", [

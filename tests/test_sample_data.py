@@ -41,13 +41,15 @@ CASES = {
     "movielens_100k": ("movielens", ["dataset.start=1997-09-20", "dataset.last_day=1998-04-22"]),
     "movielens_1m": ("movielens", ["dataset.format=movielens_1m", "dataset.files=[ratings.dat]",
                                    "dataset.start=2000-04-25", "dataset.last_day=2003-02-28"]),
+    "recbole_inter": ("ml-100k", ["dataset.start=1997-09-20", "dataset.last_day=1998-04-22"]),
 }
 # CSV layouts: (delimiter, field count, user column, item column, rating column, ts column)
 CSV = {"taobao": (",", 5, 0, 1, None, 4), "tmall": (",", 7, 0, 1, None, 5),
        "ratings": (",", 4, 0, 1, 2, 3), "amazon_ratings": (",", 4, 0, 1, 2, 3),
        "amazon_ratings_2018": (",", 4, 1, 0, 2, 3), "movielens_100k": ("\t", 4, 0, 1, 2, 3),
-       "movielens_1m": ("::", 4, 0, 1, 2, 3)}
-STRING_IDS = {"amazon_ratings", "amazon_ratings_2018", "amazon_reviews", "yelp_reviews"}
+       "movielens_1m": ("::", 4, 0, 1, 2, 3), "recbole_inter": ("\t", 4, 0, 1, 2, 3)}
+STRING_IDS = {"amazon_ratings", "amazon_ratings_2018", "amazon_reviews", "yelp_reviews",
+              "recbole_inter"}  # RecBole tokens are text, even ML-100K's numbers
 INT_RATINGS = {"1", "2", "3", "4", "5"}
 FLOAT_RATINGS = {"1.0", "2.0", "3.0", "4.0", "5.0"}
 AMAZON_KEYS = ["reviewerID", "asin", "reviewerName", "helpful", "reviewText", "overall",
@@ -75,7 +77,9 @@ def _data(fmt: str, path: str) -> list[str]:
     """The file's lines without its header (checked against the public header)."""
     lines = _lines(path)
     header = {"tmall": "user_id,item_id,cat_id,seller_id,brand_id,time_stamp,action_type",
-              "ratings": "user,item,rating,timestamp"}.get(fmt)
+              "ratings": "user,item,rating,timestamp",
+              "recbole_inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float",
+              }.get(fmt)
     if header is None:
         return lines
     assert lines[0] == header
@@ -111,7 +115,8 @@ def _csv_reason(fmt: str, line: str, zone: str) -> tuple[str | None, tuple | Non
         return "unknown_behavior", None
     rating = None
     if rating_at is not None:
-        scale = FLOAT_RATINGS if fmt in STRING_IDS else INT_RATINGS
+        scale = (FLOAT_RATINGS if fmt in STRING_IDS and fmt != "recbole_inter"  # ML-100K's
+                 else INT_RATINGS)
         if fields[rating_at] not in scale:
             return "bad_rating", None
         rating = float(fields[rating_at])
@@ -213,7 +218,8 @@ def test_every_format_parses_back_with_the_expected_counts(make_config, fmt):
     per_user = np.unique(users, return_counts=True)[1]
     per_item = np.unique([r[1] for r in records], return_counts=True)[1]
     assert len(per_user) >= 390 and len(per_item) <= 1500
-    least = {"amazon_reviews": 5, "movielens_100k": 20, "movielens_1m": 20}.get(fmt, 1)
+    least = {"amazon_reviews": 5, "movielens_100k": 20, "movielens_1m": 20,
+             "recbole_inter": 20}.get(fmt, 1)
     assert per_user.min() >= least
     if fmt == "amazon_reviews":  # a 5-core file: every item too
         assert per_item.min() >= 5
@@ -230,7 +236,7 @@ def test_every_format_parses_back_with_the_expected_counts(make_config, fmt):
         assert any(len(s) == 3 for s in stamps)  # months 5-9: unpadded, e.g. 829
         assert {f[6] for f in fields} == {"0", "1", "2", "3"}
         assert all(f[4] == "" or DIGITS.match(f[4]) for f in fields)
-    if fmt.startswith("movielens"):  # ids 1..n as GroupLens numbers them
+    if fmt.startswith("movielens") or fmt == "recbole_inter":  # ids 1..n as GroupLens's
         assert int(max(users, key=int)) == 400
     if fmt in ("amazon_ratings", "amazon_ratings_2018"):
         assert all(r[3] % 86400 == 0 for r in records)  # day resolution, UTC midnights

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -382,6 +383,11 @@ def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path
     root = tmp_path
     _, first = _train(root, ["train.epochs=1"])  # one worker, one epoch, then "interrupted"
     assert first["epochs"] == 1 and first["best_epoch"] == 1 and not first["skipped"]
+    # a step per batch of 16 (issue 23: how long a run trained, and what ended it)
+    rows = pq.read_metadata(next((root / "work" / "index" / "samples" / "train")
+                                 .glob("*.parquet"))).num_rows
+    steps = -(-rows // 16)
+    assert first["optimizer_steps"] == steps and first["stopped_by"] == "epoch_cap"
     run_file = root / "work" / "train" / "test_tiny" / "run.json"
     assert json.loads(run_file.read_text())["run_id"] == first["run_id"]
 
@@ -391,6 +397,10 @@ def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path
                                 "train.cpus_per_worker=0.5"])
     assert second["run_id"] == first["run_id"]
     assert second["epochs"] == 3
+    # the count goes on from the checkpoint: 2 more epochs, each worker's half share of the
+    # rows (rounded up) in batches of 16
+    half = -(-rows // 2)
+    assert second["optimizer_steps"] == steps + 2 * -(-half // 16)
     # Two workers report what one worker reports.
     assert set(second) == set(first)
     assert set(second["valid"]) == set(first["valid"]) == {"hr@1", "hr@5", "hr@10", "ndcg@5",
@@ -398,6 +408,8 @@ def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in second["valid"].values())
     record = json.loads(run_file.read_text())
     assert record["status"] == "finished" and record["result"]["epochs"] == 3
+    assert record["result"]["optimizer_steps"] == second["optimizer_steps"]
+    assert record["result"]["stopped_by"] == "epoch_cap"
 
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     run = client.get_run(first["run_id"])
@@ -407,6 +419,8 @@ def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path
     assert run.data.tags["dataset"] == "sample" and run.data.tags["model"] == "test_tiny"
     assert run.data.tags["protocol"] == "slices" and second["selection_metric"] == "mrr"
     assert len(run.data.tags["index_manifest_hash"]) == 16
+    assert run.data.tags["stopped_by"] == "epoch_cap"
+    assert run.data.metrics["optimizer_steps"] == second["optimizer_steps"]
     # Epoch 1 was trained once (not redone on resume), then epochs 2 and 3.
     history = client.get_metric_history(first["run_id"], "train_loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
@@ -562,12 +576,14 @@ def test_the_latest_report_tells_where_a_run_stands():
     the latest report, and a resumed run with no epoch left falls back to the checkpoints."""
     from types import SimpleNamespace
 
-    from trainers.train import latest_report
+    from trainers.train import latest_report, stopped_by
 
     kept = [(None, {"epoch": 2, "stopped_early": False}), (None, {"epoch": 3,
                                                                "stopped_early": False})]
     stopped = SimpleNamespace(best_checkpoints=kept,
                               metrics={"epoch": 5, "stopped_early": True})
     assert latest_report(stopped) == {"epoch": 5, "stopped_early": True}
+    assert stopped_by(latest_report(stopped)) == "early_stopping"
     resumed = SimpleNamespace(best_checkpoints=kept, metrics={})
     assert latest_report(resumed)["epoch"] == 3
+    assert stopped_by(latest_report(resumed)) == "epoch_cap"

@@ -60,7 +60,8 @@ def model_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
     DFAR's 32 for every model of their tables), and the ``train`` keys that preset sets:
     each model trains with its paper's recipe (DualRec's weight decay, plateau halving
     and clipping), as a single ``seqrec train --model <name>`` would; every other train key (epochs,
-    patience, workers, ...) stays the comparison's.
+    patience, workers, ...) stays the comparison's, except where the preset sets it itself
+    (BERT4Rec's epochs: its lr 1e-4 needs more than the datasets' cap).
 
     Raises:
         KeyError: ``name`` is not a registered model.

@@ -103,6 +103,13 @@ def log_metrics(cfg: PipelineConfig, run_id: str, metrics: dict[str, float]) -> 
     log_epoch(cfg, run_id, metrics, 0)
 
 
+def set_tags(cfg: PipelineConfig, run_id: str, tags: dict[str, str]) -> None:
+    """Tags on the run, e.g. ``stopped_by`` when training ends."""
+    mlflow_client = client(cfg)
+    for key, value in sorted(tags.items()):
+        mlflow_client.set_tag(run_id, key, value)
+
+
 def metric_history(cfg: PipelineConfig, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) pairs of one metric, by step."""
     history = client(cfg).get_metric_history(run_id, metric_name(key))

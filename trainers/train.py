@@ -22,8 +22,8 @@ Several workers (data parallel):
     groups: every shard's scores are gathered, since pooled AUC needs all of them).
 
 Checkpoints (rank 0, every epoch) hold model and optimizer state, the epoch, the best
-validation result so far, the early-stopping counter, the current learning rate, the seeds
-and the protocol. Ray keeps the two best by ``valid_score`` plus the latest. Rerunning the
+validation result so far, the early-stopping counter, the current learning rate, the
+optimiser steps so far, the seeds and the protocol. Ray keeps the two best by ``valid_score`` plus the latest. Rerunning the
 same config on the same run directory ``<work_dir>/train/<model>/`` resumes from the latest
 checkpoint (Ray Train restores its checkpoint manager from that folder) and continues the
 epoch count; a finished run whose epochs are done (or that stopped early) is skipped; a run
@@ -83,6 +83,7 @@ class TrainState:
     stale_epochs: int = 0  # epochs since the best validation score
     stopped_early: bool = False
     lr: float = 0.0  # current learning rate: train.lr at the start, halved on plateau
+    optimizer_steps: int = 0  # Adam steps over the whole run, resumed runs included
 
     def after_validation(self, epoch: int, score: float, patience: int,
                          lr_plateau_patience: int | None, min_epochs: int = 0) -> bool:
@@ -120,7 +121,9 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
 
     Returns:
         dict: ``run_id`` (MLflow), ``best_epoch``, ``epochs`` (finished), ``stopped_early``,
-        ``valid`` (best epoch's validation metrics), ``protocol`` (the index's),
+        ``optimizer_steps`` (over the whole run), ``stopped_by`` (``early_stopping`` or
+        ``epoch_cap``: what ended it), ``valid`` (best epoch's validation metrics),
+        ``protocol`` (the index's),
         ``selection_metric`` (the ``valid`` key that chose the best epoch: ``mrr`` or
         ``auc``), ``checkpoint`` (best checkpoint path),
         ``run_dir``, ``skipped`` (True when a finished run already covered this config).
@@ -166,13 +169,15 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
         "best_epoch": payload["state"]["best_epoch"],
         "epochs": int(last["epoch"]),
         "stopped_early": bool(last["stopped_early"]),
+        "optimizer_steps": int(last["optimizer_steps"]),
+        "stopped_by": stopped_by(last),
         "valid": payload["best_valid"],
         "protocol": payload["protocol"],
         "selection_metric": protocol_named(payload["protocol"]).selection_metric,
         "checkpoint": best.path,
         "run_dir": run_dir(cfg),
     }
-    _log_final(cfg, run_id, payload, model_module)
+    _log_final(cfg, run_id, payload, model_module, summary)
     write_run(cfg, {"status": "finished", "run_id": run_id, "resume_key": key, "result": summary})
     return {**summary, "skipped": False}
 
@@ -200,6 +205,13 @@ def start_ray(cfg: PipelineConfig) -> bool:
                  logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env,
                  _system_config={"worker_niceness": cfg.train.worker_niceness})
     return True
+
+
+def stopped_by(report: dict[str, Any]) -> str:
+    """What ended a finished run, from its latest report: ``early_stopping`` (``train.patience``
+    epochs without gain) or ``epoch_cap`` (``train.epochs`` done first). A run the cap ends
+    may not have converged: raise its epochs (issue 23: BERT4Rec at lr 1e-4)."""
+    return "early_stopping" if report["stopped_early"] else "epoch_cap"
 
 
 def latest_report(result) -> dict[str, Any]:
@@ -240,8 +252,10 @@ def _fit(cfg: PipelineConfig, run_id: str, model_module: str):
     return trainer.fit()
 
 
-def _log_final(cfg: PipelineConfig, run_id: str, payload: dict, model_module: str) -> None:
-    """Best model, config and curves to MLflow (driver side, after training)."""
+def _log_final(cfg: PipelineConfig, run_id: str, payload: dict, model_module: str,
+               summary: dict[str, Any]) -> None:
+    """Best model, config and curves to MLflow (driver side, after training), and the tag
+    ``stopped_by`` (the run's total ``optimizer_steps`` is the per-epoch metric's last value)."""
     importlib.import_module(model_module)
     model = build_model(cfg.model.name, dict(cfg.model.params), DataSizes(**payload["sizes"]))
     model.load_state_dict(payload["model"])
@@ -254,6 +268,7 @@ def _log_final(cfg: PipelineConfig, run_id: str, payload: dict, model_module: st
     rows = [history[e] for e in sorted(history) if len(history[e]) == len(keys) + 1]
     tracking.log_model(cfg, run_id, model, payload["sizes"], _example_batch(payload["example"]))
     tracking.log_artifacts(cfg, run_id, rows)
+    tracking.set_tags(cfg, run_id, {"stopped_by": summary["stopped_by"]})
     tracking.finish_run(cfg, run_id)
 
 
@@ -328,6 +343,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loss, samples_per_s = train_epoch(net, model, optimizer, data.builder, train, rows,
                                            tc.batch_size, tc.l2, world, rank, epoch,
                                            tc.grad_clip)
+        # one Adam step a batch; every worker runs the same steps (epoch_rows pads them)
+        state.optimizer_steps += -(-len(rows) // tc.batch_size)
         valid = validate(model, data.builder, valid_split, tc.eval_batch_size, rank, world,
                          data.protocol)
         lr = state.lr
@@ -342,7 +359,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch, "train_loss": loss, "samples_per_s": samples_per_s,
                    **{f"valid_{k}": v for k, v in valid.items()},
                    f"best_valid_{metric}": state.best_score, "lr": lr,
-                   "stopped_early": state.stopped_early}
+                   "stopped_early": state.stopped_early,
+                   "optimizer_steps": state.optimizer_steps}
         if rank == 0:
             tracking.log_epoch(cfg, config["run_id"],
                                {k: float(v) for k, v in metrics.items() if k != "epoch"}, epoch)

@@ -58,6 +58,10 @@ class RawFormat:
     string_ids: bool  # ids are kept as text (sorted by text), else canonical bigints
     sequence: bool  # one line holds a user's whole item sequence (S3-Rec)
     parse: Callable[[Column, DatasetConfig], Parsed]
+    # A format whose header names its columns (RecBole atomic files): (first line, dataset,
+    # file uri) -> this format bound to that header (exact ``header``, ``parse`` reading its
+    # columns); raises ValueError for a header it cannot read. None: fixed columns.
+    from_header: Callable[[str, DatasetConfig, str], RawFormat] | None = None
 
 
 def split_fields(line: Column, separator: str) -> Column:

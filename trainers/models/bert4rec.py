@@ -20,6 +20,9 @@ Implemented (equation numbers of the paper):
   * Slots that are padding in every row are cropped first (exact: positions are aligned to
     the newest slot, padding keys are blocked).
 
+``params.loss``: ``ce`` (Eq. 8's full softmax) by default; ``sampled_softmax`` or ``gbce``
+score the masked positions against sampled items instead (trainers/models/objectives.py).
+
 The item table is a dense ``nn.Embedding``: the full softmax touches every row each step.
 
 Shapes: B batch, C candidates, L sequence length, d embedding, M masked positions.
@@ -27,7 +30,7 @@ Shapes: B batch, C candidates, L sequence length, d embedding, M masked position
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +39,8 @@ from torch import nn
 
 from trainers.models.dual import crop_padding
 from trainers.models.item_scoring import score_rows
-from trainers.models.softmax import full_softmax_ce
+from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
+                                        prediction_losses)
 from trainers.models.transformer import TransformerLayer, init_weights
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
@@ -46,9 +50,10 @@ class Cloze(NamedTuple):
 
     states: torch.Tensor  # (M, d) encoder states at the masked slots
     targets: torch.Tensor  # (M,) the items they hide
+    negatives: torch.Tensor | None = None  # (K,) sampled items (sampled_softmax, gbce)
 
 
-class BERT4RecParams(ModelParams):
+class BERT4RecParams(ObjectiveParams):
     embed_dim: int = Field(gt=0)  # d (paper: 64)
     init_std: float = Field(gt=0)  # weights start as N(0, std²) (paper: truncated, 0.02)
     num_layers: int = Field(ge=1)  # paper: 2
@@ -57,7 +62,7 @@ class BERT4RecParams(ModelParams):
     dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.1
     mask_prob: float = Field(gt=0.0, le=1.0)  # ρ (paper: 0.6 Beauty, 0.4 Steam, 0.2 ML)
     mask_last_prob: float = Field(ge=0.0, le=1.0)  # rows masking only their last item
-    softmax_max_logits: int = Field(gt=0)  # most logits a full-softmax block holds (x4 B)
+    loss: Literal["ce", "sampled_softmax", "gbce"]  # ce: Eq. 8's full softmax (objectives.py)
 
 
 @register("bert4rec")
@@ -133,7 +138,9 @@ class BERT4Rec(nn.Module):
             full = crop_padding(torch.cat([sequence, items[:, :1]], dim=1)[:, 1:])  # newest L
             masked = self.cloze(full)
             states = self.encode(torch.where(masked, self.mask_id, full))
-            terms = Cloze(states[masked], full[masked])  # (M, d), (M,)
+            negatives = draw_negatives(self.params.loss, self.num_items,
+                                       self.params.loss_negatives, sequence.device)
+            terms = Cloze(states[masked], full[masked], negatives)  # (M, d), (M,), (K,)|None
         else:
             states = self.encode(self.with_mask(sequence))
         h = self.output(states[:, -1])  # (B, d)
@@ -148,17 +155,20 @@ class BERT4Rec(nn.Module):
         return self.item.weight[:self.num_items + 1], self.item_bias
 
     def loss(self, output: Output, batch: Batch) -> torch.Tensor:
-        """Eq. 8: mean −log P(v = masked item) over the masked positions (full softmax).
+        """Eq. 8: mean −log P(v = masked item) over the masked positions (full softmax,
+        ``params.loss: ce``), or the mean of ``sampled_softmax`` / ``gbce`` over them
+        (trainers/models/objectives.py).
 
         Raises:
             RuntimeError: no training forward made ``output``.
         """
         if output.terms is None:
             raise RuntimeError("loss needs a training forward's output (model.train(), grad on)")
-        states, targets = output.terms
-        losses = full_softmax_ce(self.output(states), targets,
-                                 self.item.weight[1:self.num_items + 1],
-                                 self.params.softmax_max_logits, self.item_bias[1:])
+        states, targets, negatives = output.terms
+        p = self.params
+        losses = prediction_losses(p.loss, Predictions(self.output(states), targets, negatives),
+                                   lambda ids: (self.item(ids), self.item_bias[ids]),
+                                   self.num_items, p.softmax_max_logits, p.gbce_t)
         return losses.sum() / max(1, targets.numel())
 
     def regularization(self) -> torch.Tensor:

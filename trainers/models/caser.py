@@ -21,6 +21,8 @@ Implemented (equation numbers of the paper):
     and the loss averages over all those predictions.
 
 Beyond the paper (trainers/models/next_item.py says why):
+  * ``params.loss``: ``bce`` (Eq. 11) by default; ``ce``, ``sampled_softmax`` or ``gbce`` train the
+    same predictions with that objective instead (trainers/models/objectives.py).
   * Feedback labels: with ``sequence_label`` in the batch (an optional input) each row of E
     is item + label embedding, the same (item, label) history DFAR reads (issue 14); the
     history loss treats a negative-feedback next item as a negative target (issue 15).
@@ -39,7 +41,7 @@ Shapes: B batch, C candidates, L sequence length, W = window L', d embedding.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,16 +51,19 @@ from torch import nn
 from trainers.embedding import RowSparseEmbedding
 from trainers.models.item_scoring import score_rows
 from trainers.models.next_item import HistoryScores, bce_with_history, history_pairs
+from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
+                                        objective_loss, sequence_predictions)
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
-class CaserParams(ModelParams):
+class CaserParams(ObjectiveParams):
     embed_dim: int = Field(gt=0)  # d (paper: 50)
     embed_init_std: float = Field(gt=0)  # embedding rows start as N(0, std²)
     window: int = Field(gt=0)  # L': items the convolutions see (paper: 5)
     horizontal_filters: int = Field(gt=0)  # n_h per height (paper: 16)
     vertical_filters: int = Field(gt=0)  # n_v (paper: 4)
     dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.5
+    loss: Literal["bce", "ce", "sampled_softmax", "gbce"]  # bce: Eq. 11 (objectives.py)
 
 
 @register("caser")
@@ -74,6 +79,7 @@ class Caser(nn.Module):
         std = params.embed_init_std
         self.item = RowSparseEmbedding(sizes.num_items + 1, d, std)  # input E (Eq. 1)
         self.label = nn.Embedding(2, d)  # added to E's rows: 0 negative, 1 positive feedback
+        nn.init.normal_(self.label.weight, std=std)  # as E's rows, not N(0, 1) (issue 23)
         self.user = RowSparseEmbedding(sizes.num_users + 1, d, std)  # P_u (Eq. 7)
         self.item_out = RowSparseEmbedding(sizes.num_items + 1, 2 * d, std)  # W' (Eq. 7)
         self.item_bias = RowSparseEmbedding(sizes.num_items + 1, 1, std)  # b' (Eq. 7)
@@ -128,12 +134,21 @@ class Caser(nn.Module):
         states = self.position_states(sequence, sequence_label)  # (B, L, d)
         terms = None
         if self.training and torch.is_grad_enabled():
+            num_items = self.item.weight.shape[0] - 1
             targets, labels, negatives, valid = history_pairs(
-                sequence, self.item.weight.shape[0] - 1, sequence_label,
-                batch.get("next_negatives"))
-            zp = torch.cat([states[:, :-1], P_u.unsqueeze(1).expand_as(states[:, :-1])], dim=-1)
-            history = self._predict(zp, torch.stack([targets, negatives], dim=-1))
-            terms = HistoryScores(history, labels, valid)  # (B, L-1, 2), (B, L-1) x2
+                sequence, num_items, sequence_label, batch.get("next_negatives"))
+            if self.params.loss == "bce":
+                zp = torch.cat([states[:, :-1], P_u.unsqueeze(1).expand_as(states[:, :-1])],
+                               dim=-1)
+                history = self._predict(zp, torch.stack([targets, negatives], dim=-1))
+                terms = HistoryScores(history, labels, valid)  # (B, L-1, 2), (B, L-1) x2
+            else:  # the same predictions for another objective (objectives.py)
+                zp = torch.cat([states, P_u.unsqueeze(1).expand_as(states)], dim=-1)  # (B, L, 2d)
+                terms = Predictions(
+                    *sequence_predictions(zp, targets, labels, valid, items[:, 0],
+                                          batch["label"][:, 0]),
+                    draw_negatives(self.params.loss, num_items, self.params.loss_negatives,
+                                   sequence.device))
         return Output(self._predict(torch.cat([states[:, -1], P_u], dim=1), items), terms)
 
     def _predict(self, zp: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -151,8 +166,20 @@ class Caser(nn.Module):
 
     def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """Binary cross-entropy of Eq. 11 over the candidates (scores (B, C), positive at
-        column 0) and, after a training forward, over every earlier window's next item."""
-        return bce_with_history(output.scores, batch["label"], output.terms)
+        column 0) and, after a training forward, over every earlier window's next item; or,
+        with ``params.loss`` another objective, that objective's mean over the same
+        predictions (trainers/models/objectives.py; a training forward's output only).
+
+        Raises:
+            RuntimeError: another objective than ``bce`` without a training forward.
+        """
+        if self.params.loss == "bce":
+            return bce_with_history(output.scores, batch["label"], output.terms)
+        p = self.params
+        return objective_loss(
+            p.loss, output.terms,
+            lambda ids: (self.item_out(ids), self.item_bias(ids).squeeze(-1)),  # W', b'
+            self.item.weight.shape[0] - 1, p.softmax_max_logits, p.gbce_t)
 
     def regularization(self) -> torch.Tensor:
         """1/2 ||θ||² over the dense parameters (the loop multiplies by λ, as for SCoRe)."""

@@ -2,7 +2,8 @@
 Recommendation") and THA4Rec, its Table 2 talking-heads baseline.
 
 Implemented (equation numbers of the paper):
-  * Feedback-aware encoding, Eq. 1-12: E^f = E + L (+ learned position, as the released code);
+  * Feedback-aware encoding, Eq. 1-12: E^f = E + L, no position term (Eq. 1; ``positions:
+    learned`` adds the released code's learned position embedding);
     S = FFHA(E^f, E^f, E^f) with ``attention`` = fha | tha | mha and ``label_mask`` = MO
     (trainers/models/feedback_attention.py says what is taken from the paper, what from the
     code and what from neither).
@@ -47,7 +48,8 @@ from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 class DFARParams(ModelParams):
     embed_dim: int = Field(gt=0)  # D (paper: 32)
-    embed_init_std: float = Field(gt=0)
+    embed_init_std: float = Field(gt=0)  # item, label (and position) rows start N(0, std²)
+    positions: Literal["none", "learned"]  # none: Eq. 1; learned: the released code's
     num_heads: int = Field(ge=1)  # H (paper: 2)
     head_dim: int = Field(gt=0)  # d of Eq. 4 (W_h ∈ R^{D×D}: d = D)
     attention: Literal["mha", "tha", "fha"]  # Eq. 2 / 5 / 8
@@ -117,8 +119,9 @@ class DFAR(nn.Module):
             return FeedbackAttention(D, params.num_heads, params.head_dim, params.attention,
                                      mask, params.logit_heads, params.tha_weights)
 
-        self.embed = FeedbackEmbedding(sizes.num_items, D, params.embed_init_std,
-                                       sizes.sequence_len, labels=True)
+        positions = sizes.sequence_len if params.positions == "learned" else 0
+        self.embed = FeedbackEmbedding(sizes.num_items, D, params.embed_init_std, positions,
+                                       labels=True)
         self.dropout = nn.Dropout(params.dropout)
         self.encoder = attention(params.label_mask)  # Eq. 12
         if params.dual_interest:

@@ -28,6 +28,10 @@ Implemented (equation numbers of the paper):
     (:func:`crop_padding`; exact, tests check it): Beauty's histories average ~9 items, so
     most of a batch's L = 50 slots would be padding.
 
+``params.loss``: ``ce`` (Eq. 13's full softmax) by default; ``sampled_softmax`` or ``gbce``
+train both encoders' predictions with that objective instead (trainers/models/objectives.py);
+the transfer term L_reg stays as it is.
+
 Ablations (Tables 3-5), as settings:
   * ``encoders: past`` — the past-only model: only the past encoder exists; L = L_past.
     Table 4's plain backbone rows.
@@ -58,8 +62,9 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from trainers.models.item_scoring import score_rows
-from trainers.models.softmax import full_softmax_ce
-from trainers.registry import Batch, DataSizes, ModelParams, Output
+from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
+                                        prediction_losses)
+from trainers.registry import Batch, DataSizes, Output
 
 Direction = Literal["past", "future"]
 
@@ -165,9 +170,10 @@ class DualTerms(NamedTuple):
     # per encoder ("past", "future"): (B, L', d) states, (B, L') inputs, (B, L') targets
     ce: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     levels: dict[str, list[torch.Tensor] | None]  # per encoder: per level (B, S, f), or None
+    negatives: torch.Tensor | None = None  # (K,) sampled items (sampled_softmax, gbce)
 
 
-class DualParams(ModelParams):
+class DualParams(ObjectiveParams):
     """Settings every dual backbone shares (Section 3.3-3.5)."""
 
     embed_dim: int = Field(gt=0)  # d (paper: 64)
@@ -177,7 +183,8 @@ class DualParams(ModelParams):
     alpha: float = Field(ge=0.0, le=1.0)  # α of Eq. 14 (paper: 0.5)
     beta: float = Field(ge=0.0)  # β of Eq. 14 (released configs: 0.1; 0 = no transfer)
     transfer_reduction: Literal["mean", "sum"]  # mean: released code; sum: Eq. 10
-    softmax_max_logits: int = Field(gt=0)  # most logits a full-softmax block holds (x4 B)
+    # the encoders' next / previous-item term: ce, Eq. 13's full softmax; or objectives.py
+    loss: Literal["ce", "sampled_softmax", "gbce"]
 
     @model_validator(mode="after")
     def _transfer_needs_both(self) -> DualParams:
@@ -265,17 +272,24 @@ class DualNetwork(nn.Module):
         if self.past is None:  # future-only: the candidates are scored as at inference
             with torch.no_grad():
                 scores = self._score(self.encode_users(batch), items)
-        return Output(scores, DualTerms(ce, levels))
+        negatives = draw_negatives(self.params.loss, self.item.weight.shape[0] - 1,
+                                   self.params.loss_negatives, sequence.device)
+        return Output(scores, DualTerms(ce, levels, negatives))
 
-    def encoder_losses(self, ce: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-                       ) -> dict[str, torch.Tensor]:
+    def encoder_losses(self, ce: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                       negatives: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Mean full-softmax cross-entropy (Eq. 13-14) of each encoder over its positions
-        whose input and target are both items."""
-        out = {}
+        whose input and target are both items; with ``params.loss`` ``sampled_softmax`` or
+        ``gbce``, that objective's mean over the same positions against ``negatives`` (K,)
+        (trainers/models/objectives.py)."""
+        out, p = {}, self.params
         for name, (states, inputs, targets) in ce.items():
             valid = (inputs != 0) & (targets != 0)  # (B, L)
-            losses = full_softmax_ce(states[valid], targets[valid], self.item.weight[1:],
-                                     self.params.softmax_max_logits)  # (M,)
+            losses = prediction_losses(p.loss, Predictions(states[valid], targets[valid],
+                                                           negatives),
+                                       lambda ids: (self.item(ids), None),
+                                       self.item.weight.shape[0] - 1, p.softmax_max_logits,
+                                       p.gbce_t)  # (M,)
             out[name] = losses.sum() / valid.sum().clamp(min=1)
         return out
 
@@ -288,8 +302,8 @@ class DualNetwork(nn.Module):
         """
         if output.terms is None:
             raise RuntimeError("loss needs a training forward's output (model.train(), grad on)")
-        ce, levels = output.terms
-        terms = self.encoder_losses(ce)
+        ce, levels, negatives = output.terms
+        terms = self.encoder_losses(ce, negatives)
         if self.params.encoders != "dual":
             return terms[self.params.encoders]
         p = self.params

@@ -24,7 +24,9 @@ class FeedbackEmbedding(nn.Module):
 
     Args:
         num_items: items are 1..num_items (0 = padding).
-        dim: D. init_std: item rows start as N(0, init_std²).
+        dim: D. init_std: every table (item, label, position) starts as N(0, init_std²):
+            at PyTorch's N(0, 1) a position or label row would be ~1/init_std times an item
+            row, and position would drown the item and the label (issue 23).
         positions: learned positions for this many slots (the newest history item sits in
             the last slot, whatever the padding); 0 = no position embedding.
         labels: add the label embedding L_y (Eq. 1); False for a model that splits the
@@ -39,6 +41,8 @@ class FeedbackEmbedding(nn.Module):
         if self.label is not None:
             nn.init.normal_(self.label.weight, std=init_std)
         self.position = nn.Embedding(positions, dim) if positions else None
+        if self.position is not None:
+            nn.init.normal_(self.position.weight, std=init_std)
 
     def forward(self, sequence: torch.Tensor, sequence_label: torch.Tensor,
                 items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -35,6 +35,10 @@ kernel being the inverse FFT of a learnable 2L-point frequency response W cut to
 first L taps, so the state at t only sees slots <= t. It is applied as a product with the
 kernel's lower-triangular Toeplitz matrix (exactly causal; L = 50 makes that cheap).
 
+``params.loss``: ``bce`` (the paper's) by default; ``ce``, ``sampled_softmax`` or ``gbce``
+train the same predictions (each prefix's or causal position's next item, and the
+candidate row's target) with that objective instead (trainers/models/objectives.py).
+
 Shapes: B batch, C candidates, L sequence length, d embedding, M prefixes.
 """
 
@@ -50,6 +54,8 @@ from torch import nn
 from trainers.embedding import RowSparseEmbedding
 from trainers.models.item_scoring import score_rows
 from trainers.models.next_item import HistoryScores, bce_with_history, history_pairs
+from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
+                                        objective_loss, sequence_predictions)
 from trainers.models.transformer import LAYER_NORM_EPS, init_weights
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
@@ -166,13 +172,14 @@ class PrefixScores(NamedTuple):
     pairs: torch.Tensor  # (M, 2) logits of [next item, negative] at each prefix's last slot
 
 
-class FMLPRecParams(ModelParams):
+class FMLPRecParams(ObjectiveParams):
     embed_dim: int = Field(gt=0)  # d (paper: 64)
     embed_init_std: float = Field(gt=0)  # item rows start as N(0, std²) (code: 0.02)
     num_layers: int = Field(ge=1)  # filter blocks (paper: 2)
     ffn_dim: int = Field(gt=0)  # FFN inner size (code: 4d)
     dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.5
     filter: Literal["global", "causal"]  # paper: global, trained by prefixes; causal: one pass
+    loss: Literal["bce", "ce", "sampled_softmax", "gbce"]  # bce: the paper's (objectives.py)
 
 
 @register("fmlp")
@@ -211,6 +218,8 @@ class FMLPRec(nn.Module):
         targets, _, negatives, valid = history_pairs(sequence, num_items, None,
                                                      batch.get("next_negatives"))
         valid = valid & (sequence[:, :-1] != 0)  # a real state at t (none on padding)
+        if self.params.loss != "bce":
+            return self._objective_forward(batch, targets, valid)
         if self.params.filter == "causal":
             e, cand, pairs = self.item.lookup([sequence, items,
                                                torch.stack([targets, negatives], -1)])
@@ -227,6 +236,35 @@ class FMLPRec(nn.Module):
         prefix_scores = PrefixScores(score_rows(h[B:], pairs))  # (M, 2) [next, negative]
         return Output(score_rows(h[:B], cand), prefix_scores)
 
+    def _objective_forward(self, batch: Batch, targets: torch.Tensor, valid: torch.Tensor
+                           ) -> Output:
+        """A training forward for another objective than ``bce`` (objectives.py): the same
+        predictions (the candidate row's target, each valid position's next item, from the
+        causal states or from one prefix per position), as :class:`Predictions`.
+
+        Args: batch; targets, valid: (B, L-1) next items and the positions that predict them.
+        """
+        sequence, items = batch["sequence"], batch["items"]
+        num_items = self.item.weight.shape[0] - 1
+        negatives = draw_negatives(self.params.loss, num_items, self.params.loss_negatives,
+                                   sequence.device)
+        if self.params.filter == "causal":
+            e, cand = self.item.lookup([sequence, items])
+            states = self.stack(e, sequence != 0)  # (B, L, d): slot t sees slots <= t
+            every = torch.ones_like(targets, dtype=torch.float32)  # no labels: all positive
+            predicted = sequence_predictions(states, targets, every, valid, items[:, 0],
+                                             batch["label"][:, 0])
+            return Output(score_rows(states[:, -1], cand), Predictions(*predicted, negatives))
+        B = sequence.shape[0]
+        prefixes, b, t = prefix_rows(sequence, valid)  # (M, L)
+        inputs = torch.cat([sequence, prefixes])  # (B + M, L)
+        e, cand = self.item.lookup([inputs, items])
+        h = self.stack(e, inputs != 0)[:, -1]  # (B + M, d): each input's last slot
+        liked = batch["label"][:, 0] > 0  # a disliked target is no softmax target
+        predicted = (torch.cat([h[:B][liked], h[B:]]),  # (M', d), (M',)
+                     torch.cat([items[liked, 0], targets[b, t]]))
+        return Output(score_rows(h[:B], cand), Predictions(*predicted, negatives))
+
     def encode_users(self, batch: Batch) -> torch.Tensor:
         """The state at the last slot, which scores the candidates: (B, d)."""
         sequence = batch["sequence"]
@@ -240,7 +278,17 @@ class FMLPRec(nn.Module):
         """Binary cross-entropy per prediction: a candidate row (scores (B, C), positive at
         column 0) sums over its candidates, a prefix (or causal position) over [next item,
         negative]; the mean is over the B rows and, after a training forward, the M prefixes
-        (the valid positions) alike."""
+        (the valid positions) alike. With ``params.loss`` another objective: its mean over
+        the same predictions (trainers/models/objectives.py; a training forward's output
+        only).
+
+        Raises:
+            RuntimeError: another objective than ``bce`` without a training forward.
+        """
+        if self.params.loss != "bce":
+            p = self.params
+            return objective_loss(p.loss, output.terms, lambda ids: (self.item(ids), None),
+                                  self.item.weight.shape[0] - 1, p.softmax_max_logits, p.gbce_t)
         scores, terms = output
         if isinstance(terms, HistoryScores):  # filter: causal
             return bce_with_history(scores, batch["label"], terms)

@@ -16,6 +16,9 @@ Implemented:
     The paper reports both, far ahead of pointwise cross-entropy; ``params.loss`` picks one.
 
 Beyond the paper (trainers/models/next_item.py says why):
+  * ``params.loss``: ``top1`` or ``bpr`` (Section 3.1.3; preset: top1); ``ce``,
+    ``sampled_softmax`` or ``gbce`` train the same predictions with that objective instead
+    (trainers/models/objectives.py).
   * Feedback labels: with ``sequence_label`` in the batch (an optional input) the GRU reads
     item + label embeddings, so it sees the same (item, label) history as DFAR (issue 14).
     A history position whose next event is negative feedback ranks that disliked item
@@ -52,6 +55,8 @@ from torch import nn
 from trainers.embedding import RowSparseEmbedding
 from trainers.models.item_scoring import score_rows
 from trainers.models.next_item import HistoryScores, combined_mean, history_pairs
+from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
+                                        objective_loss, sequence_predictions)
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
@@ -70,13 +75,15 @@ def align_left_padded(lengths: torch.Tensor, L: int) -> tuple[torch.Tensor, torc
     return (pos + pad) % L, (pos - pad) % L
 
 
-class GRU4RecParams(ModelParams):
+class GRU4RecParams(ObjectiveParams):
     embed_dim: int = Field(gt=0)  # d: input item embedding
     embed_init_std: float = Field(gt=0)  # embedding rows start as N(0, std²)
     hidden_dim: int = Field(gt=0)  # k: GRU hidden size (paper: 100 units, one layer)
     num_layers: int = Field(ge=1)
     dropout: float = Field(ge=0.0, lt=1.0)  # on the input embeddings
-    loss: Literal["bpr", "top1"]  # the paper's two ranking losses (Section 3.1.3)
+    # top1 | bpr: the paper's two ranking losses (Section 3.1.3); ce | sampled_softmax |
+    # gbce: trainers/models/objectives.py over the same predictions
+    loss: Literal["bpr", "top1", "ce", "sampled_softmax", "gbce"]
 
 
 @register("gru4rec")
@@ -94,6 +101,7 @@ class GRU4Rec(nn.Module):
         self.item_out = RowSparseEmbedding(rows, params.hidden_dim, std)  # W of 3.1.2
         self.item_bias = RowSparseEmbedding(rows, 1, std)  # b of 3.1.2
         self.label = nn.Embedding(2, params.embed_dim)  # 0 negative, 1 positive feedback
+        nn.init.normal_(self.label.weight, std=std)  # as the item rows, not N(0, 1) (issue 23)
         self.dropout = nn.Dropout(params.dropout)
         self.gru = nn.GRU(params.embed_dim, params.hidden_dim, params.num_layers, batch_first=True)
 
@@ -134,9 +142,15 @@ class GRU4Rec(nn.Module):
         h = states[:, -1]  # (B, k): newest item is last
         if not (self.training and torch.is_grad_enabled()):
             return Output(self._score(h, items))
+        num_items = self.item_out.weight.shape[0] - 1
         targets, labels, negatives, valid = history_pairs(
-            sequence, self.item_out.weight.shape[0] - 1, sequence_label,
-            batch.get("next_negatives"))
+            sequence, num_items, sequence_label, batch.get("next_negatives"))
+        if self.params.loss not in ("bpr", "top1"):  # another objective (objectives.py)
+            predicted = sequence_predictions(states, targets, labels, valid, items[:, 0],
+                                             batch["label"][:, 0])
+            negatives = draw_negatives(self.params.loss, num_items,
+                                       self.params.loss_negatives, sequence.device)
+            return Output(self._score(h, items), Predictions(*predicted, negatives))
         history = self._score(states[:, :-1],
                               torch.stack([targets, negatives], dim=-1))  # (B, L-1, 2)
         return Output(self._score(h, items), HistoryScores(history, labels, valid))
@@ -145,6 +159,10 @@ class GRU4Rec(nn.Module):
         """r̂ = h · W_i + b_i: h (..., k), items (..., n) -> (..., n)."""
         w, b = self.item_out(items), self.item_bias(items)  # (..., n, k), (..., n, 1)
         return score_rows(h, w, b.squeeze(-1))
+
+    def _rows(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_i and b_i of ids (...,): (..., k), (...,)."""
+        return self.item_out(ids), self.item_bias(ids).squeeze(-1)
 
     def encode_users(self, batch: Batch) -> torch.Tensor:
         """h after the newest item, which scores the candidates: (B, k)."""
@@ -160,7 +178,18 @@ class GRU4Rec(nn.Module):
 
         Column 0 is ranked above the others when its label is 1; a negative-feedback
         target (label 0, ``feedback`` protocol) or next item is ranked below them instead.
+        With ``params.loss`` ``ce``, ``sampled_softmax`` or ``gbce``: that objective's mean
+        over the same predictions (trainers/models/objectives.py; a training forward's
+        output only).
+
+        Raises:
+            RuntimeError: another objective than top1 / bpr without a training forward.
         """
+        if self.params.loss not in ("bpr", "top1"):
+            p = self.params
+            return objective_loss(p.loss, output.terms, self._rows,
+                                  self.item_out.weight.shape[0] - 1, p.softmax_max_logits,
+                                  p.gbce_t)
         liked = batch["label"][:, 0] > 0  # (B,)
         candidates = self._ranking(output.scores, liked).mean(dim=1)  # (B,)
         if output.terms is None:

@@ -16,6 +16,8 @@ Implemented (equation numbers of the paper):
     negative (trainers/models/next_item.py), and the loss averages over all those predictions.
 
 Beyond the paper (trainers/models/next_item.py says why):
+  * ``params.loss``: ``bce`` (Eq. 7) by default; ``ce``, ``sampled_softmax`` or ``gbce`` train the
+    same predictions with that objective instead (trainers/models/objectives.py).
   * Feedback labels: with ``sequence_label`` in the batch (an optional input), a label
     embedding is added to each input item, Ê_t = M_{s_t} + P_t + Y_{y_t}, so the encoder
     reads the same (item, label) history as DFAR (issue 14); the history loss then treats a
@@ -36,7 +38,7 @@ Shapes: B batch, C candidates, L sequence length, d embedding.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -45,15 +47,18 @@ from torch import nn
 from trainers.embedding import RowSparseEmbedding
 from trainers.models.item_scoring import score_rows
 from trainers.models.next_item import HistoryScores, bce_with_history, history_pairs
+from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
+                                        objective_loss, sequence_predictions)
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
-class SASRecParams(ModelParams):
+class SASRecParams(ObjectiveParams):
     embed_dim: int = Field(gt=0)  # d (paper: 50)
     embed_init_std: float = Field(gt=0)  # embedding rows start as N(0, std²)
     num_blocks: int = Field(ge=1)  # b (paper: 2)
     num_heads: int = Field(ge=1)  # paper: 1 (more heads did not help)
     dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.2 dense data, 0.5 sparse data
+    loss: Literal["bce", "ce", "sampled_softmax", "gbce"]  # bce: Eq. 7 (objectives.py)
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> SASRecParams:
@@ -96,6 +101,8 @@ class SASRec(nn.Module):
         self.item = RowSparseEmbedding(sizes.num_items + 1, d, params.embed_init_std)
         self.position = nn.Embedding(sizes.sequence_len, d)  # P (Eq. 1)
         self.label = nn.Embedding(2, d)  # Y: 0 negative, 1 positive feedback
+        for table in (self.position, self.label):  # as M's rows, not N(0, 1) (issue 23)
+            nn.init.normal_(table.weight, std=params.embed_init_std)
         self.dropout = nn.Dropout(params.dropout)
         self.blocks = nn.ModuleList(
             _Block(d, params.num_heads, params.dropout) for _ in range(params.num_blocks))
@@ -144,12 +151,19 @@ class SASRec(nn.Module):
         states = self.position_states(sequence, sequence_label)  # (B, L, d): F_t
         terms = None
         if self.training and torch.is_grad_enabled():
+            num_items = self.item.weight.shape[0] - 1
             targets, labels, negatives, valid = history_pairs(
-                sequence, self.item.weight.shape[0] - 1, sequence_label,
-                batch.get("next_negatives"))
-            pairs = torch.stack([targets, negatives], dim=-1)  # (B, L-1, 2)
-            history = score_rows(states[:, :-1], self.item(pairs))  # r_{o_t,t}, r_{j,t}
-            terms = HistoryScores(history, labels, valid)  # (B, L-1, 2), (B, L-1) x2
+                sequence, num_items, sequence_label, batch.get("next_negatives"))
+            if self.params.loss == "bce":
+                pairs = torch.stack([targets, negatives], dim=-1)  # (B, L-1, 2)
+                history = score_rows(states[:, :-1], self.item(pairs))  # r_{o_t,t}, r_{j,t}
+                terms = HistoryScores(history, labels, valid)  # (B, L-1, 2), (B, L-1) x2
+            else:  # the same predictions for another objective (objectives.py)
+                terms = Predictions(
+                    *sequence_predictions(states, targets, labels, valid, items[:, 0],
+                                          batch["label"][:, 0]),
+                    draw_negatives(self.params.loss, num_items, self.params.loss_negatives,
+                                   sequence.device))
         return Output(score_rows(states[:, -1], self.item(items)), terms)  # Eq. 6
 
     def encode_users(self, batch: Batch) -> torch.Tensor:
@@ -162,8 +176,18 @@ class SASRec(nn.Module):
 
     def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """Binary cross-entropy of Eq. 7: over the candidates (scores (B, C), positive at
-        column 0) and, after a training forward, over every history position."""
-        return bce_with_history(output.scores, batch["label"], output.terms)
+        column 0) and, after a training forward, over every history position; or, with
+        ``params.loss`` another objective, that objective's mean over the same predictions
+        (trainers/models/objectives.py; a training forward's output only).
+
+        Raises:
+            RuntimeError: another objective than ``bce`` without a training forward.
+        """
+        if self.params.loss == "bce":
+            return bce_with_history(output.scores, batch["label"], output.terms)
+        p = self.params
+        return objective_loss(p.loss, output.terms, lambda ids: (self.item(ids), None),
+                              self.item.weight.shape[0] - 1, p.softmax_max_logits, p.gbce_t)
 
     def regularization(self) -> torch.Tensor:
         """1/2 ||θ||² over the dense parameters (the loop multiplies by λ, as for SCoRe)."""
