@@ -156,5 +156,8 @@ def test_candidates_are_drawn_by_the_trainers_negative_weights(built):
         sampler = neg.NegativeSampler(NUM_ITEMS, 9, 3, neg.split_salt(split), weights)
         drawn = split_batch(batch, split, sampler, "user_days", ZONE, None).to_pylist()
         written = pq.read_table(f"{built['uri']}/samples/{split}").to_pylist()
-        key = lambda r: (r["user"], r["cut"])  # noqa: E731
-        assert sorted(written, key=key) == sorted(drawn, key=key), split
+        assert sorted(written, key=_row_key) == sorted(drawn, key=_row_key), split
+
+
+def _row_key(row: dict) -> tuple[int, int]:
+    return row["user"], row["cut"]
