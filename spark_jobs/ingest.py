@@ -621,15 +621,18 @@ def _kcore(kept: DataFrame, n_kept: int, k: int,
     (S3-Rec's 5-core: every kept user and item has at least ``k``).
 
     Returns:
-        (frame, rows) of the k-core; each round's frame is persisted and the previous one
-        released, so lineage and memory stay bounded.
+        (frame, rows) of the k-core; each round's frame is checkpointed (its plan cut to the
+        saved rows) and the previous one released, so lineage and memory stay bounded. A
+        round reads the previous frame three times, so without the cut the plan Spark
+        analyses grows threefold a round: a sparse log needing 10+ rounds (a generated Toys
+        shape: a few filtered rows unravel the core) stalled ingest for many minutes.
     """
     current, rows = kept, n_kept
     while True:
         users = current.groupBy("user").count().filter(F.col("count") >= k).select("user")
         items = current.groupBy("item").count().filter(F.col("count") >= k).select("item")
         core = (current.join(users, "user", "left_semi")
-                .join(items, "item", "left_semi").persist())
+                .join(items, "item", "left_semi").localCheckpoint(eager=True))
         persisted.append(core)
         remaining = core.count()
         current.unpersist()

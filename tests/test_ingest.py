@@ -283,6 +283,21 @@ def test_kcore_modes_and_published_sizes_beside_ours(spark, make_config, tmp_pat
     assert f"events a user, sparsity {100 * (1 - kept / (users * items)):.3f} %" in caplog.text
 
 
+def test_a_core_that_unravels_over_many_rounds(spark, make_config, tmp_path):
+    """A path user 1 - item 1 - user 2 - item 2 - ... has no 2-core, and each round strips
+    only its two ends: 14 rounds here. Each round reads the previous one three times, so a
+    plan kept across rounds grows threefold a round (3^14 nodes: ingest stalled); the
+    rounds cut it, and a 2-by-2 block beside the path survives alone."""
+    t = int(dt.datetime(2010, 1, 1, tzinfo=UTC).timestamp())
+    path = [f"{u},{i},5,{t}" for n in range(1, 15) for u, i in ((n, n), (n + 1, n))]
+    block = [f"{u},{i},5,{t}" for u in (101, 102) for i in (101, 102)]
+    _write(tmp_path / "raw" / "ratings.csv", ["user,item,rating,timestamp", *path, *block])
+    m = run_ingest(make_config("ccmr", overrides=["dataset.kcore=2",
+                                                  "dataset.kcore_mode=iterative"]))["manifest"]
+    assert (m["counts"]["kept"], m["counts"]["filtered"]["kcore"]) == (4, len(path))
+    assert (m["counts"]["users"], m["counts"]["items"]) == (2, 2)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["dataset.num_slices=null"], "slice_days and num_slices"),
     (["dataset.last_day=2017-12-31"], "sliced data needs start and no last_day"),
