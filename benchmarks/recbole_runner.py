@@ -19,16 +19,35 @@ evaluation ``uni99`` (1 positive + 99 sampled negatives, RecBole resamples them 
 evaluation, see PROTOCOLS.md §1), HR@10 / NDCG@10 / MRR. Hyper-parameters follow our SASRec
 preset where RecBole has the same knob (d, blocks, heads, dropout, L, lr, batch size).
 
+Or an atomic file as it is, e.g. RecBole's own ML-100K (benchmarks/movielens_recbole.py):
+
+    .venv-recbole/bin/python benchmarks/recbole_runner.py --inter data/raw/ml-100k/ml-100k.inter \
+        --kcore 5 --loss CE --patience 10 --epochs 50 --out data/bench/ml-100k/recbole-ce.json
+
+``--inter``: the file is copied as RecBole's dataset ``seqrec_input`` (a dataset named
+``ml-100k`` would make RecBole read the copy in its own package instead of ``data_path``),
+read with RecBole's default columns (user_id, item_id, timestamp) and, with ``--kcore K``,
+RecBole's iterative K-core (``user_inter_num_interval`` / ``item_inter_num_interval``
+``[K,inf)``), as our leave-one-out presets' ``dataset.kcore``. ``--loss CE`` is RecBole's
+full-softmax cross-entropy (no training negatives), ``BPR`` one uniform negative.
+Metrics: Hit, NDCG and MRR at 1, 5, 10 and 100 (``mrr@100`` over uni99's 100 candidates is
+the untruncated MRR our tables give). ``--patience N`` stops after N epochs without a gain
+of ``--valid-metric`` and tests the best epoch's weights on the test items (``uni99`` too).
+
 Output: JSON with seconds per training epoch, validation seconds and valid metrics per
-epoch, and the torch thread count.
+epoch, the torch thread count, and ``best_epoch`` with the ``test`` metrics of that epoch's
+weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
+
+ATOMIC_NAME = "seqrec_input"  # never "ml-100k": RecBole would read its packaged copy instead
 
 
 def write_atomic(sequences: Path, folder: Path, name: str) -> int:
@@ -46,9 +65,27 @@ def write_atomic(sequences: Path, folder: Path, name: str) -> int:
     return rows
 
 
+def copy_atomic(inter: Path, folder: Path) -> int:
+    """``<folder>/<ATOMIC_NAME>/<ATOMIC_NAME>.inter``: the atomic file as it is; returns its
+    data lines."""
+    out = folder / ATOMIC_NAME
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(inter, out / f"{ATOMIC_NAME}.inter")
+    with inter.open() as f:
+        return sum(1 for _ in f) - 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sequences", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sequences", type=Path, help="S3-Rec <Name>.txt")
+    source.add_argument("--inter", type=Path, help="a RecBole atomic .inter, used as it is")
+    parser.add_argument("--kcore", type=int, default=0, help="RecBole's iterative k-core")
+    parser.add_argument("--loss", choices=["BPR", "CE"], default="BPR")
+    parser.add_argument("--mode", default="uni99", help="RecBole eval_args mode")
+    parser.add_argument("--patience", type=int, default=0,
+                        help="stop after this many epochs without valid gain (0: never)")
+    parser.add_argument("--valid-metric", default="mrr@100")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
@@ -71,19 +108,24 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     folder = args.out.parent / "recbole_data"
-    name = args.sequences.stem
-    rows = write_atomic(args.sequences, folder, name)
+    if args.inter is not None:
+        name, rows = ATOMIC_NAME, copy_atomic(args.inter, folder)
+    else:
+        name = args.sequences.stem
+        rows = write_atomic(args.sequences, folder, name)
+    interval = f"[{args.kcore},inf)" if args.kcore else None
     config = Config(model="SASRec", dataset=name, config_dict={
         "data_path": str(folder), "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id",
         "TIME_FIELD": "timestamp", "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "MAX_ITEM_LIST_LENGTH": args.max_len, "hidden_size": args.embed_dim,
         "inner_size": args.embed_dim, "n_layers": args.blocks, "n_heads": args.heads,
         "hidden_dropout_prob": args.dropout, "attn_dropout_prob": args.dropout,
-        "loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform",
-                                                       "sample_num": 1},
-        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "uni99",
+        "loss_type": args.loss, "train_neg_sample_args": (
+            {"distribution": "uniform", "sample_num": 1} if args.loss == "BPR" else None),
+        "user_inter_num_interval": interval, "item_inter_num_interval": interval,
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": args.mode,
                       "group_by": "user"},
-        "metrics": ["Hit", "NDCG", "MRR"], "topk": [10], "valid_metric": "Hit@10",
+        "metrics": ["Hit", "NDCG", "MRR"], "topk": [1, 5, 10, 100], "valid_metric": "Hit@10",
         "learning_rate": args.lr, "train_batch_size": args.batch_size,
         "eval_batch_size": 2048, "epochs": args.epochs, "seed": args.seed,
         "device": "cpu", "use_gpu": False, "show_progress": False, "save_dataset": False,
@@ -92,10 +134,10 @@ def main() -> None:
     })
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
-    train, valid, _ = data_preparation(config, dataset)
+    train, valid, test = data_preparation(config, dataset)
     model = SASRec(config, train.dataset).to(config["device"])
     trainer = Trainer(config, model)
-    epochs = []
+    epochs, best, waited = [], None, 0
     for epoch in range(args.epochs):
         start = time.perf_counter()
         loss = trainer._train_epoch(train, epoch)
@@ -106,9 +148,22 @@ def main() -> None:
                        "train_loss": float(loss if not isinstance(loss, tuple) else sum(loss)),
                        **{k: float(v) for k, v in result.items()}})
         print(json.dumps(epochs[-1]), flush=True)
-    args.out.write_text(json.dumps({"interactions": rows, "users": dataset.user_num - 1,
-                                    "items": dataset.item_num - 1, "threads": args.threads,
-                                    "epochs": epochs}, indent=1))
+        if best is None or epochs[-1][args.valid_metric] > best[0]:
+            best = (epochs[-1][args.valid_metric], epoch + 1,
+                    {k: v.detach().clone() for k, v in model.state_dict().items()})
+            waited = 0
+        else:
+            waited += 1
+            if args.patience and waited >= args.patience:
+                break
+    model.load_state_dict(best[2])
+    start = time.perf_counter()
+    tested = trainer.evaluate(test, load_best_model=False)
+    args.out.write_text(json.dumps({
+        "interactions": rows, "users": dataset.user_num - 1, "items": dataset.item_num - 1,
+        "threads": args.threads, "loss": args.loss, "mode": args.mode, "epochs": epochs,
+        "best_epoch": best[1], "test_seconds": time.perf_counter() - start,
+        "test": {k: float(v) for k, v in tested.items()}}, indent=1))
 
 
 if __name__ == "__main__":

@@ -307,6 +307,9 @@ class TrainConfig(Section):
     # nice value of the workers of a Ray this run starts (Ray's own default is 15)
     worker_niceness: int = Field(ge=0, le=19)
     full_rank_users: int = Field(ge=0)  # users scored against all items (0 disables)
+    # lazy: Adam on the rows a batch touches (Taobao-sized tables); dense: Adam on whole
+    # tables, every row every step, as the papers' code (trainers/embedding.py)
+    embedding_updates: Literal["lazy", "dense"]
     # leave_one_out training rows: the L events before the index's train target (last), or
     # each epoch a random contiguous window of L events + its target ending at or before
     # it (random: DualRec's released code, so events before a long history's last L train too)

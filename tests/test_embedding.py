@@ -134,3 +134,30 @@ def test_lookup_of_several_parts_dedupes_across_them():
     (rows, leaf), = table.touched
     assert rows.tolist() == [1, 2, 4, 8]
     assert leaf.grad[:, 0].tolist() == [1.0, 2.0, 2.0, 3.0]  # row 8: once in a, once (x2) in b
+
+
+def test_dense_updates_are_torch_adam_on_the_whole_table():
+    """``train.embedding_updates: dense``: a row touched once keeps moving by its moments on
+    the later steps, exactly as torch.optim.Adam moves an nn.Embedding (with λ + weight
+    decay on every row); lazy updates leave it where its one step put it."""
+    torch.manual_seed(0)
+    table = RowSparseEmbedding(8, 3, init_std=0.1)
+    reference = nn.Embedding(8, 3)
+    reference.weight.data.copy_(table.weight.data)
+    optimizer = build_optimizer(table, lr=0.01, l2=1e-3, weight_decay=1e-4,
+                                embedding_updates="dense")
+    adam = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=1e-3 + 1e-4)
+    lazy_table = RowSparseEmbedding(8, 3, init_std=0.1)
+    lazy_table.weight.data.copy_(table.weight.data)
+    lazy = build_optimizer(lazy_table, lr=0.01, l2=1e-3, weight_decay=1e-4)
+    batches = [torch.tensor([5, 1]), torch.tensor([1, 2]), torch.tensor([2, 3])]
+    for step, ids in enumerate(batches):
+        for module, opt in ((table, optimizer), (reference, adam), (lazy_table, lazy)):
+            opt.zero_grad()
+            module(ids).pow(2).sum().backward()
+            opt.step()
+        if step == 0:
+            after_touch = lazy_table.weight[5].clone()
+    torch.testing.assert_close(table.weight.data, reference.weight.data, rtol=0, atol=0)
+    assert torch.equal(lazy_table.weight[5], after_touch)  # lazy: only touched rows move
+    assert not torch.equal(table.weight[5], after_touch)  # dense: momentum keeps moving it

@@ -59,8 +59,8 @@ def test_header_columns_name_and_type_every_column():
     (":token\titem_id:token", "is not name:type"),
     ("user_id:int\titem_id:token\ttimestamp:float", "type 'int'; RecBole's types are token"),
     ("user_id:token\tuser_id:float", "column 'user_id' appears twice"),
-    ("user_id:token\titem_id:token", "no column 'timestamp' (dataset.atomic_fields.time); "
-                                     "its columns: user_id:token, item_id:token"),
+    ("user_id:token\titem_id:token", ("no column 'timestamp' (dataset.atomic_fields.time); "
+                                      "its columns: user_id:token, item_id:token")),
     ("user_id:token\titem:token\ttimestamp:float", "no column 'item_id'"),
     ("user_id:float\titem_id:token\ttimestamp:float",
      "column 'user_id' (dataset.atomic_fields.user) is float, not token"),

@@ -49,6 +49,14 @@ class RowSparseEmbedding(nn.Module):
         # RowAdam writes it in place.
         self.weight = nn.Parameter(torch.randn(num_rows, dim) * init_std, requires_grad=False)
         self.touched: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows (U,), leaf (U, d))
+        self.dense = False  # :meth:`make_dense`: an ordinary table for dense Adam
+
+    def make_dense(self) -> None:
+        """Train this table as a dense parameter (``train.embedding_updates: dense``): its
+        weight gets a full gradient every step, and dense Adam moves every row by its
+        moments, the rows a batch does not touch included."""
+        self.weight.requires_grad_(True)
+        self.dense = True
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Look up ids of any shape (...,) -> (..., d)."""
@@ -67,7 +75,7 @@ class RowSparseEmbedding(nn.Module):
         Returns:
             one (..., d) tensor per part.
         """
-        if not (self.training and torch.is_grad_enabled()):
+        if self.dense or not (self.training and torch.is_grad_enabled()):
             return [F.embedding(ids, self.weight) for ids in parts]
         rows, inverse = torch.unique(torch.cat([p.reshape(-1) for p in parts]),
                                      return_inverse=True)  # (U,), (N,)
@@ -237,8 +245,8 @@ class ModelOptimizer:
                 opt.load_state_dict(state_dict[name])
 
 
-def build_optimizer(model: nn.Module, lr: float, l2: float,
-                    weight_decay: float = 0.0) -> ModelOptimizer:
+def build_optimizer(model: nn.Module, lr: float, l2: float, weight_decay: float = 0.0,
+                    embedding_updates: str = "lazy") -> ModelOptimizer:
     """The optimizer for any registered model.
 
     Dense parameters get Adam with ``weight_decay`` (coupled L2, ``torch.optim.Adam``'s
@@ -252,16 +260,29 @@ def build_optimizer(model: nn.Module, lr: float, l2: float,
         lr: learning rate (``train.lr``).
         l2: λ (``train.l2``).
         weight_decay: Adam's L2 on every parameter (``train.weight_decay``).
+        embedding_updates: ``lazy`` (:class:`RowAdam` on the touched rows) or ``dense``
+            (``train.embedding_updates``): every table becomes a dense parameter of Adam,
+            with weight decay λ + ``weight_decay`` on all its rows every step, as the
+            papers' own code trains (torch / TF Adam on a whole table).
     Returns:
         an object with ``zero_grad()``, ``step()``, ``state_dict()``, ``load_state_dict()``.
     Raises:
         ValueError: the model has no trainable parameters at all.
     """
     tables = [m for m in model.modules() if isinstance(m, RowSparseEmbedding)]
-    dense = [p for p in model.parameters() if p.requires_grad]
-    if not tables and not dense:
+    if embedding_updates == "dense":
+        for table in tables:
+            table.make_dense()
+    dense_tables = [t.weight for t in tables if t.dense]
+    tables = [t for t in tables if not t.dense]
+    table_ids = {id(w) for w in dense_tables}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in table_ids]
+    if not tables and not dense and not dense_tables:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    groups = [{"params": dense, "weight_decay": weight_decay}] if dense else []
+    if dense_tables:
+        groups.append({"params": dense_tables, "weight_decay": l2 + weight_decay})
     return ModelOptimizer(
-        torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay) if dense else None,
+        torch.optim.Adam(groups, lr=lr) if groups else None,
         RowAdam(tables, lr=lr, weight_decay=l2 + weight_decay) if tables else None,
     )

@@ -1,0 +1,273 @@
+"""Every protocol on RecBole's own MovieLens-100K atomic file: each model of the protocol's
+paper table beside popularity, and beside RecBole 1.2.1's SASRec (CE and BPR) where RecBole
+evaluates the same way (issue 23, section 2).
+
+The file is RecBole's ``ml-100k.inter`` as its wheel ships it, read by our ``recbole_inter``
+reader (conf/datasets/ml-100k.yaml). Get it once (no network at run time):
+
+    pip download --no-deps recbole==1.2.1 -d /tmp/recbole_wheel
+    unzip -j /tmp/recbole_wheel/recbole-1.2.1-py3-none-any.whl \
+        recbole/dataset_example/ml-100k/ml-100k.inter -d data/raw/ml-100k
+
+Per protocol, through the real stages (Spark ingest and index, then
+``trainers.compare.run_comparison``: Ray Train, evaluation, MLflow, as ``seqrec compare``):
+
+- ``leave_one_out`` (DualRec Table 2's models): the ml-100k preset, every rating an
+  interaction, iterative 5-core, 99 negatives per user, L = 50, d = 64. Beside them: our
+  SASRec once more with its full-softmax CE (``model.params.loss=ce``, run name
+  ``sasrec-ce``), and RecBole's SASRec trained with CE and with BPR
+  (benchmarks/recbole_runner.py in ``.venv-recbole``) on the same file with the same 5-core,
+  d, blocks, heads, dropout, L, lr and batch, leave-one-out by time (``LS: valid_and_test``,
+  ``order: TO``) and ``uni99`` evaluation: 1 target + 99 uniform unseen items, the candidate
+  count of ours (RecBole's ``uni100`` would be 101). Not identical: RecBole draws its 99
+  again at every evaluation, ours are fixed per user and shared by valid and test;
+  RecBole's MRR is ``mrr@100`` over the 100 candidates (= the untruncated MRR ours gives);
+  RecBole ranks ties by ``topk``, ours pessimistically; RecBole trains one sample per prefix
+  (~97k per epoch), ours one row per user (943) with every history position a target, so
+  an epoch of ours is ~4 optimizer steps against RecBole's ~380: compare at early stopping,
+  not per epoch.
+- ``feedback`` (DFAR Table 2's models): the movielens preset's DFAR setup on this file
+  (ratings 4-5 positive, 1 negative, 2-3 dropped; 10-core items then users; each user's
+  last two active days held out; 9 sampled items per real row; AUC, GAUC, MRR@10, NDCG@10).
+  RecBole has no such protocol (its SASRec reads no feedback labels and splits by
+  interaction, not by day), so this table has no RecBole rows.
+- ``slices`` (SCoRe Table 3's models): ML-100K spans 1997-09-20 .. 1998-04-22, so seven
+  30-day slices (T = 7; the last four days fall outside), labels as feedback; train on slice
+  T-3, valid T-2, test T-1, 1 + 99 candidates. RecBole has no time-sliced protocol: no
+  RecBole rows either.
+
+Each table: the models (test metrics of the best valid epoch, valid selection metric, best
+epoch, training minutes), the popularity reference on the same lists, the feedback random
+floor, RecBole's rows; then seconds per part (ingest, index, comparison, RecBole runs).
+
+``--epochs N`` caps every model's epochs, BERT4Rec's 5,300 of its preset included (early
+stopping still ends runs sooner); without it each model trains to its preset's cap or early
+stop. ``--recbole-epochs`` caps RecBole's (patience ``--recbole-patience`` on valid MRR).
+ML-100K is dense (943 users, ~106 ratings each), unlike Amazon's ~9 a user, so it may not
+show what fails on Amazon.
+
+Run: .venv/bin/python benchmarks/movielens_recbole.py [data/raw/ml-100k/ml-100k.inter]
+     [--protocols leave_one_out,feedback,slices] [--epochs N] [--recbole-epochs 50]
+     [--recbole-patience 10] [--models-leave_one_out ...] [--models-feedback ...]
+     [--models-slices ...] [--no-recbole] [--threads 2 (RecBole's torch threads)]
+     [--work data/bench/ml-100k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from conf.loading import load_config  # noqa: E402
+from conf.schema import FEEDBACK, LEAVE_ONE_OUT, SLICES  # noqa: E402
+
+RECBOLE_PYTHON = ROOT / ".venv-recbole" / "bin" / "python"
+DEFAULT_FILE = ROOT / "data" / "raw" / "ml-100k" / "ml-100k.inter"
+MODELS = {  # each paper's comparison table (README, "Models and comparison")
+    LEAVE_ONE_OUT: "dualrec,dual_gru4rec,dual_fmlp,fmlp,bert4rec,sasrec,gru4rec,caser",
+    FEEDBACK: "dfar,tha4rec,din,dien,dfn,feedrec,gru4rec,sasrec,caser",
+    SLICES: "score,svdpp,delf,gru4rec,caser,sasrec,rrn,deems",
+}
+# The ml-100k preset is leave_one_out; the others as its header comments say.
+OVERRIDES = {
+    LEAVE_ONE_OUT: [],
+    FEEDBACK: ["index.protocol=feedback", "index.eval_negatives=9", "index.train_negatives=9",
+               "index.negative_sampling=popularity", "index.sequence_max_len=20",
+               "dataset.positive_min_rating=4", "dataset.negative_max_rating=1",
+               "dataset.kcore=10", "dataset.kcore_mode=items_then_users",
+               "train.window=last", "train.lr=0.001", "train.batch_size=200",
+               "train.patience=5", "train.min_epochs=10", "table.params.embed_dim=32",
+               "table.params.hidden_dim=32", "table.params.tower_hidden=[64, 32]"],
+    SLICES: ["index.protocol=slices", "dataset.start=1997-09-20", "dataset.slice_days=30",
+             "dataset.num_slices=7", "dataset.positive_min_rating=4",
+             "dataset.negative_max_rating=1", "dataset.kcore=0", "train.window=last",
+             "table.params={}"],
+}
+# Our SASRec preset's sizes under the leave_one_out table (d = 64), given to RecBole's.
+RECBOLE_SASREC = ["--embed-dim", "64", "--blocks", "2", "--heads", "1", "--dropout", "0.2",
+                  "--max-len", "50", "--lr", "0.001", "--batch-size", "256"]
+RECBOLE_METRICS = {"hr@1": "hit@1", "hr@5": "hit@5", "hr@10": "hit@10", "ndcg@5": "ndcg@5",
+                   "ndcg@10": "ndcg@10", "mrr": "mrr@100"}
+
+
+def config(inter: Path, work: Path, protocol: str, epochs: int | None, model: str = "sasrec",
+           extra: list[str] = ()):
+    """The ml-100k preset on ``inter`` under ``protocol``; stages in ``<work>/<protocol>``."""
+    return load_config("ml-100k", model, "local", [
+        f"paths.raw_dir={inter.parent}", f"dataset.files=[{inter.name}]",
+        f"paths.work_dir={work}/{protocol}", f"tracking.uri=sqlite:///{work}/mlflow.db",
+        f"tracking.artifact_location={work}/mla", *OVERRIDES[protocol],
+        *([f"train.epochs={epochs}"] if epochs else []), *extra])
+
+
+@contextmanager
+def epoch_cap(epochs: int | None):
+    """Within the block, every model of ``run_comparison`` trains at most ``epochs`` epochs,
+    even one whose preset sets its own (``compare.model_config`` lets a model preset's
+    ``train:`` keys win over the comparison's, BERT4Rec's epochs 5300 among them)."""
+    from trainers import compare
+
+    if not epochs:
+        yield
+        return
+    original = compare.model_config
+
+    def capped(cfg, name):
+        out = original(cfg, name)
+        return out.model_copy(update={"train": out.train.model_copy(
+            update={"epochs": min(out.train.epochs, epochs)})})
+
+    with mock.patch.object(compare, "model_config", capped):
+        yield
+
+
+def mlflow_facts(cfg, run_id: str, protocol) -> dict:
+    """A model run's popularity metrics and training minutes, as MLflow recorded them."""
+    from trainers import tracking
+
+    run = tracking.client(cfg).get_run(run_id)
+    metrics = run.data.metrics
+    chosen = protocol.selection_metric
+    popularity = {f"test_{m}": metrics.get(tracking.metric_name(f"popularity_test_{m}"))
+                  for m in protocol.test_metrics}
+    popularity[f"valid_{chosen}"] = metrics.get(tracking.metric_name(f"popularity_valid_{chosen}"))
+    end = run.info.end_time or run.info.start_time
+    return {"popularity": popularity, "train_min": (end - run.info.start_time) / 60_000}
+
+
+def ours(inter: Path, work: Path, protocol_name: str, models: list[str], epochs: int | None,
+         timings: dict) -> tuple[list[dict], object]:
+    """Ingest, index and compare ``models`` (+ SASRec with CE under leave_one_out)."""
+    from spark_jobs.index import run_index
+    from spark_jobs.ingest import run_ingest
+    from trainers.compare import run_comparison
+    from trainers.evaluate import run_evaluation
+    from trainers.protocols import protocol_named
+    from trainers.train import run_training
+
+    cfg = config(inter, work, protocol_name, epochs)
+    for stage, run in (("ingest", run_ingest), ("index", run_index)):
+        start = time.perf_counter()
+        manifest = run(cfg)["manifest"]
+        timings[f"{protocol_name} {stage}"] = time.perf_counter() - start
+        print(f"{protocol_name} {stage}: {json.dumps(manifest['counts'])}", flush=True)
+    protocol = protocol_named(protocol_name)
+    chosen = protocol.selection_metric
+    start = time.perf_counter()
+    with epoch_cap(epochs):
+        result = run_comparison(cfg, models)
+    timings[f"{protocol_name} compare ({len(result['rows'])} rows)"] = time.perf_counter() - start
+    for name, reason in result["skipped"].items():
+        print(f"skipped {name}: {reason}", flush=True)
+    rows = []
+    for row in result["rows"]:
+        if row["model"] == "random":
+            rows.append({**row, "model": "random (expected)"})
+            continue
+        facts = mlflow_facts(cfg, row["run_id"], protocol)
+        rows.append({**row, "train_min": facts["train_min"]})
+        popularity = facts["popularity"]  # the same lists for every model
+    if protocol_name == LEAVE_ONE_OUT:  # our SASRec with the loss RecBole's CE row has
+        ce = config(inter, work, protocol_name, epochs, "sasrec",
+                    ["model.params.loss=ce", "train.run_name=sasrec-ce"])
+        start = time.perf_counter()
+        trained, evaluated = run_training(ce), run_evaluation(ce)
+        timings[f"{protocol_name} sasrec-ce"] = time.perf_counter() - start
+        rows.append({"model": "sasrec-ce", "best_epoch": trained["best_epoch"],
+                     f"valid_{chosen}": trained["valid"][chosen],
+                     **{f"test_{m}": evaluated["test"][m] for m in protocol.test_metrics},
+                     "train_min": mlflow_facts(ce, trained["run_id"], protocol)["train_min"]})
+    rows.insert(0, {"model": "popularity", "best_epoch": "", "train_min": "", **popularity})
+    return rows, protocol
+
+
+def recbole(inter: Path, work: Path, loss: str, args, timings: dict) -> dict:
+    """RecBole's SASRec with ``loss`` on ``inter`` (leave-one-out, uni99), as a table row."""
+    out = work / "recbole" / f"sasrec-{loss.lower()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    subprocess.run([str(RECBOLE_PYTHON), str(ROOT / "benchmarks" / "recbole_runner.py"),
+                    "--inter", str(inter), "--kcore", "5", "--loss", loss, "--mode", "uni99",
+                    "--epochs", str(args.recbole_epochs), "--patience",
+                    str(args.recbole_patience), "--threads", str(args.threads),
+                    "--out", str(out), *RECBOLE_SASREC],
+                   check=True, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
+                   cwd=out.parent)
+    timings[f"recbole sasrec {loss}"] = time.perf_counter() - start
+    result = json.loads(out.read_text())
+    best = result["epochs"][result["best_epoch"] - 1]
+    return {"model": f"RecBole SASRec {loss} (uni99)", "best_epoch": result["best_epoch"],
+            "valid_mrr": best["mrr@100"],
+            **{f"test_{ours_name}": result["test"][name]
+               for ours_name, name in RECBOLE_METRICS.items()},
+            "train_min": sum(e["train_seconds"] for e in result["epochs"]) / 60}
+
+
+def table(rows: list[dict], protocol) -> str:
+    """Markdown: a row per model (popularity, random floor and RecBole's included)."""
+    cols = ["model", *(f"test_{m}" for m in protocol.test_metrics),
+            f"valid_{protocol.selection_metric}", "best_epoch", "train_min"]
+    lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    for row in rows:
+        cells = [row.get(c, "") for c in cols]
+        lines.append("| " + " | ".join(f"{c:.4f}" if isinstance(c, float) else
+                                       ("" if c is None else str(c)) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("inter", type=Path, nargs="?", default=DEFAULT_FILE,
+                        help="RecBole's ml-100k.inter (see the docstring for the unzip line)")
+    parser.add_argument("--protocols", default=f"{LEAVE_ONE_OUT},{FEEDBACK},{SLICES}")
+    for protocol, models in MODELS.items():
+        parser.add_argument(f"--models-{protocol}", default=models)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="cap on every model's epochs (default: each preset's)")
+    parser.add_argument("--recbole-epochs", type=int, default=50)
+    parser.add_argument("--recbole-patience", type=int, default=10)
+    parser.add_argument("--no-recbole", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench" / "ml-100k")
+    args = parser.parse_args()
+    inter, work = args.inter.resolve(), args.work.resolve()
+    if not inter.exists():
+        sys.exit(f"{inter} is missing; get it from RecBole's wheel: pip download --no-deps "
+                 "recbole==1.2.1 -d /tmp/recbole_wheel && unzip -j /tmp/recbole_wheel/recbole-"
+                 "1.2.1-py3-none-any.whl recbole/dataset_example/ml-100k/ml-100k.inter -d "
+                 f"{inter.parent}")
+    protocols = args.protocols.split(",")
+    unknown = set(protocols) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown protocols {sorted(unknown)}; known: {', '.join(MODELS)}")
+    if LEAVE_ONE_OUT in protocols and not args.no_recbole and not RECBOLE_PYTHON.exists():
+        sys.exit(f"RecBole's venv is missing: see benchmarks/recbole_runner.py for the install "
+                 f"line ({RECBOLE_PYTHON}), or pass --no-recbole")
+    tables, timings = [], {}
+    for name in protocols:
+        models = getattr(args, f"models_{name}").split(",")
+        rows, protocol = ours(inter, work, name, models, args.epochs, timings)
+        if name == LEAVE_ONE_OUT and not args.no_recbole:
+            rows += [recbole(inter, work, loss, args, timings) for loss in ("CE", "BPR")]
+        tables.append(f"### {name}\n\n{table(rows, protocol)}")
+        print(f"\n{tables[-1]}\n", flush=True)
+    print("\n\n".join(tables))
+    print("\n| part | seconds |\n|---|---:|")
+    for part, seconds in timings.items():
+        print(f"| {part} | {seconds:.0f} |")
+    print(f"\nepochs cap: {args.epochs or 'presets'}; RecBole epochs {args.recbole_epochs}, "
+          f"patience {args.recbole_patience}, {args.threads} torch threads")
+
+
+if __name__ == "__main__":
+    main()
