@@ -23,9 +23,9 @@ Per protocol, through the real stages (Spark ingest and index, then
   again at every evaluation, ours are fixed per user and shared by valid and test;
   RecBole's MRR is ``mrr@100`` over the 100 candidates (= the untruncated MRR ours gives);
   RecBole ranks ties by ``topk``, ours pessimistically; RecBole trains one sample per prefix
-  (~97k per epoch), ours one row per user (943) with every history position a target, so
-  an epoch of ours is ~4 optimizer steps against RecBole's ~380: compare at early stopping,
-  not per epoch.
+  (~96k per epoch after the 5-core), ours one row per user (943) with every history
+  position a target (~47k targets in windows of 50), so an epoch of ours is 4 optimizer
+  steps against RecBole's ~377: compare at early stopping, not per epoch.
 - ``feedback`` (DFAR Table 2's models): the movielens preset's DFAR setup on this file
   (ratings 4-5 positive, 1 negative, 2-3 dropped; 10-core items then users; each user's
   last two active days held out; 9 sampled items per real row; AUC, GAUC, MRR@10, NDCG@10).

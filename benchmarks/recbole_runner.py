@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -98,6 +99,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
+    # RecBole writes log_tensorboard/ into the working directory: make that the output's.
+    args.out, args.sequences, args.inter = (
+        p if p is None else p.resolve() for p in (args.out, args.sequences, args.inter))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    os.chdir(args.out.parent)
 
     import torch
     from recbole.config import Config

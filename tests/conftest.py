@@ -1,5 +1,5 @@
 """Shared fixtures. Each test module keeps its own data fixtures; only process-wide
-resources (one SparkSession per test session) live here."""
+resources (one SparkSession per test session, torch's thread count) live here."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ def spark():
     session = spark_session(cfg.spark)
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is far faster than two on a shared 2-core box (a
+    module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -16,13 +16,7 @@ PARAMS = dict(embed_dim=8, init_std=0.3, num_layers=2, num_heads=2, ffn_dim=16, 
               loss="ce", loss_negatives=8, gbce_t=0.75)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is far faster than two on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def build(**over):

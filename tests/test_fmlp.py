@@ -16,13 +16,7 @@ PARAMS = dict(embed_dim=4, embed_init_std=0.3, num_layers=2, ffn_dim=8, dropout=
               filter="global", loss="bce", loss_negatives=8, gbce_t=0.75, softmax_max_logits=60)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is far faster than two on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def batch() -> dict[str, torch.Tensor]:

@@ -26,13 +26,7 @@ OBJECTIVES = ["ce", "sampled_softmax", "gbce"]
 K = 16  # loss_negatives on the tiny index (40 items; gbce needs k < I)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # A tiny item table: items 1..5 (row 0 is padding, never a class), d = 2.

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from conf.loading import ConfigError, load_config
 from spark_jobs.ingest import run_ingest
 from spark_jobs.readers.recbole_atomic import bind, header_columns
+from test_readers import _table, _write
 
 ML100K_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
 UNWINDOWED = ["dataset.start=null", "dataset.last_day=null", "dataset.kcore=0"]
@@ -26,16 +26,6 @@ LABELS = ["dataset.positive_min_rating=4", "dataset.negative_max_rating=2"]
 def _config(make_config, files: list[str], extra: list[str] = ()):
     return make_config("ml-100k", overrides=[f"dataset.files={json.dumps(files)}",
                                              *UNWINDOWED, *extra])
-
-
-def _write(path: Path, lines: list[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _table(uri: Path) -> list[dict]:
-    return pq.read_table(str(uri)).to_pylist()
 
 
 def _rows(out: Path) -> set[tuple]:
