@@ -5,8 +5,8 @@ evaluates the same way (issue 23, section 2).
 The file is RecBole's ``ml-100k.inter`` as its wheel ships it, read by our ``recbole_inter``
 reader (conf/datasets/ml-100k.yaml). Get it once (no network at run time):
 
-    pip download --no-deps recbole==1.2.1 -d /tmp/recbole_wheel
-    unzip -j /tmp/recbole_wheel/recbole-1.2.1-py3-none-any.whl \
+    pip download --no-deps recbole==1.2.1 -d data/downloads
+    unzip -j data/downloads/recbole-1.2.1-py3-none-any.whl \
         recbole/dataset_example/ml-100k/ml-100k.inter -d data/raw/ml-100k
 
 Per protocol, through the real stages (Spark ingest and index, then
@@ -243,7 +243,7 @@ def main() -> None:
     inter, work = args.inter.resolve(), args.work.resolve()
     if not inter.exists():
         sys.exit(f"{inter} is missing; get it from RecBole's wheel: pip download --no-deps "
-                 "recbole==1.2.1 -d /tmp/recbole_wheel && unzip -j /tmp/recbole_wheel/recbole-"
+                 "recbole==1.2.1 -d data/downloads && unzip -j data/downloads/recbole-"
                  "1.2.1-py3-none-any.whl recbole/dataset_example/ml-100k/ml-100k.inter -d "
                  f"{inter.parent}")
     protocols = args.protocols.split(",")
