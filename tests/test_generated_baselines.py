@@ -1,0 +1,79 @@
+"""The baselines of DualRec's and DFAR's tables learn beyond popularity on generated data
+shaped like the real logs (issue 23).
+
+The data: ``sample-loo`` and ``sample-feedback`` as their presets generate them (Amazon
+5-core reviews; a ratings CSV), cut to under 500 users after ingest. On the real Amazon Toys
+every DualRec baseline reaches at least 1.5x popularity's HR@10 (DualRec Table 2: Caser 0.354,
+GRU4Rec 0.469, SASRec 0.503 against popularity's 0.236); SASRec with torch's default
+initialisation stayed at 1.2x on both the real file and these (issue 23). Each model trains
+in this process with the loop's own functions (trainers/local_fit.py) for a fixed budget,
+then its test lists are scored beside popularity's.
+
+Not here yet: Caser (1.20x) and BERT4Rec (1.21x at lr 1e-3) stay under 1.3x on the small
+leave-one-out data at this budget (issue 23 stays open for them).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conf.loading import load_config
+from trainers.local_fit import fit_locally
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = {  # under 500 users after ingest's 5-core / the feedback filters
+    "sample-loo": ["generate.users=540", "generate.items=650", "generate.rows=5400",
+                   "generate.communities=10", "train.batch_size=32"],
+    "sample-feedback": ["generate.users=2000", "generate.items=1000", "generate.rows=22000",
+                        "generate.communities=10", "train.batch_size=64"],
+}
+
+
+@pytest.fixture(scope="module")
+def indices(tmp_path_factory, spark) -> dict[str, list[str]]:
+    """Both small indices, built once by the real generate, ingest and index stages; the
+    overrides that point a config at each."""
+    from spark_jobs.index import run_index
+    from spark_jobs.ingest import run_ingest
+    from spark_jobs.sample_data import generate
+
+    root = tmp_path_factory.mktemp("generated")
+    out = {}
+    for dataset, overrides in SMALL.items():
+        where = root / dataset
+        out[dataset] = [f"paths.raw_dir={where}/raw", f"paths.work_dir={where}/work",
+                        "spark.master=local[2]", "spark.shuffle_partitions=4", *overrides]
+        cfg = load_config(dataset, "sasrec", "local", out[dataset])
+        generate(cfg)
+        run_ingest(cfg)
+        manifest = run_index(cfg)["manifest"]
+        assert manifest["num_users"] <= 500, (dataset, manifest["num_users"])
+    return out
+
+
+@pytest.mark.parametrize("model, epochs", [
+    ("sasrec", 30), ("dualrec", 30), ("gru4rec", 30), ("fmlp", 20),
+])
+def test_dualrec_baselines_beat_popularity_by_a_third(indices, model, epochs):
+    cfg = load_config("sample-loo", model, "local", indices["sample-loo"])
+    fit = fit_locally(cfg, epochs)
+    assert fit.test["hr@10"] >= 1.3 * fit.popularity["hr@10"], (fit.test, fit.popularity)
+
+
+@pytest.mark.parametrize("model", ["dfar", "din", "dien", "dfn", "feedrec", "gru4rec", "sasrec"])
+def test_dfar_baselines_beat_popularity_auc(indices, model):
+    cfg = load_config("sample-feedback", model, "local", indices["sample-feedback"])
+    fit = fit_locally(cfg, 6)
+    assert fit.test["auc"] >= fit.popularity["auc"] + 0.05, (fit.test, fit.popularity)
+
+
+def test_sasrec_with_torchs_default_init_stays_near_popularity(indices):
+    """The cause issue 23 found: the same SASRec started at torch's defaults (and the 0.1
+    item rows of the earlier preset) does not reach 1.3x popularity on the same budget
+    that takes the 0.02 start well past it."""
+    overrides = [*indices["sample-loo"], "model.params.init_std=null",
+                 "model.params.embed_init_std=0.1"]
+    fit = fit_locally(load_config("sample-loo", "sasrec", "local", overrides), 12)
+    start = fit_locally(load_config("sample-loo", "sasrec", "local", indices["sample-loo"]), 12)
+    assert fit.test["hr@10"] < 1.3 * fit.popularity["hr@10"] <= start.test["hr@10"]
