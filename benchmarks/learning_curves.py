@@ -15,14 +15,9 @@ Toys-shaped ``sample-loo`` (SASRec, preset settings, 2 busy cores): valid HR@10 
 from __future__ import annotations
 
 import argparse
-import time
 
 from conf.loading import load_config
-from trainers.embedding import build_optimizer
-from trainers.evaluate import score_lists
-from trainers.registry import build_model, model_class
-from trainers.split_data import declared_inputs, load_split_data
-from trainers.train import seed_everything, train_epoch, worker_rows
+from trainers.local_fit import fit_locally
 
 
 def main() -> None:
@@ -34,40 +29,18 @@ def main() -> None:
                         help="config override key=value (repeatable)")
     args = parser.parse_args()
     cfg = load_config(args.dataset, args.model, "local", args.overrides)
-    required, optional = declared_inputs(model_class(args.model))
-    data = load_split_data(cfg, required, ("train", "valid", "test"), "cpu", optional)
-    seed_everything(cfg.train.seed)
-    model = build_model(args.model, dict(cfg.model.params), data.sizes)
-    tc = cfg.train
-    optimizer = build_optimizer(model, tc.lr, tc.l2, tc.weight_decay, tc.embedding_updates)
-    sampler = data.negative_sampler(cfg)
-    protocol = data.protocol
 
-    def metrics(split: str, scorer) -> dict[str, float]:
-        return score_lists(scorer, data.builder, data.splits[split], tc.eval_batch_size,
-                           protocol)
+    def report(row: dict) -> None:
+        shown = ", ".join(f"{k} {row[k]:.3f}" for k in ("hr@10", "mrr", "auc") if k in row)
+        print(f"epoch {row['epoch']}: loss {row['loss']:.4f}, valid {shown} "
+              f"({row['seconds']:.0f} s)", flush=True)
 
-    def ours(batch, cut, items):
-        return model(batch).scores
-
-    start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        seed_everything(tc.seed + 1_000 * epoch)
-        train = data.train_epoch_samples(cfg, epoch, sampler)
-        rows = worker_rows(data.builder, train, tc, epoch, 0, 1, "cpu")
-        loss, _ = train_epoch(model, model, optimizer, data.builder, train, rows,
-                              tc.batch_size, tc.l2, 1, 0, epoch, tc.grad_clip)
-        model.eval()
-        valid = metrics("valid", ours)
-        model.train()
-        print(f"epoch {epoch}: loss {loss:.4f}, valid HR@10 {valid['hr@10']:.3f}, "
-              f"MRR {valid['mrr']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
-    model.eval()
-    test = metrics("test", ours)
-    popularity = metrics("test", protocol.popularity_scorer(data.popularity()))
-    print(f"| model | test HR@10 | test MRR |\n|---|---|---|\n"
-          f"| {args.model} | {test['hr@10']:.4f} | {test['mrr']:.4f} |\n"
-          f"| popularity | {popularity['hr@10']:.4f} | {popularity['mrr']:.4f} |")
+    fit = fit_locally(cfg, args.epochs, report)
+    keys = [k for k in ("hr@10", "mrr", "auc") if k in fit.test]
+    print("| model | " + " | ".join(f"test {k}" for k in keys) + " |\n|---|"
+          + "---|" * len(keys))
+    for name, values in ((args.model, fit.test), ("popularity", fit.popularity)):
+        print(f"| {name} | " + " | ".join(f"{values[k]:.4f}" for k in keys) + " |")
 
 
 if __name__ == "__main__":

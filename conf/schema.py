@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -306,7 +306,11 @@ class TrainConfig(Section):
     max_failures: int = Field(ge=-1)  # restarts from the latest checkpoint (-1: unlimited)
     # nice value of the workers of a Ray this run starts (Ray's own default is 15)
     worker_niceness: int = Field(ge=0, le=19)
-    full_rank_users: int = Field(ge=0)  # users scored against all items (0 disables)
+    # users whose test target is ranked against every item: "all" or a seeded sample of N
+    # (0 disables); models without an item table (target-aware) rank at most
+    # full_rank_sample of them, through forward (trainers/evaluate.py)
+    full_rank_users: Literal["all"] | Annotated[int, Field(ge=0)]
+    full_rank_sample: int = Field(ge=0)
     # lazy: Adam on the rows a batch touches (Taobao-sized tables); dense: Adam on whole
     # tables, every row every step, as the papers' code (trainers/embedding.py)
     embedding_updates: Literal["lazy", "dense"]

@@ -1,5 +1,8 @@
 """MLflow model registry: register each run's best model and move the ``champion`` alias
-only when it beats the current champion on the validation selection metric.
+only when it beats the current champion on the validation selection metric, and the floors
+under it: the popularity reference on the same validation lists and, under ``feedback``, a
+random scorer (issue 25: a 3-epoch DFAR at validation AUC 0.495 became the first champion).
+A version under a floor is registered and tagged with the reason; the alias stays.
 
 The metric is the protocol's (``selection_metric``, trainers/protocols.py): validation MRR under
 ``slices`` and ``leave_one_out``, validation AUC under ``feedback``; ``run_training`` names
@@ -43,10 +46,14 @@ class ChampionDecision:
     champion_value: float | None  # the previous champion's (None: there was none)
     champion_version: str | None  # the previous champion's version (None: there was none)
     metric: str = "mrr"  # the selection metric compared (mrr, auc)
+    below_floor: str | None = None  # why it may not be champion (a floor it does not beat)
 
     @property
     def message(self) -> str:
         label = f"validation {self.metric.upper()}"
+        if self.below_floor is not None:
+            return (f"{self.name} v{self.version} registered, '{CHAMPION}' left where it is: "
+                    f"{self.below_floor}")
         if self.champion_version is None:
             return (f"{self.name} v{self.version}: first champion "
                     f"({label} {self.candidate_value:.4f})")
@@ -85,8 +92,19 @@ def current_champion(client: MlflowClient, name: str, metric: str = "mrr"
     return str(version.version), float(version.tags[tag])
 
 
+def floor_missed(value: float, metric: str, floors: dict[str, float]) -> str | None:
+    """The first floor ``value`` does not strictly beat, as a sentence; None when it beats
+    them all."""
+    for reference, floor in floors.items():
+        if not value > floor:
+            return (f"validation {metric.upper()} {value:.4f} <= {reference}'s {floor:.4f} "
+                    "on the same lists")
+    return None
+
+
 def register_and_promote(tracking_uri: str, name: str, model_uri: str, run_id: str,
-                         value: float, metric: str = "mrr") -> ChampionDecision:
+                         value: float, metric: str = "mrr",
+                         floors: dict[str, float] | None = None) -> ChampionDecision:
     """Register ``model_uri`` as a new version of ``name``; make it champion if it is better.
 
     Args:
@@ -98,9 +116,12 @@ def register_and_promote(tracking_uri: str, name: str, model_uri: str, run_id: s
         run_id: MLflow run that produced the model; gets the decision tags too.
         value: the model's best validation ``metric`` (the early-stopping metric).
         metric: the protocol's selection metric (``run_training``'s ``selection_metric``).
+        floors: reference name -> its validation ``metric`` (``popularity``; ``random``
+            under ``feedback``); the candidate must beat each strictly to become champion.
 
     Returns:
-        The decision; the alias moves only on a strict improvement.
+        The decision; the alias moves only on a strict improvement over the champion and
+        over every floor.
 
     Raises:
         ValueError: ``value`` is not a finite number.
@@ -119,7 +140,8 @@ def register_and_promote(tracking_uri: str, name: str, model_uri: str, run_id: s
     previous = current_champion(client, name, metric)
     tag = metric_tag(metric)
     version = mlflow.register_model(model_uri, name, tags={tag: repr(float(value))})
-    promoted = previous is None or value > previous[1]
+    below = floor_missed(value, metric, floors or {})
+    promoted = below is None and (previous is None or value > previous[1])
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version.version)
     decision = ChampionDecision(
@@ -127,9 +149,12 @@ def register_and_promote(tracking_uri: str, name: str, model_uri: str, run_id: s
         candidate_value=float(value),
         champion_value=None if previous is None else previous[1],
         champion_version=None if previous is None else str(previous[0]), metric=metric,
+        below_floor=below,
     )
     tags = {
-        "champion_decision": "promoted" if promoted else "kept",
+        "champion_decision": ("promoted" if promoted else "kept" if below is None
+                              else "below_floor"),
+        **({"champion_floor": below} if below is not None else {}),
         f"candidate_{tag}": repr(decision.candidate_value),
         f"champion_{tag}": "none" if previous is None else repr(previous[1]),
         "champion_version_before": "none" if previous is None else str(previous[0]),

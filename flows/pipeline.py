@@ -121,7 +121,7 @@ def evaluate_task(cfg: PipelineConfig, trained: dict) -> dict:
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_task(cfg: PipelineConfig, trained: dict) -> dict:
+def register_task(cfg: PipelineConfig, trained: dict, evaluated: dict) -> dict:
     from flows.champion import register_and_promote
 
     name = registered_name(cfg)
@@ -130,14 +130,25 @@ def register_task(cfg: PipelineConfig, trained: dict) -> dict:
                          sections=("tracking",))
 
     def run() -> dict:
+        value, metric = validation_score(trained)
         decision = register_and_promote(cfg.tracking.uri, name, model_uri(trained),
-                                        trained["run_id"], *validation_score(trained))
+                                        trained["run_id"], value, metric,
+                                        champion_floors(evaluated, metric))
         return decision.as_dict()
 
     result = _cached_or_run(cfg, "register", key, run, f"run {trained['run_id']} already "
                             f"registered as {name}")
     get_run_logger().info("champion: %s", result["message"])
     return result
+
+
+def champion_floors(evaluated: dict, metric: str) -> dict[str, float]:
+    """What a champion must beat besides the current one: popularity on the validation lists
+    and, under ``feedback`` (whose evaluation has a ``random_test`` reference), random."""
+    floors = {"popularity": evaluated["popularity_valid"][metric]}
+    if "random_test" in evaluated:
+        floors["random"] = evaluated["random_test"][metric]
+    return floors
 
 
 def validation_score(trained: dict) -> tuple[float, str]:
@@ -184,8 +195,11 @@ def metrics_markdown(cfg: PipelineConfig, evaluated: dict, trained: dict,
         f"| {name} | {test[name]:.4f} | {popular[name]:.4f} |" for name in test if name in popular
     )
     full = evaluated.get("full") or {}  # absent when train.full_rank_users is 0
-    full_line = ("Full ranking against all items: " + ", ".join(
-        f"{k} {v:.4f}" for k, v in full.items() if isinstance(v, float)) + ".\n\n") if full else ""
+    who = (f"a seeded sample of {full['users']:.0f} users" if full.get("sampled")
+           else f"every user ({full['users']:.0f})") if full else ""
+    full_line = (f"Full ranking against all items, {who}: " + ", ".join(
+        f"{k} {v:.4f}" for k, v in full.items() if k not in ("users", "sampled"))
+        + ".\n\n") if full else ""
     run_id = trained["run_id"]
     return (
         f"# {cfg.model.name} on {cfg.dataset.name}\n\n"
@@ -279,7 +293,8 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
     trained = train_task.with_options(**retry)(cfg)
     results["train"] = trained
     results["evaluate"] = evaluate_task.with_options(**retry)(cfg, trained)
-    results["register"] = register_task.with_options(**retry)(cfg, trained)
+    results["register"] = register_task.with_options(**retry)(cfg, trained,
+                                                              results["evaluate"])
 
     create_markdown_artifact(
         markdown=metrics_markdown(cfg, results["evaluate"], trained, results["register"]),

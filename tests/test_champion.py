@@ -85,3 +85,31 @@ def test_feedback_champion_compares_validation_auc(tmp_path):
     # A champion chosen by AUC is not compared by MRR: one clear error, no silent promotion.
     with pytest.raises(ValueError, match="no 'val_mrr' tag"):
         register_and_promote(uri, "dfar-sample", model_uri, run_id, 0.5, "mrr")
+
+
+def test_a_version_under_popularity_or_random_never_becomes_champion(tmp_path):
+    """Issue 25: a 3-epoch DFAR at validation AUC 0.495 became the first champion. A version
+    that does not beat popularity's validation metric (and random, under feedback) is
+    registered and tagged with the reason; the alias stays where it is, even when there is
+    no champion yet."""
+    uri = f"sqlite:///{tmp_path}/registry.db"
+    artifacts = str(tmp_path / "artifacts")
+    client = MlflowClient(uri, registry_uri=uri)
+    floors = {"popularity": 0.568, "random": 0.5}
+    run_id, model_uri = _logged_model(uri, artifacts, 0.495)
+    first = register_and_promote(uri, "dfar-sample", model_uri, run_id, 0.495, "auc", floors)
+    assert not first.promoted and current_champion(client, "dfar-sample", "auc") is None
+    assert "validation AUC 0.4950 <= popularity's 0.5680" in first.message
+    assert "'champion' left where it is" in first.message
+    version = client.get_model_version("dfar-sample", "1")
+    assert version.tags["champion_decision"] == "below_floor"
+    assert client.get_run(run_id).data.tags["registry.champion_decision"] == "below_floor"
+
+    run_id, model_uri = _logged_model(uri, artifacts, 0.61)
+    second = register_and_promote(uri, "dfar-sample", model_uri, run_id, 0.61, "auc", floors)
+    assert second.promoted and current_champion(client, "dfar-sample", "auc")[0] == "2"
+    # above the champion's 0.61 would not do either while under a floor (a tie is no gain)
+    run_id, model_uri = _logged_model(uri, artifacts, 0.62)
+    third = register_and_promote(uri, "dfar-sample", model_uri, run_id, 0.62, "auc",
+                                 {"popularity": 0.62})
+    assert not third.promoted and current_champion(client, "dfar-sample", "auc")[0] == "2"

@@ -10,11 +10,21 @@ import os
 from pathlib import Path
 
 import pytest
-
 import tiny_index
+
 from conf.loading import available, load_config
-from trainers.compare import (RANDOM_ROW, columns, markdown_table, model_config,
-                              model_configs, random_row, run_comparison, skipped_models)
+from store.index import load_samples
+from trainers.compare import (
+    FULL_COLUMNS,
+    RANDOM_ROW,
+    columns,
+    markdown_table,
+    model_config,
+    model_configs,
+    random_row,
+    run_comparison,
+    skipped_models,
+)
 from trainers.protocols import PROTOCOLS
 from trainers.registry import model_class, model_names
 
@@ -37,7 +47,8 @@ def test_comparison_nests_model_runs_and_logs_table(ray_local, tmp_path):
     from mlflow import MlflowClient
 
     tiny_index.write_index(tmp_path / "work")
-    cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=1", "train.full_rank_users=0"])
+    cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=1", "train.full_rank_users=all",
+                                            "train.full_rank_sample=3"])
     result = run_comparison(cfg, ["svdpp", "rrn"])  # one sequence model, one slice model
 
     assert [row["model"] for row in result["rows"]] == ["svdpp", "rrn"]
@@ -54,6 +65,13 @@ def test_comparison_nests_model_runs_and_logs_table(ray_local, tmp_path):
         assert child.data.metrics["test_mrr"] == pytest.approx(row["test_mrr"])
         assert parent.data.metrics[f"{row['model']}_test_mrr"] == pytest.approx(row["test_mrr"])
         assert all(0.0 <= row[f"test_{m}"] <= 1.0 for m in PROTOCOLS["slices"].test_metrics)
+    # Full ranking beside the lists: every user for SVD++ (an item table), a seeded
+    # sample of full_rank_sample users for RRN (target-aware, through forward).
+    svdpp, rrn = result["rows"]
+    users = len(set(load_samples(str(Path(cfg.paths.work_dir) / "index"), "test")["user"]))
+    assert (svdpp["full_users"], svdpp["full_sampled"]) == (users, 0.0)
+    assert (rrn["full_users"], rrn["full_sampled"]) == (3, 1.0)
+    assert all(0.0 <= row[c] <= 1.0 for row in result["rows"] for c in FULL_COLUMNS[:5])
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"comparison.md", "comparison.csv", "comparison.png"} <= artifacts
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import tiny_index
+from conf.loading import load_config
 from trainers import tracking
 from trainers.batches import BatchBuilder, Samples
 from trainers.evaluate import run_evaluation
@@ -101,7 +102,8 @@ def test_evaluation_matches_direct_metrics(trained):
 
     # Full ranking: 8 sampled users, their positive against all 40 items in one batch; the
     # user's other test positives (none here: one list per user) and padding excluded.
-    assert set(result["full"]) == {"hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr"}
+    assert set(result["full"]) == {"hr@1", "hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10",
+                                   "ndcg@20", "mrr", "users", "sampled"}
     all_items = torch.arange(1, tiny_index.NUM_ITEMS + 1)
     full_rr = []
     with torch.no_grad():
@@ -118,6 +120,7 @@ def test_evaluation_matches_direct_metrics(trained):
     g = torch.Generator().manual_seed(cfg.train.seed)
     picked = torch.randperm(len(samples), generator=g)[:cfg.train.full_rank_users]
     assert result["full"]["mrr"] == pytest.approx(np.mean([full_rr[i] for i in picked]), abs=1e-6)
+    assert result["full"]["users"] == len(picked) == 8 and result["full"]["sampled"] == 1.0
 
     # Memorisation check: the same model's AUC on its train lists (3 candidates) and on
     # the validation lists, and their difference.
@@ -235,7 +238,6 @@ def test_evaluation_under_sequence_protocols(tmp_path, protocol):
 def test_full_ranking_by_item_table_equals_ranking_by_forward(tmp_path, name):
     """A next-item model's full ranking (states once, matmuls with the item table) gives
     every user the rank that scoring each chunk of items through ``forward`` gives."""
-    from conf.loading import load_config
     from trainers.evaluate import _above_by_forward, _above_by_item_table, full_ranking
     from trainers.registry import model_class
     from trainers.split_data import declared_inputs, load_split_data
@@ -256,3 +258,24 @@ def test_full_ranking_by_item_table_equals_ranking_by_forward(tmp_path, name):
     metrics = full_ranking(model, data.builder, test, tiny_index.NUM_ITEMS, 1000, 0, 7,
                            data.events)
     assert 0.0 < metrics["mrr"] <= 1.0
+
+
+def test_full_ranking_covers_every_user_of_a_next_item_model_and_a_sample_otherwise(tmp_path):
+    """Issue 24: ``full_rank_users: all`` ranks every user for a model with an item table;
+    a target-aware model, which scores every item through ``forward``, at most
+    ``full_rank_sample``; a number caps both, 0 turns full ranking off."""
+    from trainers.evaluate import full_rank_count
+    from trainers.registry import DataSizes, build_model
+
+    sizes = DataSizes(num_users=5, num_items=9, history_slices=2, set_size=3, sequence_len=4)
+    next_item = build_model("sasrec", dict(load_config("sample-loo", "sasrec", "local", [])
+                                           .model.params), sizes)
+    target_aware = build_model("score", dict(load_config("sample", "score", "local", [])
+                                             .model.params), sizes)
+    for overrides, expected in (([], (None, 200)),
+                                (["train.full_rank_users=50"], (50, 50)),
+                                (["train.full_rank_users=500"], (500, 200)),
+                                (["train.full_rank_sample=30"], (None, 30)),
+                                (["train.full_rank_users=0"], (0, 0))):
+        cfg = load_config("sample", "score", "local", overrides)
+        assert (full_rank_count(cfg, next_item), full_rank_count(cfg, target_aware)) == expected

@@ -157,7 +157,8 @@ class FakeStages:
         monkeypatch.setattr(spark_jobs.index, "run_index", stage("index", lambda c: stage_result))
         monkeypatch.setattr(trainers.train, "run_training", stage("train", train))
         monkeypatch.setattr(trainers.evaluate, "run_evaluation", stage(
-            "evaluate", lambda c: {"test": metrics, "popularity_test": metrics}))
+            "evaluate", lambda c: {"test": metrics, "popularity_test": metrics,
+                                   "popularity_valid": {"mrr": 0.2}}))
         monkeypatch.setattr(trainers.compare, "run_comparison", stage(
             "compare", lambda c, models: {"run_id": "parent", "rows": [], "csv": "",
                                           "table": f"| {' | '.join(models)} |\n"}))

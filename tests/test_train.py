@@ -403,8 +403,9 @@ def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path
     assert second["optimizer_steps"] == steps + 2 * -(-half // 16)
     # Two workers report what one worker reports.
     assert set(second) == set(first)
-    assert set(second["valid"]) == set(first["valid"]) == {"hr@1", "hr@5", "hr@10", "ndcg@5",
-                                                            "ndcg@10", "mrr"}
+    assert set(second["valid"]) == set(first["valid"]) == {"hr@1", "hr@5", "hr@10", "hr@20",
+                                                            "ndcg@5", "ndcg@10", "ndcg@20",
+                                                            "mrr"}
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in second["valid"].values())
     record = json.loads(run_file.read_text())
     assert record["status"] == "finished" and record["result"]["epochs"] == 3
@@ -473,7 +474,8 @@ def test_training_under_sequence_protocols(ray_local, tmp_path, protocol):
     result = run_training(cfg)
     metric = {"leave_one_out": "mrr", "feedback": "auc"}[protocol]
     assert result["protocol"] == protocol and result["selection_metric"] == metric
-    expected = ({"hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr"} if protocol != "feedback"
+    expected = ({"hr@1", "hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10",
+                 "ndcg@20", "mrr"} if protocol != "feedback"
                 else {"auc", "gauc", "mrr@10", "ndcg@10", "auc_pos"})
     assert set(result["valid"]) == expected
     client = MlflowClient(tracking_uri=cfg.tracking.uri)

@@ -43,6 +43,10 @@ from trainers.split_data import declared_inputs
 log = logging.getLogger(__name__)
 
 RANDOM_ROW = "random"  # the floor row of a protocol with a ``random_reference`` (feedback)
+# full ranking against every item (trainers/evaluate.py), beside the sampled lists' metrics;
+# full_users says how many users it covers, full_sampled whether they are a seeded sample
+FULL_COLUMNS = ("full_hr@10", "full_hr@20", "full_ndcg@10", "full_ndcg@20", "full_mrr",
+                "full_users", "full_sampled")
 
 
 def columns(protocol: EvaluationProtocol) -> tuple[str, ...]:
@@ -50,7 +54,8 @@ def columns(protocol: EvaluationProtocol) -> tuple[str, ...]:
     its selection metric on validation (MRR or AUC)."""
     chosen = protocol.selection_metric
     return ("model", *(f"test_{m}" for m in protocol.test_metrics), f"valid_{chosen}",
-            f"popularity_valid_{chosen}", f"popularity_test_{chosen}", "best_epoch",
+            f"popularity_valid_{chosen}", f"popularity_test_{chosen}", *FULL_COLUMNS,
+            "best_epoch",
             "fit_train_auc", "fit_gap_auc", "run_id")
 
 
@@ -175,7 +180,9 @@ def comparison_row(name: str, trained: dict[str, Any], evaluated: dict[str, Any]
                    protocol: EvaluationProtocol) -> dict[str, Any]:
     """One model's line from the train and evaluate stage results."""
     chosen = protocol.selection_metric
+    full = evaluated.get("full") or {}  # absent with train.full_rank_users: 0
     return {"model": name, "run_id": trained["run_id"], "best_epoch": trained["best_epoch"],
+            **{c: full.get(c.removeprefix("full_"), "") for c in FULL_COLUMNS},
             f"valid_{chosen}": trained["valid"][chosen],
             **{f"test_{m}": evaluated["test"][m] for m in protocol.test_metrics},
             f"popularity_valid_{chosen}": evaluated["popularity_valid"][chosen],

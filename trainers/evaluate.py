@@ -4,7 +4,7 @@ plus full ranking for a seeded sample of users. The index's protocol picks the m
 
 * Candidate lists: each test list is the target and its negatives, scored in chunks of
   ``train.eval_batch_size`` lists, pessimistic ties. ``slices`` (paper Section 4.1.2) and
-  ``leave_one_out``: HR@1/5/10, NDCG@5/10, MRR, AUC, GAUC. ``feedback`` (DFAR Section
+  ``leave_one_out``: HR@1/5/10/20, NDCG@5/10/20, MRR, AUC, GAUC. ``feedback`` (DFAR Section
   4.1.3): AUC, GAUC, MRR@10, NDCG@10, auc_pos (:class:`~trainers.metrics.FeedbackAccumulator`);
   the log says how many users GAUC skipped (one class only), and ``random_test`` holds a
   random scorer's expected metrics on these groups (``metrics.random_floor``) beside them.
@@ -12,8 +12,9 @@ plus full ranking for a seeded sample of users. The index's protocol picks the m
   the slice before the target (``slices``) or in the users' train parts (other protocols);
   logged as ``popularity_test_*``, and on the validation lists as ``popularity_valid_*`` (the
   reference for the validation metric that picks the checkpoint).
-* Full ranking: for ``train.full_rank_users`` users (seeded) one test target is ranked
-  against every item (chunked over items, so millions of items fit); padding never
+* Full ranking: for every user (``train.full_rank_users: all``; a number: a seeded sample;
+  target-aware models at most ``train.full_rank_sample``, labelled ``sampled``) one test
+  target is ranked against every item (chunked over items, so millions of items fit); padding never
   competes. Items that do not compete, by protocol: ``slices``, the user's other
   target-slice positives (right answers too); ``leave_one_out`` and ``feedback``, every item
   of the user's history before the target (items the user already met, liked or not, are
@@ -58,7 +59,7 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
 
     Returns:
         dict: ``run_id``, ``protocol``, ``test`` / ``popularity_test`` / ``popularity_valid``
-        / ``full`` (when ``train.full_rank_users`` > 0) / ``random_test`` (``feedback``)
+        / ``full`` (unless ``train.full_rank_users`` is 0) / ``random_test`` (``feedback``)
         / ``fit`` metric dicts, ``table`` (markdown) and ``logged`` (the flat metrics
         written to MLflow). ``fit`` is the memorisation check (issue 15): the best
         checkpoint's AUC on its own training lists (``train_auc``), on the validation lists
@@ -97,9 +98,10 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
            for split in ("train", "valid")}
     results["fit"] = {"train_auc": fit["train"], "valid_auc": fit["valid"],
                       "gap_auc": fit["train"] - fit["valid"]}
-    if cfg.train.full_rank_users > 0:
+    users = full_rank_count(cfg, model)
+    if users != 0:
         results["full"] = full_ranking(model, data.builder, test, data.sizes.num_items,
-                                       cfg.train.full_rank_users, cfg.train.seed,
+                                       users, cfg.train.seed,
                                        cfg.train.eval_batch_size * test.candidates.shape[1],
                                        data.events)
     logged = {f"{prefix}_{k}": v for prefix, values in results.items() for k, v in values.items()}
@@ -109,6 +111,20 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     tracking.log_text(cfg, run_id, table, "evaluation.md")
     return {"run_id": run_id, "protocol": protocol.name, **results, "table": table,
             "logged": logged}
+
+
+def full_rank_count(cfg: PipelineConfig, model: Recommender) -> int | None:
+    """How many users full ranking covers: None for every user, 0 for none.
+
+    A next-item model ranks ``train.full_rank_users`` (``all`` or a seeded sample of N); a
+    target-aware model, which pushes every item through ``forward`` per user, at most
+    ``train.full_rank_sample`` of them.
+    """
+    wanted = cfg.train.full_rank_users
+    if isinstance(model, NextItemRecommender):
+        return None if wanted == "all" else wanted
+    cap = cfg.train.full_rank_sample
+    return cap if wanted == "all" else min(wanted, cap)
 
 
 def load_best_model(cfg: PipelineConfig, checkpoint: str, device: torch.device) -> Recommender:
@@ -165,16 +181,17 @@ def _history_keys(events: EventSequences, user: torch.Tensor, cut: torch.Tensor,
 
 @torch.no_grad()
 def full_ranking(model: Recommender, builder: BatchBuilder, samples: Samples, num_items: int,
-                 num_users: int, seed: int, item_chunk: int,
+                 num_users: int | None, seed: int, item_chunk: int,
                  events: EventSequences | None) -> dict[str, float]:
-    """Rank one target per sampled user against all items 1..I.
+    """Rank one target per user (every user, or a seeded sample) against all items 1..I.
 
     Args:
         model: a registered model in eval mode (``model(batch).scores``).
         samples: the test lists; a user's first list (with a positive target) gives the
             target.
         num_items: I.
-        num_users: how many users to sample (all if fewer).
+        num_users: how many users to sample (all if fewer); None: every user, in user
+            order.
         seed: sampling seed.
         item_chunk: items scored per forward (bounds memory like one evaluation batch).
         events: the users' event sequences (``leave_one_out``, ``feedback``: their history
@@ -182,7 +199,8 @@ def full_ranking(model: Recommender, builder: BatchBuilder, samples: Samples, nu
             positives do not compete).
 
     Returns:
-        hr@1/5/10, ndcg@5/10, mrr over the sampled users (pessimistic ties).
+        hr@1/5/10/20, ndcg@5/10/20, mrr over the ranked users (pessimistic ties), ``users``
+        (how many) and ``sampled`` (1.0 when a seeded sample of the users, 0.0 when all).
 
     Raises:
         ValueError: no test row has a positive target.
@@ -193,8 +211,12 @@ def full_ranking(model: Recommender, builder: BatchBuilder, samples: Samples, nu
         raise ValueError("full ranking needs a test row with a positive target")
     users, first = _first_row_per_user(samples.user[positive])
     first = positive[first]
-    g = torch.Generator().manual_seed(seed)
-    pick = first[torch.randperm(len(users), generator=g)[:num_users].to(device)]  # (U',)
+    sampled = num_users is not None and num_users < len(users)
+    if sampled:
+        g = torch.Generator().manual_seed(seed)
+        pick = first[torch.randperm(len(users), generator=g)[:num_users].to(device)]  # (U',)
+    else:
+        pick = first
     rows = samples.take(pick)
     user, cut, target = rows.user, rows.cut, rows.candidates[:, 0]
     # Items that must not push the target down: see the module docstring.
@@ -208,7 +230,7 @@ def full_ranking(model: Recommender, builder: BatchBuilder, samples: Samples, nu
                   else _above_by_forward)
     histogram = RankHistogram()
     histogram.add(1 + rank_above(model, builder, rows, known, num_items, item_chunk))
-    return histogram.metrics()
+    return {**histogram.metrics(), "users": float(len(pick)), "sampled": float(sampled)}
 
 
 def _is_known(known: torch.Tensor, user: torch.Tensor, items: torch.Tensor,

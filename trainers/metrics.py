@@ -14,7 +14,7 @@ Two evaluation modes:
     to :class:`RankHistogram`.
 
 Two families (trainers/protocols.py picks one per protocol): :class:`RankingAccumulator`
-(HR@1/5/10, NDCG@5/10, MRR, AUC, GAUC over the lists) and :class:`FeedbackAccumulator` (AUC
+(HR@1/5/10/20, NDCG@5/10/20, MRR, AUC, GAUC over the lists) and :class:`FeedbackAccumulator` (AUC
 and GAUC over every candidate row with its label, MRR@10 and NDCG@10 within the groups whose
 real target is positive, and ``auc_pos``); :func:`ranking_random_floor` and
 :func:`feedback_random_floor` give a uniformly random scorer's expected metrics.
@@ -30,8 +30,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-HR_AT = (1, 5, 10)
-NDCG_AT = (5, 10)
+HR_AT = (1, 5, 10, 20)
+NDCG_AT = (5, 10, 20)
 FEEDBACK_AT = 10  # MRR@10, NDCG@10 (DFAR, Section 4.1.3)
 
 
@@ -112,7 +112,7 @@ class RankHistogram:
         return int(self.counts.sum())
 
     def metrics(self) -> dict[str, float]:
-        """Returns hr@1/5/10, ndcg@5/10, mrr averaged over all lists added.
+        """Returns hr@1/5/10/20, ndcg@5/10/20, mrr averaged over all lists added.
 
         Raises:
             ValueError: nothing was added.
@@ -182,7 +182,7 @@ class RankingAccumulator:
         self.scores.append(scores)
 
     def compute(self) -> dict[str, float]:
-        """Returns hr@1/5/10, ndcg@5/10, mrr, auc, gauc.
+        """Returns hr@1/5/10/20, ndcg@5/10/20, mrr, auc, gauc.
 
         Raises:
             ValueError: nothing was added.

@@ -441,7 +441,7 @@ def validate(model: Recommender, builder: BatchBuilder, samples: Samples, batch_
     and GAUC need them all.
 
     Returns:
-        hr@1/5/10, ndcg@5/10, mrr over every validation list (``slices``,
+        hr@1/5/10/20, ndcg@5/10/20, mrr over every validation list (``slices``,
         ``leave_one_out``); auc, gauc, mrr@10, ndcg@10, auc_pos (``feedback``).
     """
     model.eval()

@@ -150,9 +150,10 @@ class TransformerLayer(nn.Module):
 
 
 def init_weights(module: nn.Module, std: float) -> None:
-    """N(0, std²) weights and zero biases for linear layers, N(0, std²) embeddings and
-    relative-position parameters (the released DualRec and FMLP-Rec codes' ``_init_weights``,
-    std = initializer_range)."""
+    """N(0, std²) weights and zero biases for linear layers (torch's multi-head attention's
+    packed projections too), N(0, std²) embeddings and relative-position parameters (the
+    released DualRec and FMLP-Rec codes' ``_init_weights``, RecBole's too; std =
+    initializer_range)."""
     for m in module.modules():
         if isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=std)
@@ -160,6 +161,9 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.normal_(m.weight, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.MultiheadAttention):  # torch's (SASRec): packed q, k, v
+            nn.init.normal_(m.in_proj_weight, std=std)
+            nn.init.zeros_(m.in_proj_bias)
         elif isinstance(m, MultiHeadAttention):
             for name in ("position_bias", "content_bias", "position_query_bias"):
                 if hasattr(m, name):
