@@ -137,11 +137,20 @@ def compare(dataset: DatasetOpt = "sample",
                 "--models", help="comma-separated model presets, in table order")] = (
                 "score,svdpp,delf,gru4rec,caser,sasrec,rrn,deems"),
             profile: ProfileOpt = "local", config: ConfigOpt = None,
-            set_: SetOpt = None) -> None:
+            set_: SetOpt = None,
+            seeds: Annotated[str | None, typer.Option(
+                "--seeds", help="comma-separated train.seed values: each model trains once "
+                "per seed; means ± 95 % intervals and paired tests over users")] = None,
+            ) -> None:
     """The Prefect flow with its ``models`` parameter: (generate,) ingest and index as in
     ``pipeline``, then train and evaluate each model; one parent MLflow run with a table, CSV
     and bar chart (SCoRe Table 3). model.* overrides apply to the first model."""
     names = [m.strip() for m in models.split(",") if m.strip()]
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
+    except ValueError:
+        _error(f"--seeds takes comma-separated integers, got {seeds!r}")
+        raise typer.Exit(2) from None
     cfg = _config(dataset, names[0] if names else "score", profile, config, set_)
     from trainers.compare import model_configs
 
@@ -154,7 +163,8 @@ def compare(dataset: DatasetOpt = "sample",
     from flows.pipeline import pipeline_flow
 
     result = pipeline_flow(dataset=dataset, model=names[0], profile=profile,
-                           overrides=set_ or [], config_file=config, models=names)
+                           overrides=set_ or [], config_file=config, models=names,
+                           seeds=seed_list)
     console.print(result["compare"]["table"])
     result["compare"] = {k: v for k, v in result["compare"].items() if k not in ("table", "csv")}
     _show(result)

@@ -102,12 +102,12 @@ def train_task(cfg: PipelineConfig) -> dict:
 
 
 @task(name="compare", cache_policy=NO_CACHE)
-def compare_task(cfg: PipelineConfig, models: list[str]) -> dict:
+def compare_task(cfg: PipelineConfig, models: list[str], seeds: list[int] | None) -> dict:
     """Training inside skips models already trained on this index with the same config, so
     a retry or rerun only trains what is missing."""
     from trainers.compare import run_comparison
 
-    return run_comparison(cfg, models)
+    return run_comparison(cfg, models, seeds)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -229,7 +229,8 @@ def run_link(tracking_uri: str, run_id: str) -> str:
 def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = "local",
                   overrides: list[str] | None = None,
                   config_file: str | None = None,
-                  models: list[str] | None = None) -> dict[str, Any]:
+                  models: list[str] | None = None,
+                  seeds: list[int] | None = None) -> dict[str, Any]:
     """Run every stage for one dataset and model; skip what is unchanged.
 
     Args:
@@ -243,6 +244,8 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
             the data stages run as usual, then each model is trained and evaluated and one
             comparison table is logged (model.* overrides apply to the first); nothing is
             registered.
+        seeds: with ``models``, train each model once per seed (``train.seed``) and give
+            means, 95 % intervals and paired tests over users (trainers/compare.py).
 
     Returns:
         {"generate" (only when it ran), "window", "ingest", "index", "train", "evaluate",
@@ -284,7 +287,8 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
     results["ingest"] = ingest_task.with_options(**retry)(cfg)
     results["index"] = index_task.with_options(**retry)(cfg)
     if models:
-        results["compare"] = compare_task.with_options(**retry)(cfg, list(models))
+        results["compare"] = compare_task.with_options(**retry)(
+            cfg, list(models), list(seeds) if seeds else None)
         create_markdown_artifact(
             markdown=f"# {cfg.dataset.name}: model comparison\n\n{results['compare']['table']}",
             key=f"{cfg.dataset.name}-compare".lower().replace("_", "-"),

@@ -86,6 +86,46 @@ def test_comparison_nests_model_runs_and_logs_table(ray_local, tmp_path):
         again["run_id"]
 
 
+def test_seeds_give_means_intervals_paired_tests_and_nested_runs(ray_local, tmp_path):
+    """Issue 26: two seeds of two models on tiny data; only train.seed varies."""
+    from mlflow import MlflowClient
+
+    from trainers.evaluate import PER_USER_FILE
+
+    tiny_index.write_index(tmp_path / "work")
+    cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=1", "train.full_rank_users=0"])
+    result = run_comparison(cfg, ["svdpp", "rrn"], seeds=[1, 2])
+    svdpp, rrn = result["rows"]
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    parent = client.get_run(result["run_id"])
+    assert parent.data.tags["seeds"] == "1,2"
+    for row in (svdpp, rrn):
+        children = row["run_id"].split(",")
+        assert row["seeds"] == 2 and len(set(children)) == 2
+        seeds = set()
+        mrr = []
+        for child_id in children:
+            child = client.get_run(child_id)
+            assert child.data.tags["mlflow.parentRunId"] == result["run_id"]
+            seeds.add(child.data.tags["seed"])
+            mrr.append(child.data.metrics["test_mrr"])
+            assert PER_USER_FILE in {a.path for a in client.list_artifacts(child_id)}
+        assert seeds == {"1", "2"}
+        assert row["test_mrr"] == pytest.approx(sum(mrr) / 2)
+        half = 12.706205 * abs(mrr[0] - mrr[1]) / math.sqrt(2) / math.sqrt(2)  # t(1), s/√2
+        assert row["test_mrr_ci95"] == pytest.approx(half, rel=1e-5, abs=1e-12)
+    best, other = (svdpp, rrn) if svdpp["test_mrr"] >= rrn["test_mrr"] else (rrn, svdpp)
+    assert "test_mrr_p_ttest" not in best
+    assert 0.0 <= other["test_mrr_p_ttest"] <= 1.0 and 0.0 <= other["test_mrr_p_wilcoxon"] <= 1.0
+    parsed = {r["model"]: r for r in csv.DictReader(io.StringIO(result["csv"]))}
+    for column in ("test_mrr_ci95", "test_mrr_p_ttest", "test_mrr_p_wilcoxon", "seeds"):
+        assert column in parsed[other["model"]]
+    assert float(parsed[other["model"]]["test_mrr_p_ttest"]) == other["test_mrr_p_ttest"]
+    assert " ± " in result["table"] and "over 2 seeds" in result["table"]
+    with pytest.raises(ValueError, match="distinct"):
+        run_comparison(cfg, ["svdpp"], seeds=[1, 1])
+
+
 def test_bad_model_lists_fail_before_any_run(tmp_path):
     from mlflow import MlflowClient
 

@@ -203,3 +203,29 @@ def test_random_scores_hit_the_random_floor():
     measured = ranking_metrics(scores, torch.arange(20_000))
     for key in ("hr@10", "ndcg@10", "mrr", "auc"):
         assert measured[key] == pytest.approx(ranking[key], abs=0.01), key
+
+
+def test_per_user_metrics_by_hand():
+    """Issue 26: each user's metrics (the mean over the user's lists), what paired tests
+    read; under feedback each user's AUC over their rows and MRR@10 over positive groups."""
+    from trainers.metrics import FeedbackAccumulator, RankingAccumulator
+
+    acc = RankingAccumulator()
+    # user 7: ranks 1 and 3 (a tie counts against); user 2: rank 2
+    acc.update(torch.tensor([[0.9, 0.1, 0.2], [0.5, 0.5, 0.6], [0.4, 0.6, 0.1]]),
+               torch.tensor([7, 7, 2]))
+    per = acc.per_user()
+    assert per["user"].tolist() == [2, 7]
+    assert per["mrr"].tolist() == pytest.approx([1 / 2, (1 + 1 / 3) / 2])
+    assert per["hr@1"].tolist() == [0.0, 0.5]
+    assert per["ndcg@5"].tolist() == pytest.approx([1 / math.log2(3), (1 + 0.5) / 2])
+
+    fb = FeedbackAccumulator()
+    # user 1: a positive group (target rank 2) and a negative one; user 4: negative only
+    fb.update(torch.tensor([[0.5, 0.9, 0.1], [0.3, 0.2, 0.8], [0.7, 0.1, 0.2]]),
+              torch.tensor([1, 1, 4]), torch.tensor([1, 0, 0]))
+    per = fb.per_user()
+    assert per["user"].tolist() == [1, 4]
+    # user 1: one positive (0.5) against five label-0 rows (0.9, 0.1, 0.3, 0.2, 0.8): 3 below
+    assert per["auc"][0].item() == pytest.approx(3 / 5) and math.isnan(per["auc"][1].item())
+    assert per["mrr@10"][0].item() == 0.5 and math.isnan(per["mrr@10"][1].item())

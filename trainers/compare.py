@@ -29,15 +29,20 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from conf.loading import load_config, preset_keys
 from conf.schema import PipelineConfig
 from trainers import tracking
 from trainers.protocols import EvaluationProtocol, protocol_at
 from trainers.registry import model_class
+from trainers.significance import beats, mean_interval, paired_tests
 from trainers.split_data import declared_inputs
 
 log = logging.getLogger(__name__)
@@ -49,11 +54,15 @@ FULL_COLUMNS = ("full_hr@10", "full_hr@20", "full_ndcg@10", "full_ndcg@20", "ful
                 "full_users", "full_sampled")
 
 
-def columns(protocol: EvaluationProtocol) -> tuple[str, ...]:
+def columns(protocol: EvaluationProtocol, seeds: bool = False) -> tuple[str, ...]:
     """The table's columns under ``protocol``: its test metrics (the papers' first), then
-    its selection metric on validation (MRR or AUC)."""
+    its selection metric on validation (MRR or AUC); over seeds, each test metric's 95 %
+    half-width and the paired tests' p-values follow the test metrics."""
     chosen = protocol.selection_metric
-    return ("model", *(f"test_{m}" for m in protocol.test_metrics), f"valid_{chosen}",
+    stats = (*(f"test_{m}_ci95" for m in protocol.test_metrics),
+             *(f"test_{m}_p_{test}" for m in protocol.paired_metrics
+               for test in ("ttest", "wilcoxon")), "seeds") if seeds else ()
+    return ("model", *(f"test_{m}" for m in protocol.test_metrics), *stats, f"valid_{chosen}",
             f"popularity_valid_{chosen}", f"popularity_test_{chosen}", *FULL_COLUMNS,
             "best_epoch",
             "fit_train_auc", "fit_gap_auc", "run_id")
@@ -111,12 +120,25 @@ def skipped_models(protocol: EvaluationProtocol, configs: list[PipelineConfig]) 
     return skipped
 
 
-def run_comparison(cfg: PipelineConfig, models: list[str]) -> dict[str, Any]:
+def seeded(cfg: PipelineConfig, seed: int) -> PipelineConfig:
+    """``cfg`` trained with ``train.seed`` = seed, in its own run folder (``<run>-seed<N>``);
+    the index, its fixed negatives and evaluation lists stay shared."""
+    run = f"{cfg.train.run_name or cfg.model.name}-seed{seed}"
+    return cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"seed": seed, "run_name": run})})
+
+
+def run_comparison(cfg: PipelineConfig, models: list[str],
+                   seeds: list[int] | None = None) -> dict[str, Any]:
     """Train and evaluate every model in ``models`` that the index's protocol can feed.
 
     Args:
         cfg: the composed config (dataset, paths, training, tracking).
         models: registered model names, each with a preset; order is the table's order.
+        seeds: train every model once per seed (only ``train.seed`` varies; one nested run
+            each); the table then gives each test metric as mean ± 95 % half-width and
+            marks the cells the best model beats by both paired tests over users
+            (trainers/significance.py). None: one run with ``train.seed``.
 
     Returns:
         dict: ``run_id`` (parent MLflow run), ``protocol``, ``rows`` (one dict per model run:
@@ -154,22 +176,35 @@ def run_comparison(cfg: PipelineConfig, models: list[str]) -> dict[str, Any]:
               "skipped_models": ",".join(skipped) or "none",
               "mlflow.runName": f"{cfg.dataset.name}-compare"},
     ).info.run_id
-    rows = []
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"seeds must be distinct and at least one: {seeds}")
+    rows, per_user = [], {}
     try:
         for model_cfg in runnable:
-            trained = run_training(model_cfg)
-            evaluated = run_evaluation(model_cfg)
-            client.set_tag(trained["run_id"], "mlflow.parentRunId", parent)
-            rows.append(comparison_row(model_cfg.model.name, trained, evaluated, protocol))
+            name, runs = model_cfg.model.name, []
+            for run_cfg in ([model_cfg] if seeds is None
+                            else [seeded(model_cfg, s) for s in seeds]):
+                trained = run_training(run_cfg)
+                evaluated = run_evaluation(run_cfg)
+                client.set_tag(trained["run_id"], "mlflow.parentRunId", parent)
+                client.set_tag(trained["run_id"], "seed", str(run_cfg.train.seed))
+                runs.append(comparison_row(name, trained, evaluated, protocol))
+                per_user.setdefault(name, []).append(evaluated["per_user"])
+            rows.append(runs[0] if seeds is None else seed_row(runs, protocol))
         if protocol.random_reference:
             rows.append(random_row(evaluated["random_test"], protocol))
+        if seeds is not None:
+            mark_significance(rows, per_user, protocol)
     except BaseException:
         client.set_terminated(parent, status="FAILED")
         raise
-    table = markdown_table(rows, protocol, skipped)
-    table_csv = csv_table(rows, protocol)
+    with_seeds = seeds is not None
+    table = markdown_table(rows, protocol, skipped, with_seeds)
+    table_csv = csv_table(rows, protocol, with_seeds)
     tracking.log_metrics(cfg, parent, {f"{row['model']}_test_{m}": row[f"test_{m}"]
                                        for row in rows for m in protocol.test_metrics})
+    if with_seeds:
+        client.set_tag(parent, "seeds", ",".join(map(str, seeds)))
     _log_artifacts(cfg, parent, rows, table, table_csv, protocol)
     tracking.finish_run(cfg, parent)
     return {"run_id": parent, "protocol": protocol.name, "rows": rows, "skipped": skipped,
@@ -191,6 +226,61 @@ def comparison_row(name: str, trained: dict[str, Any], evaluated: dict[str, Any]
             "fit_gap_auc": evaluated["fit"]["gap_auc"]}
 
 
+def seed_row(runs: list[dict[str, Any]], protocol: EvaluationProtocol) -> dict[str, Any]:
+    """One model's line over its seeds' lines: every number the mean, each test metric with
+    ``test_<m>_ci95`` (the 95 % t half-width over seeds), ``seeds`` and the child run ids."""
+    row: dict[str, Any] = {"model": runs[0]["model"], "seeds": len(runs),
+                           "run_id": ",".join(r["run_id"] for r in runs)}
+    for key, value in runs[0].items():
+        if key in row or not isinstance(value, (int, float)):
+            row.setdefault(key, value)
+            continue
+        values = [r[key] for r in runs]
+        row[key], half = mean_interval(values)
+        if key.startswith("test_"):
+            row[f"{key}_ci95"] = half
+    return row
+
+
+def mark_significance(rows: list[dict[str, Any]], per_user: dict[str, list[dict]],
+                      protocol: EvaluationProtocol) -> None:
+    """For each paired metric, compare the best model (by mean) with every other model over
+    users (each user's value averaged over seeds): ``test_<m>_p_ttest``,
+    ``test_<m>_p_wilcoxon`` and ``test_<m>_beaten`` (True when the best beats it by both at
+    p < 0.05) on the other model's row, in place."""
+    models = [row for row in rows if row["model"] != RANDOM_ROW]
+    for metric, column in protocol.paired_metrics.items():
+        values = _users_over_seeds(per_user, column)
+        best = max(models, key=lambda row: row[f"test_{metric}"])
+        for row in models:
+            if row is best:
+                continue
+            p_t, p_w = paired_tests(values[best["model"]], values[row["model"]])
+            row[f"test_{metric}_p_ttest"], row[f"test_{metric}_p_wilcoxon"] = p_t, p_w
+            row[f"test_{metric}_beaten"] = beats(best[f"test_{metric}"], row[f"test_{metric}"],
+                                                 p_t, p_w)
+
+
+def _users_over_seeds(per_user: dict[str, list[dict]], column: str) -> dict[str, np.ndarray]:
+    """Per model, ``column`` of the users every model's every seed scored, each averaged
+    over seeds (NaN where no seed has it), in one user order."""
+    users = None
+    for tables in per_user.values():
+        for table in tables:
+            ids = np.asarray(table["user"])
+            users = ids if users is None else np.intersect1d(users, ids)
+    out = {}
+    for name, tables in per_user.items():
+        stacked = []
+        for table in tables:
+            ids, value = np.asarray(table["user"]), np.asarray(table[column], np.float64)
+            stacked.append(value[np.searchsorted(ids, users)])
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN users stay NaN
+            out[name] = np.nanmean(np.stack(stacked), axis=0)
+    return out
+
+
 def random_row(floor: dict[str, float], protocol: EvaluationProtocol) -> dict[str, Any]:
     """The random scorer's expected test metrics as a table row (no run, no validation)."""
     row = {c: "" for c in columns(protocol)}
@@ -199,28 +289,45 @@ def random_row(floor: dict[str, float], protocol: EvaluationProtocol) -> dict[st
 
 
 def markdown_table(rows: list[dict[str, Any]], protocol: EvaluationProtocol,
-                   skipped: dict[str, str]) -> str:
+                   skipped: dict[str, str], seeds: bool = False) -> str:
     """Models as rows, metrics as columns (4 decimals); the best model's first test metric
-    in bold; the skipped models and their reasons below the table."""
-    cols = columns(protocol)
+    in bold; the skipped models and their reasons below the table. Over seeds a test cell
+    reads ``mean ± half-width``, with ``*`` where the best model beats this one by both
+    paired tests (p < 0.05; the p-values are in the CSV)."""
+    cols = [c for c in columns(protocol, seeds) if not c.endswith(("_ci95", "_ttest",
+                                                                    "_wilcoxon"))]
     first = cols[1]
     best = max(row[first] for row in rows if row["model"] != RANDOM_ROW)
     lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
     for row in rows:
-        cells = [f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in cols]
+        cells = [_cell(row, c) for c in cols]
         if row["model"] != RANDOM_ROW and row[first] == best:
             cells[1] = f"**{cells[1]}**"
         lines.append("| " + " | ".join(cells) + " |")
+    if seeds:
+        lines.append(f"\nmean ± 95 % t half-width over {rows[0]['seeds']} seeds; * the best "
+                     "model beats this one by a paired t-test and a Wilcoxon signed-rank "
+                     "test over users, both p < 0.05")
     for name, reason in skipped.items():
         lines.append(f"\nskipped {name}: {reason}")
     return "\n".join(lines) + "\n"
 
 
-def csv_table(rows: list[dict[str, Any]], protocol: EvaluationProtocol) -> str:
-    """The same table as CSV, full precision."""
+def _cell(row: dict[str, Any], column: str) -> str:
+    value = row.get(column, "")
+    if not isinstance(value, float):
+        return str(value)
+    half = row.get(f"{column}_ci95")
+    text = f"{value:.4f}" if half is None or math.isnan(half) else f"{value:.4f} ± {half:.4f}"
+    return text + ("*" if row.get(f"{column}_beaten") else "")
+
+
+def csv_table(rows: list[dict[str, Any]], protocol: EvaluationProtocol,
+              seeds: bool = False) -> str:
+    """The same table as CSV, full precision (over seeds: half-widths and p-values too)."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns(protocol), extrasaction="ignore",
-                            lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=columns(protocol, seeds), extrasaction="ignore",
+                            restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()

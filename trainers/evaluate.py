@@ -40,17 +40,29 @@ import torch
 from conf.schema import PipelineConfig
 from store.runs import read_run, run_dir
 from trainers import tracking
-from trainers.checkpoints import load_checkpoint
 from trainers.batches import BatchBuilder, EventSequences, Samples
-from trainers.metrics import FeedbackAccumulator, RankHistogram, items_ranked_above
-from trainers.protocols import EvaluationProtocol
+from trainers.checkpoints import load_checkpoint
+from trainers.metrics import (
+    FeedbackAccumulator,
+    RankHistogram,
+    RankingAccumulator,
+    items_ranked_above,
+)
 from trainers.models.item_scoring import candidate_scores
-from trainers.registry import (DataSizes, NextItemRecommender, Recommender, build_model,
-                               model_class, variable_length)
+from trainers.protocols import EvaluationProtocol
+from trainers.registry import (
+    DataSizes,
+    NextItemRecommender,
+    Recommender,
+    build_model,
+    model_class,
+    variable_length,
+)
 from trainers.split_data import declared_inputs, load_split_data
 
 log = logging.getLogger(__name__)
 
+PER_USER_FILE = "per_user_test.parquet"  # each test user's metrics (issue 26's paired tests)
 USERS_PER_MATMUL = 256  # full ranking of next-item models: users scored against items at once
 
 
@@ -60,8 +72,9 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     Returns:
         dict: ``run_id``, ``protocol``, ``test`` / ``popularity_test`` / ``popularity_valid``
         / ``full`` (unless ``train.full_rank_users`` is 0) / ``random_test`` (``feedback``)
-        / ``fit`` metric dicts, ``table`` (markdown) and ``logged`` (the flat metrics
-        written to MLflow). ``fit`` is the memorisation check (issue 15): the best
+        / ``fit`` metric dicts, ``table`` (markdown), ``logged`` (the flat metrics
+        written to MLflow) and ``per_user`` (column -> list: each test user's metrics, as
+        the accumulator's ``per_user``; logged as the ``per_user_test.parquet`` artifact). ``fit`` is the memorisation check (issue 15): the best
         checkpoint's AUC on its own training lists (``train_auc``), on the validation lists
         (``valid_auc``) and their difference (``gap_auc``). AUC, because it does not depend
         on a list's length (train lists hold 1 + ``index.train_negatives`` candidates,
@@ -86,8 +99,10 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
         return score_lists(scorer, data.builder, data.splits[split], cfg.train.eval_batch_size,
                            protocol, f"{split} lists")
 
+    tested = accumulate(lambda b, c, i: model(b).scores, data.builder, test,
+                        cfg.train.eval_batch_size, protocol)
     results = {
-        "test": evaluate(lambda b, c, i: model(b).scores, "test"),
+        "test": tested.compute(),
         "popularity_test": evaluate(popularity, "test"),
         # the reference for the validation metric that early stopping and the champion use
         "popularity_valid": evaluate(popularity, "valid"),
@@ -109,8 +124,10 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     run_id = record["run_id"]
     tracking.log_metrics(cfg, run_id, logged)
     tracking.log_text(cfg, run_id, table, "evaluation.md")
+    per_user = {k: v.tolist() for k, v in tested.per_user().items()}
+    tracking.log_table(cfg, run_id, per_user, PER_USER_FILE)
     return {"run_id": run_id, "protocol": protocol.name, **results, "table": table,
-            "logged": logged}
+            "logged": logged, "per_user": per_user}
 
 
 def full_rank_count(cfg: PipelineConfig, model: Recommender) -> int | None:
@@ -155,6 +172,20 @@ def score_lists(scorer, builder: BatchBuilder, samples: Samples, batch_size: int
     Returns:
         the protocol's metric dict.
     """
+    accumulator = accumulate(scorer, builder, samples, batch_size, protocol)
+    metrics = accumulator.compute()
+    if isinstance(accumulator, FeedbackAccumulator) and accumulator.gauc_skipped_users:
+        log.info("%s: GAUC over %d users; %d users with one class only (every target "
+                 "negative) have no AUC and are skipped", what, accumulator.gauc_users,
+                 accumulator.gauc_skipped_users)
+    return metrics
+
+
+@torch.no_grad()
+def accumulate(scorer, builder: BatchBuilder, samples: Samples, batch_size: int,
+               protocol: EvaluationProtocol) -> RankingAccumulator | FeedbackAccumulator:
+    """The protocol's accumulator fed with every list's scores (:func:`score_lists`' args);
+    its ``compute()`` gives the metrics, its ``per_user()`` each user's."""
     accumulator = protocol.new_accumulator()
     for start in range(0, len(samples), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(samples)),
@@ -162,12 +193,7 @@ def score_lists(scorer, builder: BatchBuilder, samples: Samples, batch_size: int
         batch = builder.rows(samples, idx)
         scores = scorer(batch, samples.cut[idx], samples.candidates[idx])
         accumulator.update(scores, samples.user[idx], samples.target_label[idx])
-    metrics = accumulator.compute()
-    if isinstance(accumulator, FeedbackAccumulator) and accumulator.gauc_skipped_users:
-        log.info("%s: GAUC over %d users; %d users with one class only (every target "
-                 "negative) have no AUC and are skipped", what, accumulator.gauc_users,
-                 accumulator.gauc_skipped_users)
-    return metrics
+    return accumulator
 
 
 def _history_keys(events: EventSequences, user: torch.Tensor, cut: torch.Tensor,

@@ -194,6 +194,42 @@ class RankingAccumulator:
         out["gauc"] = _pooled_gauc(torch.cat(self.users), torch.cat(self.scores))
         return out
 
+    def per_user(self) -> dict[str, torch.Tensor]:
+        """Each user's metrics, the mean over the user's lists (issue 26: tests pair models
+        by user): ``user`` (U,) sorted ids, then hr@k, ndcg@k, mrr (U,) float64.
+
+        Raises:
+            ValueError: nothing was added.
+        """
+        if not self.scores:
+            raise ValueError("no lists were added: no user has a metric")
+        users, ranks = torch.cat(self.users), rank_of_positive(torch.cat(self.scores))
+        return _user_means(users, _rank_metrics(ranks.double()))
+
+
+def _rank_metrics(ranks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per list, from (N,) float ranks: hr@k, ndcg@k (Eq. 26-27) and the reciprocal rank."""
+    out = {f"hr@{k}": (ranks <= k).double() for k in HR_AT}
+    gain = 1.0 / torch.log2(ranks + 1.0)
+    out.update({f"ndcg@{k}": torch.where(ranks <= k, gain, 0.0) for k in NDCG_AT})
+    out["mrr"] = 1.0 / ranks
+    return out
+
+
+def _user_means(users: torch.Tensor, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``user`` (U,) sorted distinct ids and, per value, the mean over each user's rows
+    (NaN rows left out of the mean; a user with none gets NaN)."""
+    ids, user = torch.unique(users, return_inverse=True)
+    out = {"user": ids}
+    for name, value in values.items():
+        value = value.double()
+        real = ~torch.isnan(value)
+        total = torch.zeros(len(ids), dtype=torch.float64).index_add_(
+            0, user[real], value[real])
+        count = torch.bincount(user[real], minlength=len(ids)).double()
+        out[name] = total / count  # 0/0 = NaN: no row of that user has the metric
+    return out
+
 
 def _pooled_gauc(users: torch.Tensor, scores: torch.Tensor) -> float:
     """GAUC over users, each user's AUC pooled over all pairs of their lists.
@@ -314,6 +350,33 @@ class FeedbackAccumulator:
         out["auc_pos"] = _pessimistic_auc(pos_scores[pos_labels == 1],
                                           pos_scores[pos_labels == 0])
         return out
+
+    def per_user(self) -> dict[str, torch.Tensor]:
+        """Each user's ``auc`` (pessimistic, over all the user's candidate rows: GAUC's
+        AUC_u; NaN for a user with one class only) and ``mrr@10`` (mean over the user's
+        positive-target groups; NaN without one), with ``user`` (U,) sorted ids: what tests
+        pair by user under ``feedback``, whose pooled AUC has no per-user value (issue 26).
+
+        Raises:
+            ValueError: nothing was added.
+        """
+        if not self.scores:
+            raise ValueError("no groups were added: no user has a metric")
+        scores, users = torch.cat(self.scores), torch.cat(self.users)  # (N, C), (N,)
+        target = torch.cat(self.target_label)
+        ids, user = torch.unique(users, return_inverse=True)
+        auc = torch.full((len(ids),), float("nan"), dtype=torch.float64)
+        for u in range(len(ids)):  # per user: a few groups each
+            rows = scores[user == u]
+            labels = torch.zeros_like(rows, dtype=torch.int64)
+            labels[:, 0] = target[user == u]
+            if (labels == 1).any() and (labels == 0).any():
+                auc[u] = _pessimistic_auc(rows[labels == 1], rows[labels == 0])
+        ranks = rank_of_positive(scores).double()
+        reciprocal = torch.where(ranks <= FEEDBACK_AT, 1.0 / ranks, 0.0)
+        reciprocal = torch.where(target == 1, reciprocal, float("nan"))
+        out = _user_means(users, {f"mrr@{FEEDBACK_AT}": reciprocal})
+        return {"user": ids, "auc": auc, f"mrr@{FEEDBACK_AT}": out[f"mrr@{FEEDBACK_AT}"]}
 
     def _gauc(self, users: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> float:
         """sum_u n_u AUC_u / sum_u n_u over users with both classes (n_u: the user's groups)."""

@@ -40,6 +40,8 @@ from trainers.popularity import popularity_scores, train_popularity_scores
 
 # Candidate-list metrics of the ranking protocols, the papers' first.
 RANKING_METRICS = ("mrr", "hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "auc", "gauc")
+# test metric -> the per-user column (the accumulator's ``per_user``) compare's tests pair
+RANKING_PAIRED: dict[str, str] = {m: m for m in RANKING_METRICS if m not in ("auc", "gauc")}
 PopularityScorer = Callable[[dict, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -71,6 +73,8 @@ class EvaluationProtocol(ABC):
     selection_metric: ClassVar[str]  # picks checkpoints, early stop and the champion
     test_metrics: ClassVar[tuple[str, ...]]  # compare's test columns
     chart_metrics: ClassVar[tuple[str, ...]]  # compare's chart and the training curves
+    # test metric -> per-user column that compare's paired tests over users read (issue 26)
+    paired_metrics: ClassVar[dict[str, str]]
     pooled: ClassVar[bool] = False  # metrics need every score at once (no rank histogram)
     random_reference: ClassVar[bool] = False  # evaluation reports a random floor; compare a row
 
@@ -172,6 +176,7 @@ class Slices(EvaluationProtocol):
     selection_metric = "mrr"
     test_metrics = RANKING_METRICS
     chart_metrics = ("mrr", "ndcg@10", "hr@10")
+    paired_metrics = RANKING_PAIRED
 
     def num_slices(self, manifest: dict) -> int:
         return manifest["num_slices"]
@@ -240,6 +245,7 @@ class LeaveOneOut(_EventHistories):
     selection_metric = "mrr"
     test_metrics = RANKING_METRICS
     chart_metrics = ("mrr", "ndcg@10", "hr@10")
+    paired_metrics = RANKING_PAIRED
 
     def check_train_window(self, window, index_uri):
         """Random windows (DualRec's code) are this protocol's."""
@@ -254,6 +260,8 @@ class Feedback(_EventHistories):
     selection_metric = "auc"  # as the DFAR code (PROTOCOLS.md §5)
     test_metrics = ("auc", "gauc", "mrr@10", "ndcg@10", "auc_pos")
     chart_metrics = ("auc", "gauc", "mrr@10", "ndcg@10")
+    # pooled AUC has no per-user value: GAUC pairs each user's AUC, MRR@10 each user's mean
+    paired_metrics: ClassVar[dict[str, str]] = {"gauc": "auc", "mrr@10": "mrr@10"}
     pooled = True
     random_reference = True
 

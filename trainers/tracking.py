@@ -230,5 +230,16 @@ def log_text(cfg: PipelineConfig, run_id: str, text: str, name: str) -> None:
         client(cfg).log_artifact(run_id, str(path))
 
 
+def log_table(cfg: PipelineConfig, run_id: str, columns: dict[str, list], name: str) -> None:
+    """A Parquet artifact from equal-length columns (e.g. each test user's metrics)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        pq.write_table(pa.table(columns), path)
+        client(cfg).log_artifact(run_id, str(path))
+
+
 def finish_run(cfg: PipelineConfig, run_id: str) -> None:
     client(cfg).set_terminated(run_id, status="FINISHED")
