@@ -342,6 +342,8 @@ class FlowConfig(Section):
     schedule_cron: str | None
     schedule_active: bool
     work_pool: str
+    # a new champion must also beat popularity (and random under feedback) on validation
+    champion_floor: bool
 
 
 class TableConfig(Section):

@@ -133,7 +133,8 @@ def register_task(cfg: PipelineConfig, trained: dict, evaluated: dict) -> dict:
         value, metric = validation_score(trained)
         decision = register_and_promote(cfg.tracking.uri, name, model_uri(trained),
                                         trained["run_id"], value, metric,
-                                        champion_floors(evaluated, metric))
+                                        champion_floors(evaluated, metric)
+                                        if cfg.flow.champion_floor else None)
         return decision.as_dict()
 
     result = _cached_or_run(cfg, "register", key, run, f"run {trained['run_id']} already "

@@ -113,3 +113,12 @@ def test_a_version_under_popularity_or_random_never_becomes_champion(tmp_path):
     third = register_and_promote(uri, "dfar-sample", model_uri, run_id, 0.62, "auc",
                                  {"popularity": 0.62})
     assert not third.promoted and current_champion(client, "dfar-sample", "auc")[0] == "2"
+
+
+def test_the_flow_floors_are_popularity_and_random_on_validation():
+    from flows.pipeline import champion_floors
+
+    ranking = {"popularity_valid": {"mrr": 0.37, "auc": 0.8}, "test": {"mrr": 0.4}}
+    assert champion_floors(ranking, "mrr") == {"popularity": 0.37}
+    feedback = {"popularity_valid": {"auc": 0.568}, "random_test": {"auc": 0.5}}
+    assert champion_floors(feedback, "auc") == {"popularity": 0.568, "random": 0.5}

@@ -28,7 +28,8 @@ COMMON = dict(embed_dim=8, init_std=0.3, dropout=0.0, encoders="dual", alpha=0.3
               loss="ce", loss_negatives=8, gbce_t=0.75)
 BACKBONES = {
     "dualrec": dict(num_layers=2, num_heads=4, ffn_dim=8, relative_position="learned",
-                    multi_scale=True, windows_at_inference=False),
+                    multi_scale=True, windows_at_inference=False, layer_norm=True,
+                    residual=True),
     "dual_gru4rec": dict(num_layers=1, num_scales=4),
     "dual_fmlp": dict(num_layers=2, ffn_dim=8, num_scales=4),
 }
@@ -411,3 +412,76 @@ def test_presets_train_and_validate_through_the_loop(name):
     assert math.isfinite(loss) and rate > 0
     metrics = validate(model, builder, split(2, 9), 5, 0, 1, PROTOCOLS["leave_one_out"])
     assert 0.0 < metrics["mrr"] <= 1.0 and 0.0 <= metrics["hr@1"] <= metrics["hr@10"] == 1.0
+
+
+# --------------------------------------------------------------------------- Table 3
+
+
+@pytest.mark.parametrize("name", ["dualrec", "dual_gru4rec", "dual_fmlp"])
+def test_without_dual_encoders_one_encoder_reads_both_directions(name):
+    """Table 3 "w/o DE": the future representations come from the past encoder's own
+    parameters (its right-to-left mask); Eq. 14 and the transfer are unchanged, so the
+    loss is the dual model's with the future encoder a copy of the past one."""
+    shared = build(name, encoders="shared")
+    assert shared.future is shared.past
+    dual = build(name)
+    assert (sum(p.numel() for p in shared.parameters())
+            == sum(p.numel() for p in dual.parameters())
+            - sum(p.numel() for p in dual.future.parameters()))
+    dual.item.load_state_dict(shared.item.state_dict())
+    dual.past.load_state_dict(shared.past.state_dict())
+    dual.future.load_state_dict(shared.past.state_dict())
+    batch = toy_batch()
+    shared.train(), dual.train()
+    assert torch.allclose(shared.loss(shared(batch), batch), dual.loss(dual(batch), batch),
+                          atol=1e-6)
+
+
+def test_without_ln_and_without_rc_are_eq6_7_without_them():
+    """Table 3 "w/o LN": H = X + Drop(MSA(X)), X' = H + Drop(PFF(H)); "w/o RC":
+    H = LN(Drop(MSA(X))), X' = LN(Drop(PFF(H)))."""
+    from trainers.models.transformer import TransformerLayer
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    blocked = direction_mask(5, "past", None, x.device)[None]
+    keep = torch.ones(2, 5, 1)
+    for layer_norm, residual in ((False, True), (True, False)):
+        torch.manual_seed(1)
+        layer = TransformerLayer(8, 2, 16, 0.0, "none", 5, layer_norm, residual).eval()
+        a = layer.attn(x, blocked)[0]
+        if not layer_norm:
+            h = x + a
+            expected = h + layer.ffn(h)
+        else:
+            h = layer.ln_attn(a)
+            expected = layer.ln_ffn(layer.ffn(h))
+        assert torch.allclose(layer(x, blocked, keep)[0], expected, atol=1e-6)
+        assert any(isinstance(m, torch.nn.LayerNorm) for m in layer.modules()) == layer_norm
+
+
+def test_without_relative_positions_the_order_of_the_history_does_not_matter():
+    """Table 3 "w/o RPE": DualRec has no absolute positions (Eq. 2), so without Eq. 3's
+    relative term a one-layer encoder's last state depends on the set of earlier items only;
+    with it, on their order."""
+    batch = toy_batch()
+    swapped = {**batch, "sequence": batch["sequence"].clone()}
+    swapped["sequence"][1, [0, 3]] = batch["sequence"][1, [3, 0]]  # reorder the history
+    for relative, same in (("none", True), ("learned", False)):
+        model = build("dualrec", relative_position=relative, num_layers=1, multi_scale=False,
+                      beta=0.0).eval()
+        assert not any("position" in n for n, _ in model.named_parameters()) == same
+        a, b = _eval_scores(model, batch)[1], _eval_scores(model, swapped)[1]
+        assert torch.allclose(a, b, atol=1e-6) == same
+
+
+def test_tune_runs_every_row_of_table_3_and_table_5():
+    from conf.loading import load_config
+
+    cfg = load_config("sample-loo", "dualrec", "local", [])
+    assert list(cfg.sweep.variants) == ["DualRec", "w/o DE", "w/o BIT", "w/o RPE", "w/o LN",
+                                        "w/o RC", "past only", "future only"]
+    for overrides in cfg.sweep.variants.values():
+        params = {**cfg.model.params,
+                  **{k.removeprefix("model.params."): v for k, v in overrides.items()}}
+        build_model("dualrec", params, SIZES)  # every row is a valid model

@@ -13,6 +13,7 @@ from flows.window import latest_start, window_overrides
 
 TINY = ["generate.rows=20000", "generate.users=300", "generate.items=600",
         "index.eval_negatives=19", "train.epochs=2", "train.full_rank_users=20",
+        "flow.champion_floor=false",  # 2 tiny epochs: the registry's mechanics, not a floor
         "train.cpus_per_worker=0.5"]
 
 
@@ -160,7 +161,7 @@ class FakeStages:
             "evaluate", lambda c: {"test": metrics, "popularity_test": metrics,
                                    "popularity_valid": {"mrr": 0.2}}))
         monkeypatch.setattr(trainers.compare, "run_comparison", stage(
-            "compare", lambda c, models: {"run_id": "parent", "rows": [], "csv": "",
+            "compare", lambda c, models, seeds: {"run_id": "parent", "rows": [], "csv": "",
                                           "table": f"| {' | '.join(models)} |\n"}))
         monkeypatch.setattr(flows.champion, "register_and_promote", stage(
             "register", lambda *a: ChampionDecision("m", "1", True, 0.5, None, None)))

@@ -34,12 +34,18 @@ the transfer term L_reg stays as it is.
 
 Ablations (Tables 3-5), as settings:
   * ``encoders: past`` — the past-only model: only the past encoder exists; L = L_past.
-    Table 4's plain backbone rows.
+    Not Table 4's "plain backbone" rows: those are the published baselines themselves
+    (``sasrec``, ``gru4rec``, ``fmlp``), which a comparison prints beside it.
   * ``encoders: future`` — the future-only model of Table 5: only the future encoder exists,
     trained on L_future (previous-item prediction); at inference the same parameters read
     the history as a past encoder (its mask or reading direction flipped), "the extreme case
     of training-inference gap".
+  * ``encoders: shared`` — Table 3 "w/o DE": one encoder produces both the past and the
+    future representations (its left-to-right and right-to-left masks), Eq. 14 and the
+    transfer unchanged between the two.
   * ``beta: 0`` — dual without transfer (Table 3 "w/o BIT", Table 4 "Dual<backbone>").
+  * DualRec's Transformer only: ``relative_position: none`` (Table 3 "w/o RPE"),
+    ``layer_norm: false`` ("w/o LN"), ``residual: false`` ("w/o RC").
 
 Backbone encoders implement ``encoder(e, keep, direction, scales)``: e (B, L, d) item
 embeddings of a left-padded sequence, keep (B, L) bool (real items), direction "past" or
@@ -179,7 +185,9 @@ class DualParams(ObjectiveParams):
     embed_dim: int = Field(gt=0)  # d (paper: 64)
     init_std: float = Field(gt=0)  # weights and embeddings start as N(0, std²) (code: 0.02)
     dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.5
-    encoders: Literal["dual", "past", "future"]  # ablations of Table 5 / Table 4
+    # dual: two encoders; shared: one encoder read both ways (Table 3 "w/o DE"); past /
+    # future: one direction only (Table 5)
+    encoders: Literal["dual", "shared", "past", "future"]
     alpha: float = Field(ge=0.0, le=1.0)  # α of Eq. 14 (paper: 0.5)
     beta: float = Field(ge=0.0)  # β of Eq. 14 (released configs: 0.1; 0 = no transfer)
     transfer_reduction: Literal["mean", "sum"]  # mean: released code; sum: Eq. 10
@@ -188,9 +196,9 @@ class DualParams(ObjectiveParams):
 
     @model_validator(mode="after")
     def _transfer_needs_both(self) -> DualParams:
-        if self.beta > 0 and self.encoders != "dual":
-            raise ValueError(f"beta={self.beta} transfers between two encoders, but encoders is "
-                             f"{self.encoders!r}: set beta: 0 or encoders: dual")
+        if self.beta > 0 and self.encoders not in ("dual", "shared"):
+            raise ValueError(f"beta={self.beta} transfers between two directions, but encoders "
+                             f"is {self.encoders!r}: set beta: 0 or encoders: dual")
         return self
 
 
@@ -219,7 +227,9 @@ class DualNetwork(nn.Module):
         with torch.no_grad():
             self.item.weight[0].zero_()  # "a constant zero vector for the padding item"
         self.past = make_encoder() if params.encoders != "future" else None
-        self.future = make_encoder() if params.encoders != "past" else None
+        # shared (w/o DE): the past encoder's own parameters also read the future direction
+        self.future = (self.past if params.encoders == "shared"
+                       else make_encoder() if params.encoders != "past" else None)
 
     def _score(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Eq. 12 on candidates: h (B, d), items (B, C) -> (B, C)."""
@@ -304,7 +314,7 @@ class DualNetwork(nn.Module):
             raise RuntimeError("loss needs a training forward's output (model.train(), grad on)")
         ce, levels, negatives = output.terms
         terms = self.encoder_losses(ce, negatives)
-        if self.params.encoders != "dual":
+        if self.params.encoders in ("past", "future"):
             return terms[self.params.encoders]
         p = self.params
         total = p.alpha * terms["past"] + (1 - p.alpha) * terms["future"]

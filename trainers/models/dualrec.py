@@ -39,7 +39,10 @@ class DualRecParams(DualParams):
     num_layers: int = Field(ge=1)  # paper: 2
     num_heads: int = Field(ge=1)  # h (paper: 8)
     ffn_dim: int = Field(gt=0)  # PFF inner size (code: 64)
-    relative_position: Literal["learned", "sinusoidal"]  # Eq. 3 table | released code
+    # Eq. 3 table | released code | none (Table 3 "w/o RPE": no position information)
+    relative_position: Literal["learned", "sinusoidal", "none"]
+    layer_norm: bool  # False: Table 3 "w/o LN", Eq. 6-7 without LN
+    residual: bool  # False: Table 3 "w/o RC", Eq. 6-7 without the residual connections
     multi_scale: bool  # Eq. 8-9 windows per head
     windows_at_inference: bool  # code: false (windows in training only)
 
@@ -67,7 +70,8 @@ class TransformerEncoder(nn.Module):
         d = params.embed_dim
         self.layers = nn.ModuleList(
             TransformerLayer(d, params.num_heads, params.ffn_dim, params.dropout,
-                             params.relative_position, max_len)
+                             params.relative_position, max_len, params.layer_norm,
+                             params.residual)
             for _ in range(params.num_layers))
         self.dropout = nn.Dropout(params.dropout)
         windows = window_sizes(params.num_heads, max_len) if params.multi_scale else []

@@ -123,18 +123,22 @@ class TransformerLayer(nn.Module):
 
     Args:
         d: model size; heads: h; ffn_dim: PFF inner size; dropout: on attention weights and
-        after each sub-layer; relative: relative positions; max_len: n.
+        after each sub-layer; relative: relative positions; max_len: n; layer_norm,
+        residual: False drops the LayerNorms / the residual connections (DualRec Table 3).
     """
 
     def __init__(self, d: int, heads: int, ffn_dim: int, dropout: float,
-                 relative: RelativePositions, max_len: int):
+                 relative: RelativePositions, max_len: int, layer_norm: bool = True,
+                 residual: bool = True):
         super().__init__()
         self.attn = MultiHeadAttention(d, heads, dropout, relative, max_len)
-        self.ln_attn = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        # DualRec Table 3's "w/o LN" and "w/o RC": LN(x + f(x)) becomes x + f(x), f(x)
+        self.ln_attn = nn.LayerNorm(d, eps=LAYER_NORM_EPS) if layer_norm else nn.Identity()
         self.ffn = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(ffn_dim, d))
-        self.ln_ffn = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.ln_ffn = nn.LayerNorm(d, eps=LAYER_NORM_EPS) if layer_norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
+        self.residual = residual
 
     def forward(self, x: torch.Tensor, blocked: torch.Tensor, keep: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,8 +148,9 @@ class TransformerLayer(nn.Module):
             (B, L, d) layer output (0 on padding), (B, h, L, e) attention heads.
         """
         a, heads = self.attn(x, blocked)
-        x = self.ln_attn(x + self.dropout(a))  # H^(l)
-        x = self.ln_ffn(x + self.dropout(self.ffn(x)))  # X^(l)
+        skip = 1.0 if self.residual else 0.0
+        x = self.ln_attn(skip * x + self.dropout(a))  # H^(l)
+        x = self.ln_ffn(skip * x + self.dropout(self.ffn(x)))  # X^(l)
         return x * keep, heads
 
 
