@@ -25,6 +25,9 @@ DatasetOpt = Annotated[str, typer.Option(
     "--dataset", "-d", help="dataset preset in conf/datasets, a dataset YAML file, or the "
                             "dataset.name that the --config file defines")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model preset in conf/models")]
+SeedsOpt = Annotated[str | None, typer.Option(
+    "--seeds", help="comma-separated train.seed values: every run once per seed; means ± "
+    "95 % intervals (compare: and paired tests over users)")]
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="local or cluster")]
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="extra YAML file")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override key.sub=value")]
@@ -137,20 +140,12 @@ def compare(dataset: DatasetOpt = "sample",
                 "--models", help="comma-separated model presets, in table order")] = (
                 "score,svdpp,delf,gru4rec,caser,sasrec,rrn,deems"),
             profile: ProfileOpt = "local", config: ConfigOpt = None,
-            set_: SetOpt = None,
-            seeds: Annotated[str | None, typer.Option(
-                "--seeds", help="comma-separated train.seed values: each model trains once "
-                "per seed; means ± 95 % intervals and paired tests over users")] = None,
-            ) -> None:
+            set_: SetOpt = None, seeds: SeedsOpt = None) -> None:
     """The Prefect flow with its ``models`` parameter: (generate,) ingest and index as in
     ``pipeline``, then train and evaluate each model; one parent MLflow run with a table, CSV
     and bar chart (SCoRe Table 3). model.* overrides apply to the first model."""
     names = [m.strip() for m in models.split(",") if m.strip()]
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
-    except ValueError:
-        _error(f"--seeds takes comma-separated integers, got {seeds!r}")
-        raise typer.Exit(2) from None
+    seed_list = _seeds(seeds)
     cfg = _config(dataset, names[0] if names else "score", profile, config, set_)
     from trainers.compare import model_configs
 
@@ -173,13 +168,15 @@ def compare(dataset: DatasetOpt = "sample",
 @app.command()
 def tune(dataset: DatasetOpt = "sample-feedback", model: ModelOpt = "dfar",
          profile: ProfileOpt = "local", config: ConfigOpt = None,
-         set_: SetOpt = None) -> None:
+         set_: SetOpt = None, seeds: SeedsOpt = None) -> None:
     """Ray Tune sweep of ``sweep.space`` (the model preset's grid; DFAR: Appendix A.4's loss
     weights, one at a time): (generate,) ingest and index when stale, then one train +
     evaluate run per trial; one parent MLflow run with nested trials, a table and a plot of
-    ``sweep.metric`` against each swept setting."""
+    ``sweep.metric`` against each swept setting. With ``--seeds``, every trial once per
+    seed, each row the mean ± 95 % half-width over them."""
     cfg = _config(dataset, model, profile, config, set_)
-    from trainers.sweep import run_sweep, trials, trial_config
+    seed_list = _seeds(seeds)
+    from trainers.sweep import run_sweep, trial_config, trials
 
     try:  # an empty or bad space fails before any stage runs
         for overrides in trials(cfg.sweep.space, cfg.sweep.mode):
@@ -198,11 +195,22 @@ def tune(dataset: DatasetOpt = "sample-feedback", model: ModelOpt = "dfar",
             run_generate(cfg)
         run_ingest(cfg)
         run_index(cfg)
-        result = run_sweep(cfg)
+        result = run_sweep(cfg, seed_list)
         console.print(result["table"])
         return {k: v for k, v in result.items() if k not in ("table", "csv")}
 
     _run(stages, cfg)
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    """``--seeds 1,2,3`` as a list of ints (None without the option); a bad list exits 2."""
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        _error(f"--seeds takes comma-separated integers, got {text!r}")
+        raise typer.Exit(2) from None
 
 
 def _prefect_defaults() -> None:

@@ -97,3 +97,27 @@ def test_real_sweep_logs_nested_trials_table_and_plot(tmp_path, monkeypatch, mod
         assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == result["run_id"]
     names = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"sweep.md", "sweep.csv", "sweep.png"} <= names
+
+
+def test_trials_over_seeds_fold_into_mean_and_half_width():
+    """Issue 26: SCoRe Table 4 and DFAR Table 3 (variants) over seeds: one row per variant,
+    each metric the mean over seeds with its 95 % t half-width."""
+    from trainers.sweep import seed_rows
+
+    rows = [{"variant": "full", "model.params.x": 1, "train.seed": 1, "valid_auc": 0.70,
+             "test_auc": 0.60, "run_id": "a", "best_epoch": 3},
+            {"variant": "full", "model.params.x": 1, "train.seed": 2, "valid_auc": 0.74,
+             "test_auc": 0.62, "run_id": "b", "best_epoch": 5},
+            {"variant": "w/o MO", "model.params.x": 2, "train.seed": 1, "valid_auc": 0.66,
+             "test_auc": 0.58, "run_id": "c", "best_epoch": 2},
+            {"variant": "w/o MO", "model.params.x": 2, "train.seed": 2, "valid_auc": 0.66,
+             "test_auc": 0.58, "run_id": "d", "best_epoch": 2}]
+    full, ablated = seed_rows(rows, ["variant", "model.params.x"])
+    assert full["variant"] == "full" and full["seeds"] == 2 and full["run_id"] == "a,b"
+    assert full["valid_auc"] == pytest.approx(0.72) and full["best_epoch"] == 4
+    # two seeds: half-width = t_{0.975, 1} * s / sqrt(2), s = |0.74 - 0.70| / sqrt(2)
+    assert full["valid_auc_ci95"] == pytest.approx(12.706205 * 0.04 / 2, rel=1e-6)
+    assert ablated["test_auc"] == pytest.approx(0.58) and ablated["test_auc_ci95"] == 0.0
+    assert "train.seed" not in full
+    table = sweep.markdown_table([full, ablated], ["variant", "model.params.x"], "valid_auc")
+    assert "**0.7200 ± 0.2541**" in table and "| seeds |" in table.splitlines()[0]

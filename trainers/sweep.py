@@ -35,6 +35,7 @@ import importlib
 import io
 import itertools
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +47,7 @@ from conf.schema import PipelineConfig
 from store.files import join
 from trainers import tracking
 from trainers.registry import model_class
+from trainers.significance import mean_interval
 
 Mode = Literal["one_at_a_time", "grid", "variants"]
 
@@ -140,7 +142,28 @@ def _trial(config: dict[str, Any]) -> None:
                      **{f"test_{k}": v for k, v in evaluated["test"].items()}})
 
 
-def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
+def seed_rows(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """Trials that differ only by ``train.seed`` folded into one row each, in order: every
+    reported number the mean over seeds, each with ``<metric>_ci95`` (the 95 % t
+    half-width, trainers/significance.py), ``seeds`` and the trials' ``run_id`` joined."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        setting = {k: row[k] for k in keys if k in row}
+        groups.setdefault(json.dumps(setting, sort_keys=True, default=str), []).append(row)
+    out = []
+    for group in groups.values():
+        folded = {k: group[0][k] for k in keys if k in group[0]}
+        folded["seeds"] = len(group)
+        folded["run_id"] = ",".join(str(r.get("run_id", "")) for r in group)
+        for name, value in group[0].items():
+            if name in folded or name == "train.seed" or not isinstance(value, (int, float)):
+                continue
+            folded[name], folded[f"{name}_ci95"] = mean_interval([r[name] for r in group])
+        out.append(folded)
+    return out
+
+
+def run_sweep(cfg: PipelineConfig, seeds: list[int] | None = None) -> dict[str, Any]:
     """Run every trial of ``sweep.space`` with Ray Tune and log the sweep to MLflow.
 
     Args:
@@ -148,6 +171,9 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
             ``sweep``: ``space`` (dotted key -> values: ``model.params.*``, ``train.*``, ...),
             ``mode``, ``metric`` (the reported metric the plot shows and ``best`` maximises,
             e.g. ``valid_auc``) and ``max_concurrent``.
+        seeds: run every trial once per ``train.seed`` (SCoRe Table 4, DFAR Table 3 and
+            DualRec Table 3 over seeds); each row is then the mean over seeds with the 95 %
+            t half-width of every metric (``<metric>_ci95``) and ``seeds``.
 
     Returns:
         dict: ``run_id`` (parent), ``rows`` (overrides + metrics per trial), ``best`` (the row
@@ -166,6 +192,11 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
     else:
         overrides = trials(space, mode)
         names, keys = [None] * len(overrides), list(space)
+    if seeds:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct: {seeds}")
+        overrides = [{**o, "train.seed": seed} for o in overrides for seed in seeds]
+        names = [n for n in names for _ in seeds]
     configs = [trial_config(cfg, o) for o in overrides]  # all validated before any trial
 
     import ray
@@ -217,6 +248,9 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
         client.set_terminated(parent, status="FAILED")
         raise ValueError(f"trials did not report {metric!r}; they report "
                          f"{sorted(k for k in rows[0] if k not in keys)}")
+    if seeds:
+        rows = seed_rows(rows, keys)
+        client.set_tag(parent, "seeds", ",".join(map(str, seeds)))
     best = max(rows, key=lambda row: row[metric])
     table, table_csv = markdown_table(rows, keys, metric), csv_table(rows)
     tracking.log_metrics(cfg, parent, {f"best_{metric}": best[metric]})
@@ -232,9 +266,12 @@ def _metrics(reported: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown_table(rows: list[dict[str, Any]], keys: list[str], metric: str) -> str:
-    """One line per trial: the swept keys, then valid/test metrics; the best metric bold."""
-    metrics = sorted(k for k in rows[0] if k.startswith(("valid_", "test_")))
-    columns = [*keys, *metrics, "run_id"]
+    """One line per trial (per setting over seeds: mean ± 95 % half-width): the swept keys,
+    then valid/test metrics; the best metric bold."""
+    metrics = sorted(k for k in rows[0]
+                     if k.startswith(("valid_", "test_")) and not k.endswith("_ci95"))
+    seeds = ["seeds"] if "seeds" in rows[0] else []
+    columns = [*keys, *metrics, *seeds, "run_id"]
     best = max(row[metric] for row in rows)
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for row in rows:
@@ -242,6 +279,9 @@ def markdown_table(rows: list[dict[str, Any]], keys: list[str], metric: str) -> 
         for c in columns:
             value = row.get(c, "")
             text = f"{value:.4f}" if isinstance(value, float) and c not in keys else str(value)
+            half = row.get(f"{c}_ci95")
+            if isinstance(half, float) and not math.isnan(half):  # over seeds: mean ± half-width
+                text += f" ± {half:.4f}"
             cells.append(f"**{text}**" if c == metric and value == best else text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
