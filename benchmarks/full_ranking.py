@@ -18,7 +18,12 @@ path, and against RecBole 1.2.1's full-sort evaluation of SASRec (issue 24's ben
    (``full_sort_predict`` over all users, history masked), one training epoch; its test
    evaluation time is the figure.
 
-Prints a table: seconds for every user, users per second, and the two ratios.
+Prints a table: seconds for every user, users per second, and the two ratios. Measured
+(22,315 users, 11,844 items, 2 torch threads, a quiet 2-core box): ours 3.0 s (7,452
+users/s); the forward path 45.9 s scaled (15.3x slower); RecBole 7.3 s (2.4x slower). The
+first draft of ours looked each (user, item) of a chunk up in the sorted history keys
+(B x I binary searches): 43.7 s; the history mask is now scattered from each user's own
+key range (``_known_items``).
 """
 
 from __future__ import annotations

@@ -285,17 +285,32 @@ def _above_by_item_table(model: NextItemRecommender, builder: BatchBuilder, rows
         u, target = rows.user[idx], rows.candidates[idx, 0]
         states = model.encode_users(builder.rows(rows, idx))  # (B, d)
         pos_score = candidate_scores(states, table, bias, target[:, None])[:, 0]  # (B,)
-        above = torch.zeros(len(idx), dtype=torch.int64)
+        row, item = _known_items(known, u, num_items)  # (K,) each: these users' known items
+        above = torch.zeros(len(idx), dtype=torch.int64, device=u.device)
         for lo in range(1, num_items + 1, item_chunk):
             hi = min(lo + item_chunk, num_items + 1)
             scores = states @ table[lo:hi].T  # (B, N) items lo..hi-1
             if bias is not None:
                 scores = scores + bias[lo:hi]
-            items = torch.arange(lo, hi, device=u.device)[None, :]  # (1, N)
-            above += items_ranked_above(pos_score, scores,
-                                        _is_known(known, u, items, num_items))
+            inside = (item >= lo) & (item < hi)
+            exclude = torch.zeros(scores.shape, dtype=torch.bool, device=u.device)
+            exclude[row[inside], item[inside] - lo] = True
+            above += ((scores >= pos_score[:, None]) & ~exclude).sum(dim=1)
         out.append(above)
     return torch.cat(out)
+
+
+def _known_items(known: torch.Tensor, user: torch.Tensor, num_items: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, item) of every sorted ``known`` key of these users: row indexes ``user`` (B,).
+    Found by each user's key range, so the cost is these users' keys, not B x I lookups."""
+    span = num_items + 1
+    start = torch.searchsorted(known, user * span)
+    counts = torch.searchsorted(known, (user + 1) * span) - start  # (B,)
+    row = torch.repeat_interleave(torch.arange(len(user), device=user.device), counts)
+    first = torch.cumsum(counts, 0) - counts  # (B,) where each row's keys start
+    position = torch.arange(len(row), device=user.device) - first[row]
+    return row, known[start[row] + position] - user[row] * span
 
 
 def _above_by_forward(model: Recommender, builder: BatchBuilder, rows: Samples,
