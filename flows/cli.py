@@ -160,7 +160,7 @@ def compare(dataset: DatasetOpt = "sample",
     result = pipeline_flow(dataset=dataset, model=names[0], profile=profile,
                            overrides=set_ or [], config_file=config, models=names,
                            seeds=seed_list)
-    console.print(result["compare"]["table"])
+    console.print(result["compare"]["table"], soft_wrap=True)
     result["compare"] = {k: v for k, v in result["compare"].items() if k not in ("table", "csv")}
     _show(result)
 
@@ -196,7 +196,7 @@ def tune(dataset: DatasetOpt = "sample-feedback", model: ModelOpt = "dfar",
         run_ingest(cfg)
         run_index(cfg)
         result = run_sweep(cfg, seed_list)
-        console.print(result["table"])
+        console.print(result["table"], soft_wrap=True)
         return {k: v for k, v in result.items() if k not in ("table", "csv")}
 
     _run(stages, cfg)

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 RANDOM_ROW = "random"  # the floor row of a protocol with a ``random_reference`` (feedback)
 # full ranking against every item (trainers/evaluate.py), beside the sampled lists' metrics;
 # full_users says how many users it covers, full_sampled whether they are a seeded sample
+COUNT_COLUMNS = ("full_users", "full_sampled", "best_epoch")  # shown without decimals
 FULL_COLUMNS = ("full_hr@10", "full_hr@20", "full_ndcg@10", "full_ndcg@20", "full_mrr",
                 "full_users", "full_sampled")
 
@@ -317,6 +318,8 @@ def _cell(row: dict[str, Any], column: str) -> str:
     value = row.get(column, "")
     if not isinstance(value, float):
         return str(value)
+    if column in COUNT_COLUMNS and value.is_integer():
+        return str(int(value))
     half = row.get(f"{column}_ci95")
     text = f"{value:.4f}" if half is None or math.isnan(half) else f"{value:.4f} ± {half:.4f}"
     return text + ("*" if row.get(f"{column}_beaten") else "")
