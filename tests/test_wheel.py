@@ -51,6 +51,6 @@ def test_a_wheel_of_the_tree_carries_and_imports_every_module_and_preset(tmp_pat
     # The unpacked wheel first on the path, the checkout nowhere on it.
     env = {**os.environ, "PYTHONPATH": str(site)}
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.split()[-1]) == len(modules) > 50
