@@ -15,6 +15,7 @@ from flows import cluster
 
 TINY = ["generate.rows=20000", "generate.users=300", "generate.items=600",
         "index.eval_negatives=19", "train.epochs=2", "train.full_rank_users=20",
+        "flow.champion_floor=false",  # 2 tiny epochs: the registry's mechanics, not a floor
         "spark.driver_memory=1g", "spark.shuffle_partitions=4"]
 
 

@@ -19,7 +19,7 @@ import tiny_index
 from conf.loading import load_config
 from trainers import tracking
 from trainers.batches import BatchBuilder, Samples
-from trainers.evaluate import run_evaluation
+from trainers.evaluate import PER_USER_FILE, run_evaluation
 from trainers.metrics import FeedbackAccumulator, ranking_metrics
 from trainers.popularity import popularity_scores
 from trainers.protocols import PROTOCOLS
@@ -142,6 +142,13 @@ def test_evaluation_matches_direct_metrics(trained):
     assert run.data.metrics["fit_gap_auc"] == pytest.approx(result["fit"]["gap_auc"])
     assert "evaluation.md" in {a.path for a in client.list_artifacts(result["run_id"])}
     assert result["table"].startswith("| evaluation |") and "| popularity_test |" in result["table"]
+    # Each test user's metrics, the artifact compare --seeds pairs by user (one list a user
+    # here, so their mean is the split's MRR)
+    per_user = tracking.read_table(cfg, result["run_id"], PER_USER_FILE)
+    assert per_user["user"].tolist() == sorted(set(samples.user.tolist()))
+    assert per_user["mrr"].mean() == pytest.approx(expected["mrr"], abs=1e-6)
+    assert {"hr@1", "hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20"} <= set(per_user)
+    assert "per_user" not in result  # the flow records its result: no per-user lists there
 
 
 def test_evaluation_without_training_run_names_the_fix(tmp_path):

@@ -150,13 +150,15 @@ def run_comparison(cfg: PipelineConfig, models: list[str],
         ``skipped`` (model -> reason), ``table`` (markdown) and ``csv`` (text).
 
     Raises:
-        ValueError: no models, a model listed twice, or no listed model can run under the
-            protocol (each reason named).
+        ValueError: no models, a model listed twice, repeated seeds, or no listed model can
+            run under the protocol (each reason named).
         KeyError, ConfigError: an unknown model or one without a preset (before any training).
         FileNotFoundError: no index (run ``seqrec index`` first).
         Any error of a train or evaluate stage; the parent run is then marked FAILED.
     """
     configs = model_configs(cfg, models)  # all checked before anything is trained
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"seeds must be distinct and at least one: {seeds}")
     protocol = protocol_at(cfg.paths.work_dir)
     skipped = skipped_models(protocol, configs)
     for name, reason in skipped.items():
@@ -166,7 +168,7 @@ def run_comparison(cfg: PipelineConfig, models: list[str],
         raise ValueError(f"no listed model runs under the {protocol.name} protocol: " + "; ".join(
             f"{name} {reason}" for name, reason in skipped.items()))
 
-    from trainers.evaluate import run_evaluation
+    from trainers.evaluate import PER_USER_FILE, run_evaluation
     from trainers.train import run_training
 
     client = tracking.client(cfg)
@@ -177,8 +179,6 @@ def run_comparison(cfg: PipelineConfig, models: list[str],
               "skipped_models": ",".join(skipped) or "none",
               "mlflow.runName": f"{cfg.dataset.name}-compare"},
     ).info.run_id
-    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
-        raise ValueError(f"seeds must be distinct and at least one: {seeds}")
     rows, per_user = [], {}
     try:
         for model_cfg in runnable:
@@ -190,8 +190,9 @@ def run_comparison(cfg: PipelineConfig, models: list[str],
                 client.set_tag(trained["run_id"], "mlflow.parentRunId", parent)
                 client.set_tag(trained["run_id"], "seed", str(run_cfg.train.seed))
                 runs.append(comparison_row(name, trained, evaluated, protocol))
-                per_user.setdefault(name, []).append(evaluated["per_user"])
-            rows.append(runs[0] if seeds is None else seed_row(runs, protocol))
+                per_user.setdefault(name, []).append(
+                    tracking.read_table(run_cfg, trained["run_id"], PER_USER_FILE))
+            rows.append(runs[0] if seeds is None else seed_row(runs))
         if protocol.random_reference:
             rows.append(random_row(evaluated["random_test"], protocol))
         if seeds is not None:
@@ -227,7 +228,7 @@ def comparison_row(name: str, trained: dict[str, Any], evaluated: dict[str, Any]
             "fit_gap_auc": evaluated["fit"]["gap_auc"]}
 
 
-def seed_row(runs: list[dict[str, Any]], protocol: EvaluationProtocol) -> dict[str, Any]:
+def seed_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One model's line over its seeds' lines: every number the mean, each test metric with
     ``test_<m>_ci95`` (the 95 % t half-width over seeds), ``seeds`` and the child run ids."""
     row: dict[str, Any] = {"model": runs[0]["model"], "seeds": len(runs),

@@ -72,9 +72,10 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     Returns:
         dict: ``run_id``, ``protocol``, ``test`` / ``popularity_test`` / ``popularity_valid``
         / ``full`` (unless ``train.full_rank_users`` is 0) / ``random_test`` (``feedback``)
-        / ``fit`` metric dicts, ``table`` (markdown), ``logged`` (the flat metrics
-        written to MLflow) and ``per_user`` (column -> list: each test user's metrics, as
-        the accumulator's ``per_user``; logged as the ``per_user_test.parquet`` artifact). ``fit`` is the memorisation check (issue 15): the best
+        / ``fit`` metric dicts, ``table`` (markdown) and ``logged`` (the flat metrics
+        written to MLflow). Each test user's metrics (the accumulator's ``per_user``) go to
+        the run as the artifact ``per_user_test.parquet``, not into the returned dict (a
+        flow records it). ``fit`` is the memorisation check (issue 15): the best
         checkpoint's AUC on its own training lists (``train_auc``), on the validation lists
         (``valid_auc``) and their difference (``gap_auc``). AUC, because it does not depend
         on a list's length (train lists hold 1 + ``index.train_negatives`` candidates,
@@ -124,10 +125,9 @@ def run_evaluation(cfg: PipelineConfig) -> dict[str, Any]:
     run_id = record["run_id"]
     tracking.log_metrics(cfg, run_id, logged)
     tracking.log_text(cfg, run_id, table, "evaluation.md")
-    per_user = {k: v.tolist() for k, v in tested.per_user().items()}
-    tracking.log_table(cfg, run_id, per_user, PER_USER_FILE)
+    tracking.log_table(cfg, run_id, tested.per_user(), PER_USER_FILE)
     return {"run_id": run_id, "protocol": protocol.name, **results, "table": table,
-            "logged": logged, "per_user": per_user}
+            "logged": logged}
 
 
 def full_rank_count(cfg: PipelineConfig, model: Recommender) -> int | None:

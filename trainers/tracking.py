@@ -230,15 +230,27 @@ def log_text(cfg: PipelineConfig, run_id: str, text: str, name: str) -> None:
         client(cfg).log_artifact(run_id, str(path))
 
 
-def log_table(cfg: PipelineConfig, run_id: str, columns: dict[str, list], name: str) -> None:
-    """A Parquet artifact from equal-length columns (e.g. each test user's metrics)."""
+def log_table(cfg: PipelineConfig, run_id: str, columns: dict, name: str) -> None:
+    """A Parquet artifact from equal-length columns (lists, numpy arrays or CPU tensors),
+    e.g. each test user's metrics."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    arrays = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in columns.items()}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
-        pq.write_table(pa.table(columns), path)
+        pq.write_table(pa.table(arrays), path)
         client(cfg).log_artifact(run_id, str(path))
+
+
+def read_table(cfg: PipelineConfig, run_id: str, name: str) -> dict:
+    """A Parquet artifact of a run (:func:`log_table`) as column name -> numpy array."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client(cfg).download_artifacts(run_id, name, tmp)
+        table = pq.read_table(path)
+    return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
 def finish_run(cfg: PipelineConfig, run_id: str) -> None:
