@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_index
 import torch
 
-import tiny_index
 from conf.loading import load_config
+from store.index import load_samples, load_set_arrays
+from store.runs import CHECKPOINT_FILE
 from trainers import tracking
 from trainers.batches import BatchBuilder, Samples
 from trainers.evaluate import PER_USER_FILE, run_evaluation
@@ -24,8 +26,6 @@ from trainers.metrics import FeedbackAccumulator, ranking_metrics
 from trainers.popularity import popularity_scores
 from trainers.protocols import PROTOCOLS
 from trainers.registry import DataSizes, build_model
-from store.index import load_samples, load_set_arrays
-from store.runs import CHECKPOINT_FILE
 from trainers.train import TrainState
 
 
