@@ -344,6 +344,18 @@ class FlowConfig(Section):
     work_pool: str
     # a new champion must also beat popularity (and random under feedback) on validation
     champion_floor: bool
+    recommend: bool  # top-K for every user after register (``seqrec recommend``, issue 24)
+
+
+class RecommendConfig(Section):
+    """Top-K recommendations from a registered model (trainers/recommend.py)."""
+
+    k: int = Field(ge=1)  # items per user
+    exclude_seen: bool  # items the user already interacted with are never recommended
+    # target-aware models rerank this many most popular items (unseen ones, by exclude_seen)
+    candidates: int = Field(ge=1)
+    users_per_batch: int = Field(ge=1)  # users one actor scores at once
+    actors: int = Field(ge=1)  # Ray Data actors, each holding one copy of the model
 
 
 class TableConfig(Section):
@@ -391,6 +403,7 @@ class PipelineConfig(Section):
     train: TrainConfig
     tracking: TrackingConfig
     flow: FlowConfig
+    recommend: RecommendConfig
     sweep: SweepConfig
     table: TableConfig
 

@@ -58,7 +58,7 @@ def _run(stage, cfg: PipelineConfig) -> None:
 
     try:
         result = stage(cfg)
-    except (ValueError, FileNotFoundError, JavaNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, LookupError, JavaNotFoundError) as exc:
         if os.environ.get("SEQREC_DEBUG"):
             raise
         _error(f"{type(exc).__name__}: {exc}")
@@ -119,6 +119,25 @@ def evaluate(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     from trainers.evaluate import run_evaluation
 
     _run(run_evaluation, cfg)
+
+
+@app.command()
+def recommend(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
+              profile: ProfileOpt = "local", config: ConfigOpt = None, set_: SetOpt = None,
+              version: Annotated[int | None, typer.Option(
+                  "--version", help="registered version (default: the champion)")] = None,
+              users: Annotated[str | None, typer.Option(
+                  "--users", help="file of original user ids, one per line (default: every "
+                  "user of the index)")] = None,
+              name: Annotated[str | None, typer.Option(
+                  "--name", help="registered model (default: <model>-<dataset>, or "
+                  "tracking.registered_model)")] = None) -> None:
+    """Top-K items per user from the registered champion, in the dataset's original ids."""
+    cfg = _config(dataset, model, profile, config, set_)
+    from flows.pipeline import registered_name
+    from trainers.recommend import run_recommend
+
+    _run(lambda c: run_recommend(c, name or registered_name(c), version, users), cfg)
 
 
 @app.command()

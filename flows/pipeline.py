@@ -143,6 +143,19 @@ def register_task(cfg: PipelineConfig, trained: dict, evaluated: dict) -> dict:
     return result
 
 
+@task(name="recommend", cache_policy=NO_CACHE)
+def recommend_task(cfg: PipelineConfig) -> dict:
+    """Top-K for every user from the champion (trainers/recommend.py skips itself when the
+    champion, index and settings are those of its last output)."""
+    from trainers.recommend import run_recommend
+
+    try:
+        result = run_recommend(cfg, registered_name(cfg))
+    except LookupError as exc:  # every version so far is under the floor: no champion yet
+        result = {"skipped": True, "reason": str(exc), "manifest": None, "examples": []}
+    return _logged("recommend", result)
+
+
 def champion_floors(evaluated: dict, metric: str) -> dict[str, float]:
     """What a champion must beat besides the current one: popularity on the validation lists
     and, under ``feedback`` (whose evaluation has a ``random_test`` reference), random."""
@@ -213,6 +226,19 @@ def metrics_markdown(cfg: PipelineConfig, evaluated: dict, trained: dict,
     )
 
 
+def recommendations_markdown(recommended: dict | None) -> str:
+    """A few users' last events and top-10, in the dataset's original ids."""
+    if not recommended or not recommended["manifest"]:
+        return ""
+    m = recommended["manifest"]
+    lines = [f"\n## Recommendations: {m['model']} v{m['version']}, top-{m['k']} for "
+             f"{m['users']} users (`{recommended['uri']}`)\n",
+             "| user | last events | top 10 |", "|---|---|---|"]
+    lines += [f"| {e['user_id']} | {' '.join(e['history'])} | {' '.join(e['top'])} |"
+              for e in recommended["examples"]]
+    return "\n".join(lines) + "\n"
+
+
 def run_link(tracking_uri: str, run_id: str) -> str:
     """A browser link to the run: direct for an HTTP tracking server, otherwise the command
     that serves the store and the page to open."""
@@ -250,10 +276,10 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
 
     Returns:
         {"generate" (only when it ran), "window", "ingest", "index", "train", "evaluate",
-        "register"}: each step's result (skipped steps say so and why); "window" holds the
-        mode, the overrides it applied and the window's start and end. With ``models``,
-        "compare" (trainers.compare.run_comparison's result) replaces "train", "evaluate"
-        and "register".
+        "register", "recommend" (``flow.recommend``)}: each step's result (skipped steps
+        say so and why); "window" holds the mode, the overrides it applied and the window's
+        start and end. With ``models``, "compare" (trainers.compare.run_comparison's result)
+        replaces "train", "evaluate", "register" and "recommend".
 
     Raises:
         ConfigError: the config does not compose or validate.
@@ -300,9 +326,12 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
     results["evaluate"] = evaluate_task.with_options(**retry)(cfg, trained)
     results["register"] = register_task.with_options(**retry)(cfg, trained,
                                                               results["evaluate"])
+    if cfg.flow.recommend:
+        results["recommend"] = recommend_task.with_options(**retry)(cfg)
 
     create_markdown_artifact(
-        markdown=metrics_markdown(cfg, results["evaluate"], trained, results["register"]),
+        markdown=metrics_markdown(cfg, results["evaluate"], trained, results["register"])
+        + recommendations_markdown(results.get("recommend")),
         key=f"{cfg.model.name}-{cfg.dataset.name}-metrics".lower().replace("_", "-"),
         description=f"test metrics of {cfg.model.name} on {cfg.dataset.name}",
     )

@@ -155,6 +155,7 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
             "format": fmt.name,
             "inputs": inputs,
             "id_order": ID_ORDERS[fmt.string_ids],
+            "string_ids": fmt.string_ids,  # original ids are text (recommendations keep them)
             "spark_version": spark.version,
             "timings": timer.timings,
             "built_at": dt.datetime.now(dt.timezone.utc).isoformat(),

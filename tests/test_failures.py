@@ -24,6 +24,8 @@ import tiny_index
 from store.runs import CHECKPOINT_FILE, RUN_FILE, run_dir
 from trainers.checkpoints import load_checkpoint
 from trainers.registry import Batch, Output, register
+from trainers.snapshot import snapshot_of_index
+from trainers.top_k import TopK
 from trainers.train import resume_key, run_training
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -167,16 +169,19 @@ def test_logged_model_holds_one_copy_of_the_weights_and_serves_the_champion(unin
                                     summary["valid"]["mrr"])
     assert decision.promoted
     served = mlflow.pyfunc.load_model(f"models:/slow-tiny@{CHAMPION}")
-    example = served.input_example
+    example = served.input_example  # two users' original ids
     payload = load_checkpoint(summary["checkpoint"])
     model = SlowTinyModel(tiny_index.TinyParams(dim=4),
                           tiny_index.DataSizes(**payload["sizes"])).eval()
     model.load_state_dict(weights)
-    batch = {k: torch.as_tensor(np.asarray(v)) for k, v in example.items()}
-    batch["label"] = batch["label"].float()
-    with torch.no_grad():
-        expected = model(batch).scores.numpy()
-    np.testing.assert_array_equal(served.predict(example), expected)
+    snapshot = snapshot_of_index(cfg.paths.work_dir, with_sets=True)
+    top = TopK(model, snapshot, model.sizes.num_users, cfg.index.sequence_max_len)
+    items, scores = top.top(torch.tensor([1, 2]), 10, exclude_seen=True, candidates=500)
+    answer = served.predict(example)
+    assert answer["user_id"].tolist() == np.repeat(example["user_id"], 10).tolist()
+    expected = snapshot.original_ids(items.numpy(), "items").ravel()
+    assert answer["item_id"].tolist() == expected.tolist()
+    np.testing.assert_allclose(answer["score"], scores.numpy().ravel(), rtol=1e-6)
 
 
 def test_max_failures_and_niceness_do_not_change_what_a_run_learns(tmp_path):

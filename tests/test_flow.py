@@ -257,10 +257,15 @@ def test_pipeline_end_to_end_then_cached_then_only_training_reruns(prefect_home,
     assert not any(first[s]["skipped"] for s in ("ingest", "index", "train", "evaluate"))
     assert first["register"]["promoted"] and first["register"]["version"] == "1"
     assert 0.0 < first["evaluate"]["test"]["mrr"] <= 1.0
+    recommended = first["recommend"]  # issue 24: top-K from the champion after register
+    assert not recommended["skipped"] and recommended["uri"].endswith("score-sample/v1")
+    assert recommended["manifest"]["rows"] == 100 * recommended["manifest"]["users"]
+    assert len(recommended["examples"]) == 3 and len(recommended["examples"][0]["top"]) == 10
 
     second = pipeline_flow("sample", "score", "local", overrides)
     assert "generate" not in second
-    assert all(second[s]["skipped"] for s in ("ingest", "index", "train", "evaluate", "register"))
+    assert all(second[s]["skipped"]
+               for s in ("ingest", "index", "train", "evaluate", "register", "recommend"))
     assert second["train"]["run_id"] == first["train"]["run_id"]
     assert second["evaluate"]["test"] == first["evaluate"]["test"]
 
@@ -285,3 +290,8 @@ def test_pipeline_end_to_end_then_cached_then_only_training_reruns(prefect_home,
 
     artifact = Artifact.get("score-sample-metrics")
     assert "| mrr |" in artifact.data and third["train"]["run_id"] in artifact.data
+    # the new version, champion or not, is recommended from only when it is the champion
+    version = "2" if promoted else "1"
+    assert third["recommend"]["uri"].endswith(f"score-sample/v{version}")
+    assert third["recommend"]["skipped"] == (not promoted)
+    assert f"## Recommendations: score-sample v{version}" in artifact.data

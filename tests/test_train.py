@@ -436,9 +436,12 @@ def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path
 
     logged = max(models, key=lambda m: m.creation_timestamp)
     pyfunc = mlflow.pyfunc.load_model(logged.model_uri)
-    example = pyfunc.input_example
-    assert isinstance(example, dict)
-    assert pyfunc.predict(example).shape == (2, 1 + cfg.index.eval_negatives)
+    example = pyfunc.input_example  # two users, in the original ids (tests/tiny_index.py)
+    assert example["user_id"].tolist() == [1001, 1002]
+    served = pyfunc.predict(example)
+    assert list(served.columns) == ["user_id", "item_id", "rank", "score"]
+    assert served.groupby("user_id")["rank"].apply(list).tolist() == [list(range(1, 11))] * 2
+    assert served["item_id"].between(5001, 5000 + tiny_index.NUM_ITEMS).all()
 
     # Same config with its epochs done: skipped, nothing trained.
     _, third = _train(root, ["train.epochs=3", "train.num_workers=2",

@@ -206,6 +206,7 @@ def write_index(work_dir: Path, seed: int = 0) -> dict[str, np.ndarray]:
                 "num_items": NUM_ITEMS, "num_slices": T, "set_size": S,
                 "target_slices": TARGETS}
     (index / "manifest.json").write_text(json.dumps(manifest))
+    _write_id_maps(work_dir)
     return {"positives": positives, "counts": counts}
 
 
@@ -272,4 +273,19 @@ def write_sequence_index(work_dir: Path, protocol: str, seed: int = 0) -> dict:
                 "config_hash": "hand", "protocol": protocol, "num_users": NUM_USERS,
                 "num_items": NUM_ITEMS}
     (index / "manifest.json").write_text(json.dumps(manifest))
+    _write_id_maps(work_dir)
     return {"items": items, "labels": labels}
+
+
+def _write_id_maps(work_dir: Path) -> None:
+    """``<work_dir>/ingest``'s id maps and manifest, as ingest writes them: original user ids
+    1001.., item ids 5001.. (what a logged model carries, trainers/snapshot.py)."""
+    ingest = work_dir / "ingest"
+    for name, n, first in (("users", NUM_USERS, 1001), ("items", NUM_ITEMS, 5001)):
+        (ingest / "id_maps" / name).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"raw": pa.array([str(first + i) for i in range(n)]),
+                                 "idx": pa.array(range(1, n + 1), pa.int32())}),
+                       ingest / "id_maps" / name / "part-0.parquet")
+    (ingest / "manifest.json").write_text(json.dumps(
+        {"stage": "ingest", "schema_version": 1, "input_hash": "hand", "config_hash": "hand",
+         "string_ids": False}))

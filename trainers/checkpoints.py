@@ -1,7 +1,7 @@
 """Reading a training checkpoint (``state.pt``, store/runs.py) without unpickling code.
 
 A checkpoint holds tensors and plain containers only (model and optimizer state dicts, the
-run's counters, sizes, protocol name, an example batch), so it loads with
+run's counters, sizes and protocol name), so it loads with
 ``torch.load(..., weights_only=True)``. A work folder on shared storage (NFS, ``hdfs://``,
 ``s3a://``) is writable by others; a file there that needs the full unpickler is refused
 with one clear error instead of running whatever it holds.
@@ -28,7 +28,16 @@ def load_checkpoint(folder: str | Path, device: torch.device | str = "cpu") -> d
     Raises:
         UnsafeCheckpointError: the file holds anything but tensors and plain containers.
     """
-    path = Path(folder) / CHECKPOINT_FILE
+    return load_weights(Path(folder) / CHECKPOINT_FILE, device)
+
+
+def load_weights(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A file of tensors and plain containers (a checkpoint's ``state.pt``, a logged model's
+    ``weights.pt``) on ``device``.
+
+    Raises:
+        UnsafeCheckpointError: the file holds anything else.
+    """
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -116,78 +116,57 @@ def metric_history(cfg: PipelineConfig, run_id: str, key: str) -> list[tuple[int
     return sorted((m.step, m.value) for m in history)
 
 
-WEIGHTS_FILE = "weights.pt"  # the logged model's one artifact
+WEIGHTS_FILE = "weights.pt"  # the logged model's weights (state dict, name, params, sizes)
+SNAPSHOT_FILE = "snapshot.npz"  # its users' histories and original ids (trainers/snapshot.py)
 
 
-class BatchScorer:
-    """pyfunc model: a dict of numpy batch fields -> (B, C) scores.
-
-    The pytorch flavour's pyfunc only takes one array; SCoRe takes a batch dict. The pickled
-    python model holds no weights: ``load_context`` rebuilds the registered model from the
-    ``weights`` artifact (state dict, model name and module, params, data sizes), so the
-    logged model carries one copy of the weights. Built lazily as an
-    ``mlflow.pyfunc.PythonModel`` subclass so importing this module does not import MLflow.
-    """
-
-    @staticmethod
-    def make():
-        import mlflow.pyfunc
-
-        class _Scorer(mlflow.pyfunc.PythonModel):
-            def load_context(self, context) -> None:
-                import importlib
-
-                from trainers.registry import DataSizes, build_model
-
-                saved = torch.load(context.artifacts["weights"], map_location="cpu",
-                                   weights_only=True)
-                importlib.import_module(saved["module"])  # registers the model's name
-                self.net = build_model(saved["name"], saved["params"],
-                                       DataSizes(**saved["sizes"]))
-                self.net.load_state_dict(saved["state_dict"])
-                self.net.eval()
-
-            def predict(self, context, model_input, params=None):  # dict of (B, ...) arrays
-                batch = {k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()}
-                batch["label"] = batch["label"].float()
-                with torch.no_grad():
-                    return self.net(batch).scores.numpy()
-
-        return _Scorer()
-
-
-def log_model(cfg: PipelineConfig, run_id: str, model: torch.nn.Module, sizes: dict[str, int],
-              example: dict[str, torch.Tensor]) -> None:
-    """The best model, logged once: a pyfunc model (``name="model"``) that serves batch dicts,
-    with a signature and the example batch attached; its one artifact ``weights.pt`` holds
-    the state dict (a second flavour would store the weights a second time: ~330 MB each
-    for SCoRe on Taobao).
+def log_model(cfg: PipelineConfig, run_id: str, model: torch.nn.Module, sizes: dict[str, int]
+              ) -> None:
+    """The best model, logged once as ``model``: a pyfunc from code
+    (trainers/served_model.py: ``user_id`` in, top-K ``item_id`` out, in the dataset's original
+    ids) with two artifacts, ``weights.pt`` (the state dict, model name and module, params
+    and data sizes: the one copy of the weights; loaded ``weights_only``) and
+    ``snapshot.npz`` (every user's history in the index the model was trained on, with the
+    original ids of its users and items).
 
     Args:
         model: the trained module (CPU, eval mode), an instance of ``cfg.model.name``.
         sizes: the ``DataSizes`` fields the model was built with.
-        example: a small batch dict (2 lists) used for the signature and input example.
     """
     import mlflow
     import mlflow.pyfunc
-    from mlflow.models import infer_signature
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    from trainers import served_model
+    from trainers.snapshot import save, snapshot_of_index
+    from trainers.split_data import declared_inputs
 
     model = model.cpu().eval()
-    inputs = {k: v.cpu().numpy() for k, v in example.items()}
-    with torch.no_grad():
-        scores = model({k: v.cpu() for k, v in example.items()}).scores.numpy()
-    signature = infer_signature(inputs, scores)
+    required, optional = declared_inputs(type(model))
+    snapshot = snapshot_of_index(cfg.paths.work_dir, "slice_sets" in required | optional)
+    id_type = "string" if snapshot.string_ids else "long"
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(id_type, "user_id"), ColSpec("long", "k", required=False)]),
+        outputs=Schema([ColSpec(id_type, "user_id"), ColSpec(id_type, "item_id"),
+                        ColSpec("long", "rank"), ColSpec("double", "score")]))
+    example = pd.DataFrame({"user_id": snapshot.original_ids(
+        np.arange(1, min(3, snapshot.num_users + 1)), "users")})
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                    f"numpy=={np.__version__}"]
+                    f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
     mlflow.set_tracking_uri(cfg.tracking.uri)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
-        weights = Path(tmp) / WEIGHTS_FILE
+        weights, histories = Path(tmp) / WEIGHTS_FILE, Path(tmp) / SNAPSHOT_FILE
         torch.save({"state_dict": model.state_dict(), "name": cfg.model.name,
                     "module": type(model).__module__, "params": dict(cfg.model.params),
                     "sizes": dict(sizes)}, weights)
-        mlflow.pyfunc.log_model(name="model", python_model=BatchScorer.make(),
-                                artifacts={"weights": str(weights)}, signature=signature,
-                                input_example=inputs, pip_requirements=requirements)
+        save(snapshot, str(histories))
+        mlflow.pyfunc.log_model(name="model", python_model=served_model.__file__,
+                                artifacts={"weights": str(weights),
+                                           "snapshot": str(histories)},
+                                signature=signature, input_example=example,
+                                pip_requirements=requirements)
 
 
 def log_artifacts(cfg: PipelineConfig, run_id: str, history: list[dict[str, float]]) -> None:

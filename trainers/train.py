@@ -266,14 +266,10 @@ def _log_final(cfg: PipelineConfig, run_id: str, payload: dict, model_module: st
         for step, value in tracking.metric_history(cfg, run_id, key):
             history.setdefault(step, {"epoch": step})[key] = value
     rows = [history[e] for e in sorted(history) if len(history[e]) == len(keys) + 1]
-    tracking.log_model(cfg, run_id, model, payload["sizes"], _example_batch(payload["example"]))
+    tracking.log_model(cfg, run_id, model, payload["sizes"])
     tracking.log_artifacts(cfg, run_id, rows)
     tracking.set_tags(cfg, run_id, {"stopped_by": summary["stopped_by"]})
     tracking.finish_run(cfg, run_id)
-
-
-def _example_batch(example: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.cpu() for k, v in example.items()}
 
 
 # ---------------------------------------------------------------- inside each Ray worker
@@ -330,9 +326,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         best_valid = {}
     net = ray.train.torch.prepare_model(model) if world > 1 else model
     sampler = data.negative_sampler(cfg)
-    valid_split = data.splits["valid"]
-    example = data.builder.rows(valid_split, torch.arange(min(2, len(valid_split)),
-                                                          device=valid_split.user.device))
 
     for epoch in range(state.epoch + 1, tc.epochs + 1):
         if state.stopped_early:
@@ -345,8 +338,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                            tc.grad_clip)
         # one Adam step a batch; every worker runs the same steps (epoch_rows pads them)
         state.optimizer_steps += -(-len(rows) // tc.batch_size)
-        valid = validate(model, data.builder, valid_split, tc.eval_batch_size, rank, world,
-                         data.protocol)
+        valid = validate(model, data.builder, data.splits["valid"], tc.eval_batch_size, rank,
+                         world, data.protocol)
         lr = state.lr
         if state.after_validation(epoch, valid[metric], tc.patience, tc.lr_plateau_patience,
                                   tc.min_epochs):
@@ -368,8 +361,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "state": asdict(state), "best_valid": best_valid,
                             "sizes": asdict(data.sizes), "seeds": {"train.seed": tc.seed},
-                            "protocol": data.protocol.name,
-                            "example": {k: v.cpu() for k, v in example.items()}},
+                            "protocol": data.protocol.name},
                            Path(folder) / CHECKPOINT_FILE)
                 ray.train.report({**metrics, SCORE: valid[metric]},
                                  checkpoint=Checkpoint.from_directory(folder),
