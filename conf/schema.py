@@ -293,6 +293,8 @@ class TrainConfig(Section):
     lr: float = Field(gt=0)
     l2: float = Field(ge=0)  # λ of Eq. 25
     weight_decay: float = Field(ge=0)  # Adam's L2 on every parameter (DualRec code: 1e-4)
+    # l2: coupled to Adam's gradient; decoupled: AdamW, biases and LayerNorms not decayed
+    weight_decay_mode: Literal["l2", "decoupled"]
     # epochs without gain of the selection metric (valid MRR; valid AUC under feedback)
     patience: int = Field(ge=1)
     min_epochs: int = Field(ge=0)  # no early stop before this many epochs (a first-epochs dip)

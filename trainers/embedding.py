@@ -96,13 +96,16 @@ class RowAdam:
         tables: the tables to update.
         lr: learning rate.
         weight_decay: λ; ``λ·w`` is added to a touched row's gradient.
+        decoupled: AdamW's decay: a touched row first shrinks by ``1 - lr·decoupled``.
         betas, eps: as in ``torch.optim.Adam``.
     """
 
     def __init__(self, tables: list[RowSparseEmbedding], lr: float, weight_decay: float,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 decoupled: float = 0.0) -> None:
         self.tables = tables
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.decoupled = decoupled
         self.state = [
             {
                 # [first, second] moment per row in one tensor: one gather, one scatter
@@ -140,6 +143,8 @@ class RowAdam:
         # Same operations, in the same order, as torch.optim.Adam's single-tensor path; only
         # the bias corrections are per row (each row's own step count).
         beta1, beta2 = self.betas
+        if self.decoupled:
+            param.mul_(1 - self.lr * self.decoupled)
         if self.weight_decay:
             grad = grad.add(param, alpha=self.weight_decay)
         step = state["step"].index_add_(0, rows, torch.ones_like(rows)).index_select(0, rows)
@@ -246,7 +251,8 @@ class ModelOptimizer:
 
 
 def build_optimizer(model: nn.Module, lr: float, l2: float, weight_decay: float = 0.0,
-                    embedding_updates: str = "lazy") -> ModelOptimizer:
+                    embedding_updates: str = "lazy", weight_decay_mode: str = "l2"
+                    ) -> ModelOptimizer:
     """The optimizer for any registered model.
 
     Dense parameters get Adam with ``weight_decay`` (coupled L2, ``torch.optim.Adam``'s
@@ -254,6 +260,12 @@ def build_optimizer(model: nn.Module, lr: float, l2: float, weight_decay: float 
     Eq. 25 is the model's ``regularization()``, which the training loop adds to the loss
     scaled by λ). Row-sparse tables get :class:`RowAdam` with weight decay λ +
     ``weight_decay`` on the touched rows.
+
+    ``weight_decay_mode: decoupled`` (BERT4Rec's optimiser, the AdamW of Loshchilov &
+    Hutter) instead shrinks each weight by ``lr · weight_decay`` per step outside Adam's
+    moments, and never decays biases and LayerNorm gains (every 1-D parameter), as BERT's
+    ``AdamWeightDecayOptimizer``. Coupled to Adam, a decay of 0.01 outweighs gradients of
+    1e-5 and drives every weight to zero (issue 23).
 
     Args:
         model: the model (may be wrapped, e.g. by DDP; submodules are searched).
@@ -264,10 +276,13 @@ def build_optimizer(model: nn.Module, lr: float, l2: float, weight_decay: float 
             (``train.embedding_updates``): every table becomes a dense parameter of Adam,
             with weight decay λ + ``weight_decay`` on all its rows every step, as the
             papers' own code trains (torch / TF Adam on a whole table).
+        weight_decay_mode: ``l2`` (coupled, above) or ``decoupled``
+            (``train.weight_decay_mode``).
     Returns:
         an object with ``zero_grad()``, ``step()``, ``state_dict()``, ``load_state_dict()``.
     Raises:
-        ValueError: the model has no trainable parameters at all.
+        ValueError: the model has no trainable parameters at all; or λ > 0 for a dense
+            table under ``decoupled`` (AdamW has no coupled term).
     """
     tables = [m for m in model.modules() if isinstance(m, RowSparseEmbedding)]
     if embedding_updates == "dense":
@@ -279,6 +294,17 @@ def build_optimizer(model: nn.Module, lr: float, l2: float, weight_decay: float 
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in table_ids]
     if not tables and not dense and not dense_tables:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    if weight_decay_mode == "decoupled":
+        if dense_tables and l2:
+            raise ValueError("train.l2 (coupled) cannot join decoupled weight decay on dense "
+                             "tables: set train.l2=0 or train.weight_decay_mode=l2")
+        groups = [{"params": [p for p in dense if p.ndim > 1], "weight_decay": weight_decay},
+                  {"params": [p for p in dense if p.ndim <= 1], "weight_decay": 0.0},
+                  {"params": dense_tables, "weight_decay": weight_decay}]
+        groups = [g for g in groups if g["params"]]
+        return ModelOptimizer(
+            torch.optim.AdamW(groups, lr=lr) if groups else None,
+            RowAdam(tables, lr=lr, weight_decay=l2, decoupled=weight_decay) if tables else None)
     groups = [{"params": dense, "weight_decay": weight_decay}] if dense else []
     if dense_tables:
         groups.append({"params": dense_tables, "weight_decay": l2 + weight_decay})

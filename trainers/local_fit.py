@@ -54,7 +54,8 @@ def fit_locally(cfg: PipelineConfig, epochs: int,
     seed_everything(tc.seed)
     model = build_model(cfg.model.name, dict(cfg.model.params), data.sizes)
     data.builder.trim_padding = variable_length(model)
-    optimizer = build_optimizer(model, tc.lr, tc.l2, tc.weight_decay, tc.embedding_updates)
+    optimizer = build_optimizer(model, tc.lr, tc.l2, tc.weight_decay, tc.embedding_updates,
+                                tc.weight_decay_mode)
     sampler = data.negative_sampler(cfg)
     fit = LocalFit(model, data)
 

@@ -311,7 +311,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if tc.batch_order == "by_length" and "sequence" not in data.builder.inputs and rank == 0:
         log.info("train.batch_order: by_length needs a sequence input; %s reads none, so its "
                  "batches stay shuffled", cfg.model.name)
-    optimizer = build_optimizer(model, tc.lr, tc.l2, tc.weight_decay, tc.embedding_updates)
+    optimizer = build_optimizer(model, tc.lr, tc.l2, tc.weight_decay, tc.embedding_updates,
+                                tc.weight_decay_mode)
     state = TrainState(lr=tc.lr)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
