@@ -347,6 +347,12 @@ class FlowConfig(Section):
     # a new champion must also beat popularity (and random under feedback) on validation
     champion_floor: bool
     recommend: bool  # top-K for every user after register (``seqrec recommend``, issue 24)
+    # one run of a deployment at a time on the Prefect server; a second waits (ENQUEUE) or
+    # is cancelled (CANCEL_NEW)
+    concurrency_limit: int = Field(ge=1)
+    collision_strategy: Literal["ENQUEUE", "CANCEL_NEW"]
+    # another host's work-folder lock older than this is reported as probably stale
+    lock_stale_hours: float = Field(gt=0)
 
 
 class RecommendConfig(Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -20,6 +21,7 @@ from conf.schema import PipelineConfig
 app = typer.Typer(help="Sequential recommendation pipeline: Spark indices, Ray training, MLflow.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
+errors = Console(stderr=True)  # failures go to stderr, results to stdout
 
 DatasetOpt = Annotated[str, typer.Option(
     "--dataset", "-d", help="dataset preset in conf/datasets, a dataset YAML file, or the "
@@ -31,6 +33,8 @@ SeedsOpt = Annotated[str | None, typer.Option(
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="local or cluster")]
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="extra YAML file")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override key.sub=value")]
+WaitOpt = Annotated[bool, typer.Option(
+    "--wait", help="another run holds the work folder: wait for it (default: exit 75 at once)")]
 
 
 def _config(dataset: str, model: str, profile: str, config: str | None,
@@ -43,27 +47,47 @@ def _config(dataset: str, model: str, profile: str, config: str | None,
 
 
 def _error(text: str) -> None:
-    """``text`` in red, as given: no wrapping (one line stays one line), no markup."""
-    console.print(text, style="red", soft_wrap=True, markup=False, highlight=False)
+    """``text`` in red on stderr, as given: no wrapping (one line stays one line), no markup."""
+    errors.print(text, style="red", soft_wrap=True, markup=False, highlight=False)
 
 
 def _show(result: object) -> None:
     console.print_json(json.dumps(result, default=str))
 
 
-def _run(stage, cfg: PipelineConfig) -> None:
-    """Run a stage and print its result. Bad input (a wrong-format file, a missing path, no
-    Java) is one clear message and exit code 1, not a stack trace; SEQREC_DEBUG=1 shows it."""
+def _run(stage, cfg: PipelineConfig, command: str) -> None:
+    """Run a stage under the work folder's lock and print its result. Bad input (a
+    wrong-format file, a missing path, no Java) is one clear message and exit code 1, not a
+    stack trace (SEQREC_DEBUG=1 shows it); a work folder another run holds, one line and
+    exit code 75."""
     from spark_jobs.session import JavaNotFoundError
 
     try:
-        result = stage(cfg)
+        with _held(cfg, command, wait=False):
+            result = stage(cfg)
     except (ValueError, FileNotFoundError, LookupError, JavaNotFoundError) as exc:
         if os.environ.get("SEQREC_DEBUG"):
             raise
         _error(f"{type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
     _show(result)
+
+
+@contextmanager
+def _held(cfg: PipelineConfig, command: str, wait: bool):
+    """The work folder's lock for a command (store/lock.py; the flow's own lock inside is
+    re-entrant); another live run's lock: one line naming it and exit code 75, or with
+    ``wait`` one line and a wait."""
+    from store.lock import EXIT_BUSY, WorkFolderBusy, work_lock
+
+    try:
+        with work_lock(cfg.paths.work_dir, f"seqrec {command}", wait=wait,
+                       stale_hours=cfg.flow.lock_stale_hours,
+                       log=lambda line: console.print(line)):
+            yield
+    except WorkFolderBusy as exc:
+        _error(f"WorkFolderBusy: {exc}")
+        raise typer.Exit(EXIT_BUSY) from None
 
 
 @app.command()
@@ -74,7 +98,7 @@ def generate(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     cfg = _config(dataset, model, profile, config, set_)
     from spark_jobs.sample_data import generate as run
 
-    _run(run, cfg)
+    _run(run, cfg, "generate")
 
 
 @app.command()
@@ -85,7 +109,7 @@ def ingest(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     cfg = _config(dataset, model, profile, config, set_)
     from spark_jobs.ingest import run_ingest
 
-    _run(run_ingest, cfg)
+    _run(run_ingest, cfg, "ingest")
 
 
 @app.command()
@@ -96,7 +120,7 @@ def index(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     cfg = _config(dataset, model, profile, config, set_)
     from spark_jobs.index import run_index
 
-    _run(run_index, cfg)
+    _run(run_index, cfg, "index")
 
 
 @app.command()
@@ -107,7 +131,7 @@ def train(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     cfg = _config(dataset, model, profile, config, set_)
     from trainers.train import run_training
 
-    _run(run_training, cfg)
+    _run(run_training, cfg, "train")
 
 
 @app.command()
@@ -118,7 +142,7 @@ def evaluate(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     cfg = _config(dataset, model, profile, config, set_)
     from trainers.evaluate import run_evaluation
 
-    _run(run_evaluation, cfg)
+    _run(run_evaluation, cfg, "evaluate")
 
 
 @app.command()
@@ -137,20 +161,22 @@ def recommend(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     from flows.pipeline import registered_name
     from trainers.recommend import run_recommend
 
-    _run(lambda c: run_recommend(c, name or registered_name(c), version, users), cfg)
+    _run(lambda c: run_recommend(c, name or registered_name(c), version, users), cfg,
+         "recommend")
 
 
 @app.command()
 def pipeline(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
              profile: ProfileOpt = "local", config: ConfigOpt = None,
-             set_: SetOpt = None) -> None:
+             set_: SetOpt = None, wait: WaitOpt = False) -> None:
     """Run the whole Prefect flow in-process (local mode, no server needed)."""
-    _config(dataset, model, profile, config, set_)  # fail fast, before Prefect starts
+    cfg = _config(dataset, model, profile, config, set_)  # fail fast, before Prefect starts
     _prefect_defaults()
     from flows.pipeline import pipeline_flow
 
-    _show(pipeline_flow(dataset=dataset, model=model, profile=profile,
-                        overrides=set_ or [], config_file=config))
+    with _held(cfg, f"pipeline {model} {dataset}", wait):
+        _show(pipeline_flow(dataset=dataset, model=model, profile=profile,
+                            overrides=set_ or [], config_file=config))
 
 
 @app.command()
@@ -159,7 +185,7 @@ def compare(dataset: DatasetOpt = "sample",
                 "--models", help="comma-separated model presets, in table order")] = (
                 "score,svdpp,delf,gru4rec,caser,sasrec,rrn,deems"),
             profile: ProfileOpt = "local", config: ConfigOpt = None,
-            set_: SetOpt = None, seeds: SeedsOpt = None) -> None:
+            set_: SetOpt = None, seeds: SeedsOpt = None, wait: WaitOpt = False) -> None:
     """The Prefect flow with its ``models`` parameter: (generate,) ingest and index as in
     ``pipeline``, then train and evaluate each model; one parent MLflow run with a table, CSV
     and bar chart (SCoRe Table 3). model.* overrides apply to the first model."""
@@ -176,9 +202,10 @@ def compare(dataset: DatasetOpt = "sample",
     _prefect_defaults()
     from flows.pipeline import pipeline_flow
 
-    result = pipeline_flow(dataset=dataset, model=names[0], profile=profile,
-                           overrides=set_ or [], config_file=config, models=names,
-                           seeds=seed_list)
+    with _held(cfg, f"compare {models} {dataset}", wait):
+        result = pipeline_flow(dataset=dataset, model=names[0], profile=profile,
+                               overrides=set_ or [], config_file=config, models=names,
+                               seeds=seed_list)
     console.print(result["compare"]["table"], soft_wrap=True)
     result["compare"] = {k: v for k, v in result["compare"].items() if k not in ("table", "csv")}
     _show(result)
@@ -218,7 +245,7 @@ def tune(dataset: DatasetOpt = "sample-feedback", model: ModelOpt = "dfar",
         console.print(result["table"], soft_wrap=True)
         return {k: v for k, v in result.items() if k not in ("table", "csv")}
 
-    _run(stages, cfg)
+    _run(stages, cfg, "tune")
 
 
 def _seeds(text: str | None) -> list[int] | None:

@@ -104,6 +104,7 @@ def deploy_all(profile: str = "local", models: list[str] | None = None,
         ConfigError: a model outside the table, or a preset that does not compose with the
             overrides (checked for every deployment before any is created).
     """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.schedules import Cron
 
     from flows.pipeline import pipeline_flow
@@ -128,11 +129,17 @@ def deploy_all(profile: str = "local", models: list[str] | None = None,
         if cfg.flow.schedule_cron:
             schedules.append(Cron(cfg.flow.schedule_cron, timezone=cfg.dataset.timezone,
                                   active=cfg.flow.schedule_active))
+        # wait: a run that finds a CLI run in its work folder waits for it (store/lock.py)
         parameters: dict[str, Any] = {"dataset": dataset, "model": model, "profile": profile,
-                                      "overrides": overrides, "config_file": config_file}
+                                      "overrides": overrides, "config_file": config_file,
+                                      "wait": True}
         deployment_id = source.deploy(
             name=name, work_pool_name=cfg.flow.work_pool, parameters=parameters,
             schedules=schedules, build=False, push=False, print_next_steps=False,
+            # one run at a time: a scheduled run never starts beside a manual one (issue 25)
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=cfg.flow.concurrency_limit,
+                collision_strategy=cfg.flow.collision_strategy),
             tags=[model, dataset, cfg.index.protocol, profile],
             description=f"{model} on the {dataset} preset ({cfg.index.protocol} protocol, "
                         f"{profile} profile)",

@@ -33,6 +33,7 @@ from conf.loading import ConfigError, load_config
 from conf.schema import PipelineConfig
 from flows.window import window_overrides
 from store import flow_state
+from store.lock import work_lock
 
 # Failures that a second try cannot fix: bad input, bad config, a missing file or a bug.
 PERMANENT = (ConfigError, ValueError, TypeError, KeyError, FileNotFoundError,
@@ -257,7 +258,7 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
                   overrides: list[str] | None = None,
                   config_file: str | None = None,
                   models: list[str] | None = None,
-                  seeds: list[int] | None = None) -> dict[str, Any]:
+                  seeds: list[int] | None = None, wait: bool = False) -> dict[str, Any]:
     """Run every stage for one dataset and model; skip what is unchanged.
 
     Args:
@@ -273,6 +274,8 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
             registered.
         seeds: with ``models``, train each model once per seed (``train.seed``) and give
             means, 95 % intervals and paired tests over users (trainers/compare.py).
+        wait: another run holds the work folder's lock (store/lock.py): wait for it; False
+            raises ``WorkFolderBusy`` at once.
 
     Returns:
         {"generate" (only when it ran), "window", "ingest", "index", "train", "evaluate",
@@ -283,6 +286,7 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
 
     Raises:
         ConfigError: the config does not compose or validate.
+        WorkFolderBusy: another live run holds ``paths.work_dir`` and ``wait`` is False.
         Exception: the failing step's own exception, after its retries.
     """
     logger = get_run_logger()
@@ -293,6 +297,16 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
         model = models[0]
         model_configs(load_config(dataset, model, profile, overrides, config_file), models)
     cfg = load_config(dataset, model, profile, overrides, config_file)
+    with work_lock(cfg.paths.work_dir, f"seqrec pipeline {model} {dataset}", wait=wait,
+                   stale_hours=cfg.flow.lock_stale_hours, log=logger.info):
+        return _stages(cfg, dataset, model, profile, overrides, config_file, models, seeds)
+
+
+def _stages(cfg: PipelineConfig, dataset: str, model: str, profile: str,
+            overrides: list[str], config_file: str | None, models: list[str] | None,
+            seeds: list[int] | None) -> dict[str, Any]:
+    """The flow's steps, under the work folder's lock (:func:`pipeline_flow`)."""
+    logger = get_run_logger()
     retry = {"retries": cfg.flow.retries, "retry_delay_seconds": cfg.flow.retry_delay_seconds,
              "retry_condition_fn": _retry_condition}
     results: dict[str, Any] = {}

@@ -78,6 +78,11 @@ def test_deploy_and_run_score_sample_by_name(tmp_path):
         assert sample["parameters"]["dataset"] == "sample"
         assert sample["parameters"]["overrides"] == overrides
         assert sample["work_pool_name"] == "seqrec-process"
+        # one run at a time on the server (issue 25): a second run waits for the first
+        limit = sample.get("global_concurrency_limit") or {}
+        assert (limit.get("limit") or sample.get("concurrency_limit")) == 1, sample
+        assert sample["concurrency_options"]["collision_strategy"] == "ENQUEUE", sample
+        assert sample["parameters"]["wait"] is True
         [schedule] = sample["schedules"]
         assert schedule["schedule"]["cron"] == "0 3 * * *" and schedule["active"] is False
         assert listed["score-tmall"]["schedules"][0]["schedule"]["cron"] == "0 3 1,16 * *"
