@@ -8,6 +8,7 @@ Every subcommand takes the same config options: ``--dataset``, ``--model``, ``--
 from __future__ import annotations
 
 import json
+import logging
 import os
 from contextlib import contextmanager
 from typing import Annotated
@@ -56,21 +57,35 @@ def _show(result: object) -> None:
 
 
 def _run(stage, cfg: PipelineConfig, command: str) -> None:
-    """Run a stage under the work folder's lock and print its result. Bad input (a
-    wrong-format file, a missing path, no Java) is one clear message and exit code 1, not a
-    stack trace (SEQREC_DEBUG=1 shows it); a work folder another run holds, one line and
-    exit code 75."""
-    from spark_jobs.session import JavaNotFoundError
+    """Run a stage under the work folder's lock and print its result; a work folder another
+    run holds, one line and exit code 75."""
+    with _one_line_failures(cfg, command), _held(cfg, command, wait=False):
+        result = stage(cfg)
+    _show(result)
+
+
+@contextmanager
+def _one_line_failures(cfg: PipelineConfig, command: str):
+    """Any failure is one line on stderr and exit code 1: bad input (a wrong-format or
+    corrupt file, a missing path, no Java) says what to do; the full trace goes to
+    ``<work>/logs/<command>-<time>.log`` (store/logs.py), which the line names (Spark's JVM
+    logs go to ``spark-<time>.log`` beside it). SEQREC_DEBUG=1 raises instead."""
+    import traceback
+
+    from store.logs import log_file
 
     try:
-        with _held(cfg, command, wait=False):
-            result = stage(cfg)
-    except (ValueError, FileNotFoundError, LookupError, JavaNotFoundError) as exc:
+        yield
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure: one line, the trace to a file
         if os.environ.get("SEQREC_DEBUG"):
             raise
-        _error(f"{type(exc).__name__}: {exc}")
+        path = log_file(cfg.paths.work_dir, command.split()[0])
+        path.write_text("".join(traceback.format_exception(exc)))
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _error(f"{type(exc).__name__}: {first} (full trace: {path})")
         raise typer.Exit(1) from None
-    _show(result)
 
 
 @contextmanager
@@ -174,7 +189,8 @@ def pipeline(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     _prefect_defaults()
     from flows.pipeline import pipeline_flow
 
-    with _held(cfg, f"pipeline {model} {dataset}", wait):
+    _console_without_tracebacks()
+    with _one_line_failures(cfg, "pipeline"), _held(cfg, f"pipeline {model} {dataset}", wait):
         _show(pipeline_flow(dataset=dataset, model=model, profile=profile,
                             overrides=set_ or [], config_file=config))
 
@@ -202,7 +218,8 @@ def compare(dataset: DatasetOpt = "sample",
     _prefect_defaults()
     from flows.pipeline import pipeline_flow
 
-    with _held(cfg, f"compare {models} {dataset}", wait):
+    _console_without_tracebacks()
+    with _one_line_failures(cfg, "compare"), _held(cfg, f"compare {models} {dataset}", wait):
         result = pipeline_flow(dataset=dataset, model=names[0], profile=profile,
                                overrides=set_ or [], config_file=config, models=names,
                                seeds=seed_list)
@@ -257,6 +274,33 @@ def _seeds(text: str | None) -> list[int] | None:
     except ValueError:
         _error(f"--seeds takes comma-separated integers, got {text!r}")
         raise typer.Exit(2) from None
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record as ``inner`` does, without its traceback (the CLI writes the whole
+    trace to ``<work>/logs``, :func:`_one_line_failures`)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _console_without_tracebacks() -> None:
+    """Prefect's console lines say that a task failed and why, in one line each."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and handler.formatter is not None \
+                and not isinstance(handler.formatter, _WithoutTraceback):
+            handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
 def _prefect_defaults() -> None:

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from conf.schema import DatasetConfig, PipelineConfig
 from store.files import join, read_json, write_json
+from store.logs import log_file
 from store.manifest import file_fingerprint
 
 STATE_FILE = "window.json"
@@ -74,7 +75,7 @@ def raw_last_day(cfg: PipelineConfig) -> tuple[dt.date, str]:
     from spark_jobs.session import spark_session
 
     fmt, _ = raw_format(FORMATS[cfg.dataset.format], cfg.dataset, uris)  # RecBole: by header
-    spark = spark_session(cfg.spark)
+    spark = spark_session(cfg.spark, log_file(cfg.paths.work_dir, "spark"))
     parsed = fmt.parse(F.col("value"), cfg.dataset)
     now = int(time.time())
     max_ts = (

@@ -28,6 +28,7 @@ from conf.schema import PipelineConfig
 from spark_jobs import index_feedback, index_leave_one_out, index_slices
 from spark_jobs.index_inputs import Inputs, max_idx, partitions, read_events, rows
 from store.files import join, staged_output, write_json
+from store.logs import log_file
 from store.manifest import (MANIFEST, SCHEMA_VERSION, StageResult, manifest_hash, read_manifest,
                             up_to_date)
 
@@ -61,7 +62,7 @@ def run_index(cfg: PipelineConfig) -> StageResult:
     from spark_jobs.progress import progress
     from spark_jobs.session import spark_session
 
-    spark = spark_session(cfg.spark)
+    spark = spark_session(cfg.spark, log_file(cfg.paths.work_dir, "spark"))
     with staged_output(out) as tmp, progress(spark, STAGE):
         facts = _build(spark, cfg, src, tmp)
         manifest = {"stage": STAGE, "schema_version": SCHEMA_VERSION,

@@ -81,14 +81,15 @@ from pyspark.sql import functions as F
 
 from conf.loading import section_hash
 from conf.schema import DatasetConfig, PipelineConfig, SparkConfig
+from spark_jobs.progress import progress
 from spark_jobs.readers import FORMATS, QUARANTINE_REASONS, RawFormat
 from spark_jobs.readers.lines import positions, tagged_text
 from spark_jobs.readers.sequences_txt import ITEM_BITS, NEGATIVE_REASONS, fixed_negatives, head
+from spark_jobs.session import spark_session
 from store.files import filesystem, join, staged_output, write_json
+from store.logs import log_file
 from store.manifest import (MANIFEST, SCHEMA_VERSION, StageResult, StageTimer, file_fingerprint,
                             read_manifest, up_to_date)
-from spark_jobs.progress import progress
-from spark_jobs.session import spark_session
 
 STAGE = "ingest"
 FILTER_REASONS = ("behavior_not_kept", "out_of_window", "neutral_rating", "duplicate", "kcore")
@@ -140,7 +141,7 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
     reason = "no previous output" if read_manifest(out) is None else "raw files or config changed"
     fmt, firsts = raw_format(fmt, cfg.dataset, [uri for _, uri in files])
 
-    spark = spark_session(cfg.spark)
+    spark = spark_session(cfg.spark, log_file(cfg.paths.work_dir, "spark"))
     timer = StageTimer()
     with staged_output(out) as tmp, progress(spark, STAGE):
         facts = _build(spark, cfg, fmt, files, negatives, firsts, tmp, timer)

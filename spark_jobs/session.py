@@ -17,6 +17,7 @@ from pathlib import Path
 from conf.schema import SparkConfig
 
 SUPPORTED_JAVA = (17, 21)
+LOG4J2 = Path(__file__).with_name("log4j2.properties")  # JVM logs to a file, not the console
 INSTALL_HINT = (
     "PySpark needs Java 17 or 21. Install one, e.g. `apt-get install openjdk-17-jre-headless` "
     "(Debian/Ubuntu) or `brew install openjdk@17` (macOS), and set JAVA_HOME to it if it is "
@@ -62,8 +63,12 @@ def ensure_java() -> str:
     raise JavaNotFoundError(INSTALL_HINT + " Tried: " + ("; ".join(seen) or "nothing found"))
 
 
-def spark_session(cfg: SparkConfig):
+def spark_session(cfg: SparkConfig, log_file: str | Path | None = None):
     """Get or create the SparkSession described by ``cfg`` (timestamps handled in UTC).
+
+    Args:
+        log_file: where the driver JVM's log4j output goes (``spark_jobs/log4j2.properties``)
+            instead of the console; applies when this call starts the JVM.
 
     Returns:
         pyspark.sql.SparkSession
@@ -82,6 +87,11 @@ def spark_session(cfg: SparkConfig):
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.ansi.enabled", "false")  # bad fields become NULL, then quarantined
     )
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        builder = builder.config("spark.driver.extraJavaOptions",
+                                 f"-Dlog4j2.configurationFile={LOG4J2} "
+                                 f"-Dseqrec.spark.log={Path(log_file).resolve()}")
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -23,8 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from conf.schema import LEGACY_PROTOCOL, PROTOCOLS
 from store.files import filesystem, join
@@ -81,7 +84,32 @@ def index_protocol(work_dir: str) -> str:
 
 def _dataset(uri: str) -> pads.Dataset:
     fs, path = filesystem(uri)
-    return pads.dataset(path, filesystem=fs, format="parquet")
+    try:
+        return pads.dataset(path, filesystem=fs, format="parquet")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(_unreadable(uri, exc)) from None
+
+
+def _unreadable(uri: str, exc: Exception) -> str:
+    return (f"{uri} is not a readable Parquet output ({str(exc).splitlines()[0]}): the index "
+            "is damaged; rebuild it with `seqrec index` (after removing the index folder)")
+
+
+def check_readable(index_uri: str) -> None:
+    """Every Parquet file of the index opens (footers only: cheap at any scale), so a damaged
+    index is one clear error on the driver, not a traceback from each worker.
+
+    Raises:
+        ValueError: naming the first unreadable file.
+    """
+    fs, root = filesystem(index_uri)
+    selector = pafs.FileSelector(root, recursive=True)
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
+            try:
+                pq.ParquetFile(fs.open_input_file(info.path))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ValueError(_unreadable(info.path, exc)) from None
 
 
 def _fill_sets(uri: str, out: np.ndarray) -> None:

@@ -51,6 +51,7 @@ import torch.distributed as dist
 from conf.loading import section_hash
 from conf.schema import PipelineConfig
 from store.files import join, remove_dir
+from store.index import check_readable
 from store.manifest import manifest_hash
 from store.runs import CHECKPOINT_FILE, read_run, run_dir, run_name, write_run
 from trainers import tracking
@@ -130,6 +131,7 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: the index stage has not been run.
+        ValueError: a file of the index is not readable Parquet.
         KeyError: unknown model name.
         ray.train.TrainingFailedError: workers failed more than ``train.max_failures`` times
             (each failure restarts them from the latest checkpoint; the last traceback is in
@@ -138,6 +140,7 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
     index_uri = join(cfg.paths.work_dir, "index")
     index_hash = manifest_hash(index_uri)
     model_module = model_class(cfg.model.name).__module__  # fails fast on an unknown model
+    check_readable(index_uri)  # a damaged index: one error here, not one per worker
     key = resume_key(cfg, index_hash)
     previous = read_run(cfg)
     if previous is not None and previous["resume_key"] == key and previous["status"] == "finished":
