@@ -25,5 +25,5 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # CPU torch first: an unpinned torch pulls gigabytes of CUDA wheels.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
+PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -e ".[test]"  # quiet build backend
 echo "setup: done (.venv ready; run .venv/bin/seqrec --help)"

@@ -34,6 +34,8 @@ SeedsOpt = Annotated[str | None, typer.Option(
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="local or cluster")]
 ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="extra YAML file")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override key.sub=value")]
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="print the whole result as JSON (default: a short summary)")]
 WaitOpt = Annotated[bool, typer.Option(
     "--wait", help="another run holds the work folder: wait for it (default: exit 75 at once)")]
 
@@ -52,16 +54,58 @@ def _error(text: str) -> None:
     errors.print(text, style="red", soft_wrap=True, markup=False, highlight=False)
 
 
-def _show(result: object) -> None:
-    console.print_json(json.dumps(result, default=str))
+def _show(result: object, as_json: bool = True, command: str = "",
+          cfg: PipelineConfig | None = None) -> None:
+    """The result as JSON (``--json``), else a few readable lines (:func:`summary`)."""
+    if as_json:
+        console.print_json(json.dumps(result, default=str))
+    else:
+        console.print(summary(command, result, cfg.tracking.uri if cfg else ""),
+                      soft_wrap=True, markup=False, highlight=False)
 
 
-def _run(stage, cfg: PipelineConfig, command: str) -> None:
+def summary(command: str, result: dict, tracking_uri: str = "") -> str:
+    """What a person reads after a command: each step ran or skipped and why, the test
+    metrics beside popularity, the champion decision, where the outputs are."""
+    if command in ("pipeline", "compare"):
+        lines = [_step_line(step, value) for step, value in result.items()
+                 if isinstance(value, dict) and "skipped" in value]
+        for step in ("compare", "evaluate"):
+            if step in result and "table" in result[step]:
+                lines += ["", result[step]["table"].rstrip()]
+        if "register" in result:
+            lines.append(f"champion: {result['register'].get('message', '')}")
+        if tracking_uri and "train" in result and result["train"].get("run_id"):
+            from flows.pipeline import run_link
+
+            lines.append(f"MLflow run: {run_link(tracking_uri, result['train']['run_id'])}")
+        return "\n".join(lines)
+    if "table" in result:
+        return result["table"].rstrip()
+    if command == "train":
+        metric = result["selection_metric"]
+        return (f"train {'skipped' if result['skipped'] else 'done'}: run {result['run_id']}, "
+                f"best epoch {result['best_epoch']} (valid {metric} "
+                f"{result['valid'][metric]:.4f}), {result['stopped_by']}; "
+                f"checkpoint {result['checkpoint']}")
+    return _step_line(command, result)
+
+
+def _step_line(step: str, value: dict) -> str:
+    if "skipped" not in value:  # generate: what it wrote
+        files = ", ".join(map(str, value.get("files", [])))
+        return f"{step}: {value.get('rows', 0):,} rows -> {files}"
+    where = f" -> {value['uri']}" if value.get("uri") else ""
+    verb = "skipped" if value["skipped"] else "ran"
+    return f"{step}: {verb} ({value.get('reason', '')}){where}"
+
+
+def _run(stage, cfg: PipelineConfig, command: str, as_json: bool = True) -> None:
     """Run a stage under the work folder's lock and print its result; a work folder another
     run holds, one line and exit code 75."""
     with _one_line_failures(cfg, command), _held(cfg, command, wait=False):
         result = stage(cfg)
-    _show(result)
+    _show(result, as_json, command, cfg)
 
 
 @contextmanager
@@ -108,56 +152,56 @@ def _held(cfg: PipelineConfig, command: str, wait: bool):
 @app.command()
 def generate(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
              profile: ProfileOpt = "local", config: ConfigOpt = None,
-             set_: SetOpt = None) -> None:
+             set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Write a synthetic sample in the dataset's public raw format to paths.raw_dir."""
     cfg = _config(dataset, model, profile, config, set_)
     from spark_jobs.sample_data import generate as run
 
-    _run(run, cfg, "generate")
+    _run(run, cfg, "generate", json_)
 
 
 @app.command()
 def ingest(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
            profile: ProfileOpt = "local", config: ConfigOpt = None,
-           set_: SetOpt = None) -> None:
+           set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Spark: raw files -> canonical interactions, id maps, quarantine, manifest."""
     cfg = _config(dataset, model, profile, config, set_)
     from spark_jobs.ingest import run_ingest
 
-    _run(run_ingest, cfg, "ingest")
+    _run(run_ingest, cfg, "ingest", json_)
 
 
 @app.command()
 def index(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
           profile: ProfileOpt = "local", config: ConfigOpt = None,
-          set_: SetOpt = None) -> None:
+          set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Spark: interactions -> time-sliced (co-)interaction sets, sequences, samples."""
     cfg = _config(dataset, model, profile, config, set_)
     from spark_jobs.index import run_index
 
-    _run(run_index, cfg, "index")
+    _run(run_index, cfg, "index", json_)
 
 
 @app.command()
 def train(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
           profile: ProfileOpt = "local", config: ConfigOpt = None,
-          set_: SetOpt = None) -> None:
+          set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Ray Train: fit the model, early-stop on validation MRR, log to MLflow."""
     cfg = _config(dataset, model, profile, config, set_)
     from trainers.train import run_training
 
-    _run(run_training, cfg, "train")
+    _run(run_training, cfg, "train", json_)
 
 
 @app.command()
 def evaluate(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
              profile: ProfileOpt = "local", config: ConfigOpt = None,
-             set_: SetOpt = None) -> None:
+             set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Score the test lists with the best checkpoint; metrics next to popularity, to MLflow."""
     cfg = _config(dataset, model, profile, config, set_)
     from trainers.evaluate import run_evaluation
 
-    _run(run_evaluation, cfg, "evaluate")
+    _run(run_evaluation, cfg, "evaluate", json_)
 
 
 @app.command()
@@ -165,6 +209,7 @@ def recommend(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
               profile: ProfileOpt = "local", config: ConfigOpt = None, set_: SetOpt = None,
               version: Annotated[int | None, typer.Option(
                   "--version", help="registered version (default: the champion)")] = None,
+              json_: JsonOpt = False,
               users: Annotated[str | None, typer.Option(
                   "--users", help="file of original user ids, one per line (default: every "
                   "user of the index)")] = None,
@@ -177,13 +222,13 @@ def recommend(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
     from trainers.recommend import run_recommend
 
     _run(lambda c: run_recommend(c, name or registered_name(c), version, users), cfg,
-         "recommend")
+         "recommend", json_)
 
 
 @app.command()
 def pipeline(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
              profile: ProfileOpt = "local", config: ConfigOpt = None,
-             set_: SetOpt = None, wait: WaitOpt = False) -> None:
+             set_: SetOpt = None, wait: WaitOpt = False, json_: JsonOpt = False) -> None:
     """Run the whole Prefect flow in-process (local mode, no server needed)."""
     cfg = _config(dataset, model, profile, config, set_)  # fail fast, before Prefect starts
     _prefect_defaults()
@@ -191,8 +236,9 @@ def pipeline(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
 
     _console_without_tracebacks()
     with _one_line_failures(cfg, "pipeline"), _held(cfg, f"pipeline {model} {dataset}", wait):
-        _show(pipeline_flow(dataset=dataset, model=model, profile=profile,
-                            overrides=set_ or [], config_file=config))
+        result = pipeline_flow(dataset=dataset, model=model, profile=profile,
+                               overrides=set_ or [], config_file=config)
+    _show(result, json_, "pipeline", cfg)
 
 
 @app.command()
@@ -201,7 +247,8 @@ def compare(dataset: DatasetOpt = "sample",
                 "--models", help="comma-separated model presets, in table order")] = (
                 "score,svdpp,delf,gru4rec,caser,sasrec,rrn,deems"),
             profile: ProfileOpt = "local", config: ConfigOpt = None,
-            set_: SetOpt = None, seeds: SeedsOpt = None, wait: WaitOpt = False) -> None:
+            set_: SetOpt = None, seeds: SeedsOpt = None, wait: WaitOpt = False,
+            json_: JsonOpt = False) -> None:
     """The Prefect flow with its ``models`` parameter: (generate,) ingest and index as in
     ``pipeline``, then train and evaluate each model; one parent MLflow run with a table, CSV
     and bar chart (SCoRe Table 3). model.* overrides apply to the first model."""
@@ -223,15 +270,15 @@ def compare(dataset: DatasetOpt = "sample",
         result = pipeline_flow(dataset=dataset, model=names[0], profile=profile,
                                overrides=set_ or [], config_file=config, models=names,
                                seeds=seed_list)
-    console.print(result["compare"]["table"], soft_wrap=True)
-    result["compare"] = {k: v for k, v in result["compare"].items() if k not in ("table", "csv")}
-    _show(result)
+    if json_:
+        result["compare"] = {k: v for k, v in result["compare"].items() if k != "csv"}
+    _show(result, json_, "compare", cfg)
 
 
 @app.command()
 def tune(dataset: DatasetOpt = "sample-feedback", model: ModelOpt = "dfar",
          profile: ProfileOpt = "local", config: ConfigOpt = None,
-         set_: SetOpt = None, seeds: SeedsOpt = None) -> None:
+         set_: SetOpt = None, seeds: SeedsOpt = None, json_: JsonOpt = False) -> None:
     """Ray Tune sweep of ``sweep.space`` (the model preset's grid; DFAR: Appendix A.4's loss
     weights, one at a time): (generate,) ingest and index when stale, then one train +
     evaluate run per trial; one parent MLflow run with nested trials, a table and a plot of
@@ -262,7 +309,7 @@ def tune(dataset: DatasetOpt = "sample-feedback", model: ModelOpt = "dfar",
         console.print(result["table"], soft_wrap=True)
         return {k: v for k, v in result.items() if k not in ("table", "csv")}
 
-    _run(stages, cfg, "tune")
+    _run(stages, cfg, "tune", json_)
 
 
 def _seeds(text: str | None) -> list[int] | None:

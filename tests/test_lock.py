@@ -85,9 +85,9 @@ def test_two_pipelines_on_one_work_folder_run_one_after_the_other(tmp_path):
     args = [str(SEQREC), "pipeline", *sum((["--set", s] for s in sets), [])]
     env = {**os.environ, **cluster.prefect_env(tmp_path / "services")}
     Path(env["PREFECT_HOME"]).mkdir(parents=True)
-    first = subprocess.Popen([*args, "--wait"], env=env, stdout=subprocess.PIPE,
+    first = subprocess.Popen([*args, "--wait", "--json"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen([*args, "--wait"], env=env, stdout=subprocess.PIPE,
+    second = subprocess.Popen([*args, "--wait", "--json"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / "work" / LOCK_FILE).exists():
@@ -112,3 +112,14 @@ def test_two_pipelines_on_one_work_folder_run_one_after_the_other(tmp_path):
     assert len(client.search_runs([experiment.experiment_id])) == 1
     assert [int(v.version) for v in client.search_model_versions("name='score-sample'")] == [1]
     assert not (tmp_path / "work" / LOCK_FILE).exists()
+
+    # without --json a run prints a summary a person reads, not the result's JSON (issue 25)
+    quiet = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    lines = quiet.stdout.strip().splitlines()
+    assert "{" not in quiet.stdout and len(lines) <= 20, quiet.stdout
+    assert lines[0].startswith("ingest: skipped") and "recommend: skipped" in quiet.stdout
+    assert any(line.startswith("| test |") for line in lines)
+    assert any(line.startswith("| popularity_test |") for line in lines)
+    assert lines[-2].startswith("champion: score-sample v1")
+    assert lines[-1].startswith("MLflow run:") and ran["train"]["run_id"] in lines[-1]

@@ -456,7 +456,8 @@ def test_cli_prints_the_result(make_config, tmp_path):
     raw = tmp_path / "cli_raw"
     result = CliRunner().invoke(app, ["generate", "--set", f"paths.raw_dir={raw}",
                                       "--set", "generate.rows=3000", "--set",
-                                      "generate.users=100", "--set", "generate.items=300"])
+                                      "generate.users=100", "--set", "generate.items=300",
+                                      "--json"])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output)
     assert printed["rows"] == 3000 and Path(printed["files"][0]).exists()

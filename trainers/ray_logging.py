@@ -1,4 +1,5 @@
-"""Quiet Ray workers for a training run: no once-a-second warning from Ray Train's cleaner.
+"""Quiet Ray workers for a training run: no once-a-second warning from Ray Train's cleaner,
+no per-epoch report line.
 
 Ray Train's ``PlacementGroupCleaner`` (a detached actor that removes the run's placement
 group should the controller die) asks Ray's State API once a second whether the controller
@@ -29,8 +30,15 @@ def quiet_worker_logs() -> None:
     """``runtime_env["worker_process_setup_hook"]``: run once in every Ray worker process,
     after it connects and before it imports an actor's module (the logger's level then holds
     from its creation)."""
+    import importlib.util
+
     import ray
 
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    # "Reporting training result N: TrainingReport(<every metric>)" once an epoch: Ray Train
+    # names this logger by its file's path, outside RunConfig's LoggingConfig
+    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)

@@ -204,6 +204,8 @@ def _top_k_with_ray(cfg: PipelineConfig, saved: dict, snapshot: Snapshot, users:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.enable_operator_progress_bars = False
+        # its plan, progress and sink lines: the stage's own log line says what was written
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         users_ds = ray.data.from_pandas(pd.DataFrame({"user": users, "user_id": ids}))
         scored = users_ds.map_batches(
             _Shard, batch_format="numpy", batch_size=cfg.recommend.users_per_batch,

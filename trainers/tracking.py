@@ -11,6 +11,7 @@ set at import time.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -156,17 +157,23 @@ def log_model(cfg: PipelineConfig, run_id: str, model: torch.nn.Module, sizes: d
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                     f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
-        weights, histories = Path(tmp) / WEIGHTS_FILE, Path(tmp) / SNAPSHOT_FILE
-        torch.save({"state_dict": model.state_dict(), "name": cfg.model.name,
-                    "module": type(model).__module__, "params": dict(cfg.model.params),
-                    "sizes": dict(sizes)}, weights)
-        save(snapshot, str(histories))
-        mlflow.pyfunc.log_model(name="model", python_model=served_model.__file__,
-                                artifacts={"weights": str(weights),
-                                           "snapshot": str(histories)},
-                                signature=signature, input_example=example,
-                                pip_requirements=requirements)
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")  # "Validating input example ...": it is ours
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+            weights, histories = Path(tmp) / WEIGHTS_FILE, Path(tmp) / SNAPSHOT_FILE
+            torch.save({"state_dict": model.state_dict(), "name": cfg.model.name,
+                        "module": type(model).__module__, "params": dict(cfg.model.params),
+                        "sizes": dict(sizes)}, weights)
+            save(snapshot, str(histories))
+            mlflow.pyfunc.log_model(name="model", python_model=served_model.__file__,
+                                    artifacts={"weights": str(weights),
+                                               "snapshot": str(histories)},
+                                    signature=signature, input_example=example,
+                                    pip_requirements=requirements)
+    finally:
+        pyfunc_log.setLevel(level)
 
 
 def log_artifacts(cfg: PipelineConfig, run_id: str, history: list[dict[str, float]]) -> None:

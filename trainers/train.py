@@ -70,7 +70,8 @@ log = logging.getLogger(__name__)
 _RUNTIME_FIELDS = ("epochs", "patience", "min_epochs", "num_workers", "use_gpu", "cpus_per_worker",
                    "ray_address", "eval_batch_size", "full_rank_users", "run_name",
                    "max_failures", "worker_niceness")
-_PROGRESS_LINES_PER_EPOCH = 10
+# a long epoch says where it stands this often; every epoch ends in one line
+_PROGRESS_SECONDS = 30.0
 SCORE = "valid_score"  # reported every epoch: the protocol's selection metric (Ray keeps by it)
 
 
@@ -233,7 +234,8 @@ def _fit(cfg: PipelineConfig, run_id: str, model_module: str):
     """``TorchTrainer.fit``: a failed or killed worker restarts the worker group from the
     latest checkpoint, at most ``train.max_failures`` times (Ray Train's ``FailureConfig``);
     the per-epoch seeds make the restarted epochs those of an uninterrupted run."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
+                           ScalingConfig)
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
@@ -250,6 +252,10 @@ def _fit(cfg: PipelineConfig, run_id: str, model_module: str):
                                                checkpoint_score_attribute=SCORE,
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            # Ray Train's own console lines (worker group set-up, every epoch's whole report
+            # and checkpoint path) at WARNING: the loop logs one line per epoch itself; Ray's
+            # session log files keep them all
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     return trainer.fit()
@@ -359,6 +365,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "stopped_early": state.stopped_early,
                    "optimizer_steps": state.optimizer_steps}
         if rank == 0:
+            log.info("epoch %d/%d: train loss %.4f, valid %s %.4f (best %.4f), %.0f samples/s",
+                     epoch, tc.epochs, loss, metric, valid[metric], state.best_score,
+                     samples_per_s)
             tracking.log_epoch(cfg, config["run_id"],
                                {k: float(v) for k, v in metrics.items() if k != "epoch"}, epoch)
             with tempfile.TemporaryDirectory() as folder:
@@ -400,7 +409,7 @@ def train_epoch(net, model: Recommender, optimizer, builder: BatchBuilder, train
     """
     model.train()
     steps = -(-len(rows) // batch_size)
-    every = max(1, steps // _PROGRESS_LINES_PER_EPOCH)
+    last_line = time.perf_counter()
     total = torch.zeros(2, dtype=torch.float64)  # loss sum, rows
     start = time.perf_counter()
     for step, batch in enumerate(builder.batches(train, rows, batch_size), start=1):
@@ -416,10 +425,11 @@ def train_epoch(net, model: Recommender, optimizer, builder: BatchBuilder, train
         optimizer.step()
         B = batch["user"].shape[0]
         total += torch.tensor([float(loss.detach()) * B, B], dtype=torch.float64)
-        if rank == 0 and (step % every == 0 or step == steps):
-            rate = float(total[1]) * world / (time.perf_counter() - start)
+        if rank == 0 and time.perf_counter() - last_line >= _PROGRESS_SECONDS:
+            last_line = time.perf_counter()
+            rate = float(total[1]) * world / (last_line - start)
             log.info("epoch %d step %d/%d loss %.4f %.0f samples/s", epoch, step, steps,
-                        float(total[0] / total[1]), rate)
+                     float(total[0] / total[1]), rate)
     seconds = time.perf_counter() - start
     if world > 1:
         total = total.to(rows.device)  # NCCL reduces device tensors only
