@@ -27,8 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODELS = {"fast": ("sasrec", "sample-loo", "leave_one_out"),
-          "rerank": ("din", "sample-feedback", "feedback")}
+MODELS = {"fast": ("sasrec", "sample-loo"), "rerank": ("din", "sample-feedback")}
 
 
 def snapshot(users: int, items: int, per_user: float, protocol: str, seed: int = 0):
@@ -58,9 +57,9 @@ def measure(path: str, users: int, items: int, k: int, batch: int, candidates: i
     from trainers.top_k import TopK
 
     torch.set_num_threads(2)
-    name, dataset, protocol = MODELS[path]
+    name, dataset = MODELS[path]
     cfg = load_config(dataset, name, "local", [])
-    snap = snapshot(users, items, 8.6, protocol)
+    snap = snapshot(users, items, 8.6, cfg.index.protocol)
     L = cfg.index.sequence_max_len
     model = build_model(name, dict(cfg.model.params), DataSizes(users, items, 0, 0, L))
     top = TopK(model, snap, users, L)

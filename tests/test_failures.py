@@ -193,3 +193,43 @@ def test_max_failures_and_niceness_do_not_change_what_a_run_learns(tmp_path):
                         "hash") for n in (0, 15)}
     assert len(keys) == 1
     assert resume_key(tiny_index.tiny_config(tmp_path, ["train.lr=0.5"]), "hash") not in keys
+
+
+def test_a_tracking_server_away_for_10_s_costs_no_metric(uninterrupted, tmp_path):
+    """Issue 25: the MLflow server on 127.0.0.1 stops once epoch 1's checkpoint is written
+    and comes back on the same port 10 s later. MLflow's client retries with backoff
+    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), so the run finishes as the uninterrupted one,
+    every epoch's metrics in the store."""
+    from flows import cluster
+
+    cfg_a, a = uninterrupted
+    state, port = tmp_path / "mlflow", cluster.free_port()
+    server, uri = cluster.mlflow_server(state, port)
+    cfg = _config(tmp_path)
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": uri})})
+    outage: dict = {"server": server}
+
+    def away() -> None:
+        folder = Path(run_dir(cfg))
+        deadline = time.monotonic() + 300
+        while not (folder / "checkpoint_epoch_0001" / CHECKPOINT_FILE).exists():
+            assert time.monotonic() < deadline, "no first checkpoint"
+            time.sleep(0.02)
+        cluster.stop(server)
+        outage["down"] = time.monotonic()
+        outage["run_done_before"] = (folder / "checkpoint_epoch_0004").exists()
+        time.sleep(10)
+        outage["server"], _ = cluster.mlflow_server(state, port)
+        outage["up"] = time.monotonic()
+
+    thread = threading.Thread(target=away, daemon=True)
+    thread.start()
+    try:
+        b = run_training(cfg)
+        thread.join(timeout=120)
+        assert outage["up"] - outage["down"] >= 10 and not outage["run_done_before"]
+        for key in ("best_epoch", "epochs", "stopped_early", "valid"):
+            assert b[key] == a[key], key
+        assert _curves(cfg, b["run_id"]) == _curves(cfg_a, a["run_id"])
+    finally:
+        cluster.stop(outage["server"])

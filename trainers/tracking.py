@@ -38,10 +38,13 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
 
 
 def client(cfg: PipelineConfig):
-    """An ``MlflowClient`` for ``tracking.uri`` (created on call, not at import)."""
+    """An ``MlflowClient`` for ``tracking.uri``, whose registry lives there too (created on
+    call, not at import). The registry is named explicitly: MLflow otherwise reads
+    ``MLFLOW_REGISTRY_URI``, which ``mlflow.set_registry_uri`` exports to every process a
+    run starts."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=cfg.tracking.uri)
+    return MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
 
 
 def experiment_id(cfg: PipelineConfig) -> str:
