@@ -26,13 +26,13 @@ import warnings
 import torch
 
 from trainers.batches import BatchBuilder, EventSequences, ItemDistribution, SliceSequences
-from trainers.models.item_scoring import all_item_scores
 from trainers.protocols import protocol_named
 from trainers.registry import NextItemRecommender, Recommender, variable_length
 from trainers.snapshot import Snapshot, load
 from trainers.split_data import declared_inputs
 
 CANDIDATES_PER_FORWARD = 4096  # (user, candidate) pairs one target-aware forward scores
+ITEMS_PER_CHUNK = 65536  # items scored at once by the next-item path (B x this scores)
 
 
 class TopK:
@@ -135,13 +135,8 @@ class TopK:
         user = user.to(self.device)
         seen_row, seen_item = self._seen(user) if exclude_seen else (None, None)
         if isinstance(self.model, NextItemRecommender):
-            scores = self._all_items(user)  # (B, I)
-        else:
-            return self._rerank(user, k, seen_row, seen_item, candidates)
-        if exclude_seen:
-            scores[seen_row, seen_item - 1] = float("-inf")
-        best = torch.topk(scores, min(k, self.num_items), dim=1)
-        return best.indices + 1, best.values
+            return self._top_of_all_items(user, min(k, self.num_items), seen_row, seen_item)
+        return self._rerank(user, k, seen_row, seen_item, candidates)
 
     def _warm(self, user: torch.Tensor) -> torch.Tensor:
         return user <= self.model_users
@@ -150,16 +145,34 @@ class TopK:
         ones = torch.ones(len(user), dtype=torch.int64, device=user.device)
         return self.builder.build(user, self._cut(user), candidates, ones)
 
-    def _all_items(self, user: torch.Tensor) -> torch.Tensor:
-        """(B, I) float64: the model's score of every item (popularity for cold users)."""
-        scores = self.popularity[1:].expand(len(user), -1).clone()
+    def _top_of_all_items(self, user: torch.Tensor, k: int, seen_row, seen_item
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every item scored (the model's score; popularity for cold users), ``ITEMS_PER_CHUNK``
+        items at a time, keeping each user's running top ``k``: memory is B x chunk, not
+        B x I (4M items on Taobao)."""
         warm = self._warm(user)
+        states = table = bias = None
         if warm.any():
             u = user[warm]
-            table, bias = self.model.item_table()
+            table, bias = self.model.item_table()  # (I+1, d), (I+1,) or None
             states = self.model.encode_users(self._batch(u, u[:, None] * 0 + 1))  # (B', d)
-            scores[warm] = all_item_scores(states, table, bias).double()
-        return scores
+        best_items = torch.empty(len(user), 0, dtype=torch.int64, device=user.device)
+        best_scores = torch.empty(len(user), 0, dtype=torch.float64, device=user.device)
+        for lo in range(1, self.num_items + 1, ITEMS_PER_CHUNK):
+            hi = min(lo + ITEMS_PER_CHUNK, self.num_items + 1)
+            scores = self.popularity[lo:hi].expand(len(user), -1).clone()  # (B, N)
+            if states is not None:
+                chunk = states @ table[lo:hi].T  # (B', N)
+                scores[warm] = (chunk if bias is None else chunk + bias[lo:hi]).double()
+            if seen_row is not None:
+                inside = (seen_item >= lo) & (seen_item < hi)
+                scores[seen_row[inside], seen_item[inside] - lo] = float("-inf")
+            items = torch.arange(lo, hi, device=user.device).expand(len(user), -1)
+            merged = torch.cat([best_scores, scores], 1)
+            top = torch.topk(merged, min(k, merged.shape[1]), dim=1)
+            best_items = torch.gather(torch.cat([best_items, items], 1), 1, top.indices)
+            best_scores = top.values
+        return best_items, best_scores
 
     def _rerank(self, user: torch.Tensor, k: int, seen_row, seen_item, n: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
