@@ -167,11 +167,14 @@ class TopK:
             if seen_row is not None:
                 inside = (seen_item >= lo) & (seen_item < hi)
                 scores[seen_row[inside], seen_item[inside] - lo] = float("-inf")
-            items = torch.arange(lo, hi, device=user.device).expand(len(user), -1)
-            merged = torch.cat([best_scores, scores], 1)
+            kept = best_scores.shape[1]  # columns 0..kept-1: the running top, then this chunk
+            merged = scores if kept == 0 else torch.cat([best_scores, scores], 1)
             top = torch.topk(merged, min(k, merged.shape[1]), dim=1)
-            best_items = torch.gather(torch.cat([best_items, items], 1), 1, top.indices)
-            best_scores = top.values
+            chunk_items = top.indices - kept + lo
+            if kept:
+                earlier = torch.gather(best_items, 1, top.indices.clamp(max=kept - 1))
+                chunk_items = torch.where(top.indices < kept, earlier, chunk_items)
+            best_items, best_scores = chunk_items, top.values
         return best_items, best_scores
 
     def _rerank(self, user: torch.Tensor, k: int, seen_row, seen_item, n: int
