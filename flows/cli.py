@@ -80,8 +80,9 @@ def summary(command: str, result: dict, tracking_uri: str = "") -> str:
 
             lines.append(f"MLflow run: {run_link(tracking_uri, result['train']['run_id'])}")
         return "\n".join(lines)
-    if "table" in result:
-        return result["table"].rstrip()
+    if "table" in result:  # evaluate, tune: the metrics table (and the sweep's parent run)
+        run = f"\nMLflow parent run: {result['run_id']}" if command == "tune" else ""
+        return result["table"].rstrip() + run
     if command == "train":
         metric = result["selection_metric"]
         return (f"train {'skipped' if result['skipped'] else 'done'}: run {result['run_id']}, "
@@ -305,9 +306,8 @@ def tune(dataset: DatasetOpt = "sample-feedback", model: ModelOpt = "dfar",
             run_generate(cfg)
         run_ingest(cfg)
         run_index(cfg)
-        result = run_sweep(cfg, seed_list)
-        console.print(result["table"], soft_wrap=True)
-        return {k: v for k, v in result.items() if k not in ("table", "csv")}
+        result = run_sweep(cfg, seed_list)  # the summary prints its table; --json all but CSV
+        return {k: v for k, v in result.items() if k != "csv"}
 
     _run(stages, cfg, "tune", json_)
 
