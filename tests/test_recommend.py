@@ -206,3 +206,24 @@ def test_mlflow_models_serve_answers_in_original_ids(trained):
         got = served[served["user_id"] == user].sort_values("rank")
         assert got["rank"].tolist() == [1, 2, 3, 4, 5]
         assert got["item_id"].tolist() == batch[batch["user_id"] == user]["item_id"].tolist()[:5]
+
+
+def test_a_users_file_of_text_for_integer_ids_is_one_clear_error(tmp_path):
+    import numpy as np
+
+    from trainers.recommend import _users
+    from trainers.snapshot import Snapshot, translate
+
+    snap = Snapshot(protocol="leave_one_out", num_slices=0, string_ids=False,
+                    user_ids=np.asarray(["", "7", "42"]), item_ids=np.asarray(["", "5"]),
+                    offsets=np.asarray([0, 0, 1, 2]), items=np.asarray([1, 1], dtype=np.int32),
+                    labels=np.asarray([1, 1], dtype=np.int8), slices=None, user_sets=None,
+                    item_sets=None)
+    moved = translate(snap, snap)
+    listed = tmp_path / "users.txt"
+    listed.write_text("042\n99\n")  # integers as a person writes them: 042 is user 42
+    users, ids, missing = _users(snap, moved, str(listed))
+    assert users.tolist() == [2, snap.num_users + 1] and missing == 1
+    listed.write_text("42\nA3K9\n")
+    with pytest.raises(ValueError, match="integers; not: A3K9"):
+        _users(snap, moved, str(listed))

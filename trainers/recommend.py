@@ -105,7 +105,8 @@ def run_recommend(cfg: PipelineConfig, name: str, version: int | None = None,
     Raises:
         LookupError: no such registered model / version / champion.
         FileNotFoundError: no index in the work folder.
-        ValueError: today's index cannot feed the model (another protocol or slice count).
+        ValueError: today's index cannot feed the model (another protocol or slice count),
+            or the users file is empty or holds text ids for a dataset of integer ids.
     """
     from mlflow.artifacts import download_artifacts
 
@@ -154,6 +155,12 @@ def _users(today: Snapshot, moved: Translation, users_file: str | None
     if users_file is None:
         return moved.users, today.user_ids[1:], 0
     ids = read_user_ids(users_file)
+    if not today.string_ids:
+        bad = [i for i in ids if not i.lstrip("-").isdigit()]
+        if bad:
+            raise ValueError(f"{users_file}: this dataset's user ids are integers; not: "
+                             f"{', '.join(bad[:3])}")
+        ids = np.asarray([str(int(i)) for i in ids])  # as the id maps spell them
     at = lookup(today.user_ids, ids)  # today's idx, 0 if absent
     nobody = moved.snapshot.num_users + 1  # TopK.nobody
     return np.where(at > 0, moved.users[at - 1], nobody), ids, int((at == 0).sum())
