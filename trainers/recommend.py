@@ -216,7 +216,9 @@ def _top_k_with_ray(cfg: PipelineConfig, saved: dict, snapshot: Snapshot, users:
         users_ds = ray.data.from_pandas(pd.DataFrame({"user": users, "user_id": ids}))
         scored = users_ds.map_batches(
             _Shard, batch_format="numpy", batch_size=cfg.recommend.users_per_batch,
-            compute=ray.data.ActorPoolStrategy(size=cfg.recommend.actors),
+            # up to recommend.actors (one CPU each, one model each; the snapshot is shared
+            # through the object store), as many as the cluster has room for
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.recommend.actors),
             num_gpus=1 if gpu else 0,
             fn_constructor_kwargs={"saved": saved, "snapshot": snapshot,
                                    "k": cfg.recommend.k,
