@@ -59,9 +59,13 @@ def staged_output(stage_uri: str) -> Iterator[str]:
 
     On error the temporary folder is removed and the previous output stays untouched.
     Replacing an existing output renames the old one aside first, then deletes it, so a
-    reader never sees a mix of both.
+    reader never sees a mix of both. A writer killed with SIGKILL cleans nothing up: the
+    next writer of the same output deletes its ``.tmp-`` / ``.old-`` folders first (one
+    writer per work folder: the work lock, or on HDFS/S3 the deployment's concurrency
+    limit).
     """
     fs, final = filesystem(stage_uri)
+    _remove_leftovers(fs, final.rstrip("/"))
     tag = uuid.uuid4().hex[:8]
     tmp_path = f"{final.rstrip('/')}.tmp-{tag}"
     scheme = stage_uri.split("://", 1)[0] + "://" if "://" in stage_uri else ""
@@ -87,3 +91,16 @@ def remove_dir(uri: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)
+
+
+def _remove_leftovers(fs: pafs.FileSystem, final: str) -> None:
+    """Delete ``<final>.tmp-*`` and ``<final>.old-*`` left by a writer that was killed."""
+    parent, name = final.rsplit("/", 1) if "/" in final else (".", final)
+    if fs.get_file_info(parent).type != pafs.FileType.Directory:
+        return
+    for info in fs.get_file_info(pafs.FileSelector(parent)):
+        if info.base_name.startswith((f"{name}.tmp-", f"{name}.old-")):
+            if info.type == pafs.FileType.Directory:
+                fs.delete_dir(info.path)
+            else:
+                fs.delete_file(info.path)

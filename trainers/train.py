@@ -332,6 +332,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = TrainState(**payload["state"])
         optimizer.set_lr(state.lr)
         best_valid = payload["best_valid"]
+        if rank == 0:
+            log.info("resuming after epoch %d (its checkpoint)", state.epoch)
     else:
         best_valid = {}
     net = ray.train.torch.prepare_model(model) if world > 1 else model
