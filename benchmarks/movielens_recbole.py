@@ -61,13 +61,12 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.comparison_table import compared_rows, mlflow_facts, table  # noqa: E402
 from conf.loading import load_config  # noqa: E402
 from conf.schema import FEEDBACK, LEAVE_ONE_OUT, SLICES  # noqa: E402
 
@@ -110,73 +109,15 @@ def config(inter: Path, work: Path, protocol: str, epochs: int | None, model: st
         *([f"train.epochs={epochs}"] if epochs else []), *extra])
 
 
-@contextmanager
-def epoch_cap(epochs: int | None):
-    """Within the block, every model of ``run_comparison`` trains at most ``epochs`` epochs,
-    even one whose preset sets its own (``compare.model_config`` lets a model preset's
-    ``train:`` keys win over the comparison's, BERT4Rec's epochs 5300 among them)."""
-    from trainers import compare
-
-    if not epochs:
-        yield
-        return
-    original = compare.model_config
-
-    def capped(cfg, name):
-        out = original(cfg, name)
-        return out.model_copy(update={"train": out.train.model_copy(
-            update={"epochs": min(out.train.epochs, epochs)})})
-
-    with mock.patch.object(compare, "model_config", capped):
-        yield
-
-
-def mlflow_facts(cfg, run_id: str, protocol) -> dict:
-    """A model run's popularity metrics and training minutes, as MLflow recorded them."""
-    from trainers import tracking
-
-    run = tracking.client(cfg).get_run(run_id)
-    metrics = run.data.metrics
-    chosen = protocol.selection_metric
-    popularity = {f"test_{m}": metrics.get(tracking.metric_name(f"popularity_test_{m}"))
-                  for m in protocol.test_metrics}
-    popularity[f"valid_{chosen}"] = metrics.get(tracking.metric_name(f"popularity_valid_{chosen}"))
-    end = run.info.end_time or run.info.start_time
-    return {"popularity": popularity, "train_min": (end - run.info.start_time) / 60_000}
-
-
 def ours(inter: Path, work: Path, protocol_name: str, models: list[str], epochs: int | None,
          timings: dict) -> tuple[list[dict], object]:
     """Ingest, index and compare ``models`` (+ SASRec with CE under leave_one_out)."""
-    from spark_jobs.index import run_index
-    from spark_jobs.ingest import run_ingest
-    from trainers.compare import run_comparison
     from trainers.evaluate import run_evaluation
-    from trainers.protocols import protocol_named
     from trainers.train import run_training
 
     cfg = config(inter, work, protocol_name, epochs)
-    for stage, run in (("ingest", run_ingest), ("index", run_index)):
-        start = time.perf_counter()
-        manifest = run(cfg)["manifest"]
-        timings[f"{protocol_name} {stage}"] = time.perf_counter() - start
-        print(f"{protocol_name} {stage}: {json.dumps(manifest['counts'])}", flush=True)
-    protocol = protocol_named(protocol_name)
+    rows, protocol, _ = compared_rows(cfg, models, epochs, timings, protocol_name)
     chosen = protocol.selection_metric
-    start = time.perf_counter()
-    with epoch_cap(epochs):
-        result = run_comparison(cfg, models)
-    timings[f"{protocol_name} compare ({len(result['rows'])} rows)"] = time.perf_counter() - start
-    for name, reason in result["skipped"].items():
-        print(f"skipped {name}: {reason}", flush=True)
-    rows = []
-    for row in result["rows"]:
-        if row["model"] == "random":
-            rows.append({**row, "model": "random (expected)"})
-            continue
-        facts = mlflow_facts(cfg, row["run_id"], protocol)
-        rows.append({**row, "train_min": facts["train_min"]})
-        popularity = facts["popularity"]  # the same lists for every model
     if protocol_name == LEAVE_ONE_OUT:  # our SASRec with the loss RecBole's CE row has
         ce = config(inter, work, protocol_name, epochs, "sasrec",
                     ["model.params.loss=ce", "train.run_name=sasrec-ce"])
@@ -187,7 +128,6 @@ def ours(inter: Path, work: Path, protocol_name: str, models: list[str], epochs:
                      f"valid_{chosen}": trained["valid"][chosen],
                      **{f"test_{m}": evaluated["test"][m] for m in protocol.test_metrics},
                      "train_min": mlflow_facts(ce, trained["run_id"], protocol)["train_min"]})
-    rows.insert(0, {"model": "popularity", "best_epoch": "", "train_min": "", **popularity})
     return rows, protocol
 
 
@@ -211,18 +151,6 @@ def recbole(inter: Path, work: Path, loss: str, args, timings: dict) -> dict:
             **{f"test_{ours_name}": result["test"][name]
                for ours_name, name in RECBOLE_METRICS.items()},
             "train_min": sum(e["train_seconds"] for e in result["epochs"]) / 60}
-
-
-def table(rows: list[dict], protocol) -> str:
-    """Markdown: a row per model (popularity, random floor and RecBole's included)."""
-    cols = ["model", *(f"test_{m}" for m in protocol.test_metrics),
-            f"valid_{protocol.selection_metric}", "best_epoch", "train_min"]
-    lines = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
-    for row in rows:
-        cells = [row.get(c, "") for c in cols]
-        lines.append("| " + " | ".join(f"{c:.4f}" if isinstance(c, float) else
-                                       ("" if c is None else str(c)) for c in cells) + " |")
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -100,7 +100,9 @@ class DatasetConfig(Section):
     negatives_file: str | None
     negatives_count: int = Field(gt=0)  # N ids each negatives_file line must hold (S3-Rec: 99)
     atomic_fields: AtomicFields  # recbole_inter only: the header's user/item/time/rating columns
-    published: PublishedSizes | None  # the paper's sizes after its filtering, shown beside ours
+    # the paper's sizes after its filtering, shown beside ours; for a generated sample, those
+    # of the real log it imitates
+    published: PublishedSizes | None
     drop_duplicates: bool  # exact duplicate rows dropped and counted
     # fixed: use start as given. latest: the flow moves start so the window covers the
     # latest num_slices complete slices of the raw data (flows/window.py), for retraining.

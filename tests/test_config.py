@@ -12,8 +12,9 @@ from conf.loading import ConfigError, available, load_config, section_hash
 SLICED = {"taobao": (1, 9), "tmall": (15, 13), "ccmr": (90, 41), "sample": (1, 9)}
 LEAVE_ONE_OUT = {"beauty": (22363, 12101, 198502), "sports": (35598, 18357, 296337),
                  "toys": (19412, 11924, 167597), "yelp": (30431, 20033, 316354),
-                 "sample-loo": None, "ml-100k": None}
-FEEDBACK = {"toys-feedback": (6919, 28695, 120322), "movielens": None, "sample-feedback": None}
+                 "sample-loo": (19412, 11924, 167597), "ml-100k": None}
+FEEDBACK = {"toys-feedback": (6919, 28695, 120322), "movielens": None,
+            "sample-feedback": (6919, 28695, 120322)}  # generated: the real log it imitates
 
 
 def test_every_dataset_preset_loads_with_paper_facts():

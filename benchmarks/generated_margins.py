@@ -1,0 +1,122 @@
+"""Every baseline of DualRec's and DFAR's tables on the full-size generated logs, beside
+popularity and the real logs' shape (issue 23, section 2: "the full-size margins go in a
+benchmark"; tests/test_generated_baselines.py checks the same margins on < 500 users).
+
+The data: ``sample-loo`` (Amazon 5-core reviews, shaped as the real Toys 5-core) and
+``sample-feedback`` (an Amazon ratings CSV, shaped as DFAR's Toys) as their presets generate
+them, never tuned for a model's result. Per dataset, through the real stages in this
+process (generate, Spark ingest and index, then ``trainers.compare.run_comparison``: Ray
+Train, evaluation, MLflow, as ``seqrec compare``):
+
+- the shape beside the real log's (``dataset.published``): users, items, interactions,
+  events a user, sparsity; and popularity's test metric beside the real one (Toys
+  leave-one-out HR@10 0.236, DualRec Table 2; the real ratings log's AUC 0.568, issue 23);
+- every model's test metrics, its margin over popularity (``hr@10 / popularity``, the
+  tests' floor 1.3x; ``auc - popularity``, floor +0.05), the best epoch and training
+  minutes.
+
+Every model trains with its preset (the table's d, its own ``train:`` keys; BERT4Rec's lr
+1e-4 and 5,300-epoch cap), capped at ``--epochs`` when given (early stopping, patience 10,
+ends runs sooner). On 2 cores the full table takes hours without a cap.
+
+Run: .venv/bin/python benchmarks/generated_margins.py [--datasets sample-loo,sample-feedback]
+     [--epochs N] [--models-sample-loo ...] [--models-sample-feedback ...]
+     [--set KEY=VALUE ...] [--work data/bench/generated]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.comparison_table import compared_rows, table  # noqa: E402
+from conf.loading import load_config  # noqa: E402
+from conf.schema import FEEDBACK, LEAVE_ONE_OUT  # noqa: E402
+
+MODELS = {  # each paper's comparison table (README, "Models and comparison")
+    "sample-loo": "dualrec,dual_gru4rec,dual_fmlp,fmlp,bert4rec,sasrec,gru4rec,caser",
+    "sample-feedback": "dfar,tha4rec,din,dien,dfn,feedrec,gru4rec,sasrec,caser",
+}
+# popularity on the real logs these samples imitate, and each protocol's margin
+REAL_POPULARITY = {LEAVE_ONE_OUT: ("hr@10", 0.236), FEEDBACK: ("auc", 0.568)}
+
+
+def margin(row: dict, popularity: dict, protocol: str) -> str:
+    """``hr@10`` as a multiple of popularity's (leave_one_out) or ``auc`` above it."""
+    metric, _ = REAL_POPULARITY[protocol]
+    value, base = row.get(f"test_{metric}"), popularity[f"test_{metric}"]
+    if not isinstance(value, float) or not base:
+        return ""
+    if protocol == LEAVE_ONE_OUT:
+        return f"{value / base:.2f}x" + ("" if value >= 1.3 * base else " (< 1.3x)")
+    return f"{value - base:+.3f}" + ("" if value >= base + 0.05 else " (< +0.05)")
+
+
+def shape_table(name: str, manifest: dict, popularity: dict, protocol: str) -> str:
+    """Ours beside the real log's: sizes, events a user, sparsity, popularity's metric."""
+    sizes, shapes = manifest["sizes"], manifest["shape"]
+    metric, real = REAL_POPULARITY[protocol]
+    lines = ["| log | users | items | interactions | events a user | sparsity | "
+             f"popularity test {metric} |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for who, label, pop in (("ours", name, popularity[f"test_{metric}"]),
+                            ("published", "real (imitated)", real)):
+        if sizes[who] is None:
+            continue
+        size, shape = sizes[who], shapes[who]
+        lines.append(f"| {label} | {size['users']:,} | {size['items']:,} | "
+                     f"{size['interactions']:,} | {shape['events_per_user']:.2f} | "
+                     f"{100 * shape['sparsity']:.3f} % | {pop:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default=",".join(MODELS))
+    for dataset, models in MODELS.items():
+        parser.add_argument(f"--models-{dataset}", default=models)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="cap on every model's epochs (default: each preset's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every dataset (e.g. generate.rows=...)")
+    parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench" / "generated")
+    args = parser.parse_args()
+    datasets = args.datasets.split(",")
+    unknown = set(datasets) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown datasets {sorted(unknown)}; known: {', '.join(MODELS)}")
+    from spark_jobs.sample_data import generate
+
+    work = args.work.resolve()
+    tables, timings = [], {}
+    for name in datasets:
+        models = getattr(args, f"models_{name.replace('-', '_')}").split(",")
+        cfg = load_config(name, models[0], "local", [
+            f"paths.raw_dir={work}/{name}/raw", f"paths.work_dir={work}/{name}/work",
+            f"tracking.uri=sqlite:///{work}/mlflow.db", f"tracking.artifact_location={work}/mla",
+            *([f"train.epochs={args.epochs}"] if args.epochs else []), *args.set])
+        start = time.perf_counter()
+        generate(cfg)
+        timings[f"{name} generate"] = time.perf_counter() - start
+        rows, protocol, ingest = compared_rows(cfg, models, args.epochs, timings, name)
+        popularity = rows[0]
+        for row in rows[1:]:
+            if not row["model"].startswith("random"):
+                row["margin"] = margin(row, popularity, protocol.name)
+        tables.append(f"### {name} ({protocol.name})\n\n"
+                      f"{shape_table(name, ingest, popularity, protocol.name)}\n\n"
+                      f"{table(rows, protocol, extra=('margin',))}")
+        print(f"\n{tables[-1]}\n", flush=True)
+    print("\n\n".join(tables))
+    print("\n| part | seconds |\n|---|---:|")
+    for part, seconds in timings.items():
+        print(f"| {part} | {seconds:.0f} |")
+    print(f"\nepochs cap: {args.epochs or 'presets'}; overrides: {args.set or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
