@@ -365,7 +365,9 @@ class RecommendConfig(Section):
     # target-aware models rerank this many most popular items (unseen ones, by exclude_seen)
     candidates: int = Field(ge=1)
     users_per_batch: int = Field(ge=1)  # users one actor scores at once
-    actors: int = Field(ge=1)  # Ray Data actors, each holding one copy of the model
+    # Ray Data actors, each holding one copy of the model; 0: score in the driver process
+    # (no Ray start-up, for small data)
+    actors: int = Field(ge=0)
 
 
 class TableConfig(Section):

@@ -14,7 +14,8 @@ from flows.window import latest_start, window_overrides
 TINY = ["generate.rows=20000", "generate.users=300", "generate.items=600",
         "index.eval_negatives=19", "train.epochs=2", "train.full_rank_users=20",
         "flow.champion_floor=false",  # 2 tiny epochs: the registry's mechanics, not a floor
-        "train.cpus_per_worker=0.5"]
+        "train.cpus_per_worker=0.5",
+        "recommend.actors=0"]  # in-process top-K (tests/test_recommend.py runs Ray Data's)
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +260,8 @@ def test_pipeline_end_to_end_then_cached_then_only_training_reruns(prefect_home,
     assert 0.0 < first["evaluate"]["test"]["mrr"] <= 1.0
     recommended = first["recommend"]  # issue 24: top-K from the champion after register
     assert not recommended["skipped"] and recommended["uri"].endswith("score-sample/v1")
-    assert recommended["manifest"]["rows"] == 100 * recommended["manifest"]["users"]
+    assert recommended["manifest"]["k"] == 20  # the sample preset's top-20 of 100 candidates
+    assert recommended["manifest"]["rows"] == 20 * recommended["manifest"]["users"]
     assert len(recommended["examples"]) == 3 and len(recommended["examples"][0]["top"]) == 10
 
     second = pipeline_flow("sample", "score", "local", overrides)

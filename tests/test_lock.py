@@ -77,7 +77,8 @@ def test_a_waiting_run_starts_when_the_owner_finishes(tmp_path):
 TINY = ["generate.rows=20000", "generate.users=300", "generate.items=600",
         "index.eval_negatives=19", "train.epochs=3", "train.full_rank_users=20",
         "flow.champion_floor=false", "train.cpus_per_worker=0.5", "spark.master=local[2]",
-        "spark.shuffle_partitions=4", "recommend.k=10"]
+        "spark.shuffle_partitions=4", "recommend.k=10",
+        "recommend.actors=0"]  # in-process top-K (tests/test_recommend.py runs Ray Data's)
 
 
 @pytest.fixture(scope="module")

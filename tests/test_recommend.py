@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -116,6 +117,21 @@ def test_recommend_every_user_in_original_ids_then_skip_then_a_users_file(traine
 
     again = run_recommend(cfg, NAME)
     assert again["skipped"] and again["manifest"] == m
+    # where and how fast is not what: other actors or batches find the same lists done
+    busier = cfg.model_copy(update={"recommend": cfg.recommend.model_copy(
+        update={"actors": 1, "users_per_batch": 7})})
+    assert run_recommend(busier, NAME)["skipped"]
+
+    # recommend.actors 0: the same scorer in this process (no Ray) writes the same lists
+    here = cfg.model_copy(update={
+        "paths": cfg.paths.model_copy(update={"work_dir": str(tmp_path / "here")}),
+        "recommend": cfg.recommend.model_copy(update={"actors": 0, "users_per_batch": 50})})
+    shutil.copytree(Path(cfg.paths.work_dir) / "index", tmp_path / "here" / "index")
+    shutil.copytree(Path(cfg.paths.work_dir) / "ingest", tmp_path / "here" / "ingest")
+    local = run_recommend(here, NAME)
+    assert not local["skipped"] and local["manifest"]["rows"] == m["rows"]
+    assert len(list(Path(local["uri"]).glob("*.parquet"))) == 1
+    pd.testing.assert_frame_equal(_frame(local["uri"]), frame)
 
     listed = tmp_path / "users.txt"
     known = frame["user_id"].iloc[0]

@@ -10,7 +10,8 @@ are trainers/top_k.py's.
 
 Scaled out with Ray Data: ``map_batches`` over user batches (``recommend.users_per_batch``),
 ``recommend.actors`` actors each holding one copy of the model (a GPU each when
-``train.use_gpu`` and one is present), written by Ray's Parquet writer.
+``train.use_gpu`` and one is present), written by Ray's Parquet writer. With
+``recommend.actors: 0`` the same scorer runs in this process (small data: no Ray start-up).
 
 Output: ``<work>/recommendations/<name>/v<version>/`` (a users file's:
 ``v<version>-users-<hash>/`` beside it), published atomically (temp folder, then rename):
@@ -18,7 +19,8 @@ Parquet rows ``user_id``, ``item_id`` (original ids: text where the raw file has
 ``rank`` (1 = best), ``score``, and ``_manifest.json`` (model, version, run id, index hash,
 k, users, seconds, the counts above, and a few users' last events and top-10 as
 ``examples``; the leading ``_`` keeps Parquet readers off it). A rerun with the same model
-version, index, ``recommend`` settings and users file is skipped; a new champion writes a
+version, index, ``recommend`` settings (less ``actors`` and ``users_per_batch``, which
+change where and how fast, not what) and users file is skipped; a new champion writes a
 new folder beside the old one.
 """
 
@@ -119,7 +121,7 @@ def run_recommend(cfg: PipelineConfig, name: str, version: int | None = None,
     out = output_uri(cfg, name, int(found.version), users_hash)
     index_hash = manifest_hash(join(cfg.paths.work_dir, "index"))
     input_hash = f"{found.run_id}:{index_hash}:{users_hash or 'all'}"
-    config_hash = section_hash(cfg, "recommend")
+    config_hash = _settings_hash(cfg)
     previous = read_json(join(out, MANIFEST))
     if previous and (previous["input_hash"], previous["config_hash"]) == (input_hash,
                                                                           config_hash):
@@ -134,7 +136,7 @@ def run_recommend(cfg: PipelineConfig, name: str, version: int | None = None,
     today = snapshot_of_index(cfg.paths.work_dir, trained.user_sets is not None)
     moved = translate(today, trained)
     users, user_ids, unknown = _users(today, moved, users_file)
-    manifest = _top_k_with_ray(cfg, saved, moved.snapshot, users, user_ids, out, today, started, {
+    manifest = _publish(cfg, saved, moved.snapshot, users, user_ids, out, today, started, {
         "stage": "recommend", "schema_version": SCHEMA_VERSION, "input_hash": input_hash,
         "config_hash": config_hash, "model": name, "version": int(found.version),
         "run_id": found.run_id, "index_hash": index_hash, "k": cfg.recommend.k,
@@ -193,47 +195,80 @@ class _Shard:
                 "rank": ranks[keep].astype(np.int32), "score": scores[keep]}
 
 
-def _top_k_with_ray(cfg: PipelineConfig, saved: dict, snapshot: Snapshot, users: np.ndarray,
-                    user_ids: np.ndarray, out: str, today: Snapshot, started: float,
-                    manifest: dict) -> dict:
-    """Score every user with Ray Data and publish ``out`` with its manifest (returned, with
-    the rows, the seconds and a few users' ``examples``)."""
+def _publish(cfg: PipelineConfig, saved: dict, snapshot: Snapshot, users: np.ndarray,
+             user_ids: np.ndarray, out: str, today: Snapshot, started: float,
+             manifest: dict) -> dict:
+    """Score every user (Ray Data actors, or this process when ``recommend.actors`` is 0)
+    and publish ``out`` with its manifest (returned, with the rows, the seconds and a few
+    users' ``examples``)."""
+    import torch
+
+    gpu = cfg.train.use_gpu and torch.cuda.is_available()
+    ids = user_ids if snapshot.string_ids else user_ids.astype(np.int64)
+    shard = {"saved": saved, "snapshot": snapshot, "k": cfg.recommend.k,
+             "exclude_seen": cfg.recommend.exclude_seen,
+             "candidates": cfg.recommend.candidates, "use_gpu": gpu}
+    with staged_output(out) as tmp:
+        if cfg.recommend.actors:
+            _score_with_ray(cfg, shard, users, ids, tmp)
+        else:
+            _score_here(cfg, shard, users, ids, tmp)
+        manifest = {**manifest, "rows": _count_rows(tmp),
+                    "seconds": round(time.time() - started, 3),
+                    "examples": examples(tmp, today)}
+        write_json(join(tmp, MANIFEST), manifest)
+    return manifest
+
+
+def _score_with_ray(cfg: PipelineConfig, shard: dict, users: np.ndarray, ids: np.ndarray,
+                    tmp: str) -> None:
+    """Ray Data ``map_batches`` over user batches into Parquet files under ``tmp``."""
     import pandas as pd
     import ray
-    import torch
 
     from trainers.train import start_ray
 
     started_ray = start_ray(cfg)
     try:
-        gpu = cfg.train.use_gpu and torch.cuda.is_available()
-        ids = user_ids if snapshot.string_ids else user_ids.astype(np.int64)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.enable_operator_progress_bars = False
         # its plan, progress and sink lines: the stage's own log line says what was written
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         users_ds = ray.data.from_pandas(pd.DataFrame({"user": users, "user_id": ids}))
-        scored = users_ds.map_batches(
+        users_ds.map_batches(
             _Shard, batch_format="numpy", batch_size=cfg.recommend.users_per_batch,
             # up to recommend.actors (one CPU each, one model each; the snapshot is shared
             # through the object store), as many as the cluster has room for
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.recommend.actors),
-            num_gpus=1 if gpu else 0,
-            fn_constructor_kwargs={"saved": saved, "snapshot": snapshot,
-                                   "k": cfg.recommend.k,
-                                   "exclude_seen": cfg.recommend.exclude_seen,
-                                   "candidates": cfg.recommend.candidates, "use_gpu": gpu})
-        with staged_output(out) as tmp:
-            scored.write_parquet(tmp)
-            manifest = {**manifest, "rows": _count_rows(tmp),
-                        "seconds": round(time.time() - started, 3),
-                        "examples": examples(tmp, today)}
-            write_json(join(tmp, MANIFEST), manifest)
-        return manifest
+            num_gpus=1 if shard["use_gpu"] else 0, fn_constructor_kwargs=shard,
+        ).write_parquet(tmp)
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _score_here(cfg: PipelineConfig, shard: dict, users: np.ndarray, ids: np.ndarray,
+                tmp: str) -> None:
+    """The same scorer in this process, batch after batch, into one Parquet file: no Ray
+    start-up (~15 s), for small data (``recommend.actors: 0``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from store.files import filesystem
+
+    scorer, step = _Shard(**shard), cfg.recommend.users_per_batch
+    parts = [scorer({"user": users[lo:lo + step], "user_id": ids[lo:lo + step]})
+             for lo in range(0, len(users), step)]
+    table = pa.table({key: np.concatenate([part[key] for part in parts]) for key in parts[0]})
+    fs, path = filesystem(tmp)
+    pq.write_table(table, f"{path}/part-00000.parquet", filesystem=fs)
+
+
+def _settings_hash(cfg: PipelineConfig) -> str:
+    """Hash of the ``recommend`` settings that shape the lists (not actors, batch size)."""
+    same = cfg.recommend.model_copy(update={"actors": 1, "users_per_batch": 1})
+    return section_hash(cfg.model_copy(update={"recommend": same}), "recommend")
 
 
 def _count_rows(uri: str) -> int:
