@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -204,7 +205,8 @@ def test_a_pipeline_killed_mid_index_then_mid_training_ends_as_an_uninterrupted_
     """Issue 25, section 3: SIGKILL the whole ``seqrec pipeline`` process group while the
     index is half written, rerun: the index is built again from the ingest output (the
     last complete one) and training starts; SIGKILL once epoch 1's checkpoint is written,
-    rerun: training resumes after epoch 1. The end is the uninterrupted run's: the same
+    rerun: training resumes after its last recorded checkpoint (epoch 1; epoch 2 when Ray
+    records it in the moment before the kill). The end is the uninterrupted run's: the same
     index, validation and test metrics, best epoch, weights and recommendations, and the
     dead runs' locks and half-written folders are gone."""
     args, env = _pipeline(tmp_path, prefect_api)
@@ -237,8 +239,12 @@ def test_a_pipeline_killed_mid_index_then_mid_training_ends_as_an_uninterrupted_
     done, ran = _result(rerun.stdout), together["ran"]
     assert done["ingest"]["skipped"] and done["index"]["skipped"]
     assert not done["train"]["skipped"]
-    assert "resuming after epoch 1" in rerun.stdout + rerun.stderr
-    assert "epoch 1/3" not in rerun.stdout + rerun.stderr
+    # Ray Train may record epoch 2's checkpoint in the moment between the check and the kill
+    said = rerun.stdout + rerun.stderr
+    resumed = re.search(r"resuming after epoch (\d+) ", said)
+    assert resumed and 1 <= int(resumed.group(1)) < 3, said[-3000:]
+    assert not any(f"epoch {e}/3:" in said for e in range(1, int(resumed.group(1)) + 1))
+    assert "epoch 3/3:" in said
     assert done["index"]["manifest"]["counts"] == ran["index"]["manifest"]["counts"]
     for key in ("best_epoch", "epochs", "optimizer_steps", "valid"):
         assert done["train"][key] == ran["train"][key], key
