@@ -4,6 +4,7 @@ deployment runs against them with the `cluster` profile, then everything stops b
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -71,6 +72,10 @@ def test_sample_deployment_on_a_cluster_of_one(tmp_path):
         assert "test_mrr" in mlflow_run.data.metrics
         champion = client.get_model_version_by_alias("score-sample", "champion")
         assert champion.run_id == mlflow_run.info.run_id
+        # ... whose top-K for every user Ray Data actors on the head wrote
+        top = json.loads((tmp_path / "work" / "recommendations" / "score-sample" / "v1"
+                          / "_manifest.json").read_text())
+        assert top["users"] > 0 and top["rows"] == top["k"] * top["users"], top
     finally:
         cluster.down(running)
     assert not any(s.alive() for s in running.services)
