@@ -26,6 +26,7 @@ import warnings
 import torch
 
 from trainers.batches import BatchBuilder, EventSequences, ItemDistribution, SliceSequences
+from trainers.models.item_scoring import all_item_scores
 from trainers.protocols import protocol_named
 from trainers.registry import NextItemRecommender, Recommender, variable_length
 from trainers.snapshot import Snapshot, load
@@ -162,8 +163,7 @@ class TopK:
             hi = min(lo + ITEMS_PER_CHUNK, self.num_items + 1)
             scores = self.popularity[lo:hi].expand(len(user), -1).clone()  # (B, N)
             if states is not None:
-                chunk = states @ table[lo:hi].T  # (B', N)
-                scores[warm] = (chunk if bias is None else chunk + bias[lo:hi]).double()
+                scores[warm] = all_item_scores(states, table, bias, lo, hi).double()  # (B', N)
             if seen_row is not None:
                 inside = (seen_item >= lo) & (seen_item < hi)
                 scores[seen_row[inside], seen_item[inside] - lo] = float("-inf")

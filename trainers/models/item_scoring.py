@@ -37,8 +37,10 @@ def candidate_scores(states: torch.Tensor, table: torch.Tensor, bias: torch.Tens
 
 
 def all_item_scores(states: torch.Tensor, table: torch.Tensor,
-                    bias: torch.Tensor | None) -> torch.Tensor:
-    """Every item 1..I scored: states (B, d), table (I+1, d), bias (I+1,) or None -> (B, I);
-    column k-1 is item k (the padding row is no item)."""
-    scores = states @ table[1:].T
-    return scores if bias is None else scores + bias[1:]
+                    bias: torch.Tensor | None, first: int = 1,
+                    end: int | None = None) -> torch.Tensor:
+    """Every item 1..I scored (or items ``first .. end-1``, a chunk of them): states (B, d),
+    table (I+1, d), bias (I+1,) or None -> (B, I); column j is item ``first + j`` (the
+    padding row 0 is no item)."""
+    scores = states @ table[first:end].T
+    return scores if bias is None else scores + bias[first:end]
