@@ -221,6 +221,9 @@ class SparkConfig(Section):
     master: str
     app_name: str
     driver_memory: str  # only effective when this process starts the JVM
+    # JVM flags of the driver (the executor too under local[*]), beside seqrec's log4j ones;
+    # like driver_memory, only effective when this process starts the JVM
+    driver_java_options: str
     shuffle_partitions: int = Field(gt=0)
     broadcast_max_ids: int = Field(ge=0)  # ingest broadcasts id maps up to this many ids
     conf: dict[str, str]  # any further spark.* settings, passed through unchanged
@@ -310,6 +313,8 @@ class TrainConfig(Section):
     max_failures: int = Field(ge=-1)  # restarts from the latest checkpoint (-1: unlimited)
     # nice value of the workers of a Ray this run starts (Ray's own default is 15)
     worker_niceness: int = Field(ge=0, le=19)
+    # Ray Train's controller asks the workers how they stand this often (Ray's default 2 s)
+    health_check_s: float = Field(gt=0)
     # users whose test target is ranked against every item: "all" or a seeded sample of N
     # (0 disables); models without an item table (target-aware) rank at most
     # full_rank_sample of them, through forward (trainers/evaluate.py)

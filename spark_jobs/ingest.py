@@ -301,15 +301,24 @@ def raw_format(fmt: RawFormat, dataset: DatasetConfig,
         (the reader, {uri: first lines}).
 
     Raises:
-        ValueError: a header the format cannot use, or a file whose first line is not the
-            format's (or the first file's) header.
+        ValueError: a header the format cannot use, a file whose first line is not the
+            format's (or the first file's) header, or a file with no line after its header
+            (an empty file fails here, before Spark starts).
     """
     firsts = {uri: _first_lines(uri, 2) for uri in uris}
+    _check_has_data(fmt, {uri: lines for uri, lines in firsts.items() if not lines})
     if fmt.from_header is not None and uris:
-        lines = firsts[uris[0]]
-        fmt = fmt.from_header(lines[0].strip() if lines else "", dataset, uris[0])
+        fmt = fmt.from_header(firsts[uris[0]][0].strip(), dataset, uris[0])
     _check_headers(fmt, firsts)
+    _check_has_data(fmt, {uri: lines[1 if fmt.header is not None else 0:]
+                          for uri, lines in firsts.items()})
     return fmt, firsts
+
+
+def _check_has_data(fmt: RawFormat, data_lines: dict[str, list[str]]) -> None:
+    for uri, lines in data_lines.items():
+        if not lines:
+            raise ValueError(f"{uri} has no data lines; expected {fmt.layout}")
 
 
 def _check_headers(fmt: RawFormat, firsts: dict[str, list[str]]) -> None:

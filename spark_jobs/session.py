@@ -87,11 +87,13 @@ def spark_session(cfg: SparkConfig, log_file: str | Path | None = None):
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.ansi.enabled", "false")  # bad fields become NULL, then quarantined
     )
+    java_options = [cfg.driver_java_options] if cfg.driver_java_options else []
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        builder = builder.config("spark.driver.extraJavaOptions",
-                                 f"-Dlog4j2.configurationFile={LOG4J2} "
-                                 f"-Dseqrec.spark.log={Path(log_file).resolve()}")
+        java_options += [f"-Dlog4j2.configurationFile={LOG4J2}",
+                         f"-Dseqrec.spark.log={Path(log_file).resolve()}"]
+    if java_options:
+        builder = builder.config("spark.driver.extraJavaOptions", " ".join(java_options))
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -1,9 +1,14 @@
 """Shared fixtures. Each test module keeps its own data fixtures; only process-wide
-resources (one SparkSession per test session, torch's thread count) live here."""
+resources (one SparkSession per test session, a module's Ray, torch's thread count) live
+here."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+import small_spark
 
 from conf.loading import load_config
 
@@ -14,10 +19,26 @@ def spark():
     from spark_jobs.session import spark_session
 
     cfg = load_config(overrides=["spark.master=local[2]", "spark.driver_memory=2g",
-                                 "spark.shuffle_partitions=4"])
+                                 "spark.shuffle_partitions=4", small_spark.JVM])
     session = spark_session(cfg.spark)
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for a module's training runs, with a run's job environment
+    (``trainers.train.ray_job_env``) and the tests' own modules importable by its workers."""
+    import ray
+
+    from trainers.train import ray_job_env
+
+    tests = Path(__file__).resolve().parent
+    pythonpath = os.pathsep.join([str(tests), str(tests.parent)])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env=ray_job_env(load_config(), pythonpath))
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +66,7 @@ def make_config(tmp_path):
             "spark.master=local[2]",
             "spark.driver_memory=2g",
             "spark.shuffle_partitions=4",
+            small_spark.JVM,
         ]
         return load_config(dataset, model, "local", base + list(overrides or []))
 

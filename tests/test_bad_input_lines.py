@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
+import small_spark
 import tiny_index
+from conf.loading import load_config
 
 SEQREC = Path(sys.executable).with_name("seqrec")
+HEADER = "user_id,item_id,cat_id,seller_id,brand_id,time_stamp,action_type"  # Tmall's
 REVIEW = ('{"reviewerID": "A%d", "asin": "B%d", "overall": 5.0, '
           '"unixReviewTime": 1400000000}\n')
 
@@ -33,7 +36,8 @@ BAD_FILES = {  # what the file holds -> (bytes, words the one line must hold)
 
 
 def _seqrec(args: list[str], work: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SEQREC), *args, "--set", f"paths.work_dir={work}"],
+    return subprocess.run([str(SEQREC), *args, "--set", f"paths.work_dir={work}",
+                           "--set", small_spark.JVM],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -63,10 +67,27 @@ def test_a_bad_raw_file_is_one_line_naming_the_full_trace(tmp_path, case):
 def test_a_wrong_header_is_one_line(tmp_path):
     raw, work = tmp_path / "raw", tmp_path / "work"
     raw.mkdir()
-    (raw / "ratings_Sample.csv").write_text("who,what,when\n1,2,3\n")
-    result = _seqrec(["ingest", "--dataset", "sample-feedback", "--set",
-                      f"paths.raw_dir={raw}", "--set", "generate.auto=false"], work)
-    _one_clear_failure(result, work, "header", "ingest")
+    (raw / "user_log_format1.csv").write_text("who,what,when\n1,2,3\n")
+    result = _seqrec(["ingest", "--dataset", "tmall", "--set", f"paths.raw_dir={raw}"], work)
+    _one_clear_failure(result, work, "is not a tmall file: expected Tmall", "ingest")
+    assert "first bad line: 'who,what,when'" in result.stderr
+
+
+@pytest.mark.parametrize("text", ["", "\n", HEADER, HEADER + "\n"])
+def test_a_file_without_data_lines_fails_before_spark_starts(tmp_path, text):
+    """An empty file, or one holding only its header, is named at once: no JVM is started
+    for it (``raw_format`` reads the first lines with pyarrow)."""
+    from spark_jobs.ingest import raw_format
+    from spark_jobs.readers import FORMATS
+
+    path = tmp_path / "user_log_format1.csv"
+    path.write_text(text)
+    fmt = FORMATS["tmall"]
+    words = "has no data lines" if text != "\n" else "is not a tmall file"
+    with pytest.raises(ValueError, match=words):
+        raw_format(fmt, load_config("tmall").dataset, [str(path)])
+    path.write_text(HEADER + "\n1,2,3,4,5,0511,0\n")
+    assert raw_format(fmt, load_config("tmall").dataset, [str(path)])[0] is fmt
 
 
 def test_a_corrupt_parquet_file_in_the_index_is_one_line(tmp_path):

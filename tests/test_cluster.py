@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import small_spark
 from mlflow.tracking import MlflowClient
 
 from flows import cluster
@@ -17,7 +18,7 @@ from flows import cluster
 TINY = ["generate.rows=20000", "generate.users=300", "generate.items=600",
         "index.eval_negatives=19", "train.epochs=2", "train.full_rank_users=20",
         "flow.champion_floor=false",  # 2 tiny epochs: the registry's mechanics, not a floor
-        "spark.driver_memory=1g", "spark.shuffle_partitions=4"]
+        "spark.driver_memory=1g", "spark.shuffle_partitions=4", small_spark.JVM]
 
 
 def _processes_mentioning(text: str) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -27,19 +26,6 @@ from trainers.compare import (
 )
 from trainers.protocols import PROTOCOLS
 from trainers.registry import model_class, model_names
-
-TESTS_DIR = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    path = os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent)])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.slow  # starts Ray and trains two models (~40 s idle box)

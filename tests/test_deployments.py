@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+import small_spark
 from flows import cluster
 from conf.loading import load_config
 from flows.deployments import DEPLOYMENTS
@@ -23,7 +24,7 @@ TINY = ["generate.rows=20000", "generate.users=300", "generate.items=600",
         "index.eval_negatives=19", "train.epochs=2", "train.full_rank_users=20",
         "flow.champion_floor=false",  # 2 tiny epochs: the registry's mechanics, not a floor
         "train.cpus_per_worker=0.5", "spark.master=local[2]", "spark.driver_memory=2g",
-        "spark.shuffle_partitions=4",
+        "spark.shuffle_partitions=4", small_spark.JVM,
         "recommend.actors=0"]  # in-process top-K (tests/test_recommend.py runs Ray Data's)
 
 

@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 from mlflow.tracking import MlflowClient
 
+import small_spark
 from conf.loading import load_config
 from flows.window import latest_start, window_overrides
 
@@ -251,7 +252,7 @@ def test_pipeline_end_to_end_then_cached_then_only_training_reruns(prefect_home,
     overrides = [f"paths.raw_dir={tmp_path}/raw", f"paths.work_dir={tmp_path}/work",
                  f"tracking.uri={uri}", f"tracking.artifact_location={tmp_path}/mlartifacts",
                  "spark.master=local[2]", "spark.driver_memory=2g",
-                 "spark.shuffle_partitions=4", *TINY]
+                 "spark.shuffle_partitions=4", small_spark.JVM, *TINY]
 
     first = pipeline_flow("sample", "score", "local", overrides)
     assert first["generate"]["rows"] > 0

@@ -7,7 +7,6 @@ of tests/tiny_index.py on a hand-written index.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,6 @@ from trainers.batches import (BatchBuilder, EventSequences, NegativeSampler,
 from trainers.protocols import PROTOCOLS, protocol_named
 from trainers.registry import Output
 from trainers.train import TrainState
-
-TESTS_DIR = Path(__file__).resolve().parent
 
 
 # ------------------------------------------------------------------------- batches
@@ -355,17 +352,6 @@ def test_resampling_fails_clearly_when_no_item_is_left():
 
 
 # ------------------------------------------------------------------------ Ray Train
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    path = os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent)])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
-    ray.shutdown()
 
 
 def _train(root: Path, overrides: list[str]):

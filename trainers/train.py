@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 # rerun that changes only these resumes the same run.
 _RUNTIME_FIELDS = ("epochs", "patience", "min_epochs", "num_workers", "use_gpu", "cpus_per_worker",
                    "ray_address", "eval_batch_size", "full_rank_users", "run_name",
-                   "max_failures", "worker_niceness")
+                   "max_failures", "worker_niceness", "health_check_s")
 # a long epoch says where it stands this often; every epoch ends in one line
 _PROGRESS_SECONDS = 30.0
 SCORE = "valid_score"  # reported every epoch: the protocol's selection metric (Ray keeps by it)
@@ -189,18 +189,15 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
 def start_ray(cfg: PipelineConfig) -> bool:
     """Connect to ``train.ray_address`` or start a local Ray; True if this call started it.
 
-    Every worker process of the job runs ``ray_logging.quiet_worker_logs`` first (Ray's
-    ``worker_process_setup_hook``), which silences the placement-group cleaner's once-a-second
-    State API warning at its logger. A local Ray's workers run at ``train.worker_niceness``
-    (Ray's default 15 lets any other busy process starve the training worker).
+    The job runs with :func:`ray_job_env`. A local Ray's workers run at
+    ``train.worker_niceness`` (Ray's default 15 lets any other busy process starve the
+    training worker).
     """
     import ray
 
-    from trainers.ray_logging import quiet_worker_logs
-
     if ray.is_initialized():
         return False
-    runtime_env = {"worker_process_setup_hook": quiet_worker_logs}
+    runtime_env = ray_job_env(cfg)
     if cfg.train.ray_address is not None:
         ray.init(address=cfg.train.ray_address, logging_level=logging.WARNING,
                  log_to_driver=True, runtime_env=runtime_env)
@@ -209,6 +206,29 @@ def start_ray(cfg: PipelineConfig) -> bool:
                  logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env,
                  _system_config={"worker_niceness": cfg.train.worker_niceness})
     return True
+
+
+def ray_job_env(cfg: PipelineConfig, pythonpath: str | None = None) -> dict[str, Any]:
+    """The runtime environment of a run's Ray job (``ray.init(runtime_env=...)``).
+
+    - Every worker process runs ``ray_logging.quiet_worker_logs`` first (Ray's
+      ``worker_process_setup_hook``), which silences the placement-group cleaner's
+      once-a-second State API warning at its logger.
+    - Ray Train's controller polls its workers every ``train.health_check_s`` (Ray's default
+      2 s: a 3-epoch run's end waited ~6 s for the polls).
+    - A local Ray (no ``train.ray_address``) has no node that a cluster manager drains, so
+      Ray Train's preemption watcher is off there: its actor only printed a "constructor
+      arguments in the object store" error line at every start.
+    - ``pythonpath``: a ``PYTHONPATH`` for the workers (tests importing their own modules).
+    """
+    from trainers.ray_logging import quiet_worker_logs
+
+    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(cfg.train.health_check_s)}
+    if cfg.train.ray_address is None:
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    return {"worker_process_setup_hook": quiet_worker_logs, "env_vars": env}
 
 
 def stopped_by(report: dict[str, Any]) -> str:
