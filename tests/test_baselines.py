@@ -293,7 +293,7 @@ def test_gru4rec_ranks_disliked_items_below_the_sampled_ones():
     feedback = (torch.rand(batch["sequence"].shape, generator=torch.Generator().manual_seed(4))
                 < 0.5).long() * (batch["sequence"] != 0)
     model.train()
-    _, labels, valid = model({**batch, "sequence_label": feedback}).terms
+    labels = model({**batch, "sequence_label": feedback}).terms.labels
     torch.testing.assert_close(labels, feedback[:, 1:].float())
     disliked_target = {**batch, "label": torch.zeros_like(batch["label"])}
     model.eval()
@@ -302,6 +302,44 @@ def test_gru4rec_ranks_disliked_items_below_the_sampled_ones():
         s = out.scores
         torch.testing.assert_close(model.loss(out, disliked_target),
                                    -ls(s[:, 1:] - s[:, :1]).mean())
+
+
+def test_gru4rec_ranks_each_next_item_above_the_mini_batchs_other_targets():
+    """Section 3.1.2 (``ranking_negatives: in_batch``, the preset): a history position's
+    negatives are B-1 draws from the batch's own valid next items; one equal to the
+    position's next item does not count, so a batch whose every next item is one item has
+    no history term left (its loss is the candidates' alone)."""
+    from trainers.models.gru4rec import in_batch_negatives
+
+    targets = torch.tensor([[0, 7, 7, 3], [0, 0, 7, 9]])
+    valid = targets != 0
+    draws = in_batch_negatives(targets, valid, 4000)
+    assert set(draws.tolist()) == {3, 7, 9}  # never padding, never an item outside the batch
+    assert 0.55 < float((draws == 7).float().mean()) < 0.65  # 3 of 5 events: as often as seen
+    assert in_batch_negatives(targets, valid & False, 5).numel() == 0
+
+    model = make_model("gru4rec", loss="top1", dropout=0.0)
+    assert model.params.ranking_negatives == "in_batch"
+    batch = make_batch(B=6, seed=3)
+    model.train()
+    terms = model(batch).terms
+    assert terms.scores.shape[-1] == 1 + 5  # the next item, then B-1 shared negatives
+    same = {**batch, "sequence": torch.where(batch["sequence"] != 0, 11, 0)}
+    model.train()
+    out = model(same)
+    assert not out.terms.valid.any() and not out.terms.counted.any()
+    liked = same["label"][:, 0] > 0
+    torch.testing.assert_close(model.loss(out, same),
+                               model._ranking(out.scores, liked).mean(dim=1).mean())
+    # the hand computation of one position: TOP1 averaged over its counted negatives
+    out = model(batch)
+    b, t = (out.terms.valid).nonzero()[0].tolist()
+    row, counted = out.terms.scores[b, t], out.terms.counted[b, t]
+    top1 = torch.sigmoid(row[1:] - row[0]) + torch.sigmoid(row[1:] ** 2)
+    assert counted.any()
+    expected = top1[counted].mean()
+    ranked = model._ranking(out.terms.scores, out.terms.labels > 0)[b, t]
+    torch.testing.assert_close((ranked * counted).sum() / counted.sum(), expected)
 
 
 @pytest.mark.parametrize("name", ["gru4rec", "sasrec", "caser"])

@@ -7,9 +7,12 @@ Implemented:
   * Section 3.1.2, sampled output: only the candidates are scored,
     r̂_i = h_t · W_i + b_i, with an output item table W separate from the input one.
   * Section 3.1.1, every event is a target: in training the state after each history item
-    also scores the next history item against one sampled negative
-    (trainers/models/next_item.py), and the loss averages over all those predictions and the
-    candidate list of the last state.
+    also scores the next history item, and the loss averages over all those predictions and
+    the candidate list of the last state.
+  * Section 3.1.2, mini-batch negatives: each history prediction ranks its next item above
+    the mini-batch's other targets, B-1 of them for a batch of B rows, as a session-parallel
+    batch of B events gives (:func:`in_batch_negatives`; popularity-proportional by
+    construction). A negative equal to the position's own next item is not counted.
   * Section 3.1.3 ranking losses over the candidates (positive vs. each negative):
     BPR  L = -1/N_S Σ_j log σ(r̂_i - r̂_j)
     TOP1 L =  1/N_S Σ_j σ(r̂_j - r̂_i) + σ(r̂_j²)
@@ -33,10 +36,12 @@ Simplifications, and why:
     sequence before the target slice, so each sequence is read from the start in one call
     and all its positions are targets at once; the parallel-session trick only exists to
     avoid padding when streaming many sessions.
-  * Negatives are the sampler's candidates and, for the history positions, the batch's
-    ``next_negatives`` (trainers/batches.py), not the other targets of the mini-batch; with
-    ``index.negative_sampling=popularity`` both follow the popularity distribution the
-    paper's in-batch sampling gives.
+  * The last state's negatives are the index's train candidates (as for every model); the
+    mini-batch negatives are drawn from the batch's history targets with replacement (a
+    sample of B-1, not all of a batch's ~B x L events). ``params.ranking_negatives: sampled``
+    ranks each history target against one sampled item instead (the batch's
+    ``next_negatives``, trainers/batches.py): the earlier behaviour, which reached 1.16x
+    popularity's HR@10 on the generated Toys-shaped log (issue 23).
   * The sequence is the last L items (``index.sequence_max_len``), left-padded with 0;
     the GRU reads the real items from h_0 = 0, so the padding length never leaks into h_t.
 
@@ -45,7 +50,7 @@ Shapes: B batch, C candidates, L sequence length, d embedding, k hidden size.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +80,33 @@ def align_left_padded(lengths: torch.Tensor, L: int) -> tuple[torch.Tensor, torc
     return (pos + pad) % L, (pos - pad) % L
 
 
+class InBatchHistory(NamedTuple):
+    """The history positions' scores against the mini-batch's other targets (Section 3.1.2)."""
+
+    scores: torch.Tensor  # (B, L-1, 1+N): the next item, then the N shared negatives
+    labels: torch.Tensor  # (B, L-1) 1.0 positive / 0.0 negative feedback of the next item
+    valid: torch.Tensor  # (B, L-1) bool: a real position with at least one counted negative
+    counted: torch.Tensor  # (B, L-1, N) bool: a real position's negative, not its next item
+
+
+def in_batch_negatives(targets: torch.Tensor, valid: torch.Tensor, n: int) -> torch.Tensor:
+    """N = ``n`` negatives shared by every history position of a mini-batch: the targets of
+    its other predictions (Section 3.1.2: "the other training examples of the mini-batch";
+    a session-parallel batch of B events gives each B-1), drawn uniformly over its valid
+    targets, so an item comes up as often as it is an event there (popularity sampling).
+
+    Args:
+        targets: (B, L-1) next items; valid: (B, L-1) bool, the real predictions.
+        n: how many (B-1 for a batch of B rows); none when the batch has no valid target.
+    Returns:
+        (n,) item ids (repeats allowed, as in a session-parallel batch), or (0,).
+    """
+    pool = targets[valid]  # (P,)
+    if pool.numel() == 0 or n <= 0:
+        return pool[:0]
+    return pool[torch.randint(pool.numel(), (n,), device=pool.device)]
+
+
 class GRU4RecParams(ObjectiveParams):
     embed_dim: int = Field(gt=0)  # d: input item embedding
     embed_init_std: float = Field(gt=0)  # embedding rows start as N(0, std²)
@@ -84,6 +116,9 @@ class GRU4RecParams(ObjectiveParams):
     # top1 | bpr: the paper's two ranking losses (Section 3.1.3); ce | sampled_softmax |
     # gbce: trainers/models/objectives.py over the same predictions
     loss: Literal["bpr", "top1", "ce", "sampled_softmax", "gbce"]
+    # top1 / bpr on the history positions: each prediction against the mini-batch's other
+    # targets (in_batch: Section 3.1.2, B-1 of them) or against one sampled item (sampled)
+    ranking_negatives: Literal["in_batch", "sampled"]
 
 
 @register("gru4rec")
@@ -151,9 +186,18 @@ class GRU4Rec(nn.Module):
             negatives = draw_negatives(self.params.loss, num_items,
                                        self.params.loss_negatives, sequence.device)
             return Output(self._score(h, items), Predictions(*predicted, negatives))
-        history = self._score(states[:, :-1],
-                              torch.stack([targets, negatives], dim=-1))  # (B, L-1, 2)
-        return Output(self._score(h, items), HistoryScores(history, labels, valid))
+        if self.params.ranking_negatives == "sampled":
+            history = self._score(states[:, :-1],
+                                  torch.stack([targets, negatives], dim=-1))  # (B, L-1, 2)
+            return Output(self._score(h, items), HistoryScores(history, labels, valid))
+        shared = in_batch_negatives(targets, valid, sequence.shape[0] - 1)  # (N,)
+        w, b = self._rows(shared)  # (N, k), (N,)
+        positive = self._score(states[:, :-1], targets.unsqueeze(-1))  # (B, L-1, 1)
+        history = torch.cat([positive, states[:, :-1] @ w.T + b], dim=-1)  # (B, L-1, 1+N)
+        # (B, L-1, N): a real position's negatives, less its own next item
+        counted = (shared != targets.unsqueeze(-1)) & valid.unsqueeze(-1)
+        return Output(self._score(h, items),
+                      InBatchHistory(history, labels, counted.any(-1), counted))
 
     def _score(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """r̂ = h · W_i + b_i: h (..., k), items (..., n) -> (..., n)."""
@@ -194,6 +238,11 @@ class GRU4Rec(nn.Module):
         candidates = self._ranking(output.scores, liked).mean(dim=1)  # (B,)
         if output.terms is None:
             return candidates.mean()
+        if isinstance(output.terms, InBatchHistory):
+            scores_h, labels, valid, counted = output.terms  # (B, L-1, 1+N), .., (B, L-1, N)
+            ranked = self._ranking(scores_h, labels > 0) * counted  # (B, L-1, N)
+            history = ranked.sum(-1) / counted.sum(-1).clamp(min=1)  # 1/N_S Σ_j
+            return combined_mean(candidates, history, valid)
         scores_h, labels, valid = output.terms  # (B, L-1, 2), (B, L-1), (B, L-1)
         return combined_mean(candidates, self._ranking(scores_h, labels > 0).squeeze(-1), valid)
 
