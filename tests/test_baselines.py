@@ -305,7 +305,7 @@ def test_gru4rec_ranks_disliked_items_below_the_sampled_ones():
 
 
 def test_gru4rec_ranks_each_next_item_above_the_mini_batchs_other_targets():
-    """Section 3.1.2 (``ranking_negatives: in_batch``, the preset): a history position's
+    """Section 3.1.2 (``ranking_negatives: in_batch``): a history position's
     negatives are B-1 draws from the batch's own valid next items; one equal to the
     position's next item does not count, so a batch whose every next item is one item has
     no history term left (its loss is the candidates' alone)."""
@@ -318,8 +318,7 @@ def test_gru4rec_ranks_each_next_item_above_the_mini_batchs_other_targets():
     assert 0.55 < float((draws == 7).float().mean()) < 0.65  # 3 of 5 events: as often as seen
     assert in_batch_negatives(targets, valid & False, 5).numel() == 0
 
-    model = make_model("gru4rec", loss="top1", dropout=0.0)
-    assert model.params.ranking_negatives == "in_batch"
+    model = make_model("gru4rec", loss="top1", dropout=0.0, ranking_negatives="in_batch")
     batch = make_batch(B=6, seed=3)
     model.train()
     terms = model(batch).terms

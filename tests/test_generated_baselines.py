@@ -33,8 +33,7 @@ SMALL = {  # under 500 users after ingest's 5-core / the feedback filters
                         "generate.communities=10", "train.batch_size=64"],
 }
 LOO = [  # model, epochs, overrides
-    # GRU4Rec's mini-batch negatives start slower (1.29x at 30 epochs, 1.39x at 45; one
-    # sampled negative a position: 1.30x, 1.40x at 60)
+    # GRU4Rec: 1.30x at 30 epochs, 1.43x at 45 (its paper's mini-batch negatives: 1.29x, 1.39x)
     ("sasrec", 30, []), ("dualrec", 30, []), ("gru4rec", 45, []), ("fmlp", 20, []),
     ("caser", 60, []),
     # the paper's lr 1e-4 needs its 400k steps; 16 steps an epoch here: RecBole's 1e-3

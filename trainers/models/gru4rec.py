@@ -9,10 +9,11 @@ Implemented:
   * Section 3.1.1, every event is a target: in training the state after each history item
     also scores the next history item, and the loss averages over all those predictions and
     the candidate list of the last state.
-  * Section 3.1.2, mini-batch negatives: each history prediction ranks its next item above
-    the mini-batch's other targets, B-1 of them for a batch of B rows, as a session-parallel
-    batch of B events gives (:func:`in_batch_negatives`; popularity-proportional by
-    construction). A negative equal to the position's own next item is not counted.
+  * Section 3.1.2, mini-batch negatives (``params.ranking_negatives: in_batch``): each
+    history prediction ranks its next item above the mini-batch's other targets, B-1 of
+    them for a batch of B rows, as a session-parallel batch of B events gives
+    (:func:`in_batch_negatives`; popularity-proportional by construction). A negative
+    equal to the position's own next item is not counted.
   * Section 3.1.3 ranking losses over the candidates (positive vs. each negative):
     BPR  L = -1/N_S Σ_j log σ(r̂_i - r̂_j)
     TOP1 L =  1/N_S Σ_j σ(r̂_j - r̂_i) + σ(r̂_j²)
@@ -36,12 +37,17 @@ Simplifications, and why:
     sequence before the target slice, so each sequence is read from the start in one call
     and all its positions are targets at once; the parallel-session trick only exists to
     avoid padding when streaming many sessions.
+  * The preset ranks each history target against one sampled item
+    (``ranking_negatives: sampled``, the batch's ``next_negatives``, trainers/batches.py),
+    not the paper's mini-batch negatives. Under the leave-one-out protocol's uniform
+    candidates (DualRec's tables, whose GRU4Rec rows are reimplementations), the mini-batch
+    way, whose negatives share the positives' popularity, starts slowly: on ML-100K it was
+    still at random level when early stopping (patience 10, 4 steps an epoch) ended it
+    after 11 epochs; on the Toys-shaped generated log it reached 1.51x popularity's HR@10
+    at epoch 98, where one sampled negative peaked at 1.16x by epoch 6 (issue 23).
   * The last state's negatives are the index's train candidates (as for every model); the
     mini-batch negatives are drawn from the batch's history targets with replacement (a
-    sample of B-1, not all of a batch's ~B x L events). ``params.ranking_negatives: sampled``
-    ranks each history target against one sampled item instead (the batch's
-    ``next_negatives``, trainers/batches.py): the earlier behaviour, which reached 1.16x
-    popularity's HR@10 on the generated Toys-shaped log (issue 23).
+    sample of B-1, not all of a batch's ~B x L events).
   * The sequence is the last L items (``index.sequence_max_len``), left-padded with 0;
     the GRU reads the real items from h_0 = 0, so the padding length never leaks into h_t.
 
