@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import tiny_index
+from run_curves import epoch_curves
 from store.runs import CHECKPOINT_FILE, RUN_FILE, run_dir
 from trainers.checkpoints import load_checkpoint
 from trainers.registry import Batch, Output, register
@@ -30,6 +31,7 @@ from trainers.train import resume_key, run_training
 
 STEP_S = 0.25  # seconds a training step sleeps: 2 steps an epoch
 EPOCHS = 4
+CURVES = ("train_loss", "valid_mrr")
 
 
 @register("test_slow_tiny")
@@ -92,21 +94,6 @@ def _kill_after_first_checkpoint(cfg, killed: list[dict]) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _curves(cfg, run_id: str) -> dict[str, dict[int, float]]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=cfg.tracking.uri)
-    out = {}
-    for key in ("train_loss", "valid_mrr"):
-        values: dict[int, set[float]] = {}
-        for m in client.get_metric_history(run_id, key):
-            values.setdefault(m.step, set()).add(m.value)
-        # an epoch logged before the kill and again after the restart logs the same value
-        assert all(len(v) == 1 for v in values.values()), (key, values)
-        out[key] = {step: v.pop() for step, v in values.items()}
-    return out
-
-
 def _best_weights(summary: dict) -> dict[str, torch.Tensor]:
     payload = load_checkpoint(summary["checkpoint"])
     return payload["model"]
@@ -132,8 +119,8 @@ def test_killed_worker_restarts_from_checkpoint_and_matches_uninterrupted_run(
     weights_a, weights_b = _best_weights(a), _best_weights(b)
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
-    curves_a = _curves(cfg_a, a["run_id"])
-    assert curves_a == _curves(cfg_b, b["run_id"])
+    curves_a = epoch_curves(cfg_a.tracking.uri, a["run_id"], CURVES)
+    assert curves_a == epoch_curves(cfg_b.tracking.uri, b["run_id"], CURVES)
     assert sorted(curves_a["train_loss"]) == list(range(1, EPOCHS + 1))
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import small_spark
+from run_curves import epoch_curves
 import torch
 from mlflow import MlflowClient
 
@@ -123,7 +124,7 @@ def _together(prefect: Future, root: Path) -> dict:
         results = [_result(out) for out in (out_first, out_second)]
         ran = next(r for r in results if not r["train"]["skipped"])
         quiet = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-        curves = _curves(uri, ran["train"]["run_id"])
+        curves = epoch_curves(uri, ran["train"]["run_id"])
         versions = [int(v.version) for v in MlflowClient(uri, registry_uri=uri)
                     .search_model_versions("name='score-sample'")]
         runs = len(MlflowClient(uri).search_runs(
@@ -134,22 +135,6 @@ def _together(prefect: Future, root: Path) -> dict:
             "versions": versions, "runs": runs, "out": out_first + out_second,
             "err": err_first + err_second,
             "waited": next(r for r in results if r["train"]["skipped"]), "ran": ran}
-
-
-def _curves(uri: str, run_id: str) -> dict[str, dict[int, float]]:
-    """A run's per-epoch training loss and validation metrics: {key: {epoch: value}} (an
-    epoch logged twice, before a kill and after the resume, logs the same value)."""
-    client = MlflowClient(uri)
-    keys = [k for k in client.get_run(run_id).data.metrics
-            if k == "train_loss" or k.startswith("valid_")]
-    out: dict[str, dict[int, float]] = {}
-    for key in keys:
-        values: dict[int, set[float]] = {}
-        for m in client.get_metric_history(run_id, key):
-            values.setdefault(m.step, set()).add(m.value)
-        assert all(len(v) == 1 for v in values.values()), (key, values)
-        out[key] = {step: v.pop() for step, v in values.items()}
-    return out
 
 
 def test_two_pipelines_on_one_work_folder_run_one_after_the_other(scenarios):
@@ -267,7 +252,7 @@ def _killed(prefect: Future, root: Path) -> dict:
     rerun = subprocess.run([*args, "--json"], env=env, capture_output=True, text=True,
                            timeout=600)
     ended = rerun.returncode == 0
-    curves = _curves(uri, _result(rerun.stdout)["train"]["run_id"]) if ended else {}
+    curves = epoch_curves(uri, _result(rerun.stdout)["train"]["run_id"]) if ended else {}
     return {"work": work, "at_index": at_index, "at_train": at_train, "lock": lock,
             "rerun": rerun, "curves": curves}
 
