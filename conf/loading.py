@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from conf.schema import PipelineConfig
+from conf.schema import PipelineConfig, TrainConfig
 
 CONF_DIR = Path(__file__).resolve().parent
 
@@ -37,8 +37,8 @@ def available(kind: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / kind).glob("*.yaml"))
 
 
-def preset_keys(kind: str, name: str, section: str) -> list[str]:
-    """The keys that preset ``conf/<kind>/<name>.yaml`` itself sets in ``section``.
+def preset_section(kind: str, name: str, section: str) -> dict[str, Any]:
+    """What preset ``conf/<kind>/<name>.yaml`` itself sets in ``section`` (no other layer).
 
     Raises:
         ConfigError: no such preset, or it is not valid YAML.
@@ -47,7 +47,7 @@ def preset_keys(kind: str, name: str, section: str) -> list[str]:
     if not path.exists():
         raise ConfigError(f"unknown {kind[:-1]} preset {name!r}; available: "
                           f"{', '.join(available(kind))}")
-    return sorted((_read_yaml(path).get(section) or {}).keys())
+    return dict(_read_yaml(path).get(section) or {})
 
 
 def _dataset_layer(dataset: str, config_file: str | os.PathLike | None
@@ -76,32 +76,41 @@ def _dataset_layer(dataset: str, config_file: str | os.PathLike | None
         f"not a YAML file{where}; pass --dataset path/to/dataset.yaml or define it in --config")
 
 
-def _table_params(source: str, table: Any) -> dict[str, Any]:
-    """The ``params`` of one layer's ``table:`` section, checked.
+def _table_section(source: str, table: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``params`` and ``train`` of one layer's ``table:`` section, checked.
 
     ``table.params`` holds the hyper-parameters a paper sets for every model of its
     comparison table (DualRec: d = 64; DFAR: embedding size 32). :func:`load_config` lays
     them over the model preset for the models whose preset defines that parameter; a user
     file and the command line still override them, and ``seqrec compare`` applies them to
-    each model it trains (``cfg.table``).
+    each model it trains (``cfg.table``). ``table.train`` is the training recipe such a paper
+    gives every model (DFAR's lr 1e-4 and batch 200): laid over every model preset's own
+    ``train:`` (GRU4Rec's lr), so the table's recipe wins where the paper sets one.
 
     Raises:
-        ConfigError: ``table`` is not ``{params: {...}}``, or a parameter no model preset has.
+        ConfigError: ``table`` is not ``{params: {...}, train: {...}}``, a parameter no model
+            preset has, or a train key that does not exist.
     """
-    if not (isinstance(table, dict) and set(table) == {"params"}
-            and isinstance(table["params"], dict)):
-        raise ConfigError(f"{source}: table must be a mapping with one key, params "
-                          f"(model hyper-parameters every model of the table shares)")
-    if not table["params"]:
-        return {}
+    if not (isinstance(table, dict) and set(table) <= {"params", "train"}
+            and all(isinstance(v, dict) for v in table.values())):
+        raise ConfigError(f"{source}: table must be a mapping with keys params (model "
+                          f"hyper-parameters every model of the table shares) and train "
+                          f"(the training recipe every model of the table shares)")
+    params, train = table.get("params") or {}, table.get("train") or {}
+    unknown_train = sorted(set(train) - set(TrainConfig.model_fields))
+    if unknown_train:
+        raise ConfigError(f"{source}: table.train {', '.join(unknown_train)}: no such train "
+                          f"setting")
+    if not params:
+        return {}, train
     known = {key for name in available("models") for key in
              (_read_yaml(CONF_DIR / "models" / f"{name}.yaml").get("model", {})
               .get("params") or {})}
-    unknown = sorted(set(table["params"]) - known)
+    unknown = sorted(set(params) - known)
     if unknown:
         raise ConfigError(f"{source}: table.params {', '.join(unknown)}: no model preset has "
                           f"such a parameter")
-    return table["params"]
+    return params, train
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -212,17 +221,24 @@ def load_config(
     model_params = layers[-1 if config_file is None else -2][1].get("model", {}).get("params", {})
     parsed = [(text, *_parse_override(text)) for text in overrides or []]
     table: dict[str, Any] = {}
+    table_train: dict[str, Any] = {}
     for source, data in layers:
         if "table" in data:
-            table.update(_table_params(source, data["table"]))
-    for text, keys, value in parsed:  # --set table.params.<key>=value, table.params={...}
-        if keys[:2] == ["table", "params"] and len(keys) <= 3:
+            params, train = _table_section(source, data["table"])
+            table.update(params)
+            table_train.update(train)
+    for text, keys, value in parsed:  # --set table.params.<key>=value, table.train.<key>=..
+        if keys[0] == "table" and len(keys) in (2, 3) and keys[1] in ("params", "train"):
             given = {keys[2]: value} if len(keys) == 3 else value
-            table.update(_table_params(f"override {text!r}", {"params": given}))
+            params, train = _table_section(f"override {text!r}", {keys[1]: given})
+            table.update(params)
+            table_train.update(train)
     shared = {k: v for k, v in table.items() if k in model_params}
+    after_model = len(layers) - (config_file is not None)
+    if table_train:  # over the model preset's own train recipe
+        layers.insert(after_model, ("table.train", {"train": table_train}))
     if shared:  # right after the model preset
-        layers.insert(len(layers) - (config_file is not None),
-                      ("table.params", {"model": {"params": shared}}))
+        layers.insert(after_model, ("table.params", {"model": {"params": shared}}))
 
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}

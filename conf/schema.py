@@ -376,10 +376,12 @@ class RecommendConfig(Section):
 
 
 class TableConfig(Section):
-    """Hyper-parameters a paper sets for every model of its comparison table (a dataset
-    preset's ``table:``; conf/loading.py lays them over each model preset that has them)."""
+    """What a paper sets for every model of its comparison table (a dataset preset's
+    ``table:``): model hyper-parameters, laid over each model preset that has them, and a
+    training recipe, laid over every model preset's own ``train:`` (conf/loading.py)."""
 
     params: dict[str, object]
+    train: dict[str, object]  # train keys, e.g. DFAR's {lr: 0.0001, batch_size: 200}
 
 
 class SweepConfig(Section):

@@ -182,6 +182,9 @@ def test_each_model_trains_with_its_presets_train_recipe(tmp_path):
         assert (model_cfg.train.epochs, model_cfg.train.patience) == (3, 2)
     # DFAR Section 4.1.3 sets lr 1e-4 and batch 200 for every model of its Amazon table; the
     # small logs train at 1e-3 (DFAR stays at random AUC for ~20 sample epochs at 1e-4).
+    assert model_config(load_config("sample-loo", "sasrec"), "gru4rec").train.lr == 0.01
+    toys_cfg = load_config("toys-feedback", "dfar")
+    assert model_config(toys_cfg, "gru4rec").train.lr == 0.0001  # the table's recipe wins
     for model in ("dfar", "din", "gru4rec", "sasrec"):
         toys = load_config("toys-feedback", model).train
         assert (toys.lr, toys.batch_size, toys.patience) == (0.0001, 200, 2)

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from conf.loading import load_config, preset_keys
-from conf.schema import PipelineConfig
+from conf.loading import load_config, preset_section
+from conf.schema import PipelineConfig, TrainConfig
 from trainers import tracking
 from trainers.protocols import EvaluationProtocol, protocol_at
 from trainers.registry import model_class
@@ -74,7 +74,8 @@ def model_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
     under the dataset's ``table.params`` where the model has them (DualRec's d = 64 and
     DFAR's 32 for every model of their tables), and the ``train`` keys that preset sets:
     each model trains with its paper's recipe (DualRec's weight decay, plateau halving
-    and clipping), as a single ``seqrec train --model <name>`` would; every other train key (epochs,
+    and clipping) under the dataset's ``table.train`` (DFAR's lr and batch for every model of
+    its table), as a single ``seqrec train --model <name>`` would; every other train key (epochs,
     patience, workers, ...) stays the comparison's, except where the preset sets it itself
     (BERT4Rec's epochs: its lr 1e-4 needs more than the datasets' cap).
 
@@ -86,11 +87,14 @@ def model_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
     if name == cfg.model.name:
         return cfg
     preset = load_config(model=name)
-    recipe = {key: getattr(preset.train, key) for key in preset_keys("models", name, "train")}
+    # A key of the table's recipe (already in cfg.train, or a user's override of it) wins.
+    recipe = {key: value for key, value in preset_section("models", name, "train").items()
+              if key not in cfg.table.train}
     table = {k: v for k, v in cfg.table.params.items() if k in preset.model.params}
     model = preset.model.model_copy(update={"params": {**preset.model.params, **table}})
     return cfg.model_copy(update={"model": model,
-                                  "train": cfg.train.model_copy(update=recipe)})
+                                  "train": TrainConfig.model_validate(
+                                      {**cfg.train.model_dump(), **recipe})})
 
 
 def model_configs(cfg: PipelineConfig, models: list[str]) -> list[PipelineConfig]:
