@@ -58,11 +58,11 @@ def test_ce_is_the_log_softmax_over_items_by_hand():
 
 def test_sampled_softmax_by_hand_masks_the_target_drawn_as_a_negative():
     targets = torch.tensor([2, 3])
-    negatives = torch.tensor([2, 1, 1])  # item 2 is row 0's target: no negative of itself
+    negatives = torch.tensor([[2, 1, 1]])  # one set for both; item 2 is row 0's target
     got = prediction_losses("sampled_softmax", Predictions(STATES, targets, negatives), rows,
                             I, 100, 0.75)
     for m, target in enumerate(targets.tolist()):
-        classes = [target] + [i for i in negatives.tolist() if i != target]
+        classes = [target] + [i for i in negatives[0].tolist() if i != target]
         normaliser = sum(math.exp(logit(m, i)) for i in classes)
         assert got[m].item() == pytest.approx(math.log(normaliser) - logit(m, target),
                                               rel=1e-6)
@@ -79,7 +79,7 @@ def test_gbce_beta_by_hand():
 
 def test_gbce_loss_by_hand_masks_the_target_drawn_as_a_negative():
     targets = torch.tensor([2, 3])
-    negatives = torch.tensor([2, 5])  # item 2 is row 0's target: left out of its sum
+    negatives = torch.tensor([[2, 5]])  # one set for both; item 2 is row 0's target: left out
     got = prediction_losses("gbce", Predictions(STATES, targets, negatives), rows, I, 100, 0.75)
     beta = 0.625  # k = 2, I = 5: α = 1/2, β = α(t(1 - 1/α) + 1/α) = 0.5 (0.75 (1 - 2) + 2)
     def sigmoid(s: float) -> float:
@@ -87,9 +87,30 @@ def test_gbce_loss_by_hand_masks_the_target_drawn_as_a_negative():
 
     for m, target in enumerate(targets.tolist()):
         negative_terms = sum(math.log(1 - sigmoid(logit(m, i)))
-                             for i in negatives.tolist() if i != target)
+                             for i in negatives[0].tolist() if i != target)
         expected = -(beta * math.log(sigmoid(logit(m, target))) + negative_terms) / 3  # k+1
         assert got[m].item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "gbce"])
+def test_each_prediction_is_scored_against_its_own_set_of_negatives(loss):
+    """Prediction m uses set m mod G (gSASRec's released code draws per position; one set
+    shared by a whole batch kept gBCE at random level, issue 23): with a set per prediction,
+    each loss equals that prediction's loss against its set alone; with fewer sets than
+    predictions, the sets repeat in order."""
+    states = torch.cat([STATES, STATES[:1] * 2])  # M = 3
+    targets = torch.tensor([2, 3, 1])
+    sets = torch.tensor([[2, 1], [5, 4], [3, 3], [1, 1]])  # G = 4 > M: the 4th is unused
+    got = prediction_losses(loss, Predictions(states, targets, sets), rows, I, 100, 0.75)
+    for m in range(3):
+        alone = prediction_losses(loss, Predictions(states[m:m + 1], targets[m:m + 1],
+                                                    sets[m:m + 1]), rows, I, 100, 0.75)
+        assert got[m].item() == pytest.approx(alone.item(), rel=1e-6)
+    two = prediction_losses(loss, Predictions(states, targets, sets[:2]), rows, I, 100, 0.75)
+    third = prediction_losses(loss, Predictions(states[2:], targets[2:], sets[:1]), rows, I,
+                              100, 0.75)
+    assert two[2].item() == pytest.approx(third.item(), rel=1e-6)  # set 2 mod 2 = 0
+    assert two[0].item() == pytest.approx(got[0].item(), rel=1e-6)
 
 
 def test_negative_feedback_targets_are_no_softmax_targets():
@@ -113,9 +134,12 @@ def test_default_objectives_draw_nothing():
     """A model's own objective draws no sampled negatives: its random draws are unchanged."""
     state = torch.get_rng_state()
     for loss in ("bce", "top1", "bpr", "ce"):
-        assert draw_negatives(loss, 40, K, "cpu") is None
+        assert draw_negatives(loss, 40, K, "cpu", 8, 10_000) is None
     assert torch.equal(torch.get_rng_state(), state)
-    assert draw_negatives("gbce", 40, K, "cpu").shape == (K,)
+    # as many sets as the budget holds of (K, d) gathered rows: 10,000 // (16 * 8) = 78
+    drawn = draw_negatives("gbce", 40, K, "cpu", 8, 10_000)
+    assert drawn.shape == (78, K) and 1 <= int(drawn.min()) and int(drawn.max()) <= 40
+    assert draw_negatives("gbce", 40, K, "cpu", 8, 10).shape == (1, K)  # at least one
 
 
 @pytest.fixture(scope="module")

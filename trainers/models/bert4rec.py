@@ -50,7 +50,7 @@ class Cloze(NamedTuple):
 
     states: torch.Tensor  # (M, d) encoder states at the masked slots
     targets: torch.Tensor  # (M,) the items they hide
-    negatives: torch.Tensor | None = None  # (K,) sampled items (sampled_softmax, gbce)
+    negatives: torch.Tensor | None = None  # (G, K) sampled sets (sampled_softmax, gbce)
 
 
 class BERT4RecParams(ObjectiveParams):
@@ -139,8 +139,9 @@ class BERT4Rec(nn.Module):
             masked = self.cloze(full)
             states = self.encode(torch.where(masked, self.mask_id, full))
             negatives = draw_negatives(self.params.loss, self.num_items,
-                                       self.params.loss_negatives, sequence.device)
-            terms = Cloze(states[masked], full[masked], negatives)  # (M, d), (M,), (K,)|None
+                                       self.params.loss_negatives, sequence.device,
+                                       self.params.embed_dim, self.params.softmax_max_logits)
+            terms = Cloze(states[masked], full[masked], negatives)  # (M, d), (M,), (G, K)|None
         else:
             states = self.encode(self.with_mask(sequence))
         h = self.output(states[:, -1])  # (B, d)

@@ -148,7 +148,8 @@ class Caser(nn.Module):
                     *sequence_predictions(zp, targets, labels, valid, items[:, 0],
                                           batch["label"][:, 0]),
                     draw_negatives(self.params.loss, num_items, self.params.loss_negatives,
-                                   sequence.device))
+                                   sequence.device, zp.shape[-1],
+                                   self.params.softmax_max_logits))
         return Output(self._predict(torch.cat([states[:, -1], P_u], dim=1), items), terms)
 
     def _predict(self, zp: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

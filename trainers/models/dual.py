@@ -176,7 +176,7 @@ class DualTerms(NamedTuple):
     # per encoder ("past", "future"): (B, L', d) states, (B, L') inputs, (B, L') targets
     ce: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     levels: dict[str, list[torch.Tensor] | None]  # per encoder: per level (B, S, f), or None
-    negatives: torch.Tensor | None = None  # (K,) sampled items (sampled_softmax, gbce)
+    negatives: torch.Tensor | None = None  # (G, K) sampled sets (sampled_softmax, gbce)
 
 
 class DualParams(ObjectiveParams):
@@ -283,14 +283,15 @@ class DualNetwork(nn.Module):
             with torch.no_grad():
                 scores = self._score(self.encode_users(batch), items)
         negatives = draw_negatives(self.params.loss, self.item.weight.shape[0] - 1,
-                                   self.params.loss_negatives, sequence.device)
+                                   self.params.loss_negatives, sequence.device,
+                                   self.params.embed_dim, self.params.softmax_max_logits)
         return Output(scores, DualTerms(ce, levels, negatives))
 
     def encoder_losses(self, ce: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
                        negatives: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Mean full-softmax cross-entropy (Eq. 13-14) of each encoder over its positions
         whose input and target are both items; with ``params.loss`` ``sampled_softmax`` or
-        ``gbce``, that objective's mean over the same positions against ``negatives`` (K,)
+        ``gbce``, that objective's mean over the same positions against ``negatives`` (G, K)
         (trainers/models/objectives.py)."""
         out, p = {}, self.params
         for name, (states, inputs, targets) in ce.items():

@@ -247,7 +247,8 @@ class FMLPRec(nn.Module):
         sequence, items = batch["sequence"], batch["items"]
         num_items = self.item.weight.shape[0] - 1
         negatives = draw_negatives(self.params.loss, num_items, self.params.loss_negatives,
-                                   sequence.device)
+                                   sequence.device, self.params.embed_dim,
+                                   self.params.softmax_max_logits)
         if self.params.filter == "causal":
             e, cand = self.item.lookup([sequence, items])
             states = self.stack(e, sequence != 0)  # (B, L, d): slot t sees slots <= t

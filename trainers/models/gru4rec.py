@@ -196,7 +196,8 @@ class GRU4Rec(nn.Module):
             predicted = sequence_predictions(states, targets, labels, valid, items[:, 0],
                                              batch["label"][:, 0])
             negatives = draw_negatives(self.params.loss, num_items,
-                                       self.params.loss_negatives, sequence.device)
+                                       self.params.loss_negatives, sequence.device,
+                                       states.shape[-1], self.params.softmax_max_logits)
             return Output(self._score(h, items), Predictions(*predicted, negatives))
         if self.params.ranking_negatives == "sampled":
             history = self._score(states[:, :-1],

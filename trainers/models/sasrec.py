@@ -179,7 +179,8 @@ class SASRec(nn.Module):
                     *sequence_predictions(states, targets, labels, valid, items[:, 0],
                                           batch["label"][:, 0]),
                     draw_negatives(self.params.loss, num_items, self.params.loss_negatives,
-                                   sequence.device))
+                                   sequence.device, states.shape[-1],
+                                   self.params.softmax_max_logits))
         return Output(score_rows(states[:, -1], self.item(items)), terms)  # Eq. 6
 
     def encode_users(self, batch: Batch) -> torch.Tensor:
