@@ -111,6 +111,8 @@ def test_each_prediction_is_scored_against_its_own_set_of_negatives(loss):
                               100, 0.75)
     assert two[2].item() == pytest.approx(third.item(), rel=1e-6)  # set 2 mod 2 = 0
     assert two[0].item() == pytest.approx(got[0].item(), rel=1e-6)
+    none = Predictions(states[:0], targets[:0], sets)  # every target disliked: no terms
+    assert prediction_losses(loss, none, rows, I, 100, 0.75).shape == (0,)
 
 
 def test_negative_feedback_targets_are_no_softmax_targets():

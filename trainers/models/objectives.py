@@ -232,6 +232,8 @@ def prediction_losses(loss: str, predictions: Predictions, rows: ItemRows, num_i
     if negatives is None:
         raise ValueError(f"loss {loss!r} needs the forward's sampled negatives")
     M = targets.shape[0]
+    if M == 0:  # e.g. every target disliked: no loss terms
+        return states.new_zeros(0)
     negatives = negatives[:M]  # (G, K): no more sets than predictions
     G, K = negatives.shape
     table, bias = rows(torch.cat([targets, negatives.reshape(-1)]))  # (M+GK, d): one lookup
