@@ -32,14 +32,13 @@ replacement, for each prediction, as gSASRec's released code draws them per posi
 per epoch). One set shared by every prediction of a batch kept gBCE at random level on the
 Toys-shaped ``sample-loo`` (GRU4Rec: valid HR@10 0.10 after 10 epochs with dense Adam;
 SASRec: 0.097, AUC 0.46 after 5 with lazy Adam). With a set per prediction GRU4Rec reached
-0.27 by epoch 9 (at lr 1e-3) and SASRec 0.270 by epoch 15 (test 0.259 against popularity's 0.238; still
-slower than its BCE). The shared set's random direction is the same for all ~2,000
-predictions, so it does not average out, and with only β/(k+1) ≈ 0.001 of a prediction's
-weight on its positive, that noise is most of the gradient (issue 23). A forward draws G
-sets of K: prediction m uses set m mod G, and G is as large as ``softmax_max_logits``
-allows for the gathered (G, K, d) rows, so every prediction has its own set unless a batch
-has more than G predictions (G = 3,051 at K = 256, d = 64).
-Uniform,
+0.27 by epoch 9 (at lr 1e-3) and SASRec 0.270 by epoch 15 (test 0.259 against popularity's
+0.238; still slower than its BCE). The shared set's random direction is the same for all
+~2,000 predictions, so it does not average out, and with only β/(k+1) ≈ 0.001 of a
+prediction's weight on its positive, that noise is most of the gradient (issue 23). A
+forward draws G sets of K: prediction m uses set m mod G, and G is as large as
+``softmax_max_logits`` allows for the gathered (G, K, d) rows, so every prediction has its
+own set unless a batch has more than G predictions (G = 3,051 at K = 256, d = 64). Uniform,
 because gBCE's β is derived for uniform sampling (α is the chance that a given item is
 among the k draws), because the published anchors above sample uniformly, and because a
 uniform draw needs no logQ correction (log q is the same constant for every item and
