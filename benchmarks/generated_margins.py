@@ -13,7 +13,12 @@ Train, evaluation, MLflow, as ``seqrec compare``):
   leave-one-out HR@10 0.236, DualRec Table 2; the real ratings log's AUC 0.568, issue 23);
 - every model's test metrics, its margin over popularity (``hr@10 / popularity``, the
   tests' floor 1.3x; ``auc - popularity``, floor +0.05), the best epoch and training
-  minutes.
+  minutes;
+- under ``leave_one_out``, RecBole 1.2.1's SASRec with CE and with BPR on the same
+  sequences (benchmarks/recbole_rows.py: our index's sequences as an S3-Rec ``<Name>.txt``,
+  so RecBole's valid and test items are ours; our SASRec preset's sizes; ``uni99``
+  evaluation, drawn again at each evaluation where ours are fixed per user). ``--no-recbole``
+  leaves them out.
 
 Every model trains with its preset (the table's d, its own ``train:`` keys; BERT4Rec's lr
 1e-4 and 5,300-epoch cap), capped at ``--epochs`` when given (early stopping, patience 10,
@@ -21,7 +26,8 @@ ends runs sooner). On 2 cores the full table takes hours without a cap.
 
 Run: .venv/bin/python benchmarks/generated_margins.py [--datasets sample-loo,sample-feedback]
      [--epochs N] [--models-sample-loo ...] [--models-sample-feedback ...]
-     [--set KEY=VALUE ...] [--work data/bench/generated]
+     [--set KEY=VALUE ...] [--work data/bench/generated] [--no-recbole]
+     [--recbole-epochs 50] [--recbole-patience 10] [--threads 2 (RecBole's torch threads)]
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.comparison_table import compared_rows, table  # noqa: E402
+from benchmarks.recbole_rows import (LOSSES, missing_venv, recbole_row,  # noqa: E402
+                                     sasrec_args, write_sequences)
 from conf.loading import load_config  # noqa: E402
 from conf.schema import FEEDBACK, LEAVE_ONE_OUT  # noqa: E402
 
@@ -84,11 +92,17 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every dataset (e.g. generate.rows=...)")
     parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench" / "generated")
+    parser.add_argument("--no-recbole", action="store_true")
+    parser.add_argument("--recbole-epochs", type=int, default=50)
+    parser.add_argument("--recbole-patience", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     datasets = args.datasets.split(",")
     unknown = set(datasets) - set(MODELS)
     if unknown:
         parser.error(f"unknown datasets {sorted(unknown)}; known: {', '.join(MODELS)}")
+    if not args.no_recbole and missing_venv():
+        sys.exit(missing_venv())
     from spark_jobs.sample_data import generate
 
     work = args.work.resolve()
@@ -103,9 +117,16 @@ def main() -> None:
         generate(cfg)
         timings[f"{name} generate"] = time.perf_counter() - start
         rows, protocol, ingest = compared_rows(cfg, models, args.epochs, timings, name)
+        if protocol.name == LEAVE_ONE_OUT and not args.no_recbole:
+            source = work / name / "recbole" / f"{name}.txt"
+            write_sequences(f"{cfg.paths.work_dir}/index", source)
+            rows += [recbole_row(["--sequences", str(source)],
+                                 work / name / "recbole" / loss.lower() / "result.json", loss,
+                                 sasrec_args(cfg), args.recbole_epochs, args.recbole_patience,
+                                 args.threads, timings) for loss in LOSSES]
         popularity = rows[0]
         for row in rows[1:]:
-            if not row["model"].startswith("random"):
+            if not row["model"].startswith("random"):  # RecBole's too: the same test users
                 row["margin"] = margin(row, popularity, protocol.name)
         tables.append(f"### {name} ({protocol.name})\n\n"
                       f"{shape_table(name, ingest, popularity, protocol.name)}\n\n"

@@ -56,9 +56,6 @@ Run: .venv/bin/python benchmarks/movielens_recbole.py [data/raw/ml-100k/ml-100k.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -67,10 +64,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.comparison_table import compared_rows, mlflow_facts, table  # noqa: E402
+from benchmarks.recbole_rows import LOSSES, missing_venv, recbole_row, sasrec_args  # noqa: E402
 from conf.loading import load_config  # noqa: E402
 from conf.schema import FEEDBACK, LEAVE_ONE_OUT, SLICES  # noqa: E402
 
-RECBOLE_PYTHON = ROOT / ".venv-recbole" / "bin" / "python"
 DEFAULT_FILE = ROOT / "data" / "raw" / "ml-100k" / "ml-100k.inter"
 MODELS = {  # each paper's comparison table (README, "Models and comparison")
     LEAVE_ONE_OUT: "dualrec,dual_gru4rec,dual_fmlp,fmlp,bert4rec,sasrec,gru4rec,caser",
@@ -92,12 +89,6 @@ OVERRIDES = {
              "dataset.negative_max_rating=1", "dataset.kcore=0", "train.window=last",
              "table.params={}"],
 }
-# Our SASRec preset's sizes under the leave_one_out table (d = 64), given to RecBole's.
-RECBOLE_SASREC = ["--embed-dim", "64", "--blocks", "2", "--heads", "1", "--dropout", "0.2",
-                  "--max-len", "50", "--lr", "0.001", "--batch-size", "256"]
-RECBOLE_METRICS = {"hr@1": "hit@1", "hr@5": "hit@5", "hr@10": "hit@10", "ndcg@5": "ndcg@5",
-                   "ndcg@10": "ndcg@10", "mrr": "mrr@100"}
-
 
 def config(inter: Path, work: Path, protocol: str, epochs: int | None, model: str = "sasrec",
            extra: list[str] = ()):
@@ -131,28 +122,6 @@ def ours(inter: Path, work: Path, protocol_name: str, models: list[str], epochs:
     return rows, protocol
 
 
-def recbole(inter: Path, work: Path, loss: str, args, timings: dict) -> dict:
-    """RecBole's SASRec with ``loss`` on ``inter`` (leave-one-out, uni99), as a table row."""
-    out = work / "recbole" / f"sasrec-{loss.lower()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    subprocess.run([str(RECBOLE_PYTHON), str(ROOT / "benchmarks" / "recbole_runner.py"),
-                    "--inter", str(inter), "--kcore", "5", "--loss", loss, "--mode", "uni99",
-                    "--epochs", str(args.recbole_epochs), "--patience",
-                    str(args.recbole_patience), "--threads", str(args.threads),
-                    "--out", str(out), *RECBOLE_SASREC],
-                   check=True, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
-                   cwd=out.parent)
-    timings[f"recbole sasrec {loss}"] = time.perf_counter() - start
-    result = json.loads(out.read_text())
-    best = result["epochs"][result["best_epoch"] - 1]
-    return {"model": f"RecBole SASRec {loss} (uni99)", "best_epoch": result["best_epoch"],
-            "valid_mrr": best["mrr@100"],
-            **{f"test_{ours_name}": result["test"][name]
-               for ours_name, name in RECBOLE_METRICS.items()},
-            "train_min": sum(e["train_seconds"] for e in result["epochs"]) / 60}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inter", type=Path, nargs="?", default=DEFAULT_FILE,
@@ -178,15 +147,18 @@ def main() -> None:
     unknown = set(protocols) - set(MODELS)
     if unknown:
         parser.error(f"unknown protocols {sorted(unknown)}; known: {', '.join(MODELS)}")
-    if LEAVE_ONE_OUT in protocols and not args.no_recbole and not RECBOLE_PYTHON.exists():
-        sys.exit(f"RecBole's venv is missing: see benchmarks/recbole_runner.py for the install "
-                 f"line ({RECBOLE_PYTHON}), or pass --no-recbole")
+    if LEAVE_ONE_OUT in protocols and not args.no_recbole and missing_venv():
+        sys.exit(missing_venv())
     tables, timings = [], {}
     for name in protocols:
         models = getattr(args, f"models_{name}").split(",")
         rows, protocol = ours(inter, work, name, models, args.epochs, timings)
         if name == LEAVE_ONE_OUT and not args.no_recbole:
-            rows += [recbole(inter, work, loss, args, timings) for loss in ("CE", "BPR")]
+            sasrec = sasrec_args(config(inter, work, name, args.epochs))
+            rows += [recbole_row(["--inter", str(inter), "--kcore", "5"],
+                                 work / "recbole" / loss.lower() / f"sasrec-{loss.lower()}.json",
+                                 loss, sasrec, args.recbole_epochs, args.recbole_patience,
+                                 args.threads, timings) for loss in LOSSES]
         tables.append(f"### {name}\n\n{table(rows, protocol)}")
         print(f"\n{tables[-1]}\n", flush=True)
     print("\n\n".join(tables))

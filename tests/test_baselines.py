@@ -422,3 +422,26 @@ def test_sasrec_blocks_start_as_the_reimplementations_or_at_torch_defaults():
     default = make_model("sasrec", init_std=None)
     in_proj = float(default.blocks[0].attn.in_proj_weight.std())
     assert abs(in_proj - (2 / (d + 3 * d)) ** 0.5) < 0.02
+
+
+def test_caser_without_personalization_scores_by_the_sequence_alone():
+    """Caser without p (the paper's component analysis): Eq. 7 is y_i = W'_i · z + b'_i, so
+    two users with the same window get the same scores; with P_u (the preset) they differ
+    by P_u's part of W'_i."""
+    batch = make_batch(B=4, C=3)
+    other = {**batch, "user": batch["user"] % SIZES.num_users + 1}  # every user changed
+    personal = make_model("caser").eval()
+    plain = make_model("caser", personalized=False).eval()
+    d = plain.params.embed_dim
+    assert plain.user is None and plain.item_table()[0].shape[1] == d
+    assert personal.item_table()[0].shape[1] == 2 * d
+    with torch.no_grad():
+        assert torch.equal(plain(batch).scores, plain(other).scores)
+        assert not torch.allclose(personal(batch).scores, personal(other).scores)
+        z = plain.position_states(batch["sequence"])[:, -1]  # (B, d)
+        W, b = plain.item_table()
+        expected = (W[batch["items"]] @ z[..., None]).squeeze(-1) + b[batch["items"]]
+        assert torch.allclose(plain(batch).scores, expected, atol=1e-6)
+        assert torch.equal(plain.encode_users(batch), z)
+    plain.train()
+    assert torch.isfinite(plain.loss(plain(batch), batch))  # training forward: history terms

@@ -64,6 +64,7 @@ class CaserParams(ObjectiveParams):
     vertical_filters: int = Field(gt=0)  # n_v (paper: 4)
     dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.5
     loss: Literal["bce", "ce", "sampled_softmax", "gbce"]  # bce: Eq. 11 (objectives.py)
+    personalized: bool = True  # P_u in Eq. 7; false: the paper's Caser without p (Sec. 4.5)
 
 
 @register("caser")
@@ -80,8 +81,11 @@ class Caser(nn.Module):
         self.item = RowSparseEmbedding(sizes.num_items + 1, d, std)  # input E (Eq. 1)
         self.label = nn.Embedding(2, d)  # added to E's rows: 0 negative, 1 positive feedback
         nn.init.normal_(self.label.weight, std=std)  # as E's rows, not N(0, 1) (issue 23)
-        self.user = RowSparseEmbedding(sizes.num_users + 1, d, std)  # P_u (Eq. 7)
-        self.item_out = RowSparseEmbedding(sizes.num_items + 1, 2 * d, std)  # W' (Eq. 7)
+        # P_u (Eq. 7); without personalization W' has only z's d columns
+        self.user = (RowSparseEmbedding(sizes.num_users + 1, d, std)
+                     if params.personalized else None)
+        width = 2 * d if params.personalized else d
+        self.item_out = RowSparseEmbedding(sizes.num_items + 1, width, std)  # W' (Eq. 7)
         self.item_bias = RowSparseEmbedding(sizes.num_items + 1, 1, std)  # b' (Eq. 7)
         self.horizontal = nn.ModuleList(
             nn.Conv2d(1, params.horizontal_filters, (h, d)) for h in range(1, W + 1))
@@ -130,20 +134,21 @@ class Caser(nn.Module):
         """
         sequence, items = batch["sequence"], batch["items"]
         sequence_label = batch.get("sequence_label")
-        P_u = self.user(batch["user"])  # (B, d)
+        P_u = self._user(batch)  # (B, d), or (B, 0) without personalization
         states = self.position_states(sequence, sequence_label)  # (B, L, d)
+        L = states.shape[1]
         terms = None
         if self.training and torch.is_grad_enabled():
             num_items = self.item.weight.shape[0] - 1
             targets, labels, negatives, valid = history_pairs(
                 sequence, num_items, sequence_label, batch.get("next_negatives"))
             if self.params.loss == "bce":
-                zp = torch.cat([states[:, :-1], P_u.unsqueeze(1).expand_as(states[:, :-1])],
+                zp = torch.cat([states[:, :-1], P_u.unsqueeze(1).expand(-1, L - 1, -1)],
                                dim=-1)
                 history = self._predict(zp, torch.stack([targets, negatives], dim=-1))
                 terms = HistoryScores(history, labels, valid)  # (B, L-1, 2), (B, L-1) x2
             else:  # the same predictions for another objective (objectives.py)
-                zp = torch.cat([states, P_u.unsqueeze(1).expand_as(states)], dim=-1)  # (B, L, 2d)
+                zp = torch.cat([states, P_u.unsqueeze(1).expand(-1, L, -1)], dim=-1)  # (B, L, 2d)
                 terms = Predictions(
                     *sequence_predictions(zp, targets, labels, valid, items[:, 0],
                                           batch["label"][:, 0]),
@@ -156,13 +161,20 @@ class Caser(nn.Module):
         """y_i = W'_i · [z; P_u] + b'_i (Eq. 7): zp (..., 2d), items (..., n) -> (..., n)."""
         return score_rows(zp, self.item_out(items), self.item_bias(items).squeeze(-1))
 
+    def _user(self, batch: Batch) -> torch.Tensor:
+        """P_u of Eq. 7: (B, d); (B, 0) without personalization, so [z; P_u] is z."""
+        if self.user is None:
+            return batch["sequence"].new_zeros((batch["sequence"].shape[0], 0), dtype=torch.float)
+        return self.user(batch["user"])
+
     def encode_users(self, batch: Batch) -> torch.Tensor:
-        """[z; P_u] of Eq. 7 for the last window, which scores the candidates: (B, 2d)."""
+        """[z; P_u] of Eq. 7 for the last window, which scores the candidates: (B, 2d), or
+        (B, d) without personalization."""
         z = self.position_states(batch["sequence"], batch.get("sequence_label"))[:, -1]
-        return torch.cat([z, self.user(batch["user"])], dim=1)
+        return torch.cat([z, self._user(batch)], dim=1)
 
     def item_table(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """W' and b' of Eq. 7: (I+1, 2d), (I+1,)."""
+        """W' and b' of Eq. 7: (I+1, 2d) or (I+1, d), (I+1,)."""
         return self.item_out.weight, self.item_bias.weight.squeeze(-1)
 
     def loss(self, output: Output, batch: Batch) -> torch.Tensor:

@@ -1,0 +1,88 @@
+"""RecBole 1.2.1's SASRec as rows of our comparison tables (issue 23: every table beside
+RecBole's SASRec with CE and with BPR), run by benchmarks/recbole_runner.py in RecBole's own
+venv (``.venv-recbole``; the runner's docstring has the install line).
+
+Used by benchmarks/movielens_recbole.py (RecBole's ML-100K atomic file as it is) and
+benchmarks/generated_margins.py (the generated log's leave-one-out sequences as our index
+holds them, written as an S3-Rec ``<Name>.txt`` so RecBole's last two items are ours).
+RecBole gets our SASRec preset's sizes for the table (d, blocks, heads, dropout, L, lr,
+batch) and evaluates ``uni99``: 1 target + 99 uniform unseen items, our candidate count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RECBOLE_PYTHON = ROOT / ".venv-recbole" / "bin" / "python"
+LOSSES = ("CE", "BPR")
+# our metric name -> RecBole's (mrr@100 over uni99's 100 candidates = our untruncated MRR)
+METRICS = {"hr@1": "hit@1", "hr@5": "hit@5", "hr@10": "hit@10", "ndcg@5": "ndcg@5",
+           "ndcg@10": "ndcg@10", "mrr": "mrr@100"}
+
+
+def missing_venv() -> str | None:
+    """Why RecBole cannot run here, or None."""
+    if RECBOLE_PYTHON.exists():
+        return None
+    return (f"RecBole's venv is missing: see benchmarks/recbole_runner.py for the install "
+            f"line ({RECBOLE_PYTHON}), or pass --no-recbole")
+
+
+def sasrec_args(cfg) -> list[str]:
+    """Our SASRec preset's sizes under ``cfg``'s table, as recbole_runner.py arguments."""
+    from trainers.compare import model_config
+
+    sasrec = model_config(cfg, "sasrec")
+    p = sasrec.model.params
+    return ["--embed-dim", str(p["embed_dim"]), "--blocks", str(p["num_blocks"]),
+            "--heads", str(p["num_heads"]), "--dropout", str(p["dropout"]),
+            "--max-len", str(sasrec.index.sequence_max_len), "--lr", str(sasrec.train.lr),
+            "--batch-size", str(sasrec.train.batch_size)]
+
+
+def write_sequences(index_uri: str, path: Path) -> int:
+    """Every user's items of our leave-one-out index in time order, as S3-Rec's
+    ``uid i1 … iK`` lines (dense ids), published atomically; returns the users written."""
+    from store.index import load_sequences
+
+    sequences = load_sequences(index_uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    users = 0
+    with tmp.open("w") as out:
+        for user in range(1, len(sequences.offsets) - 1):
+            start, end = sequences.offsets[user], sequences.offsets[user + 1]
+            if end > start:
+                items = sequences.items[start:end]
+                out.write(f"{user} {' '.join(map(str, items.astype(np.int64)))}\n")
+                users += 1
+    tmp.replace(path)
+    return users
+
+
+def recbole_row(source: list[str], out: Path, loss: str, sasrec: list[str], epochs: int,
+                patience: int, threads: int, timings: dict) -> dict:
+    """RecBole's SASRec with ``loss`` on ``source`` (``--inter F [--kcore K]`` or
+    ``--sequences F``), results in ``out`` (JSON), as a table row."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    subprocess.run([str(RECBOLE_PYTHON), str(ROOT / "benchmarks" / "recbole_runner.py"),
+                    *source, "--loss", loss, "--mode", "uni99", "--epochs", str(epochs),
+                    "--patience", str(patience), "--threads", str(threads), "--out", str(out),
+                    *sasrec],
+                   check=True, env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
+                   cwd=out.parent)
+    timings[f"recbole sasrec {loss}"] = time.perf_counter() - start
+    result = json.loads(out.read_text())
+    best = result["epochs"][result["best_epoch"] - 1]
+    return {"model": f"RecBole SASRec {loss} (uni99)", "best_epoch": result["best_epoch"],
+            "valid_mrr": best["mrr@100"],
+            **{f"test_{ours}": result["test"][name] for ours, name in METRICS.items()},
+            "train_min": sum(e["train_seconds"] for e in result["epochs"]) / 60}
