@@ -445,3 +445,45 @@ def test_caser_without_personalization_scores_by_the_sequence_alone():
         assert torch.equal(plain.encode_users(batch), z)
     plain.train()
     assert torch.isfinite(plain.loss(plain(batch), batch))  # training forward: history terms
+
+
+def test_caser_windows_target_their_next_T_items():
+    """Eq. 10-11's skip targets: the training loss is BCE averaged over the candidate rows
+    and, for every window p and k = 1..T, the item at p+k against the negative drawn for
+    that item; T = 1 is the next item alone. Computed here from the scores by hand."""
+    import torch.nn.functional as F
+
+    from trainers.models.next_item import history_pairs
+
+    batch = make_batch(B=4, C=3, seed=2)
+    L = batch["sequence"].shape[1]
+    batch["next_negatives"] = torch.randint(1, SIZES.num_items + 1, (4, L - 1),
+                                            generator=torch.Generator().manual_seed(7))
+    for T in (1, 3):
+        model = make_model("caser", dropout=0.0, targets_ahead=T).train()
+        got = model.loss(model(batch), batch).detach()  # a training forward: history terms
+        with torch.no_grad():
+            seq = batch["sequence"]
+            targets, _, negatives, valid = history_pairs(seq, SIZES.num_items, None,
+                                                         batch["next_negatives"])
+            P = model.user(batch["user"])
+            states = torch.cat([model.position_states(seq),
+                                P[:, None].expand(-1, L, -1)], dim=-1)  # (B, L, 2d)
+            W, b = model.item_table()
+            terms = [F.binary_cross_entropy_with_logits(
+                model(batch).scores, batch["label"], reduction="none").sum(1)]  # (B,)
+            count = 4
+            for p in range(L):
+                for k in range(1, T + 1):
+                    if p + k >= L:
+                        continue
+                    item, negative = seq[:, p + k], negatives[:, p + k - 1]  # (B,)
+                    real = valid[:, p] if k == 1 else (item != 0) & (seq[:, p] != 0)
+                    pos = (states[:, p] * W[item]).sum(-1) + b[item]
+                    neg = (states[:, p] * W[negative]).sum(-1) + b[negative]
+                    loss = F.softplus(-pos) + F.softplus(neg)  # -log σ(pos) - log(1-σ(neg))
+                    terms.append(loss[real])
+                    count += int(real.sum())
+            expected = torch.cat(terms).sum() / count
+        torch.testing.assert_close(got, expected)
+    assert make_model("caser").params.targets_ahead == 3  # the paper's T

@@ -17,8 +17,9 @@ Implemented (equation numbers of the paper):
     φ_c = φ_a = ReLU (the paper's best setting).
   * Training windows (Section 3.5): every window of the sequence is a training instance.
     The last window scores the target slice's candidates; in training each earlier window
-    scores the next history item against one sampled negative (trainers/models/next_item.py),
-    and the loss averages over all those predictions.
+    scores the next T history items ("skip" targets, Eq. 10-11: the T items after the
+    window, T = ``targets_ahead``, paper: 3), each against one sampled negative
+    (trainers/models/next_item.py), and the loss averages over all those predictions.
 
 Beyond the paper (trainers/models/next_item.py says why):
   * ``params.loss``: ``bce`` (Eq. 11) by default; ``ce``, ``sampled_softmax`` or ``gbce`` train the
@@ -32,8 +33,8 @@ Beyond the paper (trainers/models/next_item.py says why):
     state of a user without history is trained.
 
 Simplifications, and why:
-  * One next item per window (T = 1) instead of the paper's T next items ("skip"
-    targets): the items after a window are themselves the next windows' targets.
+  * The last window's skip targets beyond the candidate row's target do not exist (the
+    row ends there); earlier windows' targets stop at the history's end.
   * Windows reaching before the first item are zero-padded.
 
 Shapes: B batch, C candidates, L sequence length, W = window L', d embedding.
@@ -65,6 +66,31 @@ class CaserParams(ObjectiveParams):
     dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.5
     loss: Literal["bce", "ce", "sampled_softmax", "gbce"]  # bce: Eq. 11 (objectives.py)
     personalized: bool = True  # P_u in Eq. 7; false: the paper's Caser without p (Sec. 4.5)
+    targets_ahead: int = Field(ge=1)  # T: items after each window (paper: 3)
+
+
+def skip_targets(sequence: torch.Tensor, sequence_label: torch.Tensor | None,
+                 pairs: tuple[torch.Tensor, ...], T: int) -> list[tuple[torch.Tensor, ...]]:
+    """The T items after each window (Eq. 10-11's D_u: "skip" targets), block k = 1..T.
+
+    Args:
+        sequence: (B, L) item ids, left-padded with 0.
+        sequence_label: (B, L) feedback labels, or None (every event positive).
+        pairs: :func:`history_pairs` of the sequence: block 1 (the next item, (B, L-1)).
+        T: targets per window.
+    Returns:
+        [(targets, labels, negatives, valid)] for k = 1..min(T, L-1), each (B, L-k): window
+        p's k-th target is the item at p+k, valid where it is a real event and the window
+        ends on a real event (block 1 also trains the empty history, as ``history_pairs``);
+        its negative is the one ``history_pairs`` drew against that same item, so never it.
+    """
+    blocks = [tuple(pairs)]
+    _, labels, negatives, _ = pairs
+    for k in range(2, min(T, sequence.shape[1] - 1) + 1):
+        targets = sequence[:, k:]  # (B, L-k)
+        valid = (targets != 0) & (sequence[:, :-k] != 0)
+        blocks.append((targets, labels[:, k - 1:], negatives[:, k - 1:], valid))
+    return blocks
 
 
 @register("caser")
@@ -140,18 +166,26 @@ class Caser(nn.Module):
         terms = None
         if self.training and torch.is_grad_enabled():
             num_items = self.item.weight.shape[0] - 1
-            targets, labels, negatives, valid = history_pairs(
-                sequence, num_items, sequence_label, batch.get("next_negatives"))
+            pairs = history_pairs(sequence, num_items, sequence_label,
+                                  batch.get("next_negatives"))
+            skips = skip_targets(sequence, sequence_label, pairs, self.params.targets_ahead)
+            zp = torch.cat([states, P_u.unsqueeze(1).expand(-1, L, -1)], dim=-1)  # (B, L, 2d)
             if self.params.loss == "bce":
-                zp = torch.cat([states[:, :-1], P_u.unsqueeze(1).expand(-1, L - 1, -1)],
-                               dim=-1)
-                history = self._predict(zp, torch.stack([targets, negatives], dim=-1))
-                terms = HistoryScores(history, labels, valid)  # (B, L-1, 2), (B, L-1) x2
+                # window p's k-th target sits at column p of block k: states [:, :L-k]
+                zs = torch.cat([zp[:, :L - k] for k in range(1, len(skips) + 1)], dim=1)
+                targets, labels, negatives, valid = (torch.cat(x, dim=1) for x in zip(*skips))
+                history = self._predict(zs, torch.stack([targets, negatives], dim=-1))
+                terms = HistoryScores(history, labels, valid)  # (B, N, 2), (B, N) x2
             else:  # the same predictions for another objective (objectives.py)
-                zp = torch.cat([states, P_u.unsqueeze(1).expand(-1, L, -1)], dim=-1)  # (B, L, 2d)
+                targets, labels, _, valid = pairs
+                states_m, targets_m = sequence_predictions(
+                    zp, targets, labels, valid, items[:, 0], batch["label"][:, 0])
+                for k, (t_k, l_k, _, v_k) in enumerate(skips[1:], start=2):
+                    keep = v_k & (l_k > 0)  # (B, L-k): positive skip targets only
+                    states_m = torch.cat([states_m, zp[:, :L - k][keep]])
+                    targets_m = torch.cat([targets_m, t_k[keep]])
                 terms = Predictions(
-                    *sequence_predictions(zp, targets, labels, valid, items[:, 0],
-                                          batch["label"][:, 0]),
+                    states_m, targets_m,
                     draw_negatives(self.params.loss, num_items, self.params.loss_negatives,
                                    sequence.device, zp.shape[-1],
                                    self.params.softmax_max_logits))
