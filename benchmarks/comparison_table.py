@@ -37,8 +37,13 @@ def epoch_cap(epochs: int | None) -> Iterator[None]:
         yield
 
 
+FULL_METRICS = ("hr@10", "ndcg@10", "mrr")  # the full-ranking columns (evaluation's full_*)
+
+
 def mlflow_facts(cfg, run_id: str, protocol) -> dict:
-    """A model run's popularity metrics and training minutes, as MLflow recorded them."""
+    """A model run's popularity metrics, full-ranking metrics (``full_hr@10`` …, absent
+    where the run ranked no user against every item) and training minutes, as MLflow
+    recorded them."""
     from trainers import tracking
 
     run = tracking.client(cfg).get_run(run_id)
@@ -47,8 +52,10 @@ def mlflow_facts(cfg, run_id: str, protocol) -> dict:
     popularity = {f"test_{m}": metrics.get(tracking.metric_name(f"popularity_test_{m}"))
                   for m in protocol.test_metrics}
     popularity[f"valid_{chosen}"] = metrics.get(tracking.metric_name(f"popularity_valid_{chosen}"))
+    full = {f"full_{m}": metrics.get(tracking.metric_name(f"full_{m}")) for m in FULL_METRICS}
     end = run.info.end_time or run.info.start_time
-    return {"popularity": popularity, "train_min": (end - run.info.start_time) / 60_000}
+    return {"popularity": popularity, "full": full,
+            "train_min": (end - run.info.start_time) / 60_000}
 
 
 def compared_rows(cfg, models: list[str], epochs: int | None, timings: dict,
@@ -83,7 +90,7 @@ def compared_rows(cfg, models: list[str], epochs: int | None, timings: dict,
             rows.append({**row, "model": "random (expected)"})
             continue
         facts = mlflow_facts(cfg, row["run_id"], protocol)
-        rows.append({**row, "train_min": facts["train_min"]})
+        rows.append({**row, **facts["full"], "train_min": facts["train_min"]})
         popularity = facts["popularity"]  # the same lists for every model
     rows.insert(0, {"model": "popularity", "best_epoch": "", "train_min": "", **popularity})
     return rows, protocol, manifests["ingest"]

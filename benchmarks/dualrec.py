@@ -92,7 +92,7 @@ def main() -> None:
     print(f"{USERS} users, {ITEMS} items, {len(sequences.items)} interactions; "
           f"batch {BATCH}, L {L}, {args.threads} threads"
           + (f", {args.steps} steps scaled to an epoch" if args.steps > 0 else ""))
-    print(f"| model | s / epoch | rows / s |\n|---|---:|---:|")
+    print("| model | s / epoch | rows / s |\n|---|---:|---:|")
     for name in args.models.split(","):
         seconds, rate = train_one_epoch(name, sequences, train, args.steps)
         print(f"| {name} | {seconds:.1f} | {rate:.0f} |", flush=True)

@@ -16,9 +16,11 @@ Train, evaluation, MLflow, as ``seqrec compare``):
   minutes;
 - under ``leave_one_out``, RecBole 1.2.1's SASRec with CE and with BPR on the same
   sequences (benchmarks/recbole_rows.py: our index's sequences as an S3-Rec ``<Name>.txt``,
-  so RecBole's valid and test items are ours; our SASRec preset's sizes; ``uni99``
-  evaluation, drawn again at each evaluation where ours are fixed per user). ``--no-recbole``
-  leaves them out.
+  so RecBole's valid and test items are ours; our SASRec preset's sizes), evaluated by full
+  ranking (``--recbole-mode full``, the default: every item, the history excluded) beside
+  every model's own full ranking of all its users (the ``full_*`` columns), or by ``uni99``
+  (``test_*``: 99 uniform items drawn again at each evaluation where ours are fixed per
+  user; ~10 minutes an evaluation here). ``--no-recbole`` leaves them out.
 
 Every model trains with its preset (the table's d, its own ``train:`` keys; BERT4Rec's lr
 1e-4 and 5,300-epoch cap), capped at ``--epochs`` when given (early stopping, patience 10,
@@ -40,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.comparison_table import compared_rows, table  # noqa: E402
+from benchmarks.comparison_table import FULL_METRICS, compared_rows, table  # noqa: E402
 from benchmarks.recbole_rows import (LOSSES, missing_venv, recbole_row,  # noqa: E402
                                      sasrec_args, write_sequences)
 from conf.loading import load_config  # noqa: E402
@@ -96,6 +98,9 @@ def main() -> None:
     parser.add_argument("--recbole-epochs", type=int, default=50)
     parser.add_argument("--recbole-patience", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--recbole-mode", choices=["full", "uni99"], default="full",
+                        help="RecBole's evaluation (benchmarks/recbole_rows.py: its uni99 "
+                             "takes ~10 min an evaluation on this log's users)")
     args = parser.parse_args()
     datasets = args.datasets.split(",")
     unknown = set(datasets) - set(MODELS)
@@ -123,14 +128,16 @@ def main() -> None:
             rows += [recbole_row(["--sequences", str(source)],
                                  work / name / "recbole" / loss.lower() / "result.json", loss,
                                  sasrec_args(cfg), args.recbole_epochs, args.recbole_patience,
-                                 args.threads, timings) for loss in LOSSES]
+                                 args.threads, timings, args.recbole_mode)
+                     for loss in LOSSES]
         popularity = rows[0]
+        full = tuple(f"full_{m}" for m in FULL_METRICS)
         for row in rows[1:]:
             if not row["model"].startswith("random"):  # RecBole's too: the same test users
                 row["margin"] = margin(row, popularity, protocol.name)
         tables.append(f"### {name} ({protocol.name})\n\n"
                       f"{shape_table(name, ingest, popularity, protocol.name)}\n\n"
-                      f"{table(rows, protocol, extra=('margin',))}")
+                      f"{table(rows, protocol, extra=('margin', *full))}")
         print(f"\n{tables[-1]}\n", flush=True)
     print("\n\n".join(tables))
     print("\n| part | seconds |\n|---|---:|")

@@ -63,7 +63,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.comparison_table import compared_rows, mlflow_facts, table  # noqa: E402
+from benchmarks.comparison_table import (FULL_METRICS, compared_rows,  # noqa: E402
+                                         mlflow_facts, table)
 from benchmarks.recbole_rows import LOSSES, missing_venv, recbole_row, sasrec_args  # noqa: E402
 from conf.loading import load_config  # noqa: E402
 from conf.schema import FEEDBACK, LEAVE_ONE_OUT, SLICES  # noqa: E402
@@ -115,10 +116,11 @@ def ours(inter: Path, work: Path, protocol_name: str, models: list[str], epochs:
         start = time.perf_counter()
         trained, evaluated = run_training(ce), run_evaluation(ce)
         timings[f"{protocol_name} sasrec-ce"] = time.perf_counter() - start
+        facts = mlflow_facts(ce, trained["run_id"], protocol)
         rows.append({"model": "sasrec-ce", "best_epoch": trained["best_epoch"],
                      f"valid_{chosen}": trained["valid"][chosen],
                      **{f"test_{m}": evaluated["test"][m] for m in protocol.test_metrics},
-                     "train_min": mlflow_facts(ce, trained["run_id"], protocol)["train_min"]})
+                     **facts["full"], "train_min": facts["train_min"]})
     return rows, protocol
 
 
@@ -135,6 +137,8 @@ def main() -> None:
     parser.add_argument("--recbole-patience", type=int, default=10)
     parser.add_argument("--no-recbole", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--recbole-mode", choices=["uni99", "full"], default="uni99",
+                        help="RecBole's evaluation (benchmarks/recbole_rows.py)")
     parser.add_argument("--work", type=Path, default=ROOT / "data" / "bench" / "ml-100k")
     args = parser.parse_args()
     inter, work = args.inter.resolve(), args.work.resolve()
@@ -158,8 +162,10 @@ def main() -> None:
             rows += [recbole_row(["--inter", str(inter), "--kcore", "5"],
                                  work / "recbole" / loss.lower() / f"sasrec-{loss.lower()}.json",
                                  loss, sasrec, args.recbole_epochs, args.recbole_patience,
-                                 args.threads, timings) for loss in LOSSES]
-        tables.append(f"### {name}\n\n{table(rows, protocol)}")
+                                 args.threads, timings, args.recbole_mode)
+                     for loss in LOSSES]
+        full = tuple(f"full_{m}" for m in FULL_METRICS)
+        tables.append(f"### {name}\n\n{table(rows, protocol, extra=full)}")
         print(f"\n{tables[-1]}\n", flush=True)
     print("\n\n".join(tables))
     print("\n| part | seconds |\n|---|---:|")
