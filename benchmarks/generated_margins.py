@@ -108,7 +108,7 @@ def main() -> None:
         parser.error(f"unknown datasets {sorted(unknown)}; known: {', '.join(MODELS)}")
     if not args.no_recbole and missing_venv():
         sys.exit(missing_venv())
-    from spark_jobs.sample_data import generate
+    from spark_jobs.sample_data import generate, why_generate
 
     work = args.work.resolve()
     tables, timings = [], {}
@@ -119,7 +119,8 @@ def main() -> None:
             f"tracking.uri=sqlite:///{work}/mlflow.db", f"tracking.artifact_location={work}/mla",
             *([f"train.epochs={args.epochs}"] if args.epochs else []), *args.set])
         start = time.perf_counter()
-        generate(cfg)
+        if why_generate(cfg):  # as the flow: an unchanged sample is reused, so ingest and
+            generate(cfg)  # index are skipped and a finished or interrupted run resumes
         timings[f"{name} generate"] = time.perf_counter() - start
         rows, protocol, ingest = compared_rows(cfg, models, args.epochs, timings, name)
         if protocol.name == LEAVE_ONE_OUT and not args.no_recbole:
