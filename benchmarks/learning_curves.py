@@ -35,7 +35,8 @@ metrics beside popularity's on the same lists. Measured on the Toys-shaped ``sam
   at 7, and at lr 1e-2 it memorises as with P_u (train loss 1.36 -> 0.92 in 11 epochs,
   valid 0.247 -> 0.203). The paper's skip targets (each window's next T = 3 items, the
   preset now): valid 0.265 at 13, 0.298 at 40 (MRR 0.122 -> 0.154, still rising while
-  train loss falls to 0.41); test 0.295 (1.24x) after 40 epochs.
+  train loss falls to 0.41); test 0.295 (1.24x) after 40 epochs. Through the pipeline:
+  best valid MRR 0.1795 at epoch 77, still rising (T = 1: 0.1256 at 19, early stop).
 """
 
 from __future__ import annotations
