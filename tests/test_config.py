@@ -125,10 +125,13 @@ def test_a_papers_table_sizes_reach_every_model_that_has_them(tmp_path):
 
 
 def test_a_papers_table_recipe_beats_each_model_presets_own(tmp_path):
-    """GRU4Rec's preset trains at lr 1e-2 (issue 23) where no paper sets a recipe for the
-    whole table; DFAR's lr 1e-4 and batch 200 (``table.train``) reach every model of its
-    table, GRU4Rec's own lr included; a user file or an override still beats both."""
+    """GRU4Rec's preset, and DualRec on its GRU backbone, train at lr 1e-2 (issue 23) where
+    no paper sets a recipe for the whole table; DFAR's lr 1e-4 and batch 200
+    (``table.train``) reach every model of its table, GRU4Rec's own lr included; a user
+    file or an override still beats both."""
     assert load_config("sample-loo", "gru4rec").train.lr == 0.01
+    assert load_config("ml-100k", "dual_gru4rec").train.lr == 0.01
+    assert load_config("ml-100k", "dualrec").train.lr == 0.001  # DualRec's own recipe
     assert load_config("sample-loo", "sasrec").train.lr == 0.001
     toys = load_config("toys-feedback", "gru4rec")
     assert (toys.train.lr, toys.train.batch_size) == (0.0001, 200)
