@@ -65,18 +65,18 @@ class CaserParams(ObjectiveParams):
     vertical_filters: int = Field(gt=0)  # n_v (paper: 4)
     dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.5
     loss: Literal["bce", "ce", "sampled_softmax", "gbce"]  # bce: Eq. 11 (objectives.py)
-    personalized: bool = True  # P_u in Eq. 7; false: the paper's Caser without p (Sec. 4.5)
+    personalized: bool  # P_u in Eq. 7; false: the paper's Caser without p (Sec. 4.5)
     targets_ahead: int = Field(ge=1)  # T: items after each window (paper: 3)
 
 
-def skip_targets(sequence: torch.Tensor, sequence_label: torch.Tensor | None,
-                 pairs: tuple[torch.Tensor, ...], T: int) -> list[tuple[torch.Tensor, ...]]:
+def skip_targets(sequence: torch.Tensor, pairs: tuple[torch.Tensor, ...],
+                 T: int) -> list[tuple[torch.Tensor, ...]]:
     """The T items after each window (Eq. 10-11's D_u: "skip" targets), block k = 1..T.
 
     Args:
         sequence: (B, L) item ids, left-padded with 0.
-        sequence_label: (B, L) feedback labels, or None (every event positive).
-        pairs: :func:`history_pairs` of the sequence: block 1 (the next item, (B, L-1)).
+        pairs: :func:`history_pairs` of the sequence: block 1 (the next item, (B, L-1)),
+            whose labels (feedback, or all 1) and negatives the later blocks reuse.
         T: targets per window.
     Returns:
         [(targets, labels, negatives, valid)] for k = 1..min(T, L-1), each (B, L-k): window
@@ -168,7 +168,7 @@ class Caser(nn.Module):
             num_items = self.item.weight.shape[0] - 1
             pairs = history_pairs(sequence, num_items, sequence_label,
                                   batch.get("next_negatives"))
-            skips = skip_targets(sequence, sequence_label, pairs, self.params.targets_ahead)
+            skips = skip_targets(sequence, pairs, self.params.targets_ahead)
             zp = torch.cat([states, P_u.unsqueeze(1).expand(-1, L, -1)], dim=-1)  # (B, L, 2d)
             if self.params.loss == "bce":
                 # window p's k-th target sits at column p of block k: states [:, :L-k]
