@@ -49,7 +49,8 @@ from conf.loading import load_config  # noqa: E402
 from conf.schema import FEEDBACK, LEAVE_ONE_OUT  # noqa: E402
 
 MODELS = {  # each paper's comparison table (README, "Models and comparison")
-    "sample-loo": "dualrec,dual_gru4rec,dual_fmlp,fmlp,bert4rec,sasrec,gru4rec,caser",
+    "sample-loo": ("dualrec,dual_gru4rec,dual_fmlp,fmlp,bert4rec,sasrec,sasrec:loss=ce,gru4rec,"
+                  "caser"),  # sasrec:loss=ce: beside RecBole's CE row and the field's objective
     "sample-feedback": "dfar,tha4rec,din,dien,dfn,feedrec,gru4rec,sasrec,caser",
 }
 # popularity on the real logs these samples imitate, and each protocol's margin

@@ -14,8 +14,8 @@ Per protocol, through the real stages (Spark ingest and index, then
 
 - ``leave_one_out`` (DualRec Table 2's models): the ml-100k preset, every rating an
   interaction, iterative 5-core, 99 negatives per user, L = 50, d = 64. Beside them: our
-  SASRec once more with its full-softmax CE (``model.params.loss=ce``, run name
-  ``sasrec-ce``), and RecBole's SASRec trained with CE and with BPR
+  SASRec once more with its full-softmax CE (the row ``sasrec:loss=ce``, as
+  ``seqrec compare --models`` takes it), and RecBole's SASRec trained with CE and with BPR
   (benchmarks/recbole_runner.py in ``.venv-recbole``) on the same file with the same 5-core,
   d, blocks, heads, dropout, L, lr and batch, leave-one-out by time (``LS: valid_and_test``,
   ``order: TO``) and ``uni99`` evaluation: 1 target + 99 uniform unseen items, the candidate
@@ -57,21 +57,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.comparison_table import (FULL_METRICS, compared_rows,  # noqa: E402
-                                         mlflow_facts, table)
+from benchmarks.comparison_table import FULL_METRICS, compared_rows, table  # noqa: E402
 from benchmarks.recbole_rows import LOSSES, missing_venv, recbole_row, sasrec_args  # noqa: E402
 from conf.loading import load_config  # noqa: E402
 from conf.schema import FEEDBACK, LEAVE_ONE_OUT, SLICES  # noqa: E402
 
 DEFAULT_FILE = ROOT / "data" / "raw" / "ml-100k" / "ml-100k.inter"
 MODELS = {  # each paper's comparison table (README, "Models and comparison")
-    LEAVE_ONE_OUT: "dualrec,dual_gru4rec,dual_fmlp,fmlp,bert4rec,sasrec,gru4rec,caser",
+    # + SASRec with the full-softmax CE that RecBole's CE row has (a compare variant row)
+    LEAVE_ONE_OUT: ("dualrec,dual_gru4rec,dual_fmlp,fmlp,bert4rec,sasrec,sasrec:loss=ce,gru4rec,"
+                   "caser"),
     FEEDBACK: "dfar,tha4rec,din,dien,dfn,feedrec,gru4rec,sasrec,caser",
     SLICES: "score,svdpp,delf,gru4rec,caser,sasrec,rrn,deems",
 }
@@ -91,36 +91,20 @@ OVERRIDES = {
              "table.params={}"],
 }
 
-def config(inter: Path, work: Path, protocol: str, epochs: int | None, model: str = "sasrec",
-           extra: list[str] = ()):
+def config(inter: Path, work: Path, protocol: str, epochs: int | None):
     """The ml-100k preset on ``inter`` under ``protocol``; stages in ``<work>/<protocol>``."""
-    return load_config("ml-100k", model, "local", [
+    return load_config("ml-100k", "sasrec", "local", [
         f"paths.raw_dir={inter.parent}", f"dataset.files=[{inter.name}]",
         f"paths.work_dir={work}/{protocol}", f"tracking.uri=sqlite:///{work}/mlflow.db",
         f"tracking.artifact_location={work}/mla", *OVERRIDES[protocol],
-        *([f"train.epochs={epochs}"] if epochs else []), *extra])
+        *([f"train.epochs={epochs}"] if epochs else [])])
 
 
 def ours(inter: Path, work: Path, protocol_name: str, models: list[str], epochs: int | None,
          timings: dict) -> tuple[list[dict], object]:
-    """Ingest, index and compare ``models`` (+ SASRec with CE under leave_one_out)."""
-    from trainers.evaluate import run_evaluation
-    from trainers.train import run_training
-
-    cfg = config(inter, work, protocol_name, epochs)
-    rows, protocol, _ = compared_rows(cfg, models, epochs, timings, protocol_name)
-    chosen = protocol.selection_metric
-    if protocol_name == LEAVE_ONE_OUT:  # our SASRec with the loss RecBole's CE row has
-        ce = config(inter, work, protocol_name, epochs, "sasrec",
-                    ["model.params.loss=ce", "train.run_name=sasrec-ce"])
-        start = time.perf_counter()
-        trained, evaluated = run_training(ce), run_evaluation(ce)
-        timings[f"{protocol_name} sasrec-ce"] = time.perf_counter() - start
-        facts = mlflow_facts(ce, trained["run_id"], protocol)
-        rows.append({"model": "sasrec-ce", "best_epoch": trained["best_epoch"],
-                     f"valid_{chosen}": trained["valid"][chosen],
-                     **{f"test_{m}": evaluated["test"][m] for m in protocol.test_metrics},
-                     **facts["full"], "train_min": facts["train_min"]})
+    """Ingest, index and compare ``models`` (rows as ``seqrec compare --models``)."""
+    rows, protocol, _ = compared_rows(config(inter, work, protocol_name, epochs), models,
+                                      epochs, timings, protocol_name)
     return rows, protocol
 
 

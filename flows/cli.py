@@ -245,7 +245,8 @@ def pipeline(dataset: DatasetOpt = "sample", model: ModelOpt = "score",
 @app.command()
 def compare(dataset: DatasetOpt = "sample",
             models: Annotated[str, typer.Option(
-                "--models", help="comma-separated model presets, in table order")] = (
+                "--models", help="comma-separated model presets, in table order; a "
+                "preset's variant as name:key=value (sasrec:loss=ce, gru4rec:train.lr=0.001)")] = (
                 "score,svdpp,delf,gru4rec,caser,sasrec,rrn,deems"),
             profile: ProfileOpt = "local", config: ConfigOpt = None,
             set_: SetOpt = None, seeds: SeedsOpt = None, wait: WaitOpt = False,
@@ -255,8 +256,14 @@ def compare(dataset: DatasetOpt = "sample",
     and bar chart (SCoRe Table 3). model.* overrides apply to the first model."""
     names = [m.strip() for m in models.split(",") if m.strip()]
     seed_list = _seeds(seeds)
-    cfg = _config(dataset, names[0] if names else "score", profile, config, set_)
-    from trainers.compare import model_configs
+    from trainers.compare import model_configs, parse_row
+
+    try:
+        first = parse_row(names[0]).model if names else "score"
+    except ValueError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    cfg = _config(dataset, first, profile, config, set_)
 
     try:
         model_configs(cfg, names)  # unknown, repeated or preset-less models: fail up front
@@ -268,7 +275,7 @@ def compare(dataset: DatasetOpt = "sample",
 
     _console_without_tracebacks()
     with _one_line_failures(cfg, "compare"), _held(cfg, f"compare {models} {dataset}", wait):
-        result = pipeline_flow(dataset=dataset, model=names[0], profile=profile,
+        result = pipeline_flow(dataset=dataset, model=first, profile=profile,
                                overrides=set_ or [], config_file=config, models=names,
                                seeds=seed_list)
     if json_:

@@ -268,7 +268,8 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
         profile: ``local`` or ``cluster`` (conf/profiles).
         overrides: ``key.sub=value`` strings, as ``--set`` on the CLI.
         config_file: an extra YAML file applied before the overrides.
-        models: when given, compare these model presets instead of training ``model``:
+        models: when given, compare these model presets (or variants, ``sasrec:loss=ce``:
+            trainers.compare.parse_row) instead of training ``model``:
             the data stages run as usual, then each model is trained and evaluated and one
             comparison table is logged (model.* overrides apply to the first); nothing is
             registered.
@@ -292,9 +293,9 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
     logger = get_run_logger()
     overrides = list(overrides or [])
     if models:
-        from trainers.compare import model_configs
+        from trainers.compare import model_configs, parse_row
 
-        model = models[0]
+        model = parse_row(models[0]).model
         model_configs(load_config(dataset, model, profile, overrides, config_file), models)
     cfg = load_config(dataset, model, profile, overrides, config_file)
     with work_lock(cfg.paths.work_dir, f"seqrec pipeline {model} {dataset}", wait=wait,

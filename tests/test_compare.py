@@ -20,6 +20,7 @@ from trainers.compare import (
     markdown_table,
     model_config,
     model_configs,
+    parse_row,
     random_row,
     run_comparison,
     skipped_models,
@@ -112,6 +113,64 @@ def test_seeds_give_means_intervals_paired_tests_and_nested_runs(ray_local, tmp_
         run_comparison(cfg, ["svdpp"], seeds=[1, 1])
 
 
+@pytest.mark.slow  # starts Ray and trains two models (~30 s idle box)
+def test_a_variant_row_trains_its_overrides_in_its_own_run_beside_the_preset(ray_local,
+                                                                            tmp_path):
+    """Issue 23: ``sasrec:loss=ce`` beside ``sasrec`` in one table (here SVD++ on tiny data)."""
+    from mlflow import MlflowClient
+
+    tiny_index.write_index(tmp_path / "work")
+    cfg = tiny_index.tiny_config(tmp_path, ["train.epochs=1", "train.full_rank_users=0"])
+    variant = "svdpp:embed_dim=8:train.lr=0.01"
+    result = run_comparison(cfg, ["svdpp", variant])
+
+    plain, changed = result["rows"]
+    assert (plain["model"], changed["model"]) == ("svdpp", variant)
+    assert plain["run_id"] != changed["run_id"]
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    params = {row["model"]: client.get_run(row["run_id"]).data.params for row in (plain, changed)}
+    assert params["svdpp"]["model.params.embed_dim"] == "16"  # the preset's
+    assert params[variant]["model.params.embed_dim"] == "8"
+    assert (params["svdpp"]["train.lr"], params[variant]["train.lr"]) == ("0.05", "0.01")
+    assert params[variant]["train.run_name"] == "svdpp-embed_dim-8-train.lr-0.01"
+    assert (Path(cfg.paths.work_dir) / "train" / "svdpp-embed_dim-8-train.lr-0.01").is_dir()
+    parent = client.get_run(result["run_id"]).data.metrics
+    assert parent["svdpp-embed_dim-8-train.lr-0.01_test_mrr"] == pytest.approx(changed["test_mrr"])
+    assert parent["svdpp_test_mrr"] == pytest.approx(plain["test_mrr"])
+    assert f"| {variant} |" in result["table"]
+
+
+def test_a_variant_row_sets_model_params_and_train_keys_on_its_preset(tmp_path):
+    cfg = load_config("sample-loo", "dualrec")
+    plain, variant = model_configs(cfg, ["sasrec", "sasrec:loss=ce"])
+    assert plain.model.params["loss"] == "bce" and variant.model.params["loss"] == "ce"
+    assert {k: v for k, v in variant.model.params.items() if k != "loss"} == \
+        {k: v for k, v in plain.model.params.items() if k != "loss"}
+    assert (plain.train.run_name, variant.train.run_name) == (None, "sasrec-loss-ce")
+    assert variant.train.model_copy(update={"run_name": None}) == plain.train
+    # The first model keeps cfg's own section (and overrides); a dotted spelling works too.
+    first = model_config(cfg, "dualrec:model.params.beta=0:train.lr=0.01")
+    assert (first.model.params["beta"], first.train.lr) == (0, 0.01)
+    assert first.model.params["alpha"] == cfg.model.params["alpha"]
+    assert parse_row("gru4rec:train.lr=0.001:loss=ce") == (
+        "gru4rec:train.lr=0.001:loss=ce", "gru4rec", {"loss": "ce"}, {"lr": 0.001})
+
+    with pytest.raises(ValueError, match="(?s)'sasrec:loss=nope'.*loss"):
+        model_config(cfg, "sasrec:loss=nope")  # the model's Params reject it up front
+    with pytest.raises(ValueError, match="(?s)'sasrec:nope=1'.*nope"):
+        model_config(cfg, "sasrec:nope=1")
+    with pytest.raises(ValueError, match="(?s)'sasrec:train.nope=1'.*nope"):
+        model_config(cfg, "sasrec:train.nope=1")
+    with pytest.raises(ValueError, match="'sasrec:loss': 'loss' must look like key=value"):
+        model_config(cfg, "sasrec:loss")
+    with pytest.raises(ValueError, match="neither a model parameter nor a train"):
+        model_config(cfg, "sasrec:index.max_len=10")
+    with pytest.raises(KeyError, match="unknown model 'nope'"):
+        model_config(cfg, "nope:loss=ce")
+    with pytest.raises(ValueError, match=r"one run folder \(sasrec-loss-ce\)"):
+        model_configs(cfg, ["sasrec:loss=ce", "sasrec:train.run_name=sasrec-loss-ce"])
+
+
 def test_bad_model_lists_fail_before_any_run(tmp_path):
     from mlflow import MlflowClient
 
@@ -136,12 +195,18 @@ def test_cli_compare_names_an_unknown_model(tmp_path):
                                       "--set", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
     assert result.exit_code == 2
     assert "unknown model 'nope'" in result.output
+    for models, said in (("rrn:embed_dim", "'embed_dim' must look like key=value"),
+                         ("svdpp,rrn:nope=1", "compare row 'rrn:nope=1'")):
+        result = CliRunner().invoke(app, ["compare", "--models", models,
+                                          "--set", f"paths.work_dir={tmp_path}/work"])
+        assert result.exit_code == 2 and said in result.output, result.output
 
 
 def test_protocol_skips_the_models_it_cannot_feed(tmp_path):
     tiny_index.write_sequence_index(tmp_path / "work", "leave_one_out")
     cfg = tiny_index.tiny_config(tmp_path)
-    configs = model_configs(cfg, ["test_tiny", "svdpp", "score", "gru4rec"])
+    rows = ["test_tiny", "svdpp", "score", "gru4rec"]
+    configs = dict(zip(rows, model_configs(cfg, rows)))
     skipped = skipped_models(PROTOCOLS["leave_one_out"], configs)
     assert set(skipped) == {"test_tiny", "score"}  # the others read the sequence only
     assert skipped["score"] == ("needs slice_sets, which the leave_one_out protocol does not "

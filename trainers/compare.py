@@ -8,6 +8,13 @@ several models on one dataset and put their test metrics side by side.
 A model already trained with the same config is skipped by the training stage as usual, so a
 rerun only evaluates.
 
+A row may be a variant of a preset: ``name:key=value[:key=value...]``, e.g.
+``sasrec:loss=ce`` beside ``sasrec`` (issue 23: a paper's table against its baseline's
+paper objective and the objective the field now uses). A bare key is a ``model.params`` key
+(``model.params.<key>`` too), ``train.<key>`` a training key; values parse as YAML, as
+``--set``. The variant trains in its own run folder (``train.run_name``
+``sasrec-loss-ce``, :func:`variant_run_name`) and its row is labelled as written.
+
 The index's protocol decides which models run and which columns the table has: a model
 whose required ``inputs`` the protocol cannot feed (its ``feeds``, trainers/protocols.py; e.g.
 SCoRe's slice sets under ``leave_one_out``) is skipped with its reason, in the returned
@@ -30,15 +37,19 @@ import csv
 import io
 import logging
 import math
+import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import yaml
+from pydantic import ValidationError
 
 from conf.loading import load_config, preset_section
 from conf.schema import PipelineConfig, TrainConfig
+from store.runs import run_name
 from trainers import tracking
 from trainers.protocols import EvaluationProtocol, protocol_at
 from trainers.registry import model_class
@@ -69,20 +80,88 @@ def columns(protocol: EvaluationProtocol, seeds: bool = False) -> tuple[str, ...
             "fit_train_auc", "fit_gap_auc", "run_id")
 
 
-def model_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
-    """``cfg`` with the model section of ``name``'s preset (``cfg``'s own if it names it),
+class RowSpec(NamedTuple):
+    """One row of a comparison as written on the command line: a model preset and the
+    overrides of its variant (both empty for the preset itself)."""
+    label: str  # as written, e.g. "sasrec:loss=ce": the table's model column
+    model: str  # the registered model, e.g. "sasrec"
+    params: dict[str, Any]  # model.params overrides
+    train: dict[str, Any]  # train overrides
+
+
+def parse_row(text: str) -> RowSpec:
+    """``name[:key=value...]`` -> :class:`RowSpec` (module docstring: the key forms).
+
+    Raises:
+        ValueError: an empty name, a part without ``=``, or a key outside ``model.params``
+            and ``train``.
+    """
+    name, *parts = text.strip().split(":")
+    if not name:
+        raise ValueError(f"compare row {text!r} has no model name")
+    params: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    for part in parts:
+        key, sep, raw = part.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"compare row {text!r}: {part!r} must look like key=value")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if key.startswith("train."):
+            train[key.removeprefix("train.")] = value
+        elif "." not in key or key.startswith("model.params."):
+            params[key.removeprefix("model.params.")] = value
+        else:
+            raise ValueError(f"compare row {text!r}: {key!r} is neither a model parameter "
+                             "nor a train.<key>; other sections are the comparison's own "
+                             "(--set)")
+    return RowSpec(text.strip(), name.strip(), params, train)
+
+
+def variant_run_name(base: str, spec: RowSpec) -> str:
+    """The run folder of a variant: ``base`` (the preset's run name) then each override as
+    ``-key-value``, every character MLflow's metric names forbid as ``_``
+    (``sasrec:loss=ce`` -> ``sasrec-loss-ce``)."""
+    suffix = "".join(f"-{key}-{value}" for key, value in
+                     (*spec.params.items(), *((f"train.{k}", v) for k, v in spec.train.items())))
+    return re.sub(r"[^\w.\-]", "_", base + suffix)
+
+
+def model_config(cfg: PipelineConfig, row: str) -> PipelineConfig:
+    """``cfg`` with the model section of ``row``'s preset (``cfg``'s own if it names it),
     under the dataset's ``table.params`` where the model has them (DualRec's d = 64 and
     DFAR's 32 for every model of their tables), and the ``train`` keys that preset sets:
     each model trains with its paper's recipe (DualRec's weight decay, plateau halving
     and clipping) under the dataset's ``table.train`` (DFAR's lr and batch for every model of
     its table), as a single ``seqrec train --model <name>`` would; every other train key (epochs,
     patience, workers, ...) stays the comparison's, except where the preset sets it itself
-    (BERT4Rec's epochs: its lr 1e-4 needs more than the datasets' cap).
+    (BERT4Rec's epochs: its lr 1e-4 needs more than the datasets' cap). A variant row
+    (``sasrec:loss=ce``, :func:`parse_row`) then sets its overrides on top, in its own run
+    folder (:func:`variant_run_name`).
 
     Raises:
-        KeyError: ``name`` is not a registered model.
+        KeyError: the row's model is not registered.
         conf.loading.ConfigError: the model has no preset in conf/models.
+        ValueError: a malformed row, or overrides its model or ``train`` rejects.
     """
+    spec = parse_row(row)
+    cfg = _preset_config(cfg, spec.model)
+    if not spec.params and not spec.train:
+        return cfg
+    params = {**cfg.model.params, **spec.params}
+    try:
+        model_class(spec.model).Params.model_validate(params)
+        train = TrainConfig.model_validate({**cfg.train.model_dump(), **spec.train})
+    except ValidationError as exc:
+        raise ValueError(f"compare row {row!r}: {exc}") from None
+    if "run_name" not in spec.train:
+        train = train.model_copy(update={"run_name": variant_run_name(run_name(cfg), spec)})
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"params": params}),
+                                  "train": train})
+
+
+def _preset_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
+    """:func:`model_config` for the preset ``name`` itself (no variant)."""
     model_class(name)  # unknown names fail here, listing the registered ones
     if name == cfg.model.name:
         return cfg
@@ -98,10 +177,11 @@ def model_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
 
 
 def model_configs(cfg: PipelineConfig, models: list[str]) -> list[PipelineConfig]:
-    """One config per model (:func:`model_config`), after checking the list.
+    """One config per row (:func:`model_config`), after checking the list.
 
     Raises:
-        ValueError: no models, or a model listed twice.
+        ValueError: no models, a row listed twice, or two rows that would train in one run
+            folder.
         KeyError, ConfigError: as :func:`model_config`.
     """
     if not models:
@@ -109,17 +189,24 @@ def model_configs(cfg: PipelineConfig, models: list[str]) -> list[PipelineConfig
     repeated = sorted({m for m in models if models.count(m) > 1})
     if repeated:
         raise ValueError(f"models listed more than once: {', '.join(repeated)}")
-    return [model_config(cfg, name) for name in models]
+    configs = [model_config(cfg, row) for row in models]
+    folders = [run_name(c) for c in configs]
+    shared = sorted({f for f in folders if folders.count(f) > 1})
+    if shared:
+        raise ValueError(f"rows that would train in one run folder ({', '.join(shared)}): "
+                         + ", ".join(m for m, f in zip(models, folders) if f in shared))
+    return configs
 
 
-def skipped_models(protocol: EvaluationProtocol, configs: list[PipelineConfig]) -> dict[str, str]:
-    """Model name -> why ``protocol`` cannot run it (models it can run are absent)."""
+def skipped_models(protocol: EvaluationProtocol,
+                   rows: dict[str, PipelineConfig]) -> dict[str, str]:
+    """Row label -> why ``protocol`` cannot run its model (rows it can run are absent)."""
     skipped = {}
-    for model_cfg in configs:
+    for label, model_cfg in rows.items():
         required, _ = declared_inputs(model_class(model_cfg.model.name))
         unfed = protocol.unfed(required)
         if unfed:
-            skipped[model_cfg.model.name] = (
+            skipped[label] = (
                 f"needs {', '.join(sorted(unfed))}, which the {protocol.name} protocol does not "
                 f"feed (it feeds {', '.join(sorted(protocol.feeds))})")
     return skipped
@@ -139,7 +226,8 @@ def run_comparison(cfg: PipelineConfig, models: list[str],
 
     Args:
         cfg: the composed config (dataset, paths, training, tracking).
-        models: registered model names, each with a preset; order is the table's order.
+        models: rows in table order: registered model names, each with a preset, or a
+            preset's variant ``name:key=value...`` (:func:`parse_row`).
         seeds: train every model once per seed (only ``train.seed`` varies; one nested run
             each); the table then gives each test metric as mean ± 95 % half-width and
             marks the cells the best model beats by both paired tests over users
@@ -151,23 +239,23 @@ def run_comparison(cfg: PipelineConfig, models: list[str],
         references, ``test_<metric>`` and the train/valid AUC gap (``fit_train_auc``,
         ``fit_gap_auc``: evaluation's ``fit``); then the ``random`` row where the protocol
         has one (``feedback``)),
-        ``skipped`` (model -> reason), ``table`` (markdown) and ``csv`` (text).
+        ``skipped`` (row -> reason), ``table`` (markdown) and ``csv`` (text).
 
     Raises:
-        ValueError: no models, a model listed twice, repeated seeds, or no listed model can
+        ValueError: no models, a row listed twice or malformed, repeated seeds, or no listed model can
             run under the protocol (each reason named).
         KeyError, ConfigError: an unknown model or one without a preset (before any training).
         FileNotFoundError: no index (run ``seqrec index`` first).
         Any error of a train or evaluate stage; the parent run is then marked FAILED.
     """
-    configs = model_configs(cfg, models)  # all checked before anything is trained
+    configs = dict(zip(models, model_configs(cfg, models)))  # all checked before training
     if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
         raise ValueError(f"seeds must be distinct and at least one: {seeds}")
     protocol = protocol_at(cfg.paths.work_dir)
     skipped = skipped_models(protocol, configs)
     for name, reason in skipped.items():
         log.warning("compare: skipping %s: %s", name, reason)
-    runnable = [c for c in configs if c.model.name not in skipped]
+    runnable = {label: c for label, c in configs.items() if label not in skipped}
     if not runnable:
         raise ValueError(f"no listed model runs under the {protocol.name} protocol: " + "; ".join(
             f"{name} {reason}" for name, reason in skipped.items()))
@@ -185,8 +273,8 @@ def run_comparison(cfg: PipelineConfig, models: list[str],
     ).info.run_id
     rows, per_user = [], {}
     try:
-        for model_cfg in runnable:
-            name, runs = model_cfg.model.name, []
+        for name, model_cfg in runnable.items():
+            runs = []
             for run_cfg in ([model_cfg] if seeds is None
                             else [seeded(model_cfg, s) for s in seeds]):
                 trained = run_training(run_cfg)
@@ -207,7 +295,10 @@ def run_comparison(cfg: PipelineConfig, models: list[str],
     with_seeds = seeds is not None
     table = markdown_table(rows, protocol, skipped, with_seeds)
     table_csv = csv_table(rows, protocol, with_seeds)
-    tracking.log_metrics(cfg, parent, {f"{row['model']}_test_{m}": row[f"test_{m}"]
+    # MLflow-safe keys: a variant's by its run folder (metric names take no ":" or "=")
+    keys = {label: run_name(c) for label, c in configs.items() if ":" in label}
+    tracking.log_metrics(cfg, parent, {f"{keys.get(row['model'], row['model'])}_test_{m}":
+                                       row[f"test_{m}"]
                                        for row in rows for m in protocol.test_metrics})
     if with_seeds:
         client.set_tag(parent, "seeds", ",".join(map(str, seeds)))
