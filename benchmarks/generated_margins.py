@@ -47,6 +47,7 @@ from benchmarks.recbole_rows import (LOSSES, missing_venv, recbole_row,  # noqa:
                                      sasrec_args, write_sequences)
 from conf.loading import load_config  # noqa: E402
 from conf.schema import FEEDBACK, LEAVE_ONE_OUT  # noqa: E402
+from trainers.compare import parse_row  # noqa: E402
 
 MODELS = {  # each paper's comparison table (README, "Models and comparison")
     "sample-loo": ("dualrec,dual_gru4rec,dual_fmlp,fmlp,bert4rec,sasrec,sasrec:loss=ce,gru4rec,"
@@ -115,7 +116,7 @@ def main() -> None:
     tables, timings = [], {}
     for name in datasets:
         models = getattr(args, f"models_{name.replace('-', '_')}").split(",")
-        cfg = load_config(name, models[0], "local", [
+        cfg = load_config(name, parse_row(models[0]).model, "local", [
             f"paths.raw_dir={work}/{name}/raw", f"paths.work_dir={work}/{name}/work",
             f"tracking.uri=sqlite:///{work}/mlflow.db", f"tracking.artifact_location={work}/mla",
             *([f"train.epochs={args.epochs}"] if args.epochs else []), *args.set])

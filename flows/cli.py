@@ -253,7 +253,7 @@ def compare(dataset: DatasetOpt = "sample",
             json_: JsonOpt = False) -> None:
     """The Prefect flow with its ``models`` parameter: (generate,) ingest and index as in
     ``pipeline``, then train and evaluate each model; one parent MLflow run with a table, CSV
-    and bar chart (SCoRe Table 3). model.* overrides apply to the first model."""
+    and bar chart (SCoRe Table 3). model.* overrides apply to every row of the first row's model."""
     names = [m.strip() for m in models.split(",") if m.strip()]
     seed_list = _seeds(seeds)
     from trainers.compare import model_configs, parse_row

@@ -271,8 +271,8 @@ def pipeline_flow(dataset: str = "sample", model: str = "score", profile: str = 
         models: when given, compare these model presets (or variants, ``sasrec:loss=ce``:
             trainers.compare.parse_row) instead of training ``model``:
             the data stages run as usual, then each model is trained and evaluated and one
-            comparison table is logged (model.* overrides apply to the first); nothing is
-            registered.
+            comparison table is logged (model.* overrides apply to every row of the first
+            row's model); nothing is registered.
         seeds: with ``models``, train each model once per seed (``train.seed``) and give
             means, 95 % intervals and paired tests over users (trainers/compare.py).
         wait: another run holds the work folder's lock (store/lock.py): wait for it; False

@@ -111,6 +111,8 @@ def test_seeds_give_means_intervals_paired_tests_and_nested_runs(ray_local, tmp_
     assert " ± " in result["table"] and "over 2 seeds" in result["table"]
     with pytest.raises(ValueError, match="distinct"):
         run_comparison(cfg, ["svdpp"], seeds=[1, 1])
+    with pytest.raises(ValueError, match="which --seeds sets for every row: svdpp:train.seed=5"):
+        run_comparison(cfg, ["svdpp", "svdpp:train.seed=5"], seeds=[1, 2])
 
 
 @pytest.mark.slow  # starts Ray and trains two models (~30 s idle box)
@@ -138,6 +140,9 @@ def test_a_variant_row_trains_its_overrides_in_its_own_run_beside_the_preset(ray
     assert parent["svdpp-embed_dim-8-train.lr-0.01_test_mrr"] == pytest.approx(changed["test_mrr"])
     assert parent["svdpp_test_mrr"] == pytest.approx(plain["test_mrr"])
     assert f"| {variant} |" in result["table"]
+    named = run_comparison(cfg, ["svdpp:train.run_name=a=b"])  # trained as the folder a=b
+    assert client.get_run(named["run_id"]).data.metrics["a_b_test_mrr"] == \
+        pytest.approx(named["rows"][0]["test_mrr"])
 
 
 def test_a_variant_row_sets_model_params_and_train_keys_on_its_preset(tmp_path):
@@ -163,6 +168,8 @@ def test_a_variant_row_sets_model_params_and_train_keys_on_its_preset(tmp_path):
         model_config(cfg, "sasrec:train.nope=1")
     with pytest.raises(ValueError, match="'sasrec:loss': 'loss' must look like key=value"):
         model_config(cfg, "sasrec:loss")
+    with pytest.raises(ValueError, match="'loss=\\[ce' is not a YAML value"):
+        model_config(cfg, "sasrec:loss=[ce")
     with pytest.raises(ValueError, match="neither a model parameter nor a train"):
         model_config(cfg, "sasrec:index.max_len=10")
     with pytest.raises(KeyError, match="unknown model 'nope'"):

@@ -90,11 +90,12 @@ class RowSpec(NamedTuple):
 
 
 def parse_row(text: str) -> RowSpec:
-    """``name[:key=value...]`` -> :class:`RowSpec` (module docstring: the key forms).
+    """``name[:key=value...]`` -> :class:`RowSpec` (module docstring: the key forms). A
+    value holds no ``:`` (the separator), nor ``,`` on the command line (``--models``).
 
     Raises:
-        ValueError: an empty name, a part without ``=``, or a key outside ``model.params``
-            and ``train``.
+        ValueError: an empty name, a part without ``=``, a value that is not YAML, or a key
+            outside ``model.params`` and ``train``.
     """
     name, *parts = text.strip().split(":")
     if not name:
@@ -106,7 +107,11 @@ def parse_row(text: str) -> RowSpec:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"compare row {text!r}: {part!r} must look like key=value")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ValueError(f"compare row {text!r}: {part!r} is not a YAML value: {exc}"
+                             ) from None
         if key.startswith("train."):
             train[key.removeprefix("train.")] = value
         elif "." not in key or key.startswith("model.params."):
@@ -124,7 +129,12 @@ def variant_run_name(base: str, spec: RowSpec) -> str:
     (``sasrec:loss=ce`` -> ``sasrec-loss-ce``)."""
     suffix = "".join(f"-{key}-{value}" for key, value in
                      (*spec.params.items(), *((f"train.{k}", v) for k, v in spec.train.items())))
-    return re.sub(r"[^\w.\-]", "_", base + suffix)
+    return mlflow_safe(base + suffix)
+
+
+def mlflow_safe(name: str) -> str:
+    """``name`` with every character an MLflow metric name cannot hold as ``_``."""
+    return re.sub(r"[^\w.\-]", "_", name)
 
 
 def model_config(cfg: PipelineConfig, row: str) -> PipelineConfig:
@@ -251,6 +261,9 @@ def run_comparison(cfg: PipelineConfig, models: list[str],
     configs = dict(zip(models, model_configs(cfg, models)))  # all checked before training
     if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
         raise ValueError(f"seeds must be distinct and at least one: {seeds}")
+    if seeds is not None and any("seed" in parse_row(row).train for row in models):
+        raise ValueError("a row sets train.seed, which --seeds sets for every row: "
+                         + ", ".join(row for row in models if "seed" in parse_row(row).train))
     protocol = protocol_at(cfg.paths.work_dir)
     skipped = skipped_models(protocol, configs)
     for name, reason in skipped.items():
@@ -289,17 +302,17 @@ def run_comparison(cfg: PipelineConfig, models: list[str],
             rows.append(random_row(evaluated["random_test"], protocol))
         if seeds is not None:
             mark_significance(rows, per_user, protocol)
+        # a variant's metrics by its run folder (metric names take no ":" or "=")
+        keys = {label: mlflow_safe(run_name(c)) for label, c in configs.items() if ":" in label}
+        tracking.log_metrics(cfg, parent, {f"{keys.get(row['model'], row['model'])}_test_{m}":
+                                           row[f"test_{m}"]
+                                           for row in rows for m in protocol.test_metrics})
     except BaseException:
         client.set_terminated(parent, status="FAILED")
         raise
     with_seeds = seeds is not None
     table = markdown_table(rows, protocol, skipped, with_seeds)
     table_csv = csv_table(rows, protocol, with_seeds)
-    # MLflow-safe keys: a variant's by its run folder (metric names take no ":" or "=")
-    keys = {label: run_name(c) for label, c in configs.items() if ":" in label}
-    tracking.log_metrics(cfg, parent, {f"{keys.get(row['model'], row['model'])}_test_{m}":
-                                       row[f"test_{m}"]
-                                       for row in rows for m in protocol.test_metrics})
     if with_seeds:
         client.set_tag(parent, "seeds", ",".join(map(str, seeds)))
     _log_artifacts(cfg, parent, rows, table, table_csv, protocol)
