@@ -23,8 +23,9 @@ Train, evaluation, MLflow, as ``seqrec compare``):
   user; ~10 minutes an evaluation here). ``--no-recbole`` leaves them out.
 
 Every model trains with its preset (the table's d, its own ``train:`` keys; BERT4Rec's lr
-1e-4 and 5,300-epoch cap), capped at ``--epochs`` when given (early stopping, patience 10,
-ends runs sooner). On 2 cores the full table takes hours without a cap.
+1e-4, 5,300-epoch cap and patience 200), capped at ``--epochs`` when given (early stopping,
+patience 10 for the others, ends runs sooner). On 2 cores the full table takes hours
+without a cap.
 
 Run: .venv/bin/python benchmarks/generated_margins.py [--datasets sample-loo,sample-feedback]
      [--epochs N] [--models-sample-loo ...] [--models-sample-feedback ...]
