@@ -15,12 +15,13 @@ import pytest
 import torch
 
 import tiny_index
+from conf.loading import load_config
 from trainers.batches import (BatchBuilder, EventSequences, NegativeSampler,
                               SliceSequences, Samples, epoch_rows, random_windows,
                               shard_rows, target_keys)
 from trainers.protocols import PROTOCOLS, protocol_named
 from trainers.registry import Output
-from trainers.train import TrainState
+from trainers.train import TrainState, finished_under
 
 
 # ------------------------------------------------------------------------- batches
@@ -301,6 +302,28 @@ def test_plateau_halves_lr_and_patience_stops():
     assert not dip.stopped_early and dip.stale_epochs == 3
     dip.after_validation(5, 0.49, patience=2, lr_plateau_patience=None, min_epochs=5)
     assert dip.stopped_early  # epoch 5 reached, 4 epochs without gain
+
+
+def test_a_raised_patience_resumes_an_early_stopped_run():
+    """Issue 23: BERT4Rec stopped by the datasets' patience 10 on ML-100K; rerun with its
+    preset's 200 it was skipped as finished. Patience is a runtime field: a rerun with a
+    larger one goes on from the checkpoint, a smaller or equal one keeps the run."""
+    stopped = {"epochs": 77, "best_epoch": 67, "stopped_early": True}
+    tc = load_config("ml-100k", "sasrec").train  # patience 10, epochs 200
+
+    def under(**keys):
+        return finished_under(stopped, tc.model_copy(update=keys))
+
+    assert under() and under(patience=5)
+    assert not under(patience=200)  # 10 epochs without gain < 200: resume
+    assert under(patience=200, epochs=77)  # its cap reached all the same
+    assert not under(min_epochs=100)  # stopped before the rerun's min_epochs
+    capped = {"epochs": 30, "best_epoch": 30, "stopped_early": False}
+    assert not finished_under(capped, tc) and finished_under(capped, tc.model_copy(
+        update={"epochs": 30}))
+    # The restored state stops under the rerun's patience, not the one it was saved with.
+    state = TrainState(epoch=77, best_epoch=67, stale_epochs=10, stopped_early=True)
+    assert state.stops(patience=10) and not state.stops(patience=200)
 
 
 def test_epoch_rows_shard_disjoint_and_cover():

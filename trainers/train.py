@@ -26,8 +26,9 @@ validation result so far, the early-stopping counter, the current learning rate,
 optimiser steps so far, the seeds and the protocol. Ray keeps the two best by ``valid_score`` plus the latest. Rerunning the
 same config on the same run directory ``<work_dir>/train/<model>/`` resumes from the latest
 checkpoint (Ray Train restores its checkpoint manager from that folder) and continues the
-epoch count; a finished run whose epochs are done (or that stopped early) is skipped; a run
-directory left by a different model, data or optimisation config is replaced.
+epoch count; a finished run whose epochs are done (or that stopped early, or would have,
+under the rerun's ``train.patience``) is skipped, so a raised cap or patience resumes it; a
+run directory left by a different model, data or optimisation config is replaced.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import torch
 import torch.distributed as dist
 
 from conf.loading import section_hash
-from conf.schema import PipelineConfig
+from conf.schema import PipelineConfig, TrainConfig
 from store.files import join, remove_dir
 from store.index import check_readable
 from store.manifest import manifest_hash
@@ -102,10 +103,26 @@ class TrainState:
             self.best_score, self.best_epoch, self.stale_epochs = score, epoch, 0
             return True
         self.stale_epochs += 1
-        self.stopped_early = self.stale_epochs >= patience and epoch >= min_epochs
+        self.stopped_early = self.stops(patience, min_epochs)
         if lr_plateau_patience is not None and self.stale_epochs % lr_plateau_patience == 0:
             self.lr /= 2
         return False
+
+
+    def stops(self, patience: int, min_epochs: int = 0) -> bool:
+        """Whether early stopping ends the run here under ``patience`` and ``min_epochs``
+        (on resume, the rerun's own: a raised patience lets an early-stopped run go on)."""
+        return self.stale_epochs >= patience and self.epoch >= min_epochs
+
+
+def finished_under(result: dict[str, Any], tc: TrainConfig) -> bool:
+    """Whether a finished run's ``result`` (``run.json``) is final under the rerun's
+    ``train`` section: its epochs reach ``tc.epochs``, or its epochs since the best are at
+    least ``tc.patience`` (past ``tc.min_epochs``), so it stopped, or would have, under this
+    patience. A raised cap or patience resumes it instead (both are runtime fields)."""
+    state = TrainState(epoch=result["epochs"],
+                       stale_epochs=result["epochs"] - result["best_epoch"])
+    return result["epochs"] >= tc.epochs or state.stops(tc.patience, tc.min_epochs)
 
 
 def resume_key(cfg: PipelineConfig, index_hash: str) -> str:
@@ -146,7 +163,7 @@ def run_training(cfg: PipelineConfig) -> dict[str, Any]:
     previous = read_run(cfg)
     if previous is not None and previous["resume_key"] == key and previous["status"] == "finished":
         done = previous["result"]
-        if done["stopped_early"] or done["epochs"] >= cfg.train.epochs:
+        if finished_under(done, cfg.train):
             return {**done, "skipped": True}
     if previous is not None and previous["resume_key"] != key:
         log.warning("run directory %s was trained with another config; starting afresh",
@@ -350,6 +367,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         state = TrainState(**payload["state"])
+        state.stopped_early = state.stops(tc.patience, tc.min_epochs)  # this run's patience
         optimizer.set_lr(state.lr)
         best_valid = payload["best_valid"]
         if rank == 0:
