@@ -12,17 +12,24 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import tiny_index
 import torch
 
-import tiny_index
 from conf.loading import load_config
-from trainers.batches import (BatchBuilder, EventSequences, NegativeSampler,
-                              SliceSequences, Samples, epoch_rows, random_windows,
-                              shard_rows, target_keys)
+from trainers.batches import (
+    BatchBuilder,
+    EventSequences,
+    NegativeSampler,
+    Samples,
+    SliceSequences,
+    epoch_rows,
+    random_windows,
+    shard_rows,
+    target_keys,
+)
 from trainers.protocols import PROTOCOLS, protocol_named
 from trainers.registry import Output
 from trainers.train import TrainState, finished_under
-
 
 # ------------------------------------------------------------------------- batches
 
