@@ -157,8 +157,8 @@ def test_a_variant_row_sets_model_params_and_train_keys_on_its_preset(tmp_path):
     first = model_config(cfg, "dualrec:model.params.beta=0:train.lr=0.01")
     assert (first.model.params["beta"], first.train.lr) == (0, 0.01)
     assert first.model.params["alpha"] == cfg.model.params["alpha"]
-    assert parse_row("gru4rec:train.lr=0.001:loss=ce") == (
-        "gru4rec:train.lr=0.001:loss=ce", "gru4rec", {"loss": "ce"}, {"lr": 0.001})
+    assert parse_row("gru4rec:train.lr=0.001:loss=ce") == ("gru4rec", {"loss": "ce"},
+                                                           {"lr": 0.001})
 
     with pytest.raises(ValueError, match="(?s)'sasrec:loss=nope'.*loss"):
         model_config(cfg, "sasrec:loss=nope")  # the model's Params reject it up front

@@ -83,7 +83,6 @@ def columns(protocol: EvaluationProtocol, seeds: bool = False) -> tuple[str, ...
 class RowSpec(NamedTuple):
     """One row of a comparison as written on the command line: a model preset and the
     overrides of its variant (both empty for the preset itself)."""
-    label: str  # as written, e.g. "sasrec:loss=ce": the table's model column
     model: str  # the registered model, e.g. "sasrec"
     params: dict[str, Any]  # model.params overrides
     train: dict[str, Any]  # train overrides
@@ -120,7 +119,7 @@ def parse_row(text: str) -> RowSpec:
             raise ValueError(f"compare row {text!r}: {key!r} is neither a model parameter "
                              "nor a train.<key>; other sections are the comparison's own "
                              "(--set)")
-    return RowSpec(text.strip(), name.strip(), params, train)
+    return RowSpec(name.strip(), params, train)
 
 
 def variant_run_name(base: str, spec: RowSpec) -> str:
@@ -252,8 +251,9 @@ def run_comparison(cfg: PipelineConfig, models: list[str],
         ``skipped`` (row -> reason), ``table`` (markdown) and ``csv`` (text).
 
     Raises:
-        ValueError: no models, a row listed twice or malformed, repeated seeds, or no listed model can
-            run under the protocol (each reason named).
+        ValueError: no models, a row listed twice or malformed, repeated seeds (or a row's
+            own train.seed with seeds), or no listed model can run under the protocol (each
+            reason named).
         KeyError, ConfigError: an unknown model or one without a preset (before any training).
         FileNotFoundError: no index (run ``seqrec index`` first).
         Any error of a train or evaluate stage; the parent run is then marked FAILED.
@@ -261,9 +261,10 @@ def run_comparison(cfg: PipelineConfig, models: list[str],
     configs = dict(zip(models, model_configs(cfg, models)))  # all checked before training
     if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
         raise ValueError(f"seeds must be distinct and at least one: {seeds}")
-    if seeds is not None and any("seed" in parse_row(row).train for row in models):
+    seeded_rows = [row for row in models if "seed" in parse_row(row).train]
+    if seeds is not None and seeded_rows:
         raise ValueError("a row sets train.seed, which --seeds sets for every row: "
-                         + ", ".join(row for row in models if "seed" in parse_row(row).train))
+                         + ", ".join(seeded_rows))
     protocol = protocol_at(cfg.paths.work_dir)
     skipped = skipped_models(protocol, configs)
     for name, reason in skipped.items():

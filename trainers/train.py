@@ -108,7 +108,6 @@ class TrainState:
             self.lr /= 2
         return False
 
-
     def stops(self, patience: int, min_epochs: int = 0) -> bool:
         """Whether early stopping ends the run here under ``patience`` and ``min_epochs``
         (on resume, the rerun's own: a raised patience lets an early-stopped run go on)."""
