@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from spark_jobs.sample_data import FORMATS, build_world, generate, why_generate
+from spark_jobs.sample_data import FORMATS, GENERATOR_VERSION, STAMP, RowRandom, build_world, \
+    generate, generate_rows, why_generate
 
 SMALL = ["generate.rows=20000", "generate.users=400", "generate.items=1500",
          "generate.categories=40", "generate.communities=10"]
@@ -280,6 +281,32 @@ def test_ratings_follow_user_item_affinity(make_config):
     assert (rating[~main] == 1).mean() > 2 * (rating[main] == 1).mean()
 
 
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    rank_a, rank_b = (np.argsort(np.argsort(x)).astype(float) for x in (a, b))
+    return float(np.corrcoef(rank_a, rank_b)[0, 1])
+
+
+def test_ratings_follow_item_quality(make_config):
+    """Good items are rated higher, and an item's share of positive ratings (4-5 among 1, 4
+    and 5, the feedback labels) rises with its number of ratings, as in real logs
+    (MovieLens-100K: Spearman 0.31); without item quality it did not (-0.11)."""
+    cfg = _config(make_config, "amazon_ratings", ["generate.rows=60000"])
+    fmt = FORMATS["amazon_ratings"]
+    world = build_world(cfg, fmt)
+    rows = generate_rows(cfg, fmt, world, RowRandom(cfg.generate.seed), 0,
+                         len(world.user_raw))
+    quality = world.item_quality[rows.item]
+    assert abs(world.item_quality.mean()) < 0.2 and 0.8 < world.item_quality.std() < 1.2
+    assert np.corrcoef(quality, rows.rating)[0, 1] > 0.15
+    labelled = (rows.rating >= 4) | (rows.rating == 1)
+    count = np.bincount(rows.item[labelled], minlength=len(world.item_raw))
+    positive = np.bincount(rows.item[rows.rating >= 4], minlength=len(world.item_raw))
+    rated = count >= 10
+    assert rated.sum() > 200
+    assert _spearman(count[rated], positive[rated] / count[rated]) > 0.15
+    assert _spearman(world.item_quality[rated], positive[rated] / count[rated]) > 0.3
+
+
 @pytest.mark.parametrize("fmt", ["taobao", "amazon_reviews", "s3rec"])
 def test_same_seed_same_bytes_and_chunking_does_not_matter(make_config, tmp_path, fmt):
     base = ["generate.malformed_rate=0.01"]
@@ -311,6 +338,12 @@ def test_why_generate_names_a_missing_or_stale_sample(make_config, tmp_path):
     bigger = make_config(overrides=SMALL + [f"paths.raw_dir={tmp_path}/raw",
                                             "generate.rows=30000"])
     assert "config changed" in why_generate(bigger)
+    stamp = Path(tmp_path, "raw", STAMP)
+    current = json.loads(stamp.read_text())
+    older = current | {"config_hash": current["config_hash"].replace(
+        f"v{GENERATOR_VERSION}-", f"v{GENERATOR_VERSION - 1}-")}
+    stamp.write_text(json.dumps(older))  # the same config drawn by the generator before
+    assert f"GENERATOR_VERSION {GENERATOR_VERSION}" in why_generate(cfg)
     Path(result["files"][0]).unlink()
     assert "missing" in why_generate(cfg)
 
