@@ -487,3 +487,32 @@ def test_caser_windows_target_their_next_T_items():
             expected = torch.cat(terms).sum() / count
         torch.testing.assert_close(got, expected)
     assert make_model("caser").params.targets_ahead == 3  # the paper's T
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "sasrec", "caser", "fmlp"])
+def test_without_history_targets_only_the_candidate_rows_train(name):
+    """``history_targets: false`` (DFAR's released code's baselines; under ``feedback`` the
+    history repeats each event in ~L rows an epoch): a training forward's loss is the
+    candidate rows' loss alone, so it equals the evaluation loss and no history negative
+    enters it; with history targets (the papers) it does not. Under another objective the
+    predictions are the rows' targets alone."""
+    batch = make_batch(B=6, C=3, seed=3)
+    L = batch["sequence"].shape[1]
+    batch["next_negatives"] = torch.randint(1, SIZES.num_items + 1, (6, L - 1),
+                                            generator=torch.Generator().manual_seed(5))
+    other = {**batch, "next_negatives": batch["next_negatives"] % SIZES.num_items + 1}
+    assert preset_params(name)["history_targets"] is True
+    for history in (True, False):
+        model = make_model(name, dropout=0.0, history_targets=history)
+        with torch.no_grad():
+            candidates_only = float(model.eval().loss(model(batch), batch))
+        train = float(model.train().loss(model(batch), batch).detach())  # grad: history
+        moved = float(model.loss(model(other), other).detach())
+        if history:
+            assert train != pytest.approx(candidates_only) and moved != pytest.approx(train)
+        else:
+            assert train == pytest.approx(candidates_only) == moved
+    model = make_model(name, dropout=0.0, history_targets=False, loss="ce").train()
+    predictions = model(batch).terms
+    assert predictions.states.shape[0] == predictions.targets.shape[0] == 6  # one a row
+    torch.testing.assert_close(predictions.targets, batch["items"][:, 0])

@@ -283,6 +283,26 @@ def test_every_feedback_model_gets_dfars_one_tower_width():
                 dataset, name)
 
 
+def test_feedback_tables_train_next_item_baselines_on_their_rows_targets():
+    """Under ``feedback`` every event is a row, so history targets would repeat each event in
+    up to L rows an epoch: DFAR's tables train GRU4Rec, SASRec and Caser on each row's target
+    alone, as DFAR's released code; elsewhere they keep their papers' history targets."""
+    from trainers.models.next_item import HistoryParams
+
+    with_history = [n for n in model_names() if issubclass(model_class(n).Params, HistoryParams)]
+    assert {"gru4rec", "sasrec", "caser", "fmlp"} <= set(with_history)
+    presets = [d for d in available("datasets")
+               if load_config(d, "dfar").index.protocol == "feedback"]
+    for dataset in presets:
+        cfg = load_config(dataset, "dfar")
+        for name in with_history:
+            assert model_config(cfg, name).model.params["history_targets"] is False, (
+                dataset, name)
+    for dataset in ("sample-loo", "beauty", "sample", "ml-100k"):
+        for name in with_history:
+            assert load_config(dataset, name).model.params["history_targets"] is True
+
+
 def test_bert4rec_trains_past_its_released_codes_steps_until_early_stopping():
     """At lr 1e-4 BERT4Rec's epoch is ~87 steps on Beauty: the datasets' 150-epoch cap ended
     its runs at ~13k steps. Its cap now passes the released code's 400,000 steps of 256 on

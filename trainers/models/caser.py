@@ -51,13 +51,14 @@ from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
 from trainers.models.item_scoring import score_rows
-from trainers.models.next_item import HistoryScores, bce_with_history, history_pairs
+from trainers.models.next_item import HistoryParams, HistoryScores, bce_with_history, \
+    history_pairs
 from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
                                         objective_loss, sequence_predictions)
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
-class CaserParams(ObjectiveParams):
+class CaserParams(ObjectiveParams, HistoryParams):
     embed_dim: int = Field(gt=0)  # d (paper: 50)
     embed_init_std: float = Field(gt=0)  # embedding rows start as N(0, std²)
     window: int = Field(gt=0)  # L': items the convolutions see (paper: 5)
@@ -166,9 +167,11 @@ class Caser(nn.Module):
         terms = None
         if self.training and torch.is_grad_enabled():
             num_items = self.item.weight.shape[0] - 1
+            params = self.params  # no history targets: block 1 alone, none of it valid
             pairs = history_pairs(sequence, num_items, sequence_label,
-                                  batch.get("next_negatives"))
-            skips = skip_targets(sequence, pairs, self.params.targets_ahead)
+                                  batch.get("next_negatives"), enabled=params.history_targets)
+            skips = skip_targets(sequence, pairs,
+                                 params.targets_ahead if params.history_targets else 1)
             zp = torch.cat([states, P_u.unsqueeze(1).expand(-1, L, -1)], dim=-1)  # (B, L, 2d)
             if self.params.loss == "bce":
                 # window p's k-th target sits at column p of block k: states [:, :L-k]

@@ -53,7 +53,8 @@ from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
 from trainers.models.item_scoring import score_rows
-from trainers.models.next_item import HistoryScores, bce_with_history, history_pairs
+from trainers.models.next_item import HistoryParams, HistoryScores, bce_with_history, \
+    history_pairs
 from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
                                         objective_loss, sequence_predictions)
 from trainers.models.transformer import LAYER_NORM_EPS, init_weights
@@ -172,7 +173,7 @@ class PrefixScores(NamedTuple):
     pairs: torch.Tensor  # (M, 2) logits of [next item, negative] at each prefix's last slot
 
 
-class FMLPRecParams(ObjectiveParams):
+class FMLPRecParams(ObjectiveParams, HistoryParams):
     embed_dim: int = Field(gt=0)  # d (paper: 64)
     embed_init_std: float = Field(gt=0)  # item rows start as N(0, std²) (code: 0.02)
     num_layers: int = Field(ge=1)  # filter blocks (paper: 2)
@@ -210,17 +211,20 @@ class FMLPRec(nn.Module):
         (:class:`HistoryScores`).
         """
         sequence, items = batch["sequence"], batch["items"]
-        if not (self.training and torch.is_grad_enabled()):
+        p = self.params  # bce without history targets: the candidate rows alone, as in eval
+        if not (self.training and torch.is_grad_enabled()) or (
+                p.loss == "bce" and not p.history_targets):
             e, cand = self.item.lookup([sequence, items])
             h = self.stack(e, sequence != 0)[:, -1]  # (B, d)
             return Output(score_rows(h, cand))
         num_items = self.item.weight.shape[0] - 1
         targets, _, negatives, valid = history_pairs(sequence, num_items, None,
-                                                     batch.get("next_negatives"))
+                                                     batch.get("next_negatives"),
+                                                     enabled=p.history_targets)
         valid = valid & (sequence[:, :-1] != 0)  # a real state at t (none on padding)
-        if self.params.loss != "bce":
+        if p.loss != "bce":
             return self._objective_forward(batch, targets, valid)
-        if self.params.filter == "causal":
+        if p.filter == "causal":
             e, cand, pairs = self.item.lookup([sequence, items,
                                                torch.stack([targets, negatives], -1)])
             states = self.stack(e, sequence != 0)  # (B, L, d): slot t sees slots <= t

@@ -71,7 +71,8 @@ from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
 from trainers.models.item_scoring import score_rows
-from trainers.models.next_item import HistoryScores, combined_mean, history_pairs
+from trainers.models.next_item import HistoryParams, HistoryScores, combined_mean, \
+    history_pairs
 from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
                                         objective_loss, sequence_predictions)
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
@@ -119,7 +120,7 @@ def in_batch_negatives(targets: torch.Tensor, valid: torch.Tensor, n: int) -> to
     return pool[torch.randint(pool.numel(), (n,), device=pool.device)]
 
 
-class GRU4RecParams(ObjectiveParams):
+class GRU4RecParams(ObjectiveParams, HistoryParams):
     embed_dim: int = Field(gt=0)  # d: input item embedding
     embed_init_std: float = Field(gt=0)  # embedding rows start as N(0, std²)
     hidden_dim: int = Field(gt=0)  # k: GRU hidden size (paper: 100 units, one layer)
@@ -191,7 +192,8 @@ class GRU4Rec(nn.Module):
             return Output(self._score(h, items))
         num_items = self.item_out.weight.shape[0] - 1
         targets, labels, negatives, valid = history_pairs(
-            sequence, num_items, sequence_label, batch.get("next_negatives"))
+            sequence, num_items, sequence_label, batch.get("next_negatives"),
+            enabled=self.params.history_targets)
         if self.params.loss not in ("bpr", "top1"):  # another objective (objectives.py)
             predicted = sequence_predictions(states, targets, labels, valid, items[:, 0],
                                              batch["label"][:, 0])

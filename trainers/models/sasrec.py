@@ -55,14 +55,15 @@ from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
 from trainers.models.item_scoring import score_rows
-from trainers.models.next_item import HistoryScores, bce_with_history, history_pairs
+from trainers.models.next_item import HistoryParams, HistoryScores, bce_with_history, \
+    history_pairs
 from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
                                         objective_loss, sequence_predictions)
 from trainers.models.transformer import init_weights
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
-class SASRecParams(ObjectiveParams):
+class SASRecParams(ObjectiveParams, HistoryParams):
     embed_dim: int = Field(gt=0)  # d (paper: 50)
     embed_init_std: float = Field(gt=0)  # embedding rows start as N(0, std²)
     # attention and FFN weights N(0, std²), biases 0 (RecBole's and the S3-Rec / FMLP-Rec
@@ -169,7 +170,8 @@ class SASRec(nn.Module):
         if self.training and torch.is_grad_enabled():
             num_items = self.item.weight.shape[0] - 1
             targets, labels, negatives, valid = history_pairs(
-                sequence, num_items, sequence_label, batch.get("next_negatives"))
+                sequence, num_items, sequence_label, batch.get("next_negatives"),
+                enabled=self.params.history_targets)
             if self.params.loss == "bce":
                 pairs = torch.stack([targets, negatives], dim=-1)  # (B, L-1, 2)
                 history = score_rows(states[:, :-1], self.item(pairs))  # r_{o_t,t}, r_{j,t}
