@@ -13,7 +13,8 @@ from trainers.registry import DataSizes, build_model
 L, N = 6, 15
 SIZES = DataSizes(num_users=5, num_items=N, history_slices=1, set_size=1, sequence_len=L)
 PARAMS = dict(embed_dim=4, embed_init_std=0.3, num_layers=2, ffn_dim=8, dropout=0.0,
-              filter="global", loss="bce", loss_negatives=8, gbce_t=0.75, softmax_max_logits=60)
+              filter="global", loss="bce", loss_negatives=8, gbce_t=0.75, softmax_max_logits=60,
+              history_targets=True)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -14,7 +14,8 @@ from trainers.registry import DataSizes, build_model, model_class, variable_leng
 
 L = 10
 SIZES = DataSizes(num_users=8, num_items=30, history_slices=0, set_size=0, sequence_len=L)
-OBJECTIVE = dict(loss_negatives=8, gbce_t=0.75, softmax_max_logits=60)  # objectives.py
+OBJECTIVE = dict(loss_negatives=8, gbce_t=0.75, softmax_max_logits=60,  # objectives.py
+                 history_targets=True)  # next_item.py
 FMLP = dict(embed_dim=8, embed_init_std=0.3, num_layers=2, ffn_dim=16, dropout=0.0,
             loss="bce", **OBJECTIVE)
 CUT_MODELS = {  # every model that declares variable_length, with small params
