@@ -17,8 +17,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from spark_jobs.sample_data import FORMATS, GENERATOR_VERSION, STAMP, RowRandom, build_world, \
-    generate, generate_rows, why_generate
+from spark_jobs.sample_data import (
+    FORMATS,
+    GENERATOR_VERSION,
+    STAMP,
+    RowRandom,
+    build_world,
+    generate,
+    generate_rows,
+    why_generate,
+)
 
 SMALL = ["generate.rows=20000", "generate.users=400", "generate.items=1500",
          "generate.categories=40", "generate.communities=10"]
