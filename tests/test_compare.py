@@ -285,12 +285,15 @@ def test_every_feedback_model_gets_dfars_one_tower_width():
 
 def test_feedback_tables_train_next_item_baselines_on_their_rows_targets():
     """Under ``feedback`` every event is a row, so history targets would repeat each event in
-    up to L rows an epoch: DFAR's tables train GRU4Rec, SASRec and Caser on each row's target
-    alone, as DFAR's released code; elsewhere they keep their papers' history targets."""
+    up to L rows an epoch: DFAR's tables train GRU4Rec and SASRec on each row's target alone,
+    as DFAR's released code; elsewhere they keep their papers' history targets. Caser's
+    windows are its training set: it has no such setting and keeps them."""
     from trainers.models.next_item import HistoryParams
 
     with_history = [n for n in model_names() if issubclass(model_class(n).Params, HistoryParams)]
-    assert {"gru4rec", "sasrec", "caser", "fmlp"} <= set(with_history)
+    assert {"gru4rec", "sasrec", "fmlp"} <= set(with_history)
+    assert "caser" not in with_history and "history_targets" not in load_config(
+        "sample-feedback", "caser").model.params
     presets = [d for d in available("datasets")
                if load_config(d, "dfar").index.protocol == "feedback"]
     for dataset in presets:
