@@ -265,6 +265,12 @@ def test_each_model_trains_with_its_presets_train_recipe(tmp_path):
             0.001, 200, 5, 10)
 
 
+# the tower's first normalization each model learns with on the full-size generated log
+# (trainers/models/feedback_layers.py, TowerParams)
+TOWER_NORM = {"dfar": "joint", "tha4rec": "joint", "din": "joint", "dien": "joint",
+              "dfn": "joint", "feedrec": "field"}
+
+
 def test_every_feedback_model_gets_dfars_one_tower_width():
     """DFAR Appendix A.3: "the MLP layer sandwiched between two normalization layers as the
     prediction tower for each model": [64, 32] for every model of its Table 2 on every
@@ -281,6 +287,8 @@ def test_every_feedback_model_gets_dfars_one_tower_width():
                 dataset, name)
             assert model_config(cfg, name).model.params["tower_hidden"] == [64, 32], (
                 dataset, name)
+            assert model_config(cfg, name).model.params["tower_norm"] == TOWER_NORM[name], (
+                dataset, name)  # each model's own: the table does not set it
 
 
 def test_feedback_tables_train_next_item_baselines_on_their_rows_targets():

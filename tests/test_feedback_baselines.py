@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conf.loading import load_config
 from test_dfar import SIZES, make_batch
 from trainers.embedding import build_optimizer
+from trainers.models.feedback_layers import FieldNorm
 from trainers.registry import build_model
 
 BASELINES = ["din", "dien", "dfn", "feedrec"]
@@ -56,6 +57,31 @@ def test_feedback_labels_reach_the_scores(name):
     assert not torch.allclose(model(flipped).scores[3:], model(batch).scores[3:])
 
 
+def test_the_towers_first_norm_gives_every_field_its_own_scale():
+    """``tower_norm: field`` normalizes each D-wide field of the tower's input on its own:
+    a field's scale (a LayerNorm output at ~1, a raw embedding at ~0.1) changes nothing.
+    ``joint`` is ``nn.LayerNorm`` over the concatenation: there the small field is drowned
+    (issue 23: FeedRec never ranked a row's candidates apart at full size under it)."""
+    torch.manual_seed(0)
+    user, target = torch.randn(5, 8), 0.1 * torch.randn(5, 8)  # a LayerNorm output, an item
+    x = torch.cat([user, target], dim=-1)
+    field, joint = FieldNorm(2, 8, "field"), FieldNorm(2, 8, "joint")
+    with torch.no_grad():
+        for norm in (field, joint):
+            norm.weight.normal_()
+            norm.bias.normal_()
+    expected = torch.cat([F.layer_norm(user, (8,)), F.layer_norm(target, (8,))], dim=-1)
+    torch.testing.assert_close(field(x), expected * field.weight + field.bias)
+    torch.testing.assert_close(field(torch.cat([user, 10 * target], dim=-1)), field(x),
+                               rtol=1e-2, atol=1e-2)  # up to LayerNorm's eps
+    torch.testing.assert_close(
+        joint(x), F.layer_norm(x, (16,), joint.weight, joint.bias))
+    # how much the target's own variation weighs after each norm (a unit-variance row: ~1)
+    joint_target = F.layer_norm(x, (16,))[:, 8:].var(dim=-1, unbiased=False).mean()
+    field_target = F.layer_norm(x.unflatten(-1, (2, 8)), (8,))[:, 1].var(-1, unbiased=False)
+    assert joint_target < 0.05 and field_target.mean() > 0.99
+
+
 def test_dien_adds_its_auxiliary_loss_in_training_only():
     batch = make_batch()
     model = make_model("dien", aux_weight=0.5).train()
@@ -92,6 +118,33 @@ def test_dfn_reads_click_and_unclick_sequences_apart():
     moved[2, -1] = 0  # row 2 (all positive): its newest event becomes an unclick
     assert not torch.allclose(model(dict(batch, sequence_label=moved)).scores[2], base[2])
     assert not hasattr(model.embed, "label") or model.embed.label is None
+
+
+@pytest.mark.parametrize("readout", ["target", "sum"])
+def test_dfn_internal_transformer_reads_out_at_t_or_sums_its_positions(readout):
+    """DFN's internal interaction is one post-LN Transformer layer over [t; the feedback's
+    behaviours]: ``target`` is its output at t, ``sum`` (the authors' code) the sum of its
+    outputs over t and the kept behaviours. Checked against the layer written out for one
+    candidate at a time, over the kept behaviours only."""
+    from trainers.models.dfn import _TargetTransformer
+
+    torch.manual_seed(0)
+    layer = _TargetTransformer(8, 2, 0.0, readout).eval()
+    target, history = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    keep = torch.tensor([[False, True, True, False, True], [False] * 5])
+    got = layer(target, history, keep)  # (2, 3, 8)
+
+    def one(t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # (8,), (n, 8) -> (8,)
+        x = torch.cat([t[None], h])  # (1+n, 8)
+        q, k, v = (f(x).view(-1, 2, 4).transpose(0, 1) for f in (layer.q, layer.k, layer.v))
+        mixed = torch.softmax(q @ k.transpose(1, 2) / 2.0, dim=-1) @ v  # (2, 1+n, 4)
+        x = layer.ln_attn(x + layer.out(mixed.transpose(0, 1).reshape(-1, 8)))
+        x = layer.ln_ffn(x + layer.ffn(x))
+        return x[0] if readout == "target" else x.sum(dim=0)
+
+    for b in range(2):
+        for c in range(3):
+            torch.testing.assert_close(got[b, c], one(target[b, c], history[b][keep[b]]))
 
 
 def test_din_weights_are_not_normalised():

@@ -39,7 +39,7 @@ LOO = [  # model, epochs, overrides
     # the paper's lr 1e-4 needs its 400k steps; 16 steps an epoch here: RecBole's 1e-3
     ("bert4rec", 100, ["train.lr=0.001"]),
 ]
-FEEDBACK = [  # model, epochs: FeedRec starts slowest (item quality: AUC 0.50 at 6, 0.62 at 12)
+FEEDBACK = [  # model, epochs: FeedRec starts slowest (joint tower: AUC 0.50 at 6, 0.62 at 12)
     ("dfar", 6), ("din", 6), ("dien", 6), ("dfn", 6), ("feedrec", 12), ("gru4rec", 6),
     ("sasrec", 6)]
 TORCH_DEFAULT_INIT = ["model.params.init_std=null", "model.params.embed_init_std=0.1"]

@@ -42,11 +42,11 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from trainers.models.feedback_attention import FeedbackAttention, masked_softmax
-from trainers.models.feedback_layers import FeedbackEmbedding, Tower, dense_l2
+from trainers.models.feedback_layers import FeedbackEmbedding, Tower, TowerParams, dense_l2
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
-class DFARParams(ModelParams):
+class DFARParams(TowerParams):
     embed_dim: int = Field(gt=0)  # D (paper: 32)
     embed_init_std: float = Field(gt=0)  # item, label (and position) rows start N(0, std²)
     positions: Literal["none", "learned"]  # none: Eq. 1; learned: the released code's
@@ -58,7 +58,6 @@ class DFARParams(ModelParams):
     tha_weights: Literal["softmax", "tanh"]  # Eq. 7's softmax, or the released code's tanh
     dual_interest: bool  # Eq. 13-21; false: one tower over the encoder (THA4Rec)
     attention_hidden: int = Field(gt=0)  # hidden width of the MLP of Eq. 15
-    tower_hidden: list[int]  # MLP widths of each tower (Eq. 19-20)
     dropout: float = Field(ge=0.0, lt=1.0)  # on E^f and the towers' layers
     lambda_bpr: float = Field(ge=0)  # λ^BPR of Eq. 23 (paper, Amazon: 1e-3)
     lambda_d: float = Field(ge=0)  # λ^D of Eq. 23 (paper, Amazon: 1e-3)
@@ -129,10 +128,10 @@ class DFAR(nn.Module):
             self.encoder_p, self.encoder_n = attention(False), attention(False)
             self.target_p = _TargetAttention(D, params.attention_hidden)
             self.target_n = _TargetAttention(D, params.attention_hidden)
-            self.tower_p = Tower(4 * D, params.tower_hidden, params.dropout)  # Eq. 19
-            self.tower_n = Tower(4 * D, params.tower_hidden, params.dropout)  # Eq. 20
+            self.tower_p = Tower(4, D, params, params.dropout)  # Eq. 19
+            self.tower_n = Tower(4, D, params, params.dropout)  # Eq. 20
         else:
-            self.tower_p = Tower(2 * D, params.tower_hidden, params.dropout)
+            self.tower_p = Tower(2, D, params, params.dropout)  # [s, target]
 
     def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence``, ``sequence_label`` (B, L) and ``items`` (B, C).

@@ -31,15 +31,14 @@ from pydantic import Field
 from torch import nn
 
 from trainers.models.feedback_attention import masked_softmax
-from trainers.models.feedback_layers import FeedbackEmbedding, Tower, dense_l2
+from trainers.models.feedback_layers import FeedbackEmbedding, Tower, TowerParams, dense_l2
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
-class DIENParams(ModelParams):
+class DIENParams(TowerParams):
     embed_dim: int = Field(gt=0)  # D, also the GRU width (h_t·e_{t+1} of L_aux)
     embed_init_std: float = Field(gt=0)
     aux_weight: float = Field(ge=0)  # α weighing L_aux (released code: 1)
-    tower_hidden: list[int]  # output MLP widths (paper: 200-80)
     dropout: float = Field(ge=0.0, lt=1.0)
 
 
@@ -83,7 +82,7 @@ class DIEN(nn.Module):
         self.extractor = nn.GRUCell(D, D)  # interest extractor
         self.attention = nn.Linear(D, D, bias=False)  # W of a_t = softmax(h_t W e_a)
         self.evolution = AUGRUCell(D)  # interest evolving
-        self.tower = Tower(2 * D, params.tower_hidden, params.dropout)
+        self.tower = Tower(2, D, params, params.dropout)  # [h'_T, target]
 
     def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence``, ``sequence_label`` (B, L), ``items`` (B, C).

@@ -29,15 +29,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from trainers.models.feedback_layers import FeedbackEmbedding, Tower, dense_l2
+from trainers.models.feedback_layers import FeedbackEmbedding, Tower, TowerParams, dense_l2
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
-class DINParams(ModelParams):
+class DINParams(TowerParams):
     embed_dim: int = Field(gt=0)  # D (DFAR's comparison: 32 for every model)
     embed_init_std: float = Field(gt=0)
     attention_hidden: list[int]  # activation unit widths (paper: 80-40)
-    tower_hidden: list[int]  # output MLP widths (paper: 200-80)
     dropout: float = Field(ge=0.0, lt=1.0)
 
 
@@ -58,7 +57,7 @@ class DIN(nn.Module):
             layers += [nn.Linear(width, h), nn.PReLU()]
             width = h
         self.activation_unit = nn.Sequential(*layers, nn.Linear(width, 1))  # a(e_j, v_A)
-        self.tower = Tower(2 * D, params.tower_hidden, params.dropout)
+        self.tower = Tower(2, D, params, params.dropout)  # [interest, target]
 
     def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence``, ``sequence_label`` (B, L), ``items`` (B, C).

@@ -39,16 +39,15 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from trainers.models.feedback_attention import FeedbackAttention, masked_softmax
-from trainers.models.feedback_layers import FeedbackEmbedding, Tower, dense_l2
+from trainers.models.feedback_layers import FeedbackEmbedding, Tower, TowerParams, dense_l2
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
-class FeedRecParams(ModelParams):
+class FeedRecParams(TowerParams):
     embed_dim: int = Field(gt=0)  # D (DFAR's comparison: 32 for every model)
     embed_init_std: float = Field(gt=0)
     num_heads: int = Field(ge=1)  # vanilla multi-head attention, head width D / heads
     pool_hidden: int = Field(gt=0)  # width of the attentive pooling's query network
-    tower_hidden: list[int]
     dropout: float = Field(ge=0.0, lt=1.0)
     lambda_disentangle: float = Field(ge=0)  # weight of |cos(u^P, u^N)|
 
@@ -116,7 +115,7 @@ class FeedRec(nn.Module):
                                                   _Block(D, H, params.dropout))
         self.pool_p = _AttentivePooling(D, params.pool_hidden)
         self.pool_n = _AttentivePooling(D, params.pool_hidden)
-        self.tower = Tower(3 * D, params.tower_hidden, params.dropout)
+        self.tower = Tower(3, D, params, params.dropout)  # [u^P, u^N, target]
 
     def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence``, ``sequence_label`` (B, L), ``items`` (B, C).
