@@ -268,7 +268,7 @@ def test_each_model_trains_with_its_presets_train_recipe(tmp_path):
 # the tower's first normalization each model learns with on the full-size generated log
 # (trainers/models/feedback_layers.py, TowerParams)
 TOWER_NORM = {"dfar": "joint", "tha4rec": "joint", "din": "joint", "dien": "joint",
-              "dfn": "joint", "feedrec": "field"}
+              "dfn": "field", "feedrec": "field"}
 
 
 def test_every_feedback_model_gets_dfars_one_tower_width():

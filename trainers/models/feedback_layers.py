@@ -41,7 +41,8 @@ class TowerParams(ModelParams):
     # the full-size generated feedback log (valid AUC 0.50 for 10 epochs; ``field``: 0.73 at
     # epoch 10, still rising). ``field`` also drops each field's norm, which THA4Rec's
     # [Σ S, t] reads: there ``field`` stayed at 0.49 for 10 epochs where ``joint`` reached
-    # 0.80. So each model's preset names the one it learns with (issue 23).
+    # 0.80. So each model's preset names the one it learns with (issue 23): FeedRec and DFN
+    # ``field``, the others ``joint``.
     tower_norm: TowerNorm
 
 
