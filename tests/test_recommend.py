@@ -131,7 +131,14 @@ def test_recommend_every_user_in_original_ids_then_skip_then_a_users_file(traine
     local = run_recommend(here, NAME)
     assert not local["skipped"] and local["manifest"]["rows"] == m["rows"]
     assert len(list(Path(local["uri"]).glob("*.parquet"))) == 1
-    pd.testing.assert_frame_equal(_frame(local["uri"]), frame)
+    # the same lists, up to float near-ties: the in-process scorer batches 50 users where
+    # the actors batch their own, and a matmul's summation order follows the batch's shape
+    mine = _frame(local["uri"])
+    pd.testing.assert_frame_equal(mine.drop(columns=["item_id", "score"]),
+                                  frame.drop(columns=["item_id", "score"]))
+    np.testing.assert_allclose(mine["score"], frame["score"], rtol=1e-5, atol=1e-5)
+    swapped = mine["item_id"] != frame["item_id"]
+    assert swapped.mean() < 1e-3, frame[swapped].head()
 
     listed = tmp_path / "users.txt"
     known = frame["user_id"].iloc[0]
