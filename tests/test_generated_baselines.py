@@ -33,16 +33,21 @@ SMALL = {  # under 500 users after ingest's 5-core / the feedback filters
                         "generate.communities=10", "train.batch_size=64"],
 }
 LOO = [  # model, epochs, overrides
-    # GRU4Rec: 1.30x at 30 epochs, 1.43x at 45 (its paper's mini-batch negatives: 1.29x, 1.39x)
-    ("sasrec", 30, []), ("dualrec", 30, []), ("gru4rec", 45, []), ("fmlp", 20, []),
+    # GRU4Rec: 1.30x at 30 epochs, 1.43x at 45 (its paper's mini-batch negatives: 1.29x, 1.39x);
+    # SASRec 1.69x at 12 (the torch-default-init test's own fit), DualRec 1.72x valid at 20
+    ("sasrec", 12, []), ("dualrec", 20, []), ("gru4rec", 45, []), ("fmlp", 20, []),
     ("caser", 60, []),
     # the paper's lr 1e-4 needs its 400k steps; 16 steps an epoch here: RecBole's 1e-3
     ("bert4rec", 100, ["train.lr=0.001"]),
 ]
-FEEDBACK = [  # model, epochs: FeedRec starts slowest (joint tower: AUC 0.50 at 6, 0.62 at 12)
-    ("dfar", 6), ("din", 6), ("dien", 6), ("dfn", 6), ("feedrec", 12), ("gru4rec", 6),
+FEEDBACK = [  # model, epochs: the tower models sit at random AUC for their first epochs
+    # (valid AUC: DFN 0.51 at 6, 0.60 at 8, 0.64 at 9; FeedRec 0.60 at 6, 0.71 at 9)
+    ("dfar", 6), ("din", 6), ("dien", 6), ("dfn", 9), ("feedrec", 9), ("gru4rec", 6),
     ("sasrec", 6)]
 TORCH_DEFAULT_INIT = ["model.params.init_std=null", "model.params.embed_init_std=0.1"]
+# each fit's seconds on one core at the budgets above (the longest start first)
+SECONDS = {"dfn": 70, "caser": 50, "fmlp": 50, "bert4rec": 45, "dfar": 30, "dien": 28,
+           "feedrec": 25, "dualrec": 22, "din": 22}
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +86,8 @@ def fits(indices) -> dict[tuple, Future]:
     longest first: {(dataset, model, epochs, extra overrides): its ``_fit`` future}."""
     cases = [("sample-loo", model, epochs, tuple(extra)) for model, epochs, extra in LOO]
     cases += [("sample-feedback", model, epochs, ()) for model, epochs in FEEDBACK]
-    cases += [("sample-loo", "sasrec", 12, ()), ("sample-loo", "sasrec", 12, TORCH_DEFAULT_INIT)]
-    slow = {"fmlp": 4, "dien": 3, "caser": 3, "dfar": 3, "bert4rec": 3, "dualrec": 2, "din": 2}
-    cases.sort(key=lambda case: -slow.get(case[1], 1))
+    cases.append(("sample-loo", "sasrec", 12, tuple(TORCH_DEFAULT_INIT)))
+    cases.sort(key=lambda case: -SECONDS.get(case[1], 10))
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield {(dataset, model, epochs, tuple(extra)): pool.submit(
             _fit, dataset, model, epochs, [*indices[dataset], *extra])
@@ -98,8 +102,11 @@ def test_dualrec_baselines_beat_popularity_by_a_third(fits, model, epochs, overr
 
 @pytest.mark.parametrize("model, epochs", FEEDBACK)
 def test_dfar_baselines_beat_popularity_auc(fits, model, epochs):
+    """By 0.05 over popularity and over random: popularity's AUC on these lists is below
+    random (0.456), so a model that ranks nothing (DFN at 0.513 after 6 epochs) would pass
+    the margin over popularity alone."""
     test, popularity = fits["sample-feedback", model, epochs, ()].result()
-    assert test["auc"] >= popularity["auc"] + 0.05, (test, popularity)
+    assert test["auc"] >= max(popularity["auc"], 0.5) + 0.05, (test, popularity)
 
 
 def test_sasrec_with_torchs_default_init_stays_near_popularity(fits):

@@ -87,30 +87,44 @@ class _TargetTransformer(nn.Module):
     def forward(self, target: torch.Tensor, history: torch.Tensor, keep: torch.Tensor
                 ) -> torch.Tensor:
         """Args: target (B, C, D); history (B, L, D); keep (B, L) this feedback's positions.
-        Returns the feedback's feature per candidate, (B, C, D)."""
+        Returns the feedback's feature per candidate, (B, C, D).
+
+        A behaviour's query sees the same behaviours under every candidate; only t differs.
+        Its attention is therefore computed once a row: over [t; kept behaviours] the weight
+        on t is a = σ(s_t − logsumexp_l s_l) and the behaviours share 1 − a in their own
+        softmax proportions, so the mix is a·v_t + (1 − a)·m, m the behaviours-only mix."""
         B, C, D = target.shape
         L, H, d = history.shape[1], self.heads, self.head_dim
-        allowed = torch.cat([keep.new_ones(B, 1), keep], dim=1)  # (B, 1+L): t, behaviours
-        if self.readout == "target":
-            x = target.unsqueeze(2)  # (B, C, 1, D): only t queries
-        else:
-            x = torch.cat([target.unsqueeze(2), history.unsqueeze(1).expand(B, C, L, D)],
-                          dim=2)  # (B, C, 1+L, D): every position queries
-        N = x.shape[2]
-        q = self.q(x).view(B, C, N, H, d)
-        k_t, v_t = self.k(target).view(B, C, H, d), self.v(target).view(B, C, H, d)
+        q_t, k_t, v_t = (f(target).view(B, C, H, d) for f in (self.q, self.k, self.v))
         k_h, v_h = self.k(history).view(B, L, H, d), self.v(history).view(B, L, H, d)
-        logits = torch.cat([torch.einsum("bcnhd,bchd->bcnh", q, k_t).unsqueeze(-1),
-                            torch.einsum("bcnhd,blhd->bcnhl", q, k_h)],
-                           dim=-1) / math.sqrt(d)  # (B, C, N, H, 1+L)
-        w = masked_softmax(logits, allowed[:, None, None, None, :])  # (B, C, N, H, 1+L)
-        mixed = (w[..., :1] * v_t.unsqueeze(2)
-                 + torch.einsum("bcnhl,blhd->bcnhd", w[..., 1:], v_h))  # (B, C, N, H, d)
-        x = self.ln_attn(x + self.dropout(self.out(mixed.reshape(B, C, N, D))))
-        x = self.ln_ffn(x + self.dropout(self.ffn(x)))  # (B, C, N, D)
+        # t's query over [t; kept behaviours]
+        logits = torch.cat([(q_t * k_t).sum(-1, keepdim=True),
+                            torch.einsum("bchd,blhd->bchl", q_t, k_h)],
+                           dim=-1) / math.sqrt(d)  # (B, C, H, 1+L)
+        allowed = torch.cat([keep.new_ones(B, 1), keep], dim=1)  # (B, 1+L)
+        w = masked_softmax(logits, allowed[:, None, None, :])  # (B, C, H, 1+L)
+        mixed_t = w[..., :1] * v_t + torch.einsum("bchl,blhd->bchd", w[..., 1:], v_h)
+        out_t = self._block(target, mixed_t.reshape(B, C, D))  # (B, C, D)
         if self.readout == "target":
-            return x[:, :, 0]
-        return (x * allowed[:, None, :, None]).sum(dim=2)  # (B, C, D) over t and the kept
+            return out_t
+        # every behaviour's query: its behaviours-only attention once a row, then t's share
+        q_h = self.q(history).view(B, L, H, d)
+        s_hh = torch.einsum("blhd,bmhd->blhm", q_h, k_h) / math.sqrt(d)  # (B, L, H, L)
+        kept = keep[:, None, None, :]  # (B, 1, 1, L)
+        m = torch.einsum("blhm,bmhd->blhd", masked_softmax(s_hh, kept), v_h)  # (B, L, H, d)
+        lse = s_hh.masked_fill(~kept, -1e9).logsumexp(dim=-1)  # (B, L, H); none kept: ~-1e9
+        s_ht = torch.einsum("blhd,bchd->bclh", q_h, k_t) / math.sqrt(d)  # (B, C, L, H)
+        a = torch.sigmoid(s_ht - lse.unsqueeze(1)).unsqueeze(-1)  # (B, C, L, H, 1) on t
+        mixed_h = a * v_t.unsqueeze(2) + (1 - a) * m.unsqueeze(1)  # (B, C, L, H, d)
+        out_h = self._block(history.unsqueeze(1).expand(B, C, L, D),
+                            mixed_h.reshape(B, C, L, D))  # (B, C, L, D)
+        return out_t + (out_h * keep[:, None, :, None]).sum(dim=2)  # over t and the kept
+
+    def _block(self, x: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+        """The attention output projection and the rest of the layer: residual + LayerNorm,
+        FFN, residual + LayerNorm. x, mixed: (..., D) -> (..., D)."""
+        x = self.ln_attn(x + self.dropout(self.out(mixed)))
+        return self.ln_ffn(x + self.dropout(self.ffn(x)))
 
 
 @register("dfn")
