@@ -304,6 +304,11 @@ class TrainConfig(Section):
     patience: int = Field(ge=1)
     min_epochs: int = Field(ge=0)  # no early stop before this many epochs (a first-epochs dip)
     lr_plateau_patience: int | None = Field(ge=1)  # halve lr after this many; None: off
+    # the n-th optimiser step's lr is lr * n / lr_warmup_steps while n < lr_warmup_steps, then
+    # lr * (1 - min(n, lr_decay_steps) / lr_decay_steps) (BERT's linear warmup and decay;
+    # 0 and None: constant)
+    lr_warmup_steps: int = Field(ge=0)
+    lr_decay_steps: int | None = Field(ge=1)
     grad_clip: float | None = Field(gt=0)  # max global norm of dense gradients; None: off
     seed: int
     num_workers: int = Field(ge=1)  # Ray Train workers
@@ -332,6 +337,14 @@ class TrainConfig(Section):
     # to their longest history (short sequences, as Amazon's, then cost a fraction of L)
     batch_order: Literal["shuffled", "by_length"]
     run_name: str | None  # run directory <work>/train/<run_name>; None: the model's name
+
+    @model_validator(mode="after")
+    def _decay_after_warmup(self) -> TrainConfig:
+        if self.lr_decay_steps is not None and self.lr_decay_steps <= self.lr_warmup_steps:
+            raise ValueError(f"train.lr_decay_steps ({self.lr_decay_steps}) must exceed "
+                             f"train.lr_warmup_steps ({self.lr_warmup_steps}): the lr would "
+                             "be 0 from the end of the warmup on")
+        return self
 
 
 class TrackingConfig(Section):

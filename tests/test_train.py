@@ -29,7 +29,7 @@ from trainers.batches import (
 )
 from trainers.protocols import PROTOCOLS, protocol_named
 from trainers.registry import Output
-from trainers.train import TrainState, finished_under
+from trainers.train import TrainState, finished_under, lr_factor, step_lrs
 
 # ------------------------------------------------------------------------- batches
 
@@ -286,7 +286,7 @@ def test_weight_decay_reaches_every_parameter_and_lr_can_be_set():
     assert opt.dense.param_groups[0]["weight_decay"] == 0.001  # Adam's coupled L2
     assert opt.rows.weight_decay == pytest.approx(0.011)  # λ + weight_decay on touched rows
     opt.set_lr(0.025)
-    assert opt.dense.param_groups[0]["lr"] == 0.025 and opt.rows.lr == 0.025
+    assert opt.dense.param_groups[0]["lr"] == 0.025 and opt.rows.lr == 0.025 == opt.lr
 
 
 def test_plateau_halves_lr_and_patience_stops():
@@ -309,6 +309,27 @@ def test_plateau_halves_lr_and_patience_stops():
     assert not dip.stopped_early and dip.stale_epochs == 3
     dip.after_validation(5, 0.49, patience=2, lr_plateau_patience=None, min_epochs=5)
     assert dip.stopped_early  # epoch 5 reached, 4 epochs without gain
+
+
+def test_linear_warmup_and_decay_follow_berts_schedule():
+    """``train.lr_warmup_steps`` / ``lr_decay_steps`` (BERT4Rec Section 4.3, "linear decay of
+    the learning rate"; its code warms up over 100 steps, then decays to 0 at 400,000)."""
+    assert [lr_factor(n, 4, 20) for n in (1, 2, 3)] == [0.25, 0.5, 0.75]  # warmup
+    assert [lr_factor(n, 4, 20) for n in (4, 10, 20, 25)] == [0.8, 0.5, 0.0, 0.0]  # decay
+    assert lr_factor(7, 0, None) == lr_factor(5, 4, None) == 1.0 and lr_factor(1, 0, 2) == 0.5
+    # an epoch's k-th step goes on from the run's steps so far and the current base lr
+    tc = load_config("beauty", "bert4rec", overrides=["train.lr=0.001"]).train
+    assert (tc.lr_warmup_steps, tc.lr_decay_steps) == (100, 400_000)  # the released code's
+    state = TrainState(lr=0.001, optimizer_steps=49)
+    step_lr = step_lrs(tc, state)
+    assert step_lr(1) == pytest.approx(0.001 * 50 / 100)
+    assert step_lr(201) == pytest.approx(0.001 * (1 - 250 / 400_000))
+    state.lr = 0.0005  # halved on a plateau: the schedule scales the new base
+    assert step_lrs(tc, state)(1) == pytest.approx(0.0005 * 50 / 100)
+    constant = load_config("beauty", "sasrec").train
+    assert constant.lr_warmup_steps == 0 and step_lrs(constant, state) is None
+    with pytest.raises(ValueError, match="lr_decay_steps .* must exceed"):
+        load_config("beauty", "bert4rec", overrides=["train.lr_decay_steps=100"])
 
 
 def test_a_raised_patience_resumes_an_early_stopped_run():
@@ -397,12 +418,16 @@ def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path
     from mlflow import MlflowClient
 
     root = tmp_path
-    _, first = _train(root, ["train.epochs=1"])  # one worker, one epoch, then "interrupted"
-    assert first["epochs"] == 1 and first["best_epoch"] == 1 and not first["skipped"]
+    tiny_index.write_index(root / "work")
     # a step per batch of 16 (issue 23: how long a run trained, and what ended it)
     rows = pq.read_metadata(next((root / "work" / "index" / "samples" / "train")
                                  .glob("*.parquet"))).num_rows
     steps = -(-rows // 16)
+    # the lr warms up past the first epoch, then decays; the resumed run goes on with it
+    schedule = [f"train.lr_warmup_steps={steps + 1}", f"train.lr_decay_steps={4 * steps}"]
+    # one worker, one epoch, then "interrupted"
+    _, first = _train(root, ["train.epochs=1", *schedule])
+    assert first["epochs"] == 1 and first["best_epoch"] == 1 and not first["skipped"]
     assert first["optimizer_steps"] == steps and first["stopped_by"] == "epoch_cap"
     run_file = root / "work" / "train" / "test_tiny" / "run.json"
     assert json.loads(run_file.read_text())["run_id"] == first["run_id"]
@@ -410,7 +435,7 @@ def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path
     # The "interrupted" run goes on, now with 2 Ray workers of half a CPU each (the worker
     # count does not change what is learned, so it resumes the same run).
     cfg, second = _train(root, ["train.epochs=3", "train.num_workers=2",
-                                "train.cpus_per_worker=0.5"])
+                                "train.cpus_per_worker=0.5", *schedule])
     assert second["run_id"] == first["run_id"]
     assert second["epochs"] == 3
     # the count goes on from the checkpoint: 2 more epochs, each worker's half share of the
@@ -441,6 +466,13 @@ def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path
     # Epoch 1 was trained once (not redone on resume), then epochs 2 and 3.
     history = client.get_metric_history(first["run_id"], "train_loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
+    # each epoch's lr is its last step's: warming up in epoch 1, then decaying over the
+    # resumed run's steps counted from the checkpoint's
+    lrs = {m.step: m.value for m in client.get_metric_history(first["run_id"], "lr")}
+    second_steps = -(-half // 16)
+    assert lrs == pytest.approx({1: cfg.train.lr * steps / (steps + 1),
+                                 2: cfg.train.lr * (1 - (steps + second_steps) / (4 * steps)),
+                                 3: cfg.train.lr * (1 - (steps + 2 * second_steps) / (4 * steps))})
     mrr = client.get_metric_history(first["run_id"], "valid_mrr")
     assert all(0.0 < m.value <= 1.0 for m in mrr)
     assert client.get_metric_history(first["run_id"], "samples_per_s")[0].value > 0
@@ -461,7 +493,7 @@ def test_training_logs_mlflow_run_and_resumes_on_two_workers(ray_local, tmp_path
 
     # Same config with its epochs done: skipped, nothing trained.
     _, third = _train(root, ["train.epochs=3", "train.num_workers=2",
-                             "train.cpus_per_worker=0.5"])
+                             "train.cpus_per_worker=0.5", *schedule])
     assert third["skipped"] and third["run_id"] == first["run_id"]
     checkpoints = sorted(p.name for p in run_file.parent.glob("checkpoint_epoch_*"))
     assert "checkpoint_epoch_0003" in checkpoints and len(checkpoints) <= 3

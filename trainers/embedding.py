@@ -228,6 +228,11 @@ class ModelOptimizer:
             if opt is not None:
                 opt.step()
 
+    @property
+    def lr(self) -> float:
+        """The learning rate the last step used (both parts share it)."""
+        return self.dense.param_groups[0]["lr"] if self.dense is not None else self.rows.lr
+
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of both parts (lr halving on plateau, trainers/train.py)."""
         if self.dense is not None:

@@ -17,7 +17,7 @@ from trainers.embedding import build_optimizer
 from trainers.evaluate import score_lists
 from trainers.registry import Recommender, build_model, model_class, variable_length
 from trainers.split_data import SplitData, declared_inputs, load_split_data
-from trainers.train import seed_everything, train_epoch, worker_rows
+from trainers.train import TrainState, seed_everything, step_lrs, train_epoch, worker_rows
 
 
 @dataclass
@@ -66,6 +66,7 @@ def fit_locally(cfg: PipelineConfig, epochs: int,
     def ours(batch, cut, items) -> torch.Tensor:
         return model(batch).scores
 
+    state = TrainState(lr=tc.lr)  # the steps so far, for train.lr_warmup_steps / decay_steps
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         seed_everything(tc.seed + 1_000 * epoch)
@@ -73,7 +74,9 @@ def fit_locally(cfg: PipelineConfig, epochs: int,
         rows = worker_rows(data.builder, train, tc, epoch, 0, 1, "cpu")
         model.train()
         loss, _ = train_epoch(model, model, optimizer, data.builder, train, rows,
-                              tc.batch_size, tc.l2, 1, 0, epoch, tc.grad_clip)
+                              tc.batch_size, tc.l2, 1, 0, epoch, tc.grad_clip,
+                              step_lrs(tc, state))
+        state.optimizer_steps += -(-len(rows) // tc.batch_size)
         row = {"epoch": epoch, "loss": loss}
         if report is not None:
             model.eval()

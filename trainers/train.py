@@ -5,9 +5,11 @@ workers. Each worker loads the index arrays itself (local disk or shared storage
 model from the registry, and trains with Adam (``trainers.embedding.build_optimizer``) on its
 shard of the shuffled training rows. The index's protocol names the selection metric (its
 ``selection_metric``, trainers/protocols.py: valid MRR under ``slices`` and
-``leave_one_out``, valid AUC under ``feedback``), which decides early stopping (``train.patience``), the optional lr
-halving on plateau (``train.lr_plateau_patience``) and the best checkpoint; Ray Train keeps
-checkpoints by the reported ``valid_score`` (that metric's value).
+``leave_one_out``, valid AUC under ``feedback``), which decides early stopping
+(``train.patience``), the optional lr halving on plateau (``train.lr_plateau_patience``) and
+the best checkpoint; Ray Train keeps checkpoints by the reported ``valid_score`` (that
+metric's value). Each step's lr can also follow a linear warmup and decay over the run's
+optimiser steps (``train.lr_warmup_steps`` / ``lr_decay_steps``, BERT4Rec's schedule).
 
 Several workers (data parallel):
   * dense parameters: DDP via ``ray.train.torch.prepare_model`` all-reduces (averages) their
@@ -41,6 +43,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +88,7 @@ class TrainState:
     best_epoch: int = 0
     stale_epochs: int = 0  # epochs since the best validation score
     stopped_early: bool = False
-    lr: float = 0.0  # current learning rate: train.lr at the start, halved on plateau
+    lr: float = 0.0  # base learning rate: train.lr at the start, halved on plateau
     optimizer_steps: int = 0  # Adam steps over the whole run, resumed runs included
 
     def after_validation(self, epoch: int, score: float, patience: int,
@@ -112,6 +115,29 @@ class TrainState:
         """Whether early stopping ends the run here under ``patience`` and ``min_epochs``
         (on resume, the rerun's own: a raised patience lets an early-stopped run go on)."""
         return self.stale_epochs >= patience and self.epoch >= min_epochs
+
+
+def lr_factor(step: int, warmup_steps: int, decay_steps: int | None) -> float:
+    """The ``step``-th optimiser step's multiple of the base lr (BERT's schedule, which
+    BERT4Rec's paper trains with, Section 4.3: "linear decay of the learning rate"; its
+    released code warms up over 100 steps and decays to 0 at 400,000): ``step / warmup_steps``
+    during the warmup, then ``1 - min(step, decay_steps) / decay_steps`` (1 without decay)."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    if decay_steps is None:
+        return 1.0
+    return 1.0 - min(step, decay_steps) / decay_steps
+
+
+def step_lrs(tc: TrainConfig, state: TrainState) -> Callable[[int], float] | None:
+    """The lr of an epoch's k-th step (1-based) under ``train.lr_warmup_steps`` and
+    ``train.lr_decay_steps``, counted over the whole run (``state.optimizer_steps`` before
+    the epoch; a resumed run goes on where it was) from the current base lr ``state.lr``;
+    None when the lr is constant within an epoch."""
+    if tc.lr_warmup_steps == 0 and tc.lr_decay_steps is None:
+        return None
+    done, base = state.optimizer_steps, state.lr
+    return lambda k: base * lr_factor(done + k, tc.lr_warmup_steps, tc.lr_decay_steps)
 
 
 def finished_under(result: dict[str, Any], tc: TrainConfig) -> bool:
@@ -382,18 +408,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         seed_everything(tc.seed + 1_000 * epoch + rank)  # resumable without saved RNG streams
         train = data.train_epoch_samples(cfg, epoch, sampler)
         rows = worker_rows(data.builder, train, tc, epoch, rank, world, device)
+        step_lr = step_lrs(tc, state)
         loss, samples_per_s = train_epoch(net, model, optimizer, data.builder, train, rows,
                                            tc.batch_size, tc.l2, world, rank, epoch,
-                                           tc.grad_clip)
+                                           tc.grad_clip, step_lr)
         # one Adam step a batch; every worker runs the same steps (epoch_rows pads them)
-        state.optimizer_steps += -(-len(rows) // tc.batch_size)
+        steps = -(-len(rows) // tc.batch_size)
+        state.optimizer_steps += steps
         valid = validate(model, data.builder, data.splits["valid"], tc.eval_batch_size, rank,
                          world, data.protocol)
-        lr = state.lr
+        base, lr = state.lr, optimizer.lr  # the lr of the epoch's last step
         if state.after_validation(epoch, valid[metric], tc.patience, tc.lr_plateau_patience,
                                   tc.min_epochs):
             best_valid = valid
-        if state.lr != lr:
+        if state.lr != base:
             optimizer.set_lr(state.lr)
             if rank == 0:
                 log.info("epoch %d: no valid %s gain for %d epochs, lr halved to %g", epoch,
@@ -436,12 +464,15 @@ def worker_rows(builder: BatchBuilder, train: Samples, tc, epoch: int, rank: int
 
 def train_epoch(net, model: Recommender, optimizer, builder: BatchBuilder, train: Samples,
                  rows: torch.Tensor, batch_size: int, l2: float, world: int, rank: int,
-                 epoch: int, grad_clip: float | None) -> tuple[float, float]:
+                 epoch: int, grad_clip: float | None,
+                 step_lr: Callable[[int], float] | None = None) -> tuple[float, float]:
     """One pass over this worker's rows.
 
     ``grad_clip`` (``train.grad_clip``, None = off) clips the global norm of the dense
     gradients after backward (DDP has averaged them by then); row-sparse tables
-    (``RowSparseEmbedding``) keep their own gradients and are not clipped.
+    (``RowSparseEmbedding``) keep their own gradients and are not clipped. ``step_lr``
+    (:func:`step_lrs`) sets the lr of the epoch's k-th step before it; None keeps the
+    optimiser's.
 
     Returns:
         (mean training loss over all workers, training samples per second over all workers).
@@ -461,6 +492,8 @@ def train_epoch(net, model: Recommender, optimizer, builder: BatchBuilder, train
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], grad_clip)
+        if step_lr is not None:
+            optimizer.set_lr(step_lr(step))
         optimizer.step()
         B = batch["user"].shape[0]
         total += torch.tensor([float(loss.detach()) * B, B], dtype=torch.float64)
