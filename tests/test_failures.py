@@ -10,6 +10,8 @@ enough to be killed in.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import threading
@@ -21,13 +23,14 @@ import pytest
 import torch
 
 import tiny_index
+from conf.loading import section_hash
 from run_curves import epoch_curves
 from store.runs import CHECKPOINT_FILE, RUN_FILE, run_dir
 from trainers.checkpoints import load_checkpoint
 from trainers.registry import Batch, Output, register
 from trainers.snapshot import snapshot_of_index
 from trainers.top_k import TopK
-from trainers.train import resume_key, run_training
+from trainers.train import _RUNTIME_FIELDS, resume_key, run_training
 
 STEP_S = 0.25  # seconds a training step sleeps: 2 steps an epoch
 EPOCHS = 4
@@ -170,3 +173,15 @@ def test_max_failures_niceness_and_polling_do_not_change_what_a_run_learns(tmp_p
                         "hash") for s in (0.5, 2)}
     assert len(keys) == 1
     assert resume_key(tiny_index.tiny_config(tmp_path, ["train.lr=0.5"]), "hash") not in keys
+    # a constant lr keeps the key a run had before train.lr_warmup_steps / lr_decay_steps
+    # existed (it resumes, not retrains); a schedule changes what is learned
+    cfg = tiny_index.tiny_config(tmp_path, [])
+    train = cfg.train.model_dump(mode="json")
+    for field in ("lr_warmup_steps", "lr_decay_steps", *_RUNTIME_FIELDS):
+        train.pop(field)
+    before = {"index": "hash", "sections": section_hash(cfg, "index", "model"), "train": train}
+    assert keys == {hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]}
+    assert resume_key(tiny_index.tiny_config(tmp_path, ["train.lr_warmup_steps=5"]),
+                      "hash") not in keys
+    assert resume_key(tiny_index.tiny_config(tmp_path, ["train.lr_decay_steps=50"]),
+                      "hash") not in keys

@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 _RUNTIME_FIELDS = ("epochs", "patience", "min_epochs", "num_workers", "use_gpu", "cpus_per_worker",
                    "ray_address", "eval_batch_size", "full_rank_users", "run_name",
                    "max_failures", "worker_niceness", "health_check_s")
+# Settings added after runs existed, at the value that trains as before them: left out of
+# the resume key there, so a run trained before the setting existed resumes, not retrains.
+_NEUTRAL_FIELDS = {"lr_warmup_steps": 0, "lr_decay_steps": None}
 # a long epoch says where it stands this often; every epoch ends in one line
 _PROGRESS_SECONDS = 30.0
 SCORE = "valid_score"  # reported every epoch: the protocol's selection metric (Ray keeps by it)
@@ -155,6 +158,9 @@ def resume_key(cfg: PipelineConfig, index_hash: str) -> str:
     train = cfg.train.model_dump(mode="json")
     for field in _RUNTIME_FIELDS:
         train.pop(field)
+    for field, neutral in _NEUTRAL_FIELDS.items():
+        if train[field] == neutral:
+            train.pop(field)
     payload = {"index": index_hash, "sections": section_hash(cfg, "index", "model"),
                "train": train}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
