@@ -97,6 +97,38 @@ def test_dien_adds_its_auxiliary_loss_in_training_only():
                                F.binary_cross_entropy_with_logits(scores, batch["label"]))
 
 
+def test_dien_auxiliary_negatives_uniform_or_by_the_batchs_interactions():
+    """L_aux's ê_{t+1}: ``uniform`` over the item set (the paper), never the real next item;
+    ``in_batch`` a behaviour of the batch's histories, so each item comes as often as it
+    occurs there (the released code's draw from its review lines), never the real next item
+    while another exists, and a pair without another item leaves L_aux."""
+    from trainers.models.dien import DIEN
+
+    torch.manual_seed(0)
+    # the batch's behaviours: item 3 six times, item 5 twice, item 7 once
+    sequence = torch.tensor([[0, 3, 3, 3, 5], [0, 0, 3, 3, 3], [0, 0, 0, 5, 7]])
+    nexts = sequence[:, 1:].repeat(20_000, 1)  # many draws per slot
+    draws = DIEN._batch_behaviours(sequence, nexts)
+    real = nexts != 0
+    assert set(draws[real].unique().tolist()) <= {3, 5, 7}
+    assert not (draws == nexts)[real].any()
+    # where the next item is 3, the others come by their counts: 5 twice as often as 7
+    others = draws[nexts == 3]
+    share = (others == 5).float().mean()
+    assert abs(share - 2 / 3) < 0.01, share
+    # uniform: every item of the set, never the real next one
+    model = make_model("dien")
+    assert model.params.aux_negatives == "uniform"  # the paper's, by default
+    # a batch whose histories hold a single item: in_batch has no other one, so no pair
+    # counts and L_aux is 0; uniform still contrasts every pair
+    batch = make_batch()
+    single = dict(batch, sequence=(batch["sequence"] != 0).long() * 4)
+    in_batch = make_model("dien", aux_negatives="in_batch").train()
+    assert in_batch(single).terms.aux == 0
+    assert model.train()(single).terms.aux > 0
+    assert in_batch(batch).terms.aux > 0
+
+
 def test_feedrec_adds_the_absolute_cosine_of_its_two_interests():
     batch = make_batch()
     model = make_model("feedrec", lambda_disentangle=0.7).eval()

@@ -8,9 +8,12 @@ equation numbers are quoted):
   * Interest extractor layer: a GRU over e_1..e_T gives h_1..h_T (``nn.GRUCell``;
     a left-padded slot leaves the state unchanged, so h starts at 0 on the first real item).
   * Auxiliary loss: h_t must tell the next behaviour e_{t+1} from a sampled one,
-    L_aux = -mean_t [log σ(h_t·e_{t+1}) + log(1 - σ(h_t·ê_{t+1}))], ê_{t+1} = a uniform item
-    (never the real one) carrying the same label, so the contrast is about the item.
-    The hidden width is D, as h_t·e must be defined.
+    L_aux = -mean_t [log σ(h_t·e_{t+1}) + log(1 - σ(h_t·ê_{t+1}))], ê_{t+1} an item other
+    than the real one carrying the same label, so the contrast is about the item.
+    The hidden width is D, as h_t·e must be defined. ``aux_negatives``: ``uniform`` draws
+    the item uniformly from the item set (the paper); ``in_batch`` draws a behaviour of the
+    batch's histories, so items come by their interaction counts, as the released code
+    draws a line of its review log.
   * Interest evolving layer with AUGRU (the paper's best variant):
     a_t = softmax_t(h_t W e_a) over the real positions, u'_t = a_t · u_t,
     h'_t = (1 - u'_t) ∘ h'_{t-1} + u'_t ∘ h̃'_t, one evolution per candidate e_a.
@@ -23,7 +26,7 @@ Shapes: B batch, C candidates, L history length, D embedding (= GRU width).
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +42,8 @@ class DIENParams(TowerParams):
     embed_dim: int = Field(gt=0)  # D, also the GRU width (h_t·e_{t+1} of L_aux)
     embed_init_std: float = Field(gt=0)
     aux_weight: float = Field(ge=0)  # α weighing L_aux (released code: 1)
+    # ê_{t+1} of L_aux: uniform over items (paper) | a behaviour of the batch (released code)
+    aux_negatives: Literal["uniform", "in_batch"]
     dropout: float = Field(ge=0.0, lt=1.0)
 
 
@@ -113,14 +118,35 @@ class DIEN(nn.Module):
         """L_aux over every real (t, t+1) pair of the batch (0 if there is none)."""
         nexts = sequence[:, 1:]  # (B, L-1) e_{t+1}'s item
         valid = (sequence[:, :-1] != 0) & (nexts != 0)  # both behaviours real
-        negatives = torch.randint(1, self.num_items + 1, nexts.shape, device=sequence.device)
-        # A draw equal to the real next item moves to the next id (wrapping): never the same.
-        negatives = torch.where(negatives == nexts, negatives % self.num_items + 1, negatives)
+        if self.params.aux_negatives == "in_batch":
+            negatives = self._batch_behaviours(sequence, nexts)
+            valid = valid & (negatives != 0)  # no other item in the batch: no contrast
+        else:
+            negatives = torch.randint(1, self.num_items + 1, nexts.shape,
+                                      device=sequence.device)
+            # A draw equal to the real next item moves to the next id (wrapping).
+            negatives = torch.where(negatives == nexts, negatives % self.num_items + 1,
+                                    negatives)
         negative = self.embed.item(negatives) + self.embed.label(labels[:, 1:])  # (B, L-1, D)
         positive_logit = (H[:, :-1] * e[:, 1:]).sum(-1)  # (B, L-1) h_t·e_{t+1}
         negative_logit = (H[:, :-1] * negative).sum(-1)  # h_t·ê_{t+1}
         per_step = -F.logsigmoid(positive_logit) - F.logsigmoid(-negative_logit)
         return (per_step * valid).sum() / valid.sum().clamp(min=1)
+
+    @staticmethod
+    def _batch_behaviours(sequence: torch.Tensor, nexts: torch.Tensor) -> torch.Tensor:
+        """For every (B, L-1) slot of ``nexts``, the item of a behaviour drawn uniformly among
+        the batch's real behaviours of another item (the released code redraws until the
+        item differs); 0 where the batch has no other item."""
+        pool = sequence[sequence != 0].sort().values  # (N,) every behaviour of the batch
+        nexts = nexts.contiguous()
+        first = torch.searchsorted(pool, nexts)  # where the slot's own item starts in pool
+        own = torch.searchsorted(pool, nexts, right=True) - first  # its occurrences
+        others = pool.numel() - own  # (B, L-1)
+        r = (torch.rand(nexts.shape, device=nexts.device) * others).long()
+        index = torch.where(r < first, r, r + own)  # skip the own item's block
+        drawn = pool[index.clamp(max=max(pool.numel() - 1, 0))] if pool.numel() else index
+        return torch.where(others > 0, drawn, torch.zeros_like(nexts))
 
     def loss(self, output: Output, batch: Batch) -> torch.Tensor:
         """L_target + α L_aux (L_aux after a training forward only); L_target = mean BCE over
