@@ -98,10 +98,10 @@ def test_dien_adds_its_auxiliary_loss_in_training_only():
 
 
 def test_dien_auxiliary_negatives_uniform_or_by_the_batchs_interactions():
-    """L_aux's ê_{t+1}: ``uniform`` over the item set (the paper), never the real next item;
-    ``in_batch`` a behaviour of the batch's histories, so each item comes as often as it
-    occurs there (the released code's draw from its review lines), never the real next item
-    while another exists, and a pair without another item leaves L_aux."""
+    """L_aux's ê_{t+1}: ``in_batch`` (the preset) a behaviour of the batch's histories, so
+    each item comes as often as it occurs there (the released code's draw from its review
+    lines), never the real next item, and a pair without another item leaves L_aux;
+    ``uniform`` over the item set, never the real next item."""
     from trainers.models.dien import DIEN
 
     torch.manual_seed(0)
@@ -116,16 +116,14 @@ def test_dien_auxiliary_negatives_uniform_or_by_the_batchs_interactions():
     others = draws[nexts == 3]
     share = (others == 5).float().mean()
     assert abs(share - 2 / 3) < 0.01, share
-    # uniform: every item of the set, never the real next one
-    model = make_model("dien")
-    assert model.params.aux_negatives == "uniform"  # the paper's, by default
+    in_batch = make_model("dien").train()
+    assert in_batch.params.aux_negatives == "in_batch"  # the released code's, by default
     # a batch whose histories hold a single item: in_batch has no other one, so no pair
     # counts and L_aux is 0; uniform still contrasts every pair
     batch = make_batch()
     single = dict(batch, sequence=(batch["sequence"] != 0).long() * 4)
-    in_batch = make_model("dien", aux_negatives="in_batch").train()
     assert in_batch(single).terms.aux == 0
-    assert model.train()(single).terms.aux > 0
+    assert make_model("dien", aux_negatives="uniform").train()(single).terms.aux > 0
     assert in_batch(batch).terms.aux > 0
 
 
