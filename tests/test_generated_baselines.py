@@ -16,14 +16,10 @@ an epoch) left to chance at 6 epochs (DFAR's test AUC 0.578 with the default see
 dropout drew its masks another way; seed 3's valid AUC at epoch 6 was 0.453). GRU4Rec trains
 at lr 3e-3 here: at its preset's 1e-2 its valid HR@10 levels off at 1.27-1.30x popularity
 from epoch 5 (test 1.29x with seed 1 after 60 epochs); at 3e-3 it climbs to 1.50-1.56x.
-BERT4Rec's floor is 1.1x: on these 490 users it reaches 1.22-1.29x with seeds 0, 1 and 2024
-at this budget, and no setting tried did better (lr 3e-4 to 2e-3, batch 16, mask ρ 0.2 or
-0.3, weight decay 0 to 0.5, dropout 0.3: 1.08-1.28x; its paper's 400k steps are ~25k epochs
-here). What limits it here is over-fitting, not too few steps: at lr 2e-3 decaying to 0 its
-valid HR@10 peaks at epoch 18 and ends below popularity's; masking only each row's last item
-(490 targets) it peaks at epoch 7 and falls to 0.7x. On the full-size log it reached 1.31x
-after 120 epochs (benchmarks/generated_margins.py). A 1.3x floor here would pass or fail by
-the seed.
+BERT4Rec learns here only with BERT's two LayerNorms (its preset, the released code's):
+with the paper's printed Section 3.4 and Eq. 7 (``embed_norm`` and ``head_norm`` false, as
+the model was before) it reached 1.22-1.29x in 100 epochs with seeds 0, 1 and 2024, and no
+lr, batch, mask ρ, weight decay or dropout tried did better than 1.28x.
 """
 
 from __future__ import annotations
@@ -48,15 +44,14 @@ SMALL = {  # under 500 users after ingest's 5-core / the feedback filters
 }
 # Test HR@10 over popularity's with seeds 0 / 1 / 2024 (the default) at these budgets: SASRec
 # 1.46 / 1.66 / 1.56x, DualRec 1.64 / 1.56 / 1.67x, GRU4Rec 1.56 / 1.52 / 1.54x, FMLP-Rec
-# 1.36 / 1.49 / 1.49x, Caser 1.45 / 1.50 / 1.40x, BERT4Rec 1.22 / 1.29 / 1.29x (its preset's
-# lr warmup over 100 steps)
+# 1.36 / 1.49 / 1.49x, Caser 1.45 / 1.50 / 1.40x, BERT4Rec 1.57 / 1.59 / 1.60x (its preset's
+# lr warmup over 100 steps; without the head's LayerNorm 1.22 / 1.29 / 1.29x at 100 epochs)
 LOO = [  # model, epochs, overrides
     ("sasrec", 12, []), ("dualrec", 15, []), ("gru4rec", 30, ["train.lr=0.003"]),
     ("fmlp", 20, []), ("caser", 60, []),
     # the paper's lr 1e-4 needs its 400k steps; 16 steps an epoch here: RecBole's 1e-3
-    ("bert4rec", 100, ["train.lr=0.001"]),
+    ("bert4rec", 60, ["train.lr=0.001"]),
 ]
-FLOOR = {"bert4rec": 1.1}  # HR@10 over popularity's; 1.3 for the others (the docstring)
 # Test AUC above max(popularity, 0.5) = 0.5 with the same seeds: DFAR +0.13 / +0.16 / +0.09,
 # DIN +0.14 / +0.18 / +0.15, DIEN +0.21 / +0.23 / +0.21 (6 epochs with uniform L_aux
 # negatives: +0.16 / +0.19 / +0.18), DFN +0.15 / +0.15 / +0.18, FeedRec +0.14 / +0.15 /
@@ -66,7 +61,7 @@ FEEDBACK = [  # model, epochs
     ("sasrec", 4)]
 TORCH_DEFAULT_INIT = ["model.params.init_std=null", "model.params.embed_init_std=0.1"]
 # each fit's seconds on one core at the budgets above (the longest start first)
-SECONDS = {"dfn": 60, "dien": 30, "dfar": 37, "bert4rec": 29, "feedrec": 24, "din": 24,
+SECONDS = {"dfn": 60, "dien": 30, "dfar": 37, "bert4rec": 22, "feedrec": 24, "din": 24,
            "caser": 22, "fmlp": 20, "dualrec": 10}
 
 
@@ -117,7 +112,7 @@ def fits(indices) -> dict[tuple, Future]:
 @pytest.mark.parametrize("model, epochs, overrides", LOO)
 def test_dualrec_baselines_beat_popularity_by_a_third(fits, model, epochs, overrides):
     test, popularity = fits["sample-loo", model, epochs, tuple(overrides)].result()
-    assert test["hr@10"] >= FLOOR.get(model, 1.3) * popularity["hr@10"], (test, popularity)
+    assert test["hr@10"] >= 1.3 * popularity["hr@10"], (test, popularity)
 
 
 @pytest.mark.parametrize("model, epochs", FEEDBACK)

@@ -9,7 +9,8 @@ explicit per-head mask and optional relative positions, and the post-LayerNorm l
     XLNet-style form: score = ((q + u)·k + (q + v)·W_r R_{i-j})/√(d/h) with R sinusoidal
     in the distance i - j, u, v learned per head; ``none`` for absolute-position models.
   * Layer, DualRec Eq. 6-7 (BERT4Rec Eq. 4-5): H = LN(X + Drop(MSA(X))),
-    X' = LN(H + Drop(PFF(H))), PFF = FC(GELU(FC(·))).
+    X' = LN(H + Drop(PFF(H))), PFF = FC(GELU(FC(·))); the released DualRec code also drops
+    out between the two FCs (``ffn_dropout``), BERT4Rec's paper and code do not.
   * :func:`direction_mask`: causal masks both ways (DualRec 3.3.2) with optional per-head
     windows (Eq. 9).
 
@@ -124,18 +125,20 @@ class TransformerLayer(nn.Module):
     Args:
         d: model size; heads: h; ffn_dim: PFF inner size; dropout: on attention weights and
         after each sub-layer; relative: relative positions; max_len: n; layer_norm,
-        residual: False drops the LayerNorms / the residual connections (DualRec Table 3).
+        residual: False drops the LayerNorms / the residual connections (DualRec Table 3);
+        ffn_dropout: dropout between the PFF's two FCs too (the DualRec code's
+        PointWiseFeedForward; not in BERT's layer).
     """
 
     def __init__(self, d: int, heads: int, ffn_dim: int, dropout: float,
                  relative: RelativePositions, max_len: int, layer_norm: bool = True,
-                 residual: bool = True):
+                 residual: bool = True, ffn_dropout: bool = True):
         super().__init__()
         self.attn = MultiHeadAttention(d, heads, dropout, relative, max_len)
         # DualRec Table 3's "w/o LN" and "w/o RC": LN(x + f(x)) becomes x + f(x), f(x)
         self.ln_attn = nn.LayerNorm(d, eps=LAYER_NORM_EPS) if layer_norm else nn.Identity()
-        self.ffn = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(ffn_dim, d))
+        inner = nn.Dropout(dropout) if ffn_dropout else nn.Identity()  # keeps index 3: FC 2
+        self.ffn = nn.Sequential(nn.Linear(d, ffn_dim), nn.GELU(), inner, nn.Linear(ffn_dim, d))
         self.ln_ffn = nn.LayerNorm(d, eps=LAYER_NORM_EPS) if layer_norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.residual = residual
