@@ -67,6 +67,13 @@ def test_window_sizes_are_eq8():
         window_sizes(3, 10)
 
 
+@pytest.mark.parametrize("name", ["dual_gru4rec", "dual_fmlp"])
+def test_multi_scale_inputs_need_an_even_number_of_scales(name):
+    """Eq. 8 splits h scales in halves: an odd ``num_scales`` is a config error at load."""
+    with pytest.raises(ValueError, match="num_scales must be even"):
+        build(name, num_scales=3)
+
+
 def test_direction_masks_with_windows_by_hand():
     windows = torch.tensor([2, 3])
     past = ~direction_mask(4, "past", windows, torch.device("cpu"))  # True = visible

@@ -202,6 +202,19 @@ class DualParams(ObjectiveParams):
         return self
 
 
+class MultiScaleParams(DualParams):
+    """Dual backbones without attention heads (GRU4Rec, FMLP-Rec): Eq. 8's windows become
+    ``num_scales`` truncated inputs (h of Eq. 8, even)."""
+
+    num_scales: int = Field(ge=2)  # h of Eq. 8 for the multi-scale inputs (even)
+
+    @model_validator(mode="after")
+    def _even_scales(self) -> MultiScaleParams:
+        if self.num_scales % 2:
+            raise ValueError(f"num_scales must be even (Eq. 8), got {self.num_scales}")
+        return self
+
+
 class DualNetwork(nn.Module):
     """Past and future encoders over a shared, tied item embedding (Section 3.3-3.5).
 

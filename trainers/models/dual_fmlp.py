@@ -30,26 +30,19 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
-from trainers.models.dual import (DualNetwork, DualParams, Direction, window_end_states,
+from trainers.models.dual import (DualNetwork, Direction, MultiScaleParams, window_end_states,
                                   window_sizes)
 from trainers.models.fmlp import FilterStack
 from trainers.models.transformer import init_weights
 from trainers.registry import DataSizes, ModelParams, register
 
 
-class DualFMLPParams(DualParams):
+class DualFMLPParams(MultiScaleParams):
     num_layers: int = Field(ge=1)  # filter blocks (FMLP-Rec: 2)
     ffn_dim: int = Field(gt=0)  # FFN inner size (FMLP-Rec code: 4d)
-    num_scales: int = Field(ge=2)  # h of Eq. 8 for the multi-scale inputs (even)
-
-    @model_validator(mode="after")
-    def _even_scales(self) -> DualFMLPParams:
-        if self.num_scales % 2:
-            raise ValueError(f"num_scales must be even (Eq. 8), got {self.num_scales}")
-        return self
 
 
 class CausalFilterEncoder(nn.Module):

@@ -30,24 +30,17 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
-from trainers.models.dual import (DualNetwork, DualParams, Direction, window_end_states,
+from trainers.models.dual import (DualNetwork, Direction, MultiScaleParams, window_end_states,
                                   window_sizes)
 from trainers.models.gru4rec import align_left_padded
 from trainers.registry import DataSizes, ModelParams, register
 
 
-class DualGRU4RecParams(DualParams):
+class DualGRU4RecParams(MultiScaleParams):
     num_layers: int = Field(ge=1)  # GRU layers (GRU4Rec: 1)
-    num_scales: int = Field(ge=2)  # h of Eq. 8 for the multi-scale inputs (even)
-
-    @model_validator(mode="after")
-    def _even_scales(self) -> DualGRU4RecParams:
-        if self.num_scales % 2:
-            raise ValueError(f"num_scales must be even (Eq. 8), got {self.num_scales}")
-        return self
 
 
 class GRUEncoder(nn.Module):
