@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainers.models.fmlp import FilterLayer, prefix_rows
+from trainers.models.fmlp import FilterLayer, FilterStack, prefix_rows
 from trainers.registry import DataSizes, build_model
 
 L, N = 6, 15
@@ -143,3 +143,31 @@ def test_global_filter_prefixes_take_the_batch_negatives():
         h = model.stack(model.item(one), one != 0)[:, -1]
         expected = model.item(torch.tensor([[2, 13]])) @ h.unsqueeze(-1)
     torch.testing.assert_close(prefixes[2], expected.view(2))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_last_states_equal_the_full_stack_at_the_last_slot(causal):
+    """``FilterStack.last_states`` (packed kept slots, the last block at the last slot) is
+    the stack's last slot, values and gradients, for either filter; the causal one also over
+    the newest L' < L slots; a row whose last slot is padding gets 0."""
+    torch.manual_seed(0)
+    stack = FilterStack(L, 4, num_layers=2, ffn_dim=8, dropout=0.0, causal=causal)
+    layer = stack.blocks[0].filter
+    x = torch.randn(3, L, 4)
+    torch.testing.assert_close(layer.filtered_last(x), layer.filtered(x)[:, -1])
+    sequence = torch.tensor([[0, 0, 0, 3, 4, 5], [1, 2, 3, 4, 5, 6], [0, 0, 7, 8, 9, 0]])
+    for width in ([L, L - 2] if causal else [L]):
+        e = torch.randn(3, width, 4, requires_grad=True)
+        keep = sequence[:, L - width:] != 0
+        full = stack(e, keep)[:, -1]  # (3, 4)
+        last = stack.last_states(e, keep)
+        torch.testing.assert_close(last, full)
+        assert torch.equal(last[2], torch.zeros(4))
+        weights = torch.randn(3, 4)
+        grads = [torch.autograd.grad((h * weights).sum(), [e, *stack.parameters()],
+                                     allow_unused=True) for h in (full, last)]
+        for g_full, g_last in zip(*grads):
+            if g_full is None:
+                assert g_last is None or not g_last.any()
+            else:
+                torch.testing.assert_close(g_last, g_full)

@@ -71,7 +71,7 @@ class CausalFilterEncoder(nn.Module):
             return states, [window_end_states(states, keep.sum(1), self.windows)]
         # A causal stack over the w newest slots alone is the stack over the input truncated
         # to them (older slots zero): sum(w) slots of work instead of S x L.
-        per_scale = [self.stack(e[:, L - min(w, L):], keep[:, L - min(w, L):])[:, -1]
+        per_scale = [self.stack.last_states(e[:, L - min(w, L):], keep[:, L - min(w, L):])
                      for w in self.windows]  # S x (B, d)
         return states, [torch.stack(per_scale, dim=1)]  # (B, S, d)
 
