@@ -1,4 +1,5 @@
-"""Training throughput of SASRec, DualRec and the dual backbones on Beauty-sized sequences.
+"""Training throughput of SASRec, FMLP-Rec, DualRec and the dual backbones on Beauty-sized
+sequences.
 
 Generates, in memory (no Spark), a leave-one-out training split of Beauty's size (PROTOCOLS
 §2: 22,363 users, 12,101 items, 198,502 interactions): each user's length is 5 + a geometric
@@ -12,7 +13,9 @@ before the cut, ``trainers.train.train_epoch``: forward, loss, backward, grad cl
 second. Model hyper-parameters are the conf/models/<name>.yaml presets; SASRec runs at
 d = 64 (its preset's d = 16 is SCoRe's size; DualRec's comparison uses d = 64).
 
-Run: .venv/bin/python benchmarks/dualrec.py [--models sasrec,dualrec,dual_gru4rec,dual_fmlp]
+FMLP-Rec (global filter) also runs one L-slot prefix per history position of each row.
+
+Run: .venv/bin/python benchmarks/dualrec.py [--models sasrec,fmlp,dualrec,dual_gru4rec,dual_fmlp]
      [--threads 2] [--steps 0 (whole epoch; N > 0 times N steps and scales to an epoch)]
 """
 
@@ -81,7 +84,7 @@ def train_one_epoch(name: str, sequences: EventSequences, train: Samples, steps:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="sasrec,dualrec,dual_gru4rec,dual_fmlp")
+    parser.add_argument("--models", default="sasrec,fmlp,dualrec,dual_gru4rec,dual_fmlp")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=0,
                         help="0: the whole epoch; N: time N steps and scale to an epoch")

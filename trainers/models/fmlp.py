@@ -25,9 +25,10 @@ depends on the real items and their slots only.
 stack from causal filters (below), so the state at slot t already sees slots <= t only:
 the sequence is then read once and every position t scores its next item against the
 batch's ``next_negatives`` (trainers/models/next_item.py, as SASRec), instead of one
-L-slot prefix per position. Same targets, about L times less compute; a padding slot's
-state is zero here, so no empty-history state is trained (as the prefixes, which start at
-the first item).
+L-slot prefix per position. Same targets, less compute (a prefix runs its per-slot layers
+on its own items and its last block at one slot, :meth:`FilterStack.last_states`); a padding
+slot's state is zero here, so no empty-history state is trained (as the prefixes, which
+start at the first item).
 
 :class:`FilterLayer` with ``causal=True`` is the causal variant the dual FMLP-Rec uses
 (trainers/models/dual_fmlp.py): a linear convolution with a causal kernel of L taps, the
