@@ -80,20 +80,35 @@ class FilterLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
 
-    def filtered(self, x: torch.Tensor) -> torch.Tensor:
-        """The filter alone: x (B, L', d) -> (B, L', d).
+    def _check_length(self, L: int) -> None:
+        if L != self.L and not (self.causal and L < self.L):
+            raise ValueError(f"the filter is built for length {self.L}, got {L}")
+
+    def taps(self, L: int) -> torch.Tensor:
+        """The filter's impulse response h over L' = ``L`` slots, (L', d): y_t = Σ_k h_k
+        x_{t-k}, circular over the L slots for the global filter (IFFT(W), scaled by 1/√L for
+        the orthonormal transforms), the first L' taps of the causal kernel for the causal one.
 
         The global filter needs L' = L. The causal one also takes the newest L' < L slots
         alone: with the older slots zero, they are exactly what it computes there.
+
+        Raises:
+            ValueError: another length.
         """
-        L = x.shape[1]
-        if L != self.L and not (self.causal and L < self.L):
-            raise ValueError(f"the filter is built for length {self.L}, got {L}")
+        self._check_length(L)
         w = torch.view_as_complex(self.weight)  # (points/2+1, d)
+        if self.causal:
+            return torch.fft.irfft(w, n=2 * self.L, dim=0, norm="ortho")[:L]
+        return torch.fft.irfft(w, n=L, dim=0, norm="ortho") / L ** 0.5
+
+    def filtered(self, x: torch.Tensor) -> torch.Tensor:
+        """The filter alone: x (B, L', d) -> (B, L', d) (L' as :meth:`taps` allows)."""
+        L = x.shape[1]
         if not self.causal:  # X̃ = W ⊙ FFT(F), F̃ = IFFT(X̃)
-            spectrum = torch.fft.rfft(x, dim=1, norm="ortho") * w
+            self._check_length(L)
+            spectrum = torch.fft.rfft(x, dim=1, norm="ortho") * torch.view_as_complex(self.weight)
             return torch.fft.irfft(spectrum, n=L, dim=1, norm="ortho")
-        kernel = torch.fft.irfft(w, n=2 * self.L, dim=0, norm="ortho")[:L]  # (L', d): taps
+        kernel = self.taps(L)  # (L', d)
         # y_t = Σ_{k<=t} kernel_k x_{t-k} as a lower-triangular Toeplitz product: slots after t
         # contribute exactly 0 (an FFT product is causal only up to roundoff).
         slot = torch.arange(L, device=x.device)
@@ -103,21 +118,9 @@ class FilterLayer(nn.Module):
 
     def filtered_last(self, x: torch.Tensor) -> torch.Tensor:
         """The filter's output at the last slot alone: x (B, L', d) -> (B, d), equal to
-        ``filtered(x)[:, -1]`` (one kernel product instead of two FFTs).
-
-        Both filters are convolutions, so y_{L'-1} = Σ_s h_{L'-1-s} x_s with h the impulse
-        response: the global filter's is IFFT(W) over L points (a circular convolution,
-        scaled by 1/√L for the orthonormal transforms); the causal one's its first L' taps.
-        """
-        L = x.shape[1]
-        if L != self.L and not (self.causal and L < self.L):
-            raise ValueError(f"the filter is built for length {self.L}, got {L}")
-        w = torch.view_as_complex(self.weight)  # (points/2+1, d)
-        if self.causal:
-            taps = torch.fft.irfft(w, n=2 * self.L, dim=0, norm="ortho")[:L]  # (L', d)
-        else:
-            taps = torch.fft.irfft(w, n=L, dim=0, norm="ortho") / L ** 0.5  # (L, d)
-        return (x * taps.flip(0)).sum(1)  # (B, d)
+        ``filtered(x)[:, -1]``: y_{L'-1} = Σ_s h_{L'-1-s} x_s (one product with the taps
+        instead of two FFTs of x)."""
+        return (x * self.taps(x.shape[1]).flip(0)).sum(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ln(x + self.dropout(self.filtered(x)))
