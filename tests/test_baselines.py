@@ -341,6 +341,37 @@ def test_gru4rec_ranks_each_next_item_above_the_mini_batchs_other_targets():
     torch.testing.assert_close((ranked * counted).sum() / counted.sum(), expected)
 
 
+
+def test_gru4rec_tied_embedding_reads_the_output_rows():
+    """``tied_embedding`` (the released code's constrained_embedding): the GRU's input at a
+    position is the output row W of its item, so one table both reads and scores, and a
+    row trains from its uses as input too; widths that cannot tie are refused."""
+    model = make_model("gru4rec", tied_embedding=True, dropout=0.0, embed_dim=8,
+                       hidden_dim=8)
+    assert model.item_in is model.item_out
+    tables = [n for n, _ in model.named_parameters() if n.startswith("item_")]
+    assert tables == ["item_out.weight", "item_bias.weight"]  # one item table, W
+    batch = make_batch(B=4, seed=5)
+    seq = batch["sequence"]
+    b = int((seq != 0).sum(1).argmax())  # the row with the most items
+    items = seq[b][seq[b] != 0]
+    with torch.no_grad():
+        expected = model.gru(model.item_out.weight[items].unsqueeze(0))[0][0, -1]
+        torch.testing.assert_close(model.encode_users(batch)[b], expected)
+    # an item only in the input (never a target or candidate) still moves its W row
+    model.item_out.make_dense()
+    only = torch.zeros_like(seq)
+    only[0, -2:] = torch.tensor([5, 6])
+    model.train()
+    candidates = torch.tensor([[7, 8, 9]]).expand(seq.shape[0], 3)
+    trained = {**batch, "sequence": only, "items": candidates,
+               "next_negatives": torch.full_like(seq[:, 1:], 9)}  # 5: no target nor negative
+    model.loss(model(trained), trained).backward()
+    grad = model.item_out.weight.grad
+    assert grad[5].abs().sum() > 0  # item 5 is input only: its next item 6 is the target
+    with pytest.raises(ValueError, match="embed_dim = hidden_dim"):
+        make_model("gru4rec", tied_embedding=True, embed_dim=8, hidden_dim=16)
+
 @pytest.mark.parametrize("name", ["gru4rec", "sasrec", "caser"])
 def test_sequence_models_learn_from_every_history_position(name):
     """A training forward adds the next-item terms of the history to the loss; changing an

@@ -492,3 +492,23 @@ def test_tune_runs_every_row_of_table_3_and_table_5():
         params = {**cfg.model.params,
                   **{k.removeprefix("model.params."): v for k, v in overrides.items()}}
         build_model("dualrec", params, SIZES)  # every row is a valid model
+
+
+@pytest.mark.parametrize("name, backbone", [("dual_gru4rec", "GRU4Rec"),
+                                            ("dual_fmlp", "FMLP-Rec")])
+def test_tune_runs_table_4s_rows_under_one_recipe(name, backbone):
+    """Table 4 compares each backbone with its dual network; ``seqrec tune --model <dual>``
+    runs all three rows with the dual preset's own training recipe, so the plain row is the
+    past encoder alone (no future encoder, no transfer), not the backbone's own preset."""
+    from conf.loading import load_config
+
+    cfg = load_config("sample-loo", name, "local", [])
+    rows = {f"Dual{backbone} with BIT": ("future", 0.1), f"Dual{backbone}": ("future", 0.0),
+            f"{backbone} past only": (None, 0.0)}
+    assert list(cfg.sweep.variants) == list(rows) and cfg.sweep.mode == "variants"
+    for row, (future, beta) in rows.items():
+        params = {**cfg.model.params, **{k.removeprefix("model.params."): v
+                                         for k, v in cfg.sweep.variants[row].items()}}
+        model = build_model(name, params, SIZES)
+        assert model.past is not None and (model.future is not None) == (future is not None)
+        assert model.params.beta == beta

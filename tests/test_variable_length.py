@@ -22,7 +22,8 @@ CUT_MODELS = {  # every model that declares variable_length, with small params
     "sasrec": dict(embed_dim=8, embed_init_std=0.1, init_std=0.1, num_blocks=2, num_heads=1,
                    dropout=0.0, loss="bce", **OBJECTIVE),
     "gru4rec": dict(embed_dim=8, embed_init_std=0.1, hidden_dim=8, num_layers=1, dropout=0.0,
-                    loss="bpr", ranking_negatives="in_batch", **OBJECTIVE),
+                    loss="bpr", ranking_negatives="in_batch", tied_embedding=True,
+                    **OBJECTIVE),
     "fmlp": {**FMLP, "filter": "causal"},
     **{name: "preset" for name in ("dfar", "tha4rec", "din", "dien", "dfn", "feedrec")},
 }
