@@ -341,7 +341,6 @@ def test_gru4rec_ranks_each_next_item_above_the_mini_batchs_other_targets():
     torch.testing.assert_close((ranked * counted).sum() / counted.sum(), expected)
 
 
-
 def test_gru4rec_tied_embedding_reads_the_output_rows():
     """``tied_embedding`` (the released code's constrained_embedding): the GRU's input at a
     position is the output row W of its item, so one table both reads and scores, and a
@@ -371,6 +370,7 @@ def test_gru4rec_tied_embedding_reads_the_output_rows():
     assert grad[5].abs().sum() > 0  # item 5 is input only: its next item 6 is the target
     with pytest.raises(ValueError, match="embed_dim = hidden_dim"):
         make_model("gru4rec", tied_embedding=True, embed_dim=8, hidden_dim=16)
+
 
 @pytest.mark.parametrize("name", ["gru4rec", "sasrec", "caser"])
 def test_sequence_models_learn_from_every_history_position(name):
