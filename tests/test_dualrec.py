@@ -341,18 +341,24 @@ def test_future_only_trains_the_future_and_reads_the_past(name):
     assert torch.allclose(_eval_scores(future_only, batch), _eval_scores(past_only, batch))
 
 
-def test_windows_apply_in_training_only_unless_kept():
+def test_windows_score_as_they_train_by_default_and_train_only_as_the_code():
+    """Eq. 9's windows are the heads in training and at inference (the preset, the paper's
+    3.5.2: the past encoder sees one context in both); ``windows_at_inference: false`` is the
+    released code's training-only windows (inference: the plain causal mask)."""
+    from conf.loading import load_config
+
+    assert load_config("sample-loo", "dualrec", "local", []).model.params[
+        "windows_at_inference"] is True
     batch = toy_batch()
-    default = build("dualrec")
+    paper = build("dualrec", windows_at_inference=True)
+    code = build("dualrec", windows_at_inference=False)
     plain = build("dualrec", multi_scale=False)
-    kept = build("dualrec", windows_at_inference=True)
-    plain.load_state_dict(default.state_dict())
-    kept.load_state_dict(default.state_dict())
-    # inference: the plain causal mask, unless windows_at_inference
-    assert torch.allclose(_eval_scores(default, batch), _eval_scores(plain, batch))
-    default.train()
-    windowed = default(batch).scores.detach()  # training forward (dropout 0): windows on
-    assert torch.allclose(_eval_scores(kept, batch), windowed, atol=1e-6)
+    code.load_state_dict(paper.state_dict())
+    plain.load_state_dict(paper.state_dict())
+    paper.train()
+    windowed = paper(batch).scores.detach()  # training forward (dropout 0): windows on
+    assert torch.allclose(_eval_scores(paper, batch), windowed, atol=1e-6)
+    assert torch.allclose(_eval_scores(code, batch), _eval_scores(plain, batch))
     assert not torch.allclose(windowed, _eval_scores(plain, batch))
 
 
