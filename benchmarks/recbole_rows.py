@@ -78,7 +78,8 @@ def recbole_row(source: list[str], out: Path, loss: str, sasrec: list[str], epoc
                 patience: int, threads: int, timings: dict, mode: str = "uni99") -> dict:
     """RecBole's SASRec with ``loss`` on ``source`` (``--inter F [--kcore K]`` or
     ``--sequences F``), evaluated by ``mode`` (a key of METRICS), results in ``out`` (JSON),
-    as a table row."""
+    as a table row. A run that finished under the same arguments is read back, one that
+    stopped part-way resumes after its last epoch (the runner's ``resume.pt``)."""
     prefix, metrics = METRICS[mode]
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

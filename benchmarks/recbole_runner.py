@@ -39,7 +39,10 @@ that neither side's epoch time carries that slowdown.
 
 Output: JSON with seconds per training epoch, validation seconds and valid metrics per
 epoch, the torch thread count, and ``best_epoch`` with the ``test`` metrics of that epoch's
-weights.
+weights, written atomically. Every epoch also saves ``resume.pt`` beside it (model, optimizer,
+the epochs so far, the best weights, the random generators): a run stopped part-way resumes
+after its last finished epoch when started again with the same arguments (the epoch cap and
+threads may differ), and a finished one is not run again.
 """
 
 from __future__ import annotations
@@ -79,6 +82,46 @@ def copy_atomic(inter: Path, folder: Path) -> int:
         return sum(1 for _ in f) - 1
 
 
+def run_key(args: argparse.Namespace) -> dict:
+    """What makes a run this run: every argument but the epoch cap, the threads and the
+    output (a run resumes under a raised cap and on other threads)."""
+    return {k: str(v) for k, v in sorted(vars(args).items())
+            if k not in ("epochs", "threads", "out")}
+
+
+def rng_states(train) -> dict:
+    """Python's, numpy's and torch's global generators (RecBole samples its negatives with
+    them) and the training loader's own (its shuffle)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(), "loader": train.generator.get_state()}
+
+
+def set_rng_states(states: dict, train) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    train.generator.set_state(states["loader"])
+
+
+def save_atomically(path: Path, payload: dict) -> None:
+    """``torch.save`` to a temporary name, then renamed over ``path``."""
+    import torch
+
+    partial = path.with_name(path.name + ".tmp")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -107,6 +150,11 @@ def main() -> None:
         p if p is None else p.resolve() for p in (args.out, args.sequences, args.inter))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     os.chdir(args.out.parent)
+    key = run_key(args)
+    if args.out.exists() and json.loads(args.out.read_text()).get("key") == {
+            **key, "epochs": args.epochs}:
+        print(f"{args.out}: this run finished already", flush=True)
+        return
 
     import torch
     from recbole.config import Config
@@ -148,7 +196,17 @@ def main() -> None:
     model = SASRec(config, train.dataset).to(config["device"])
     trainer = Trainer(config, model)
     epochs, best, waited = [], None, 0
-    for epoch in range(args.epochs):
+    resume = args.out.parent / "resume.pt"
+    if resume.exists():
+        saved = torch.load(resume, weights_only=False)
+        if saved["key"] == key:
+            epochs, best, waited = saved["epochs"], saved["best"], saved["waited"]
+            model.load_state_dict(saved["model"])
+            trainer.optimizer.load_state_dict(saved["optimizer"])
+            set_rng_states(saved["rng"], train)
+            print(f"resumed after epoch {len(epochs)} from {resume}", flush=True)
+    stopped = bool(args.patience) and waited >= args.patience
+    for epoch in range(len(epochs), 0 if stopped else args.epochs):
         start = time.perf_counter()
         loss = trainer._train_epoch(train, epoch)
         trained = time.perf_counter()
@@ -164,16 +222,23 @@ def main() -> None:
             waited = 0
         else:
             waited += 1
-            if args.patience and waited >= args.patience:
-                break
+        save_atomically(resume, {
+            "key": key, "epochs": epochs, "best": best, "waited": waited,
+            "model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+            "rng": rng_states(train)})
+        if args.patience and waited >= args.patience:
+            break
     model.load_state_dict(best[2])
     start = time.perf_counter()
     tested = trainer.evaluate(test, load_best_model=False)
-    args.out.write_text(json.dumps({
+    partial = args.out.with_name(args.out.name + ".tmp")
+    partial.write_text(json.dumps({
+        "key": {**key, "epochs": args.epochs},
         "interactions": rows, "users": dataset.user_num - 1, "items": dataset.item_num - 1,
         "threads": args.threads, "loss": args.loss, "mode": args.mode, "epochs": epochs,
         "best_epoch": best[1], "test_seconds": time.perf_counter() - start,
         "test": {k: float(v) for k, v in tested.items()}}, indent=1))
+    os.replace(partial, args.out)
 
 
 if __name__ == "__main__":
