@@ -52,6 +52,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ATOMIC_NAME = "seqrec_input"  # never "ml-100k": RecBole would read its packaged copy instead
@@ -113,13 +114,34 @@ def set_rng_states(states: dict, train) -> None:
     train.generator.set_state(states["loader"])
 
 
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(temporary path)``, then the temporary renamed over ``path``: a reader never
+    sees a half-written file."""
+    partial = path.with_name(path.name + ".tmp")
+    write(partial)
+    os.replace(partial, path)
+
+
 def save_atomically(path: Path, payload: dict) -> None:
-    """``torch.save`` to a temporary name, then renamed over ``path``."""
+    """``torch.save`` through :func:`write_atomically`."""
     import torch
 
-    partial = path.with_name(path.name + ".tmp")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: torch.save(payload, partial))
+
+
+def finished_key(out: Path) -> dict | None:
+    """The ``key`` a finished run wrote into ``out`` (None: no such file, or one from before
+    results carried their key).
+
+    Raises:
+        SystemExit: ``out`` is not JSON (naming it: delete it to run again).
+    """
+    if not out.exists():
+        return None
+    try:
+        return json.loads(out.read_text()).get("key")
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{out} is not a result JSON ({err}); delete it to run again") from err
 
 
 def main() -> None:
@@ -151,8 +173,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     os.chdir(args.out.parent)
     key = run_key(args)
-    if args.out.exists() and json.loads(args.out.read_text()).get("key") == {
-            **key, "epochs": args.epochs}:
+    if finished_key(args.out) == {**key, "epochs": args.epochs}:
         print(f"{args.out}: this run finished already", flush=True)
         return
 
@@ -231,14 +252,13 @@ def main() -> None:
     model.load_state_dict(best[2])
     start = time.perf_counter()
     tested = trainer.evaluate(test, load_best_model=False)
-    partial = args.out.with_name(args.out.name + ".tmp")
-    partial.write_text(json.dumps({
+    result = json.dumps({
         "key": {**key, "epochs": args.epochs},
         "interactions": rows, "users": dataset.user_num - 1, "items": dataset.item_num - 1,
         "threads": args.threads, "loss": args.loss, "mode": args.mode, "epochs": epochs,
         "best_epoch": best[1], "test_seconds": time.perf_counter() - start,
-        "test": {k: float(v) for k, v in tested.items()}}, indent=1))
-    os.replace(partial, args.out)
+        "test": {k: float(v) for k, v in tested.items()}}, indent=1)
+    write_atomically(args.out, lambda partial: partial.write_text(result))
 
 
 if __name__ == "__main__":

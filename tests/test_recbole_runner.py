@@ -11,9 +11,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
-from benchmarks.recbole_runner import rng_states, run_key, save_atomically, set_rng_states
+from benchmarks.recbole_runner import (finished_key, rng_states, run_key, save_atomically,
+                                       set_rng_states)
 
 
 def _args(**changes) -> argparse.Namespace:
@@ -44,3 +46,15 @@ def test_saved_generators_give_the_draws_that_would_have_come_next(tmp_path):
     assert got[:2] == expected[:2]
     assert torch.equal(got[2], expected[2]) and torch.equal(got[3], expected[3])
     assert [p.name for p in tmp_path.iterdir()] == ["resume.pt"]  # no temporary left
+
+
+def test_a_finished_result_names_its_run_and_an_unreadable_one_is_named(tmp_path):
+    out = tmp_path / "result.json"
+    assert finished_key(out) is None
+    out.write_text('{"best_epoch": 3}')  # a result from before results carried their key
+    assert finished_key(out) is None
+    out.write_text('{"key": {"loss": "BPR"}, "best_epoch": 3}')
+    assert finished_key(out) == {"loss": "BPR"}
+    out.write_text('{"key": {"loss"')
+    with pytest.raises(SystemExit, match=f"{out} is not a result JSON"):
+        finished_key(out)
