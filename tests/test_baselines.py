@@ -219,7 +219,8 @@ def test_history_pairs_take_the_batch_negatives():
 def test_sequence_models_train_on_the_batch_history_negatives(name):
     """The history loss scores the batch's ``next_negatives``: with them given, the loss no
     longer depends on torch's RNG, and other negatives give another loss."""
-    model = make_model(name, dropout=0.0).train()
+    one = {"negatives": 1} if name == "caser" else {}  # Caser draws n - 1 more per target
+    model = make_model(name, dropout=0.0, **one).train()
     batch = make_batch(B=6, seed=3)
     L = batch["sequence"].shape[1]
     batch["next_negatives"] = torch.randint(1, SIZES.num_items + 1, (6, L - 1),
@@ -478,25 +479,39 @@ def test_caser_without_personalization_scores_by_the_sequence_alone():
     assert torch.isfinite(plain.loss(plain(batch), batch))  # training forward: history terms
 
 
-def test_caser_windows_target_their_next_T_items():
+def test_caser_windows_target_their_next_T_items(monkeypatch):
     """Eq. 10-11's skip targets: the training loss is BCE averaged over the candidate rows
-    and, for every window p and k = 1..T, the item at p+k against the negative drawn for
-    that item; T = 1 is the next item alone. Computed here from the scores by hand."""
+    and, for every window p and k = 1..T, the item at p+k against the n items drawn for
+    that item, their terms summed (Eq. 11) or averaged (``negatives_reduction: mean``, the
+    released code's); T = 1 is the next item alone. Computed here from the scores by hand,
+    with the items the model drew."""
     import torch.nn.functional as F
 
-    from trainers.models.next_item import history_pairs
+    import trainers.models.caser as caser_module
+    from trainers.models.next_item import history_pairs, more_negatives
 
+    drawn = []
+
+    def spy(*args):
+        drawn.append(more_negatives(*args))
+        return drawn[-1]
+
+    monkeypatch.setattr(caser_module, "more_negatives", spy)
     batch = make_batch(B=4, C=3, seed=2)
     L = batch["sequence"].shape[1]
     batch["next_negatives"] = torch.randint(1, SIZES.num_items + 1, (4, L - 1),
                                             generator=torch.Generator().manual_seed(7))
-    for T in (1, 3):
-        model = make_model("caser", dropout=0.0, targets_ahead=T).train()
+    for T, n, reduction in ((1, 1, "sum"), (3, 1, "sum"), (3, 3, "sum"), (3, 3, "mean")):
+        model = make_model("caser", dropout=0.0, targets_ahead=T, negatives=n,
+                           negatives_reduction=reduction).train()
         got = model.loss(model(batch), batch).detach()  # a training forward: history terms
+        negatives = drawn[-1]  # (B, L-1, n)
         with torch.no_grad():
             seq = batch["sequence"]
-            targets, _, negatives, valid = history_pairs(seq, SIZES.num_items, None,
-                                                         batch["next_negatives"])
+            targets, _, first, valid = history_pairs(seq, SIZES.num_items, None,
+                                                     batch["next_negatives"])
+            assert negatives.shape == (4, L - 1, n) and torch.equal(negatives[..., 0], first)
+            assert not (negatives == targets.unsqueeze(-1)).any()
             P = model.user(batch["user"])
             states = torch.cat([model.position_states(seq),
                                 P[:, None].expand(-1, L, -1)], dim=-1)  # (B, L, 2d)
@@ -508,16 +523,35 @@ def test_caser_windows_target_their_next_T_items():
                 for k in range(1, T + 1):
                     if p + k >= L:
                         continue
-                    item, negative = seq[:, p + k], negatives[:, p + k - 1]  # (B,)
+                    item, sampled = seq[:, p + k], negatives[:, p + k - 1]  # (B,), (B, n)
                     real = valid[:, p] if k == 1 else (item != 0) & (seq[:, p] != 0)
                     pos = (states[:, p] * W[item]).sum(-1) + b[item]
-                    neg = (states[:, p] * W[negative]).sum(-1) + b[negative]
-                    loss = F.softplus(-pos) + F.softplus(neg)  # -log σ(pos) - log(1-σ(neg))
+                    neg = (states[:, p, None] * W[sampled]).sum(-1) + b[sampled]  # (B, n)
+                    # -log σ(pos) - Σ_j log(1 - σ(neg_j)), or the mean over j
+                    negative_terms = F.softplus(neg).sum(-1) / (n if reduction == "mean" else 1)
+                    loss = F.softplus(-pos) + negative_terms
                     terms.append(loss[real])
                     count += int(real.sum())
             expected = torch.cat(terms).sum() / count
         torch.testing.assert_close(got, expected)
-    assert make_model("caser").params.targets_ahead == 3  # the paper's T
+    params = make_model("caser").params
+    assert (params.targets_ahead, params.negatives, params.negatives_reduction) == (3, 3, "sum")
+
+
+def test_more_negatives_follow_the_batch_draws_or_are_uniform():
+    """Caser's n - 1 further items per target: resampled from the batch's own draws (the
+    candidates' distribution) when the batch has them, else uniform; never the target."""
+    from trainers.models.next_item import more_negatives
+
+    targets = torch.full((50, 40), 7)
+    drawn = torch.randint(1, 4, (50, 40))  # the batch's draws: items 1..3 only
+    torch.manual_seed(0)
+    resampled = more_negatives(targets, drawn, 4, 100, resample=True)
+    assert resampled.shape == (50, 40, 4) and torch.equal(resampled[..., 0], drawn)
+    assert set(resampled.unique().tolist()) == {1, 2, 3}
+    uniform = more_negatives(targets, drawn, 4, 100, resample=False)[..., 1:]
+    assert int(uniform.max()) > 50 and not (uniform == 7).any()
+    assert torch.equal(more_negatives(targets, drawn, 1, 100, True), drawn.unsqueeze(-1))
 
 
 @pytest.mark.parametrize("name", ["gru4rec", "sasrec", "fmlp"])

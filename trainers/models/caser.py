@@ -13,12 +13,15 @@ Implemented (equation numbers of the paper):
     authors' code.
   * Prediction: y_i = W'_i · [z; P_u] + b'_i (Eq. 7): the user's general taste P_u is added
     after the convolutions; W' is a separate output item table of width 2d.
-  * Loss: binary cross-entropy over the positive and sampled negatives (Eq. 10-11).
+  * Loss: binary cross-entropy over the positive and sampled negatives (Eq. 10-11): each
+    window target i against n = ``negatives`` sampled items j, Eq. 11's Σ_j summed over
+    them (``negatives_reduction: sum``). n = 3 is the released code's ``neg_samples``,
+    whose loss averages a target's n terms instead (``negatives_reduction: mean``).
     φ_c = φ_a = ReLU (the paper's best setting).
   * Training windows (Section 3.5): every window of the sequence is a training instance.
     The last window scores the target slice's candidates; in training each earlier window
     scores the next T history items ("skip" targets, Eq. 10-11: the T items after the
-    window, T = ``targets_ahead``, paper: 3), each against one sampled negative
+    window, T = ``targets_ahead``, paper: 3), each against its n sampled items
     (trainers/models/next_item.py), and the loss averages over all those predictions.
     These windows are Caser's training set, so it has no ``history_targets`` setting (the
     feedback tables turn it off for GRU4Rec and SASRec): trained on each row's target
@@ -32,7 +35,10 @@ Beyond the paper (trainers/models/next_item.py says why):
     is item + label embedding, the same (item, label) history DFAR reads (issue 14); the
     history loss treats a negative-feedback next item as a negative target (issue 15).
   * The history positions' negatives are the batch's ``next_negatives``, drawn as the
-    candidates' sampled negatives are (uniform or by popularity).
+    candidates' sampled negatives are (uniform or by popularity); a target's n - 1 further
+    items are drawn from the batch's draws (trainers/models/next_item.py
+    ``more_negatives``), so they follow the same distribution. The released code draws
+    them uniformly from the items the user never rated.
   * Empty history: the all-padding window before the first item predicts that item, so the
     state of a user without history is trained.
 
@@ -40,6 +46,8 @@ Simplifications, and why:
   * The last window's skip targets beyond the candidate row's target do not exist (the
     row ends there); earlier windows' targets stop at the history's end.
   * Windows reaching before the first item are zero-padded.
+  * The last window (the candidate row) is scored against the index's sampled candidates
+    (``index.train_negatives``), not against n items of its own.
 
 Shapes: B batch, C candidates, L sequence length, W = window L', d embedding.
 """
@@ -55,7 +63,8 @@ from torch import nn
 
 from trainers.embedding import RowSparseEmbedding
 from trainers.models.item_scoring import score_rows
-from trainers.models.next_item import HistoryScores, bce_with_history, history_pairs
+from trainers.models.next_item import (HistoryScores, bce_with_history, history_pairs,
+                                       more_negatives)
 from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
                                         objective_loss, sequence_predictions)
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
@@ -71,6 +80,8 @@ class CaserParams(ObjectiveParams):
     loss: Literal["bce", "ce", "sampled_softmax", "gbce"]  # bce: Eq. 11 (objectives.py)
     personalized: bool  # P_u in Eq. 7; false: the paper's Caser without p (Sec. 4.5)
     targets_ahead: int = Field(ge=1)  # T: items after each window (paper: 3)
+    negatives: int = Field(ge=1)  # sampled items per window target in Eq. 11 (code: 3)
+    negatives_reduction: Literal["sum", "mean"]  # sum: Eq. 11; mean: the released code's
 
 
 def skip_targets(sequence: torch.Tensor, pairs: tuple[torch.Tensor, ...],
@@ -86,7 +97,8 @@ def skip_targets(sequence: torch.Tensor, pairs: tuple[torch.Tensor, ...],
         [(targets, labels, negatives, valid)] for k = 1..min(T, L-1), each (B, L-k): window
         p's k-th target is the item at p+k, valid where it is a real event and the window
         ends on a real event (block 1 also trains the empty history, as ``history_pairs``);
-        its negative is the one ``history_pairs`` drew against that same item, so never it.
+        its negatives (one per column of ``pairs``' negatives: (B, L-1) or (B, L-1, n)) are
+        the ones drawn against that same item, so never it.
     """
     blocks = [tuple(pairs)]
     _, labels, negatives, _ = pairs
@@ -172,15 +184,20 @@ class Caser(nn.Module):
             num_items = self.item.weight.shape[0] - 1
             pairs = history_pairs(sequence, num_items, sequence_label,
                                   batch.get("next_negatives"))
-            skips = skip_targets(sequence, pairs, self.params.targets_ahead)
             zp = torch.cat([states, P_u.unsqueeze(1).expand(-1, L, -1)], dim=-1)  # (B, L, 2d)
             if self.params.loss == "bce":
+                targets, labels, negatives, valid = pairs
+                negatives = more_negatives(targets, negatives, self.params.negatives,
+                                           num_items, "next_negatives" in batch)  # (B, L-1, n)
+                skips = skip_targets(sequence, (targets, labels, negatives, valid),
+                                     self.params.targets_ahead)
                 # window p's k-th target sits at column p of block k: states [:, :L-k]
                 zs = torch.cat([zp[:, :L - k] for k in range(1, len(skips) + 1)], dim=1)
                 targets, labels, negatives, valid = (torch.cat(x, dim=1) for x in zip(*skips))
-                history = self._predict(zs, torch.stack([targets, negatives], dim=-1))
-                terms = HistoryScores(history, labels, valid)  # (B, N, 2), (B, N) x2
+                history = self._predict(zs, torch.cat([targets.unsqueeze(-1), negatives], -1))
+                terms = HistoryScores(history, labels, valid)  # (B, N, 1+n), (B, N) x2
             else:  # the same predictions for another objective (objectives.py)
+                skips = skip_targets(sequence, pairs, self.params.targets_ahead)
                 targets, labels, _, valid = pairs
                 states_m, targets_m = sequence_predictions(
                     zp, targets, labels, valid, items[:, 0], batch["label"][:, 0])
@@ -225,7 +242,8 @@ class Caser(nn.Module):
             RuntimeError: another objective than ``bce`` without a training forward.
         """
         if self.params.loss == "bce":
-            return bce_with_history(output.scores, batch["label"], output.terms)
+            weight = 1.0 if self.params.negatives_reduction == "sum" else 1 / self.params.negatives
+            return bce_with_history(output.scores, batch["label"], output.terms, weight)
         p = self.params
         return objective_loss(
             p.loss, output.terms,

@@ -62,7 +62,7 @@ class HistoryParams(ModelParams):
 class HistoryScores(NamedTuple):
     """A training forward's history predictions, the ``terms`` its ``loss`` reads."""
 
-    pairs: torch.Tensor  # (B, L-1, 2) logits of [next item, sampled negative] per position
+    pairs: torch.Tensor  # (B, L-1, 1+n) logits of [next item, n sampled negatives] per position
     labels: torch.Tensor  # (B, L-1) float label of the next item (:func:`history_pairs`)
     valid: torch.Tensor  # (B, L-1) bool, real history positions
 
@@ -103,6 +103,35 @@ def history_pairs(sequence: torch.Tensor, num_items: int,
     return targets, labels, negatives, valid
 
 
+def more_negatives(targets: torch.Tensor, negatives: torch.Tensor, n: int, num_items: int,
+                   resample: bool) -> torch.Tensor:
+    """n sampled items per history position: :func:`history_pairs`'s draw and n - 1 more.
+
+    Args:
+        targets: (B, L-1) the next items (:func:`history_pairs`).
+        negatives: (B, L-1) the draw :func:`history_pairs` made per position.
+        n: sampled items per position, at least 1.
+        num_items: items are 1..num_items.
+        resample: True where ``negatives`` are the batch's ``next_negatives`` (the
+            candidates' distribution): the extra items are drawn from those draws, with
+            replacement, so each follows that distribution too; False: uniform.
+
+    Returns:
+        (B, L-1, n): column 0 is ``negatives``; no item equals its position's target (a
+        draw equal to it moves to the next id, as in :func:`history_pairs`).
+    """
+    if n == 1:
+        return negatives.unsqueeze(-1)
+    shape = (*negatives.shape, n - 1)
+    if resample:
+        flat = negatives.flatten()
+        more = flat[torch.randint(0, flat.numel(), shape, device=negatives.device)]
+    else:
+        more = torch.randint(1, num_items + 1, shape, device=negatives.device)
+    more = torch.where(more == targets.unsqueeze(-1), more % num_items + 1, more)
+    return torch.cat([negatives.unsqueeze(-1), more], dim=-1)
+
+
 def combined_mean(candidate_losses: torch.Tensor, history_losses: torch.Tensor,
                   valid: torch.Tensor) -> torch.Tensor:
     """Mean loss over every prediction of the batch: the candidate rows and the history.
@@ -121,25 +150,31 @@ def combined_mean(candidate_losses: torch.Tensor, history_losses: torch.Tensor,
 
 
 def bce_with_history(scores: torch.Tensor, labels: torch.Tensor,
-                     history: HistoryScores | None) -> torch.Tensor:
+                     history: HistoryScores | None, sampled_weight: float = 1.0
+                     ) -> torch.Tensor:
     """Binary cross-entropy over the candidates and the history (SASRec Eq. 7, Caser Eq. 11).
 
     Args:
         scores: (B, C) candidate logits; labels: (B, C) 1.0 positive, 0.0 negatives.
         history: None (candidates only), or the history's :class:`HistoryScores` (any
             (pairs, labels, valid) triple), as :func:`history_pairs` gives them.
+        sampled_weight: the weight of each sampled item's term in a history prediction
+            (1: summed, as Caser's Eq. 11; 1/n: averaged over its n, as Caser's code).
 
     Returns:
         scalar: per prediction, the next item's BCE against its label (-log σ(r) for a
-        positive, -log(1 - σ(r)) for a negative-feedback item) - log(1 - σ(sampled));
-        averaged over the candidate rows and the valid history positions alike.
+        positive, -log(1 - σ(r)) for a negative-feedback item) plus -log(1 - σ(s)) over
+        its sampled items s, weighted by ``sampled_weight``; averaged over the candidate
+        rows and the valid history positions alike.
     """
     candidates = F.binary_cross_entropy_with_logits(
         scores, labels.to(scores.dtype), reduction="none").sum(dim=1)  # (B,)
     if history is None:
         return candidates.mean()
     pairs, next_label, valid = history
-    pair_labels = torch.stack([next_label, torch.zeros_like(next_label)], dim=-1)  # (B, L-1, 2)
-    per_position = F.binary_cross_entropy_with_logits(pairs, pair_labels.to(pairs.dtype),
-                                                      reduction="none").sum(dim=-1)
+    sampled = next_label.new_zeros((*next_label.shape, pairs.shape[-1] - 1))
+    pair_labels = torch.cat([next_label.unsqueeze(-1), sampled], dim=-1)  # (B, L-1, 1+n)
+    terms = F.binary_cross_entropy_with_logits(pairs, pair_labels.to(pairs.dtype),
+                                               reduction="none")  # (B, L-1, 1+n)
+    per_position = terms[..., 0] + sampled_weight * terms[..., 1:].sum(dim=-1)
     return combined_mean(candidates, per_position, valid)
