@@ -482,8 +482,8 @@ def test_caser_without_personalization_scores_by_the_sequence_alone():
 def test_caser_windows_target_their_next_T_items(monkeypatch):
     """Eq. 10-11's skip targets: the training loss is BCE averaged over the candidate rows
     and, for every window p and k = 1..T, the item at p+k against the n items drawn for
-    that item, their terms summed (Eq. 11) or averaged (``negatives_reduction: mean``, the
-    released code's); T = 1 is the next item alone. Computed here from the scores by hand,
+    that item, their terms averaged (``negatives_reduction: mean``, the released code's) or
+    summed; T = 1 is the next item alone. Computed here from the scores by hand,
     with the items the model drew."""
     import torch.nn.functional as F
 
@@ -535,7 +535,7 @@ def test_caser_windows_target_their_next_T_items(monkeypatch):
             expected = torch.cat(terms).sum() / count
         torch.testing.assert_close(got, expected)
     params = make_model("caser").params
-    assert (params.targets_ahead, params.negatives, params.negatives_reduction) == (3, 3, "sum")
+    assert (params.targets_ahead, params.negatives, params.negatives_reduction) == (3, 3, "mean")
 
 
 def test_more_negatives_follow_the_batch_draws_or_are_uniform():

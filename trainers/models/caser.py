@@ -14,9 +14,10 @@ Implemented (equation numbers of the paper):
   * Prediction: y_i = W'_i · [z; P_u] + b'_i (Eq. 7): the user's general taste P_u is added
     after the convolutions; W' is a separate output item table of width 2d.
   * Loss: binary cross-entropy over the positive and sampled negatives (Eq. 10-11): each
-    window target i against n = ``negatives`` sampled items j, Eq. 11's Σ_j summed over
-    them (``negatives_reduction: sum``). n = 3 is the released code's ``neg_samples``,
-    whose loss averages a target's n terms instead (``negatives_reduction: mean``).
+    window target i against n = ``negatives`` sampled items j. Eq. 11's Σ_j runs over every
+    j ≠ i, which a sample of n stands for only up to a scale the paper does not give; the
+    released code (``neg_samples`` = 3) averages a target's n terms
+    (``negatives_reduction: mean``, the preset), ``sum`` adds them.
     φ_c = φ_a = ReLU (the paper's best setting).
   * Training windows (Section 3.5): every window of the sequence is a training instance.
     The last window scores the target slice's candidates; in training each earlier window
@@ -81,7 +82,7 @@ class CaserParams(ObjectiveParams):
     personalized: bool  # P_u in Eq. 7; false: the paper's Caser without p (Sec. 4.5)
     targets_ahead: int = Field(ge=1)  # T: items after each window (paper: 3)
     negatives: int = Field(ge=1)  # sampled items per window target in Eq. 11 (code: 3)
-    negatives_reduction: Literal["sum", "mean"]  # sum: Eq. 11; mean: the released code's
+    negatives_reduction: Literal["sum", "mean"]  # of a target's n terms (code: mean)
 
 
 def skip_targets(sequence: torch.Tensor, pairs: tuple[torch.Tensor, ...],

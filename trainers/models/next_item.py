@@ -159,7 +159,7 @@ def bce_with_history(scores: torch.Tensor, labels: torch.Tensor,
         history: None (candidates only), or the history's :class:`HistoryScores` (any
             (pairs, labels, valid) triple), as :func:`history_pairs` gives them.
         sampled_weight: the weight of each sampled item's term in a history prediction
-            (1: summed, as Caser's Eq. 11; 1/n: averaged over its n, as Caser's code).
+            (1: summed; 1/n: averaged over its n, as Caser's released code).
 
     Returns:
         scalar: per prediction, the next item's BCE against its label (-log σ(r) for a
