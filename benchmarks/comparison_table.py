@@ -68,15 +68,17 @@ def compared_rows(cfg, models: list[str], epochs: int | None, timings: dict,
     """
     from spark_jobs.index import run_index
     from spark_jobs.ingest import run_ingest
+    from spark_jobs.session import driver_released
     from trainers.compare import run_comparison
     from trainers.protocols import protocol_at
 
     manifests = {}
-    for stage, run in (("ingest", run_ingest), ("index", run_index)):
-        start = time.perf_counter()
-        manifests[stage] = run(cfg)["manifest"]
-        timings[f"{label} {stage}"] = time.perf_counter() - start
-        print(f"{label} {stage}: {json.dumps(manifests[stage]['counts'])}", flush=True)
+    with driver_released():  # as the flow: no idle JVM beside hours of training
+        for stage, run in (("ingest", run_ingest), ("index", run_index)):
+            start = time.perf_counter()
+            manifests[stage] = run(cfg)["manifest"]
+            timings[f"{label} {stage}"] = time.perf_counter() - start
+            print(f"{label} {stage}: {json.dumps(manifests[stage]['counts'])}", flush=True)
     protocol = protocol_at(cfg.paths.work_dir)
     start = time.perf_counter()
     with epoch_cap(epochs):

@@ -32,6 +32,7 @@ from prefect.runtime import deployment as runtime_deployment
 from conf.loading import ConfigError, load_config
 from conf.schema import PipelineConfig
 from flows.window import window_overrides
+from spark_jobs.session import driver_released
 from store import flow_state
 from store.lock import work_lock
 
@@ -320,14 +321,15 @@ def _stages(cfg: PipelineConfig, dataset: str, model: str, profile: str,
             logger.info("generate runs: %s", why)
             results["generate"] = generate_task.with_options(**retry)(cfg)
 
-    moved = window_task.with_options(**retry)(cfg)
-    if moved:
-        cfg = load_config(dataset, model, profile, overrides + moved, config_file)
-    results["window"] = {"mode": cfg.dataset.window, "overrides": moved,
-                         "start": _iso(cfg.dataset.start), "end": _iso(cfg.dataset.end)}
+    with driver_released():  # Spark's JVM ends with the data stages, before training
+        moved = window_task.with_options(**retry)(cfg)
+        if moved:
+            cfg = load_config(dataset, model, profile, overrides + moved, config_file)
+        results["window"] = {"mode": cfg.dataset.window, "overrides": moved,
+                             "start": _iso(cfg.dataset.start), "end": _iso(cfg.dataset.end)}
 
-    results["ingest"] = ingest_task.with_options(**retry)(cfg)
-    results["index"] = index_task.with_options(**retry)(cfg)
+        results["ingest"] = ingest_task.with_options(**retry)(cfg)
+        results["index"] = index_task.with_options(**retry)(cfg)
     if models:
         results["compare"] = compare_task.with_options(**retry)(
             cfg, list(models), list(seeds) if seeds else None)

@@ -33,3 +33,45 @@ def test_the_driver_jvm_gets_the_configured_flags_and_the_log_file(tmp_path):
     flags = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"-XX:TieredStopAtLevel=1", "-Xss4m", f"-Dseqrec.spark.log={log}"} <= set(flags)
     assert any(f.startswith("-Dlog4j2.configurationFile=") for f in flags)
+
+
+RELEASE = """
+import json, os
+from conf.loading import load_config
+from spark_jobs.session import driver_released, driver_running, spark_session
+cfg = load_config(overrides=["spark.master=local[1]", "spark.driver_memory=1g"])
+
+def jvm(spark):
+    return spark._jvm.java.lang.ProcessHandle.current().pid()
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+with driver_released():
+    first = spark_session(cfg.spark)
+    started, rows = jvm(first), first.range(3).count()
+out = {"rows": rows, "running_after": driver_running(), "first_alive": alive(started)}
+second = spark_session(cfg.spark)  # a fresh JVM once the first is gone
+out["second_new"] = jvm(second) != started and second.range(2).count() == 2
+with driver_released():  # already running: the block leaves it so
+    out["inner_rows"] = spark_session(cfg.spark).range(4).count()
+out["second_kept"] = driver_running() and second.range(5).count() == 5
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # starts two JVMs (~10 s)
+def test_the_data_stages_driver_jvm_ends_with_them_unless_it_ran_before():
+    """``driver_released`` (the flow's window, ingest and index) stops the JVM it started,
+    so its heap is not held through training, and a later session starts a new one; a
+    session that was running before the block keeps running."""
+    out = subprocess.run([sys.executable, "-c", RELEASE], capture_output=True, text=True,
+                         timeout=600, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "rows": 3, "running_after": False, "first_alive": False, "second_new": True,
+        "inner_rows": 4, "second_kept": True}
