@@ -8,6 +8,7 @@ that Spark 4 loads, so the JVM does not start.)
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -17,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from conf.schema import SparkConfig
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_JAVA = (17, 21)
 LOG4J2 = Path(__file__).with_name("log4j2.properties")  # JVM logs to a file, not the console
@@ -140,14 +143,20 @@ def stop_driver(timeout_s: float = 60.0) -> None:
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    session = SparkSession._instantiatedSession
-    if session is not None:
-        session.stop()
-    elif SparkContext._active_spark_context is not None:
-        SparkContext._active_spark_context.stop()
     gateway = SparkContext._gateway
+    try:
+        session = SparkSession._instantiatedSession
+        if session is not None:
+            session.stop()
+        elif SparkContext._active_spark_context is not None:
+            SparkContext._active_spark_context.stop()
+        gateway.shutdown()
+    except Exception as exc:  # a JVM already dead (killed) cannot stop cleanly: end it below
+        log.warning("Spark did not stop cleanly (%s: %s); ending its JVM",
+                    type(exc).__name__, exc)
     SparkContext._gateway, SparkContext._jvm = None, None
-    gateway.shutdown()
+    SparkContext._active_spark_context = None  # what a clean stop clears, a failed one not
+    SparkSession._instantiatedSession, SparkSession._activeSession = None, None
     proc = getattr(gateway, "proc", None)  # None when PySpark did not launch the JVM
     if proc is None:
         return

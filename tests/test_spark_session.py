@@ -36,9 +36,9 @@ def test_the_driver_jvm_gets_the_configured_flags_and_the_log_file(tmp_path):
 
 
 RELEASE = """
-import json, os
+import json, os, signal, time
 from conf.loading import load_config
-from spark_jobs.session import driver_released, driver_running, spark_session
+from spark_jobs.session import driver_released, driver_running, spark_session, stop_driver
 cfg = load_config(overrides=["spark.master=local[1]", "spark.driver_memory=1g"])
 
 def jvm(spark):
@@ -60,18 +60,31 @@ out["second_new"] = jvm(second) != started and second.range(2).count() == 2
 with driver_released():  # already running: the block leaves it so
     out["inner_rows"] = spark_session(cfg.spark).range(4).count()
 out["second_kept"] = driver_running() and second.range(5).count() == 5
+stop_driver()
+try:  # a JVM killed inside the block: its error comes out, and the driver is still released
+    with driver_released():
+        third = spark_session(cfg.spark)
+        os.kill(jvm(third), signal.SIGKILL)
+        time.sleep(2)
+        third.range(2).count()
+except Exception as exc:
+    out["killed_error"] = "Py4J" in type(exc).__name__ or isinstance(exc, ConnectionError)
+out["killed_released"] = not driver_running()
+out["after_kill"] = spark_session(cfg.spark).range(6).count()
 print(json.dumps(out))
 """
 
 
-@pytest.mark.slow  # starts two JVMs (~10 s)
+@pytest.mark.slow  # starts four JVMs (~20 s)
 def test_the_data_stages_driver_jvm_ends_with_them_unless_it_ran_before():
     """``driver_released`` (the flow's window, ingest and index) stops the JVM it started,
     so its heap is not held through training, and a later session starts a new one; a
-    session that was running before the block keeps running."""
+    session that was running before the block keeps running; a JVM killed inside the block
+    leaves the block's own error, and the next session starts."""
     out = subprocess.run([sys.executable, "-c", RELEASE], capture_output=True, text=True,
                          timeout=600, cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {
         "rows": 3, "running_after": False, "first_alive": False, "second_new": True,
-        "inner_rows": 4, "second_kept": True}
+        "inner_rows": 4, "second_kept": True, "killed_error": True, "killed_released": True,
+        "after_kill": 6}
