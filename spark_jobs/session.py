@@ -111,8 +111,8 @@ def driver_released():
     """A block of Spark stages (the flow's window, ingest and index) that stops the driver
     JVM when it ends, if the block started it, so its heap (up to ``spark.driver_memory``)
     is not held through the training that follows: the JVM of a finished full-size index
-    kept 2.7-3.6 GB resident through hours of training beside it, and three such runs on a
-    24 GB machine ran it out of memory, so Ray killed a training worker (issue 23). A
+    kept 2.7-3.6 GB resident through hours of training beside it, and with two such runs
+    beside a comparison a 24 GB machine ran out of memory, so Ray killed its workers. A
     session that ran before the block (a notebook's, the tests' shared one) is left
     running."""
     running_before = driver_running()
