@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainers.models.fmlp import FilterLayer, FilterStack, prefix_rows
+from trainers.models.fmlp import FilterLayer, FilterStack
+from trainers.models.next_item import prefix_rows
 from trainers.registry import DataSizes, build_model
 
 L, N = 6, 15

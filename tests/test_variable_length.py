@@ -20,7 +20,8 @@ FMLP = dict(embed_dim=8, embed_init_std=0.3, num_layers=2, ffn_dim=16, dropout=0
             loss="bce", **OBJECTIVE)
 CUT_MODELS = {  # every model that declares variable_length, with small params
     "sasrec": dict(embed_dim=8, embed_init_std=0.1, init_std=0.1, num_blocks=2, num_heads=1,
-                   dropout=0.0, loss="bce", **OBJECTIVE),
+                   dropout=0.0, block="pre_ln", ffn_dim=None, training="positions",
+                   loss="bce", **OBJECTIVE),
     "gru4rec": dict(embed_dim=8, embed_init_std=0.1, hidden_dim=8, num_layers=1, dropout=0.0,
                     loss="bpr", ranking_negatives="in_batch", tied_embedding=True,
                     **OBJECTIVE),

@@ -55,7 +55,7 @@ from torch import nn
 from trainers.embedding import RowSparseEmbedding
 from trainers.models.item_scoring import score_rows
 from trainers.models.next_item import HistoryParams, HistoryScores, bce_with_history, \
-    history_pairs
+    history_pairs, prefix_rows
 from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
                                         objective_loss, sequence_predictions)
 from trainers.models.transformer import LAYER_NORM_EPS, init_weights
@@ -195,24 +195,6 @@ class FilterStack(nn.Module):
         full = x.new_zeros(B, L, d).index_put(slots, x)
         h = last.filter.ln(full[:, -1] + last.filter.dropout(last.filter.filtered_last(full)))
         return last.ln(h + last.dropout(last.ffn(h))) * keep[:, -1:].to(h.dtype)  # (B, d)
-
-
-def prefix_rows(sequence: torch.Tensor, valid: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The prefixes ending at each valid history position, left-padded to L.
-
-    Args:
-        sequence: (B, L) left-padded item ids.
-        valid: (B, L-1) bool, positions t whose prefix sequence[:, :t+1] is scored.
-    Returns:
-        prefixes (M, L): row m is sequence[b, :t+1] right-aligned, 0 before it;
-        b, t: (M,) the row and position of each prefix.
-    """
-    B, L = sequence.shape
-    b, t = valid.nonzero(as_tuple=True)  # (M,) each
-    src = torch.arange(L, device=sequence.device)[None, :] - (L - 1 - t)[:, None]  # (M, L)
-    prefixes = sequence[b[:, None], src.clamp(min=0)] * (src >= 0)
-    return prefixes, b, t
 
 
 class PrefixScores(NamedTuple):

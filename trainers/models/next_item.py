@@ -103,6 +103,24 @@ def history_pairs(sequence: torch.Tensor, num_items: int,
     return targets, labels, negatives, valid
 
 
+def prefix_rows(sequence: torch.Tensor, valid: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The prefixes ending at each valid history position, left-padded to L.
+
+    Args:
+        sequence: (B, L) left-padded item ids.
+        valid: (B, L-1) bool, positions t whose prefix sequence[:, :t+1] is scored.
+    Returns:
+        prefixes (M, L): row m is sequence[b, :t+1] right-aligned, 0 before it;
+        b, t: (M,) the row and position of each prefix.
+    """
+    B, L = sequence.shape
+    b, t = valid.nonzero(as_tuple=True)  # (M,) each
+    src = torch.arange(L, device=sequence.device)[None, :] - (L - 1 - t)[:, None]  # (M, L)
+    prefixes = sequence[b[:, None], src.clamp(min=0)] * (src >= 0)
+    return prefixes, b, t
+
+
 def more_negatives(targets: torch.Tensor, negatives: torch.Tensor, n: int, num_items: int,
                    resample: bool) -> torch.Tensor:
     """n sampled items per history position: :func:`history_pairs`'s draw and n - 1 more.

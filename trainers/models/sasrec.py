@@ -29,6 +29,23 @@ Beyond the paper (trainers/models/next_item.py says why):
     instead of a zero state that scores every candidate 0 and, with pessimistic ties,
     ranks the positive last; the padding slot before the first item predicts that item.
 
+The published SASRec rows (settings beyond the paper; issue 23): DualRec's Table 2 and
+FMLP-Rec's print SASRec as FMLP-Rec's released code runs it (its ``--no_filters`` model,
+the S3-Rec code's encoder), which differs from the paper in two ways, each a setting:
+  * ``block: post_ln``: E = Drop(LN(M_{s_t} + P_t)); each sub-layer LN(x + Drop(g(x)))
+    (the BERT layer, trainers/models/transformer.py), the FFN GELU(x W1 + b1) W2 + b2 of
+    inner size ``ffn_dim`` (the code: 4d), no final LayerNorm; padding states are 0, so
+    there is no empty-history state (keep ``pre_ln`` where users may have none, as under
+    ``slices``). ``pre_ln`` (default) is Section III-D's block with Eq. 4's d x d FFN.
+  * ``training: prefixes``: every prediction reads its own prefix, right-aligned in the
+    window, scored at its last slot, so in training as in scoring the newest item sits at
+    the last positional row (the code trains one prefix per sample). ``positions``
+    (default, Eq. 7) reads the whole window once; position t then predicts from the slot
+    L-1-(n-1-t) of an n-event window, a row that scoring never puts the newest item on.
+    Both make the same predictions against the same sampled negatives.
+  ``sasrec:block=post_ln:ffn_dim=256:num_heads=2:dropout=0.5:training=prefixes`` is the
+  code's SASRec on d = 64 (its 2 heads, dropout 0.5 on attention weights and hidden states).
+
 Initialisation (the paper gives none): attention and FFN weights start as N(0, 0.02²) with
 zero biases (``params.init_std``), as RecBole's SASRec and the S3-Rec / FMLP-Rec
 reimplementations whose SASRec numbers DualRec's and FMLP-Rec's tables print. With torch's
@@ -56,10 +73,10 @@ from torch import nn
 from trainers.embedding import RowSparseEmbedding
 from trainers.models.item_scoring import score_rows
 from trainers.models.next_item import HistoryParams, HistoryScores, bce_with_history, \
-    history_pairs
+    history_pairs, prefix_rows
 from trainers.models.objectives import (ObjectiveParams, Predictions, draw_negatives,
                                         objective_loss, sequence_predictions)
-from trainers.models.transformer import init_weights
+from trainers.models.transformer import LAYER_NORM_EPS, TransformerLayer, init_weights
 from trainers.registry import Batch, DataSizes, ModelParams, Output, register
 
 
@@ -73,6 +90,9 @@ class SASRecParams(ObjectiveParams, HistoryParams):
     num_blocks: int = Field(ge=1)  # b (paper: 2)
     num_heads: int = Field(ge=1)  # paper: 1 (more heads did not help)
     dropout: float = Field(ge=0.0, lt=1.0)  # paper: 0.2 dense data, 0.5 sparse data
+    block: Literal["pre_ln", "post_ln"]  # pre_ln: III-D; post_ln: FMLP-Rec's code (docstring)
+    ffn_dim: int | None = Field(gt=0)  # FFN inner size; None: d (Eq. 4's d x d W1)
+    training: Literal["positions", "prefixes"]  # positions: Eq. 7 in one pass; prefixes: code
     loss: Literal["bce", "ce", "sampled_softmax", "gbce"]  # bce: Eq. 7 (objectives.py)
 
     @model_validator(mode="after")
@@ -84,21 +104,27 @@ class SASRecParams(ObjectiveParams, HistoryParams):
 
 
 class _Block(nn.Module):
-    """One self-attention block: x + Drop(SA(LN(x))), then x + Drop(FFN(LN(x)))."""
+    """One self-attention block of the paper: x + Drop(SA(LN(x))), then x + Drop(FFN(LN(x)))
+    with FFN = ReLU(x W1 + b1) W2 + b2 (Eq. 4; inner size ``ffn_dim``)."""
 
-    def __init__(self, d: int, heads: int, dropout: float):
+    def __init__(self, d: int, heads: int, ffn_dim: int, dropout: float):
         super().__init__()
         self.ln_attn = nn.LayerNorm(d)
         self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.ln_ffn = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d, d))
+        self.ffn = nn.Sequential(nn.Linear(d, ffn_dim), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(ffn_dim, d))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-        """Args: x (B, L, d); blocked (B*heads, L, L) bool, True = may not attend."""
+    def forward(self, x: torch.Tensor, blocked: torch.Tensor, keep: torch.Tensor
+                ) -> tuple[torch.Tensor, None]:
+        """Args: x (B, L, d); blocked (B, 1, L, L) bool, True = may not attend; keep (B, L, 1)
+        float, 0 on padding. Returns (B, L, d), 0 on padding, and None (no per-head output,
+        as :class:`TransformerLayer` gives)."""
         h = self.ln_attn(x)
-        x = x + self.dropout(self.attn(h, h, h, attn_mask=blocked, need_weights=False)[0])
-        return x + self.dropout(self.ffn(self.ln_ffn(x)))
+        mask = blocked.squeeze(1).repeat_interleave(self.attn.num_heads, dim=0)  # (B*h, L, L)
+        x = x + self.dropout(self.attn(h, h, h, attn_mask=mask, need_weights=False)[0])
+        return (x + self.dropout(self.ffn(self.ln_ffn(x)))) * keep, None
 
 
 @register("sasrec")
@@ -119,9 +145,16 @@ class SASRec(nn.Module):
         for table in (self.position, self.label):  # as M's rows, not N(0, 1) (issue 23)
             nn.init.normal_(table.weight, std=params.embed_init_std)
         self.dropout = nn.Dropout(params.dropout)
+        ffn_dim = params.ffn_dim or d
+        post = params.block == "post_ln"
         self.blocks = nn.ModuleList(
-            _Block(d, params.num_heads, params.dropout) for _ in range(params.num_blocks))
-        self.ln_out = nn.LayerNorm(d)
+            TransformerLayer(d, params.num_heads, ffn_dim, params.dropout, "none",
+                             sizes.sequence_len, ffn_dropout=False) if post
+            else _Block(d, params.num_heads, ffn_dim, params.dropout)
+            for _ in range(params.num_blocks))
+        # post_ln: LN on the embedding sum (the code's); pre_ln: the final LN of III-D
+        self.ln_in = nn.LayerNorm(d, eps=LAYER_NORM_EPS) if post else nn.Identity()
+        self.ln_out = nn.Identity() if post else nn.LayerNorm(d)
         if params.init_std is not None:
             init_weights(self.blocks, params.init_std)
 
@@ -147,14 +180,14 @@ class SASRec(nn.Module):
         x = self.item(sequence) + self.position(slots)  # (B, L, d)
         if sequence_label is not None:
             x = x + self.label(sequence_label)
-        x = self.dropout(x) * keep
+        x = self.dropout(self.ln_in(x)) * keep
         causal = torch.ones(L, L, dtype=torch.bool, device=sequence.device).triu(1)  # j > t
         blocked = causal | (sequence == 0).unsqueeze(1)  # (B, L, L): future or padding keys
         blocked = blocked & ~torch.eye(L, dtype=torch.bool, device=sequence.device)
-        blocked = blocked.repeat_interleave(self.params.num_heads, dim=0)  # (B*heads, L, L)
+        blocked = blocked.unsqueeze(1)  # (B, 1, L, L): the same for every head
         for block in self.blocks:
-            x = block(x, blocked) * keep
-        return self.ln_out(x)  # padding rows are 0 here: LayerNorm(0) = its learned shift
+            x = block(x, blocked, keep.to(x.dtype))[0]
+        return self.ln_out(x)  # pre_ln: padding rows are 0 here, LN(0) = its learned shift
 
     def forward(self, batch: Batch) -> Output:
         """Args: batch with ``sequence`` (B, L), ``items`` (B, C) and optionally
@@ -172,6 +205,10 @@ class SASRec(nn.Module):
             targets, labels, negatives, valid = history_pairs(
                 sequence, num_items, sequence_label, batch.get("next_negatives"),
                 enabled=self.params.history_targets)
+            if self.params.block == "post_ln":  # no empty-history state: padding's is 0
+                valid = valid & (sequence[:, :-1] != 0)
+            if self.params.training == "prefixes":
+                states = self._prefix_states(sequence, sequence_label, valid, states)
             if self.params.loss == "bce":
                 pairs = torch.stack([targets, negatives], dim=-1)  # (B, L-1, 2)
                 history = score_rows(states[:, :-1], self.item(pairs))  # r_{o_t,t}, r_{j,t}
@@ -184,6 +221,33 @@ class SASRec(nn.Module):
                                    sequence.device, states.shape[-1],
                                    self.params.softmax_max_logits))
         return Output(score_rows(states[:, -1], self.item(items)), terms)  # Eq. 6
+
+    def _prefix_states(self, sequence: torch.Tensor, sequence_label: torch.Tensor | None,
+                       valid: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """``states`` with each valid history position's state read from its own prefix
+        (``training: prefixes``): sequence[:t+1] right-aligned in the window, its last slot.
+
+        A prefix's left padding changes none of its states (padding keys are masked), so
+        each prefix runs on its newest w slots alone, w the power of two (at most L) that
+        holds its items: most prefixes of a sparse log are a few items long.
+
+        Args: sequence, sequence_label (or None): (B, L); valid: (B, L-1) bool, the
+        positions that predict; states: (B, L, d) of the whole window.
+        Returns: (B, L, d); the last slot (the candidates' state) is the window's own.
+        """
+        prefixes, b, t = prefix_rows(sequence, valid)  # (M, L)
+        labels = None if sequence_label is None else prefix_rows(sequence_label, valid)[0]
+        L = sequence.shape[1]
+        items = (prefixes != 0).sum(1).clamp(min=1)  # (M,); an empty history reads 1 slot
+        width = (2 ** torch.ceil(torch.log2(items.float()))).long().clamp(max=L)  # (M,)
+        rows, outs = [], []
+        for w in width.unique().tolist():
+            r = (width == w).nonzero(as_tuple=True)[0]
+            rows.append(r)
+            outs.append(self.position_states(
+                prefixes[r, -w:], None if labels is None else labels[r, -w:])[:, -1])
+        h = torch.cat(outs)[torch.cat(rows).argsort()]  # (M, d) in prefix order
+        return states.index_put((b, t), h)
 
     def encode_users(self, batch: Batch) -> torch.Tensor:
         """F_t at the last position, which scores the candidates: (B, d)."""
