@@ -29,9 +29,9 @@ Beyond the paper (trainers/models/next_item.py says why):
     instead of a zero state that scores every candidate 0 and, with pessimistic ties,
     ranks the positive last; the padding slot before the first item predicts that item.
 
-The published SASRec rows (settings beyond the paper; issue 23): DualRec's Table 2 and
-FMLP-Rec's print SASRec as FMLP-Rec's released code runs it (its ``--no_filters`` model,
-the S3-Rec code's encoder), which differs from the paper in two ways, each a setting:
+SASRec as FMLP-Rec's released code runs it (settings beyond the paper; issue 23): that code,
+whose data and negatives DualRec's Table 2 uses, ships a SASRec (its ``--no_filters``
+model), which differs from the paper in two ways, each a setting:
   * ``block: post_ln``: E = Drop(LN(M_{s_t} + P_t)); each sub-layer LN(x + Drop(g(x)))
     (the BERT layer, trainers/models/transformer.py), the FFN GELU(x W1 + b1) W2 + b2 of
     inner size ``ffn_dim`` (the code: 4d), no final LayerNorm; padding states are 0, so
