@@ -11,6 +11,8 @@ Train, evaluation, MLflow, as ``seqrec compare``):
 - the shape beside the real log's (``dataset.published``): users, items, interactions,
   events a user, sparsity; and popularity's test metric beside the real one (Toys
   leave-one-out HR@10 0.236, DualRec Table 2; the real ratings log's AUC 0.568, issue 23);
+- under ``leave_one_out``, what the log's order tells beyond its items as a set
+  (benchmarks/order_signal.py's count scorers, no training);
 - every model's test metrics, its margin over popularity (``hr@10 / popularity``, the
   tests' floor 1.3x; ``auc - popularity``, floor +0.05), the best epoch and training
   minutes;
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.comparison_table import FULL_METRICS, compared_rows, table  # noqa: E402
+from benchmarks.order_signal import order_scores, order_table  # noqa: E402
 from benchmarks.recbole_rows import (LOSSES, missing_venv, recbole_row,  # noqa: E402
                                      sasrec_args, write_sequences)
 from conf.loading import load_config  # noqa: E402
@@ -141,8 +144,10 @@ def main() -> None:
         for row in rows[1:]:
             if not row["model"].startswith("random"):  # RecBole's too: the same test users
                 row["margin"] = margin(row, popularity, protocol.name)
+        order = ("" if protocol.name != LEAVE_ONE_OUT else  # what its order tells (no training)
+                 f"{order_table(order_scores(f'{cfg.paths.work_dir}/index'))}\n\n")
         tables.append(f"### {name} ({protocol.name})\n\n"
-                      f"{shape_table(name, ingest, popularity, protocol.name)}\n\n"
+                      f"{shape_table(name, ingest, popularity, protocol.name)}\n\n{order}"
                       f"{table(rows, protocol, extra=('margin', *full))}")
         print(f"\n{tables[-1]}\n", flush=True)
     print("\n\n".join(tables))

@@ -85,21 +85,17 @@ def metrics(scores: np.ndarray, popularity: np.ndarray, users: np.ndarray) -> di
     return acc.compute()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("index", help="a built leave_one_out index directory")
-    parser.add_argument("--seed", type=int, default=0, help="the random earlier item's draw")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    manifest = index_manifest(args.index)
+def order_scores(index_uri: str, seed: int = 0) -> dict[str, dict]:
+    """Each count scorer's test metrics on a built ``leave_one_out`` index (module docstring),
+    in the order of the printed table."""
+    manifest = index_manifest(index_uri)
     num_items = int(manifest["num_items"])
-    seqs = load_sequences(args.index)
-    valid, test = load_samples(args.index, "valid"), load_samples(args.index, "test")
+    seqs = load_sequences(index_uri)
+    valid, test = load_samples(index_uri, "valid"), load_samples(index_uri, "test")
     eval_user = np.concatenate([valid["user"], test["user"]])
     eval_cut = np.concatenate([valid["cut"], test["cut"]])
     pop = train_popularity(seqs, eval_user, eval_cut, num_items).astype(np.float64)
-    counts = np.diff(seqs.offsets)
-    end = counts.copy()
+    end = np.diff(seqs.offsets)
     np.minimum.at(end, eval_user.astype(np.int64), eval_cut.astype(np.int64))
     steps, both = pair_counts(train_parts(seqs.offsets, seqs.items, end), num_items)
     after, together = PairTable(steps, num_items + 1), PairTable(both, num_items + 1)
@@ -107,7 +103,7 @@ def main() -> None:
     cand, users, cut = test["candidates"], test["user"], test["cut"].astype(np.int64)
     first = seqs.offsets[users.astype(np.int64)]  # (n,) where each user's events start
     last = seqs.items[first + cut - 1]  # (n,) the newest history item
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     earlier = first + np.floor(rng.random(len(cut)) * np.maximum(cut - 1, 1)).astype(np.int64)
     co = np.zeros(cand.shape)
     for row in range(len(cut)):  # Σ_h C[h, c] over the history's distinct items
@@ -122,13 +118,25 @@ def main() -> None:
             np.broadcast_to(seqs.items[earlier][:, None], cand.shape), cand),
         "before the last item": after(cand, np.broadcast_to(last[:, None], cand.shape)),
     }
-    print(f"{args.index}: {len(cut):,} test lists of {cand.shape[1]}, {num_items:,} items, "
-          f"{len(steps):,} transitions in the train parts\n")
-    print("| scorer | test HR@10 | test MRR | test AUC |\n|---|---:|---:|---:|")
-    for name, scores in scorers.items():
-        m = metrics(scores, pop[cand], users)
-        print(f"| {name} | {m['hr@10']:.4f} | {m['mrr']:.4f} | {m['auc']:.4f} |")
-    print(f"\n{time.perf_counter() - start:.0f} s")
+    return {name: metrics(scores, pop[cand], users) for name, scores in scorers.items()}
+
+
+def order_table(scores: dict[str, dict]) -> str:
+    """A markdown table of :func:`order_scores`: test HR@10, MRR, AUC per count scorer."""
+    lines = ["| count scorer | test HR@10 | test MRR | test AUC |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {m['hr@10']:.4f} | {m['mrr']:.4f} | {m['auc']:.4f} |"
+              for name, m in scores.items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("index", help="a built leave_one_out index directory")
+    parser.add_argument("--seed", type=int, default=0, help="the random earlier item's draw")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    print(f"{args.index}\n\n{order_table(order_scores(args.index, args.seed))}\n\n"
+          f"{time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
