@@ -37,7 +37,8 @@ import time
 import numpy as np
 import torch
 
-from store.index import index_manifest, load_samples, load_sequences, train_popularity
+from store.index import (index_manifest, load_samples, load_sequences, protocol_of,
+                         train_popularity)
 from trainers.metrics import RankingAccumulator
 
 
@@ -77,11 +78,28 @@ class PairTable:
         return np.where(hit, self.counts[at] if len(self.keys) else 0, 0)
 
 
+def places(counts: np.ndarray, popularity: np.ndarray) -> np.ndarray:
+    """Each candidate's place in its list's order by (count, popularity), ascending, ties
+    sharing the lowest place: (n, C) small integers, exact in the float32 the accumulator
+    ranks in (count + popularity / (max + 1) loses the popularity part once counts are
+    large)."""
+    order = np.lexsort((popularity, counts), axis=-1)  # (n, C) ascending by count, then pop
+    c = np.take_along_axis(counts, order, -1)
+    p = np.take_along_axis(popularity, order, -1)
+    new = np.ones_like(c, dtype=bool)
+    new[:, 1:] = (c[:, 1:] != c[:, :-1]) | (p[:, 1:] != p[:, :-1])  # a new (count, pop)
+    slot = np.arange(c.shape[1])[None, :].repeat(len(c), 0)
+    first = np.maximum.accumulate(np.where(new, slot, 0), axis=1)  # tie group's first slot
+    out = np.empty_like(first)
+    np.put_along_axis(out, order, first, -1)
+    return out.astype(np.float64)
+
+
 def metrics(scores: np.ndarray, popularity: np.ndarray, users: np.ndarray) -> dict:
-    """Rank metrics of (n, C) count scores, ties broken by popularity (n, C)."""
+    """Rank metrics of (n, C) count scores, ties broken by popularity (n, C), ranked
+    pessimistically as the models are."""
     acc = RankingAccumulator()
-    tiebreak = popularity / (popularity.max() + 1.0)
-    acc.update(torch.from_numpy(scores + tiebreak), torch.from_numpy(users))
+    acc.update(torch.from_numpy(places(scores, popularity)), torch.from_numpy(users))
     return acc.compute()
 
 
@@ -89,9 +107,14 @@ def order_scores(index_uri: str, seed: int = 0) -> dict[str, dict]:
     """Each count scorer's test metrics on a built ``leave_one_out`` index (module docstring),
     in the order of the printed table."""
     manifest = index_manifest(index_uri)
+    if protocol_of(manifest) != "leave_one_out":
+        raise ValueError(f"{index_uri} is a {protocol_of(manifest)} index; the order "
+                         "scorers read leave_one_out test lists (cut = history length)")
     num_items = int(manifest["num_items"])
     seqs = load_sequences(index_uri)
     valid, test = load_samples(index_uri, "valid"), load_samples(index_uri, "test")
+    if (test["cut"] < 2).any():  # the earlier item must come before the last one
+        raise ValueError(f"{index_uri}: a test history under 2 events")
     eval_user = np.concatenate([valid["user"], test["user"]])
     eval_cut = np.concatenate([valid["cut"], test["cut"]])
     pop = train_popularity(seqs, eval_user, eval_cut, num_items).astype(np.float64)

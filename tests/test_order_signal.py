@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.order_signal import PairTable, pair_counts, train_parts
+from benchmarks.order_signal import PairTable, pair_counts, places, train_parts
 
 
 def test_train_parts_stop_at_each_users_end():
@@ -25,3 +25,11 @@ def test_pairs_count_transitions_by_direction_and_sets_once_per_user():
     # users holding both (either order), counted once a user even where a pair repeats
     assert together(a, b).tolist() == [1, 2, 2, 1, 1, 1, 0]
     assert PairTable(np.zeros(0, np.int64), 6)(a, b).tolist() == [0] * 7
+
+
+def test_places_order_by_count_then_popularity_and_keep_exact_ties():
+    """Counts first, popularity breaks their ties, an equal pair stays a tie (ranked
+    pessimistically later), and a popularity difference survives counts of any size."""
+    counts = np.array([[3, 1, 1, 0, 1], [2e8, 2e8, 0, 0, 1]])
+    popularity = np.array([[0, 5, 2, 9, 5], [7, 8, 1, 1, 0]])
+    assert places(counts, popularity).tolist() == [[4, 2, 1, 0, 2], [3, 4, 0, 0, 2]]

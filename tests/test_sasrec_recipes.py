@@ -18,7 +18,8 @@ def long_batch(B: int = 6, seed: int = 3) -> dict:
     batch = make_batch(B=B, seed=seed)
     L = SIZES.sequence_len
     lengths = torch.arange(B) % (L - 1) + 2
-    seq = torch.randint(1, SIZES.num_items + 1, (B, L), generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(1, SIZES.num_items + 1, (B, L), generator=g)
     batch["sequence"] = seq * (torch.arange(L) >= L - lengths[:, None])
     return batch
 
@@ -109,8 +110,10 @@ def test_post_ln_is_the_codes_layer():
         x = nn.functional.layer_norm(x + f, (d,), layer.ln_ffn.weight, layer.ln_ffn.bias,
                                      1e-12) * keep
     torch.testing.assert_close(model.position_states(seq), x, rtol=1e-5, atol=1e-5)
-    assert isinstance(model.ln_out, nn.Identity) and isinstance(make_model("sasrec").ln_in,
-                                                                nn.Identity)
+    assert isinstance(model.ln_in, nn.LayerNorm) and model.ln_in.eps == 1e-12
+    assert isinstance(model.ln_out, nn.Identity)
+    paper = make_model("sasrec")  # pre_ln: no LN on the embedding, the final LN of III-D
+    assert isinstance(paper.ln_in, nn.Identity) and isinstance(paper.ln_out, nn.LayerNorm)
 
 
 def test_post_ln_trains_no_empty_history_state():
@@ -124,9 +127,10 @@ def test_post_ln_trains_no_empty_history_state():
     assert (pre.valid & ~real).any()  # there was such a slot to drop
 
 
-def test_the_codes_recipe_never_looks_ahead():
-    """Both settings keep every state causal: changing item j moves states j.. only."""
-    model = make_model("sasrec", **CODE, training="prefixes").eval()
+def test_post_ln_never_looks_ahead():
+    """The code's layer keeps every state causal: changing item j moves states j.. only
+    (prefixes read those states, test_prefix_training_scores_each_history_item_as_scoring_would)."""
+    model = make_model("sasrec", **CODE).eval()
     seq = long_batch()["sequence"]
     seq[:, -4:] = torch.randint(1, SIZES.num_items + 1, (seq.shape[0], 4))
     base = model.position_states(seq)
@@ -136,3 +140,18 @@ def test_the_codes_recipe_never_looks_ahead():
         out = model.position_states(changed)
         torch.testing.assert_close(out[:, :j], base[:, :j], rtol=0, atol=0)
         assert not torch.allclose(out[:, j], base[:, j])
+
+
+def test_prefix_training_with_nothing_to_predict_trains_the_candidates_alone():
+    """A batch whose rows hold one event each has no history prediction under ``post_ln``
+    (and none at all without history targets): the forward still scores the candidates."""
+    batch = long_batch()
+    L = SIZES.sequence_len
+    batch["sequence"] = batch["sequence"] * (torch.arange(L) == L - 1)  # one event a row
+    for over in (CODE, {"history_targets": False}):
+        model = make_model("sasrec", training="prefixes", **over).train()
+        out = model(batch)
+        assert not out.terms.valid.any()
+        loss = model.loss(out, batch)
+        assert torch.isfinite(loss)
+        loss.backward()

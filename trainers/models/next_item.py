@@ -114,7 +114,7 @@ def prefix_rows(sequence: torch.Tensor, valid: torch.Tensor
         prefixes (M, L): row m is sequence[b, :t+1] right-aligned, 0 before it;
         b, t: (M,) the row and position of each prefix.
     """
-    B, L = sequence.shape
+    L = sequence.shape[1]
     b, t = valid.nonzero(as_tuple=True)  # (M,) each
     src = torch.arange(L, device=sequence.device)[None, :] - (L - 1 - t)[:, None]  # (M, L)
     prefixes = sequence[b[:, None], src.clamp(min=0)] * (src >= 0)

@@ -35,7 +35,9 @@ model), which differs from the paper in two ways, each a setting:
   * ``block: post_ln``: E = Drop(LN(M_{s_t} + P_t)); each sub-layer LN(x + Drop(g(x)))
     (the BERT layer, trainers/models/transformer.py), the FFN GELU(x W1 + b1) W2 + b2 of
     inner size ``ffn_dim`` (the code: 4d), no final LayerNorm; padding states are 0, so
-    there is no empty-history state (keep ``pre_ln`` where users may have none, as under
+    there is no empty-history state and the padding slot before the first item predicts
+    nothing (the code does train one: its all-padding input still carries LN(P) through
+    uniform attention; keep ``pre_ln`` where users may have no history, as under
     ``slices``). ``pre_ln`` (default) is Section III-D's block with Eq. 4's d x d FFN.
   * ``training: prefixes``: every prediction reads its own prefix, right-aligned in the
     window, scored at its last slot, so in training as in scoring the newest item sits at
@@ -235,6 +237,8 @@ class SASRec(nn.Module):
         positions that predict; states: (B, L, d) of the whole window.
         Returns: (B, L, d); the last slot (the candidates' state) is the window's own.
         """
+        if not valid.any():  # nothing predicts (a batch of one-event rows under post_ln)
+            return states
         prefixes, b, t = prefix_rows(sequence, valid)  # (M, L)
         labels = None if sequence_label is None else prefix_rows(sequence_label, valid)[0]
         L = sequence.shape[1]
