@@ -37,6 +37,7 @@ import time
 import numpy as np
 import torch
 
+from conf.schema import LEAVE_ONE_OUT
 from store.index import (index_manifest, load_samples, load_sequences, protocol_of,
                          train_popularity)
 from trainers.metrics import RankingAccumulator
@@ -107,7 +108,7 @@ def order_scores(index_uri: str, seed: int = 0) -> dict[str, dict]:
     """Each count scorer's test metrics on a built ``leave_one_out`` index (module docstring),
     in the order of the printed table."""
     manifest = index_manifest(index_uri)
-    if protocol_of(manifest) != "leave_one_out":
+    if protocol_of(manifest) != LEAVE_ONE_OUT:
         raise ValueError(f"{index_uri} is a {protocol_of(manifest)} index; the order "
                          "scorers read leave_one_out test lists (cut = history length)")
     num_items = int(manifest["num_items"])
