@@ -21,6 +21,7 @@ from spark_jobs.sample_data import (
     FORMATS,
     GENERATOR_VERSION,
     STAMP,
+    TRANSITION_FANOUT,
     RowRandom,
     build_world,
     generate,
@@ -464,6 +465,38 @@ def test_collaborative_signal_beats_popularity(make_config):
             mrr[name].append(1.0 / (rank + 1))
     assert len(positives) > 200
     assert np.mean(mrr["co_interaction"]) > 1.1 * np.mean(mrr["popularity"])
+
+
+def test_transitions_follow_the_previous_item_one_way(make_config):
+    """Point 5: with ``generate.transition_share`` that share of the rows that are neither a
+    user's first nor a repeat takes a successor of the previous row's item. The lists hold
+    items of the item's own community, never the item itself, and run one way: the previous
+    item is barely likelier a successor of the next than chance. At 0 the world draws no lists,
+    and the next item follows the previous one only by chance."""
+    fmt = FORMATS["amazon_reviews"]
+    cfg = _config(make_config, "amazon_reviews", ["generate.transition_share=0.3"])
+    off = _config(make_config, "amazon_reviews", ["generate.transition_share=0"])
+    world = build_world(cfg, fmt)
+    assert build_world(off, fmt).item_next.shape == (0, TRANSITION_FANOUT)
+    nxt = world.item_next
+    assert nxt.shape == (len(world.item_raw), TRANSITION_FANOUT)
+    assert not (nxt == np.arange(len(nxt))[:, None]).any()
+    assert (world.item_community[nxt] == world.item_community[:, None]).all()
+
+    def shares(c) -> tuple[float, float]:
+        rows = generate_rows(c, fmt, world, RowRandom(c.generate.seed), 0, len(world.user_raw))
+        same_user = rows.user[1:] == rows.user[:-1]
+        before, after = rows.item[:-1][same_user], rows.item[1:][same_user]
+        return ((nxt[before] == after[:, None]).any(1).mean(),
+                (nxt[after] == before[:, None]).any(1).mean())
+
+    forward, backward = shares(cfg)
+    chance, chance_back = shares(off)
+    assert chance < 0.06 and abs(chance_back - chance) < 0.01
+    # share x (not a repeat) on top of chance
+    assert abs(forward - chance - 0.3 * (1 - fmt.repeat_share)) < 0.03, (forward, chance)
+    # one way: the backward excess (same community, popular successors) is a small part
+    assert backward - chance < 0.15 * (forward - chance), (backward, chance, forward)
 
 
 def test_item_popularity_drifts(make_config):
