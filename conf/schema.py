@@ -202,8 +202,9 @@ class GenerateConfig(Section):
     main_share: float = Field(ge=0.0, le=1.0)
     drift_share: float = Field(ge=0.0, le=1.0)
     item_zipf: float = Field(ge=0.0)  # item weight rank^-a inside a community: popularity skew
-    # Share of rows that follow the user's previous item to one of its successors instead
-    # (spark_jobs/sample_data.py, point 5): the order signal of real logs; 0 draws none.
+    # Share of the rows that are neither a user's first nor a repeat that take one of the
+    # previous item's successors instead (spark_jobs/sample_data.py, point 5): the order
+    # signal of real logs; 0 draws none.
     transition_share: float = Field(ge=0.0, lt=1.0)
     seed: int
     malformed_rate: float = Field(ge=0.0, le=1.0)  # share of lines deliberately broken

@@ -52,9 +52,10 @@ learn beyond popularity, and ingest/index must meet the quirks of real logs):
    Transitions. With ``generate.transition_share`` a row that is not the user's first and
    not a repeat follows the user's previous row instead of point 4: it takes one of that
    item's ``TRANSITION_FANOUT`` successors, uniformly. Each item's successors are drawn
-   once, from its own community by the items' base weights (point 2, without the trend),
-   never the item itself; the lists are one-way (``w`` after ``v`` says nothing of ``v``
-   after ``w``). A transition keeps its predecessor's affinity (point 6). Real logs read in
+   once, with replacement, from its own community by the items' base weights (point 2,
+   without the trend; a popular item may fill two places), never the item itself (so a
+   share above 0 needs ``generate.items >= 2 x communities``); the lists are one-way
+   (``w`` after ``v`` says nothing of ``v`` after ``w``). A transition keeps its predecessor's affinity (point 6). Real logs read in
    order carry this: on the real Amazon Toys 5-core (S3-Rec's sequences), ranking each
    test list by what came right after the history's last item in the train parts gives
    1.22x popularity's HR@10, by what came after a random earlier item 1.05x, by what came
@@ -252,25 +253,28 @@ def _quality(rng: np.random.Generator, log_weight: np.ndarray) -> np.ndarray:
 
 
 def _community_cdf(weight: np.ndarray, sorted_community: np.ndarray,
-                   community_start: np.ndarray) -> np.ndarray:
+                   community_start: np.ndarray, offset: int = 0) -> np.ndarray:
     """Cumulative share of each item inside its community, offset by the community's index.
 
     Args:
         weight: (V,) item weights in ``items_by_community`` order.
         sorted_community: (V,) community of each position of that order (ascending).
         community_start: (K,) first position of each community.
+        offset: added to the community's index (slice ``t``'s table: ``t * K``), before the
+            share, so each value is rounded once.
 
     Returns:
-        (V,) float64: community ``c``'s items hold ascending values in ``(c, c + 1]``, its
-        last exactly ``c + 1``, so ``searchsorted(cdf, c + u, side="right")`` with ``u`` in
-        (0, 1) draws one of them by weight and never spills into the next community.
+        (V,) float64: community ``c``'s items hold ascending values in
+        ``(offset + c, offset + c + 1]``, its last exactly ``offset + c + 1``, so
+        ``searchsorted(cdf, offset + c + u, side="right")`` with ``u`` in (0, 1) draws one of
+        them by weight.
     """
     cum = np.cumsum(weight)
     before = np.concatenate([[0.0], cum])[community_start]  # mass before each group
     total = np.concatenate([cum[community_start[1:] - 1], cum[-1:]]) - before
     within = (cum - before[sorted_community]) / total[sorted_community]
     within[np.concatenate([community_start[1:] - 1, [len(weight) - 1]])] = 1.0  # exact edge
-    return sorted_community + within
+    return (offset + sorted_community) + within
 
 
 def _successors(rng: np.random.Generator, weight: np.ndarray, items_by_community: np.ndarray,
@@ -341,6 +345,10 @@ def build_world(cfg: PipelineConfig, fmt: FileFormat) -> World:
     if g.items < g.communities:
         raise ValueError(f"generate.items ({g.items}) must be >= generate.communities "
                          f"({g.communities}): every community needs an item")
+    if g.transition_share > 0 and g.items < 2 * g.communities:
+        raise ValueError(f"generate.transition_share > 0 needs generate.items ({g.items}) >= "
+                         f"2 x generate.communities ({g.communities}): an item's successors "
+                         "are other items of its community")
     rng = np.random.default_rng(g.seed)
     k, n_users, n_items = g.communities, g.users, g.items
     _, days, n_slices = window_span(cfg)
@@ -395,8 +403,8 @@ def build_world(cfg: PipelineConfig, fmt: FileFormat) -> World:
     log_base = -g.item_zipf * np.log1p(rank)
     trend = rng.normal(0.0, POPULARITY_DRIFT, n_items)[items_by_community]
     z = np.linspace(-1.0, 1.0, n_slices) if n_slices > 1 else np.zeros(1)
-    choice_cdf = np.concatenate([t * k + _community_cdf(np.exp(log_base + trend * z[t]),
-                                                         sorted_community, community_start)
+    choice_cdf = np.concatenate([_community_cdf(np.exp(log_base + trend * z[t]),
+                                                sorted_community, community_start, t * k)
                                  for t in range(n_slices)])
     item_quality = np.empty(n_items)
     item_quality[items_by_community] = _quality(rng, log_base)
@@ -415,8 +423,8 @@ def build_world(cfg: PipelineConfig, fmt: FileFormat) -> World:
     hour_cdf[-1] = 1.0
     return World(user_raw, item_raw, user_start, user_main, user_period, user_phase,
                  item_community, item_category, item_seller, item_brand, item_quality,
-                 item_next, items_by_community, choice_cdf, hour_cdf, hour_start, hour_length, midnight,
-                 mmdd)
+                 item_next, items_by_community, choice_cdf, hour_cdf, hour_start, hour_length,
+                 midnight, mmdd)
 
 
 @dataclass(frozen=True)
@@ -555,8 +563,8 @@ def _follow(fresh: np.ndarray, liked: np.ndarray, source: np.ndarray, follow: np
 
     A transition row takes successor ``pick`` of the item its previous row ends up with
     (that row's repeat source, ``source``), and that row's affinity. Each pass settles the
-    transitions whose previous row is settled: as many passes as the longest run of
-    transitions in a row.
+    transitions whose previous row is settled: as many passes as the longest chain of
+    transitions, counted through the repeats between them.
 
     Args:
         fresh: (n,) point 4's choice of each row.

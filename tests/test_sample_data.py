@@ -514,6 +514,9 @@ def test_item_popularity_drifts(make_config):
 def test_bad_settings_name_the_problem(make_config):
     with pytest.raises(ValueError, match="generate.items"):
         generate(make_config(overrides=["generate.items=5", "generate.communities=10"]))
+    with pytest.raises(ValueError, match=r"2 x generate.communities \(10\)"):
+        generate(make_config(overrides=["generate.items=15", "generate.communities=10",
+                                        "generate.transition_share=0.3"]))
     with pytest.raises(ValueError, match="dataset.files"):
         generate(make_config(overrides=SMALL + ['dataset.files=["other*.csv"]']))
     with pytest.raises(ValueError, match="bounded window"):
