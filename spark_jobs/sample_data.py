@@ -55,10 +55,10 @@ learn beyond popularity, and ingest/index must meet the quirks of real logs):
    once, with replacement, from its own community by the items' base weights (point 2,
    without the trend; a popular item may fill two places), never the item itself (so a
    share above 0 needs ``generate.items >= 2 x communities``); the lists are one-way
-   (``w`` after ``v`` says nothing of ``v`` after ``w``). A transition keeps its predecessor's affinity (point 6). Real logs read in
-   order carry this: on the real Amazon Toys 5-core (S3-Rec's sequences), ranking each
-   test list by what came right after the history's last item in the train parts gives
-   1.22x popularity's HR@10, by what came after a random earlier item 1.05x, by what came
+   (``w`` after ``v`` says nothing of ``v`` after ``w``). A transition keeps its
+   predecessor's affinity (point 6). Real logs read in order carry this: on the real Amazon
+   Toys 5-core (S3-Rec's sequences), ranking each test list by what came right after the
+   history's last item in the train parts gives 1.22x popularity's HR@10, by what came after a random earlier item 1.05x, by what came
    before the last item 1.04x (``benchmarks/order_signal.py``); without transitions the
    generated log gave 1.04x, 1.05x and 1.05x. 0 (the default) draws nothing: the bytes of
    every preset without it are those of the generator before.
