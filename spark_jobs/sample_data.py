@@ -49,19 +49,19 @@ learn beyond popularity, and ingest/index must meet the quirks of real logs):
    ``z_t`` running from -1 (first slice) to 1 (last), so some items rise and some fade.
 5. Repeats. With the format's ``repeat_share`` a row re-uses the item of one of the user's
    earlier rows, ``1 + Geometric(REPEAT_LAG_P)`` rows back (recent items are most likely).
-   Transitions. With ``generate.transition_share`` a row that is not the user's first and
-   not a repeat follows the user's previous row instead of point 4: it takes one of that
-   item's ``TRANSITION_FANOUT`` successors, uniformly. Each item's successors are drawn
-   once, with replacement, from its own community by the items' base weights (point 2,
-   without the trend; a popular item may fill two places), never the item itself (so a
-   share above 0 needs ``generate.items >= 2 x communities``); the lists are one-way
-   (``w`` after ``v`` says nothing of ``v`` after ``w``). A transition keeps its
-   predecessor's affinity (point 6). Real logs read in order carry this: on the real Amazon
-   Toys 5-core (S3-Rec's sequences), ranking each test list by what came right after the
-   history's last item in the train parts gives 1.22x popularity's HR@10, by what came after a random earlier item 1.05x, by what came
-   before the last item 1.04x (``benchmarks/order_signal.py``); without transitions the
-   generated log gave 1.04x, 1.05x and 1.05x. 0 (the default) draws nothing: the bytes of
-   every preset without it are those of the generator before.
+   Transitions. With ``generate.transition_share`` a row that is not the user's first and not a
+   repeat follows the user's previous row instead of point 4: it takes one of that item's
+   ``TRANSITION_FANOUT`` successors, uniformly. Each item's successors are drawn once, with
+   replacement, from its own community by the items' base weights (point 2, without the trend; a
+   popular item may fill two places), never the item itself (so a share above 0 needs
+   ``generate.items >= 2 x communities``); the lists are one-way (``w`` after ``v`` says nothing
+   of ``v`` after ``w``). A transition keeps its predecessor's affinity (point 6). Real logs
+   read in order carry this: on the real Amazon Toys 5-core (S3-Rec's sequences), ranking each
+   test list by what came right after the history's last item in the train parts gives 1.22x
+   popularity's HR@10, by what came after a random earlier item 1.05x, by what came before the
+   last item 1.04x (``benchmarks/order_signal.py``); without transitions the generated log gave
+   1.04x, 1.05x and 1.05x. 0 (the default) draws nothing: the bytes of every preset without it
+   are those of the generator before.
 6. Feedback. Taobao/Tmall behaviours are drawn in the public files' shares. Ratings depend
    on the user-item affinity and on the item: a choice from the user's main or drifting
    community (one the user likes) is rated from ``RATINGS_LIKED`` (4-5 mostly), a noise
