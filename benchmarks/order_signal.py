@@ -11,7 +11,7 @@ Issue 23: the generator (spark_jobs/sample_data.py) drew each fresh item from th
 main or drifting community, with no item-to-item transitions; this table showed it (the last
 item told no more than any earlier one, where the real Toys gives it 1.22x popularity's
 HR@10), and ``sample-loo``'s taste and transition shares (point 5) are now set so that its
-table matches the real Toys' (README, "DualRec against the filters").
+table matches the real Toys' (docs/baselines.md, section 4, "DualRec against the filters").
 
 No training: count scorers rank each test list (a built ``leave_one_out`` index), with
 counts from every user's train part (the events before their first evaluation target, as
